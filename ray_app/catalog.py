@@ -1,0 +1,46 @@
+"""What is stored under the data root: raw data and feature set versions, and how fresh."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from ray_app.feature_store import FEATURES, LATEST, MANIFEST
+from ray_app.ingest import RAW, latest_manifest
+from ray_app.settings import Settings
+from ray_app.storage import DataRoot
+
+
+def _age_days(day: str, today: dt.date) -> int:
+    return (today - dt.date.fromisoformat(day)).days
+
+
+def data_status(settings: Settings, today: dt.date | None = None) -> dict[str, Any]:
+    """Versions, paths (Parquet datasets pandas can read), tickers, ranges, rows, freshness."""
+    today = today or dt.date.today()
+    root = DataRoot(settings.data_root)
+    status: dict[str, Any] = {"data_root": root.display(), "raw": None, "features": []}
+    raw = latest_manifest(root)
+    if raw:
+        status["raw"] = {
+            "version": raw["version"], "path": root.display(RAW), "source": raw["source"],
+            "created_at": raw["created_at"], "tickers": sorted(raw["tickers"]), "rows": raw["rows"],
+            "first_date": raw["first_date"], "last_date": raw["last_date"],
+            "days_since_last_bar": _age_days(raw["last_date"], today),
+        }
+    latest = (root.read_json(FEATURES, LATEST) or {}).get("version")
+    for version in root.list_dirs(FEATURES):
+        manifest = root.read_json(FEATURES, version, MANIFEST)
+        if manifest is None:
+            continue  # an interrupted build: no manifest, not a feature set
+        status["features"].append({
+            "version": version, "data_version": manifest["data_version"],
+            "path": root.display(FEATURES, version), "latest": version == latest,
+            "created_at": manifest["created_at"], "tickers": sorted(manifest["tickers"]),
+            "rows": manifest["rows"], "first_date": manifest["first_date"],
+            "last_date": manifest["last_date"], "columns": len(manifest["columns"]),
+            "days_since_last_row": _age_days(manifest["last_date"], today),
+            "current": bool(raw) and manifest["data_version"] == raw["version"],
+        })
+    status["features"].sort(key=lambda f: f["created_at"], reverse=True)
+    return status

@@ -1,0 +1,201 @@
+"""The ``ray-app`` command line: one command per stage, progress bars, summary tables.
+
+Errors a user can fix are printed as one line naming the bad value and exit with status 2;
+a stage that ran but left tickers failed exits with status 1.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ray_app.errors import RayAppError
+from ray_app.settings import CONFIG_ENV, Settings, load_settings
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Inspect stored data and feature sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+# Wide tables when piped (CI logs, `| less`); the terminal's width otherwise.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar=CONFIG_ENV, help="YAML settings file (env: RAY_APP_* overrides it)"),
+]
+DataRootOption = Annotated[
+    str | None, typer.Option("--data-root", help="Data folder or URI (s3://...); env RAY_APP_DATA_ROOT")
+]
+DateOption = typer.Option(formats=["%Y-%m-%d"])
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    return load_settings(config, **overrides)
+
+
+def parse_tickers(values: list[str] | None) -> list[str] | None:
+    """Tickers from ``--tickers``: comma lists, or files of tickers (``@file`` or a path)."""
+    if not values:
+        return None
+    found: list[str] = []
+    for value in values:
+        path = Path(value[1:] if value.startswith("@") else value)
+        if value.startswith("@") or path.is_file():
+            if not path.is_file():
+                raise RayAppError(f"--tickers file {path} does not exist")
+            text = path.read_text(encoding="utf-8")
+            found += [t for line in text.splitlines() for t in line.split("#")[0].replace(",", " ").split()]
+        else:
+            found += [t for t in value.replace(",", " ").split()]
+    return [t.upper() for t in found]
+
+
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda row: progress.update(task, advance=1, description=f"{label} {row['ticker']}")
+
+
+def _ticker_table(title: str, rows: list[dict[str, Any]], extra: list[str]) -> Table:
+    table = Table(title=title)
+    for column in ["ticker", "status", "rows", *extra, "first_date", "last_date", "reason / warnings"]:
+        table.add_column(column, justify="right" if column in ("rows", "new_rows", "training_rows") else "left")
+    colours = {"failed": "red", "ok": "green"}
+    for row in rows:
+        note = row.get("reason") or row.get("warnings", "")
+        status = f"[{colours.get(row['status'], 'cyan')}]{row['status']}[/]"
+        table.add_row(row["ticker"], status, str(row["rows"]), *(str(row[c]) for c in extra),
+                      row["first_date"], row["last_date"], note)
+    return table
+
+
+@app.command()
+def ingest(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    source: Annotated[Literal["sample", "csv", "yahoo"] | None, typer.Option(help="Where bars come from")] = None,
+    path: Annotated[Path | None, typer.Option(help="Folder of per-ticker files (--source csv)")] = None,
+    tickers: Annotated[list[str] | None, typer.Option(help="Tickers: AAPL,MSFT or a file of them (@file)")] = None,
+    start: Annotated[dt.datetime | None, DateOption] = None,
+    end: Annotated[dt.datetime | None, DateOption] = None,
+    bad_rows: Annotated[Literal["drop", "fail"] | None, typer.Option(help="Drop invalid bars or fail the ticker")] = None,
+    allow_partial: Annotated[bool, typer.Option(help="Exit 0 even when some tickers failed")] = False,
+    full_refresh: Annotated[bool, typer.Option(help="Refetch all history, not only new bars")] = False,
+) -> None:
+    """Fetch, validate and store daily bars per ticker, in parallel on Ray."""
+    from ray_app.ingest import run_ingest
+    from ray_app.runtime import connect
+    from ray_app.sources import make_source
+
+    settings = _settings(
+        config, data_root=data_root, ingest__source=source, ingest__path=path,
+        ingest__tickers=parse_tickers(tickers), ingest__start=start.date() if start else None,
+        ingest__end=end.date() if end else None, ingest__bad_rows=bad_rows,
+        ingest__allow_partial=allow_partial or None,
+    )
+    chosen = make_source(settings.ingest)
+    connect(settings)
+    n = len(settings.ingest.tickers or chosen.list_tickers())
+    with _progress("ingest", n) as advance:
+        result = run_ingest(settings, full_refresh=full_refresh, source=chosen, on_row=advance)
+    out.print(_ticker_table(f"ingest from {chosen.name}", result.rows, ["new_rows"]))
+    version = result.version or "none"
+    out.print(f"data version [bold]{version}[/] ({'new' if result.changed else 'unchanged'}) "
+              f"under {settings.data_root}")
+    if result.failed:
+        err.print(f"[red]{len(result.failed)} of {len(result.rows)} ticker(s) failed:[/] {', '.join(result.failed)}")
+        if not settings.ingest.allow_partial:
+            raise typer.Exit(1)
+
+
+@app.command()
+def features(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    data_version: Annotated[str | None, typer.Option(help="Raw data version (default: the latest)")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even when the feature set exists")] = False,
+    allow_partial: Annotated[bool, typer.Option(help="Exit 0 even when some tickers failed")] = False,
+) -> None:
+    """Compute the point-in-time feature set of a data version with Ray Data."""
+    from ray_app.feature_store import build_features, plan_build
+    from ray_app.online import open_lookup
+    from ray_app.runtime import connect
+
+    settings = _settings(config, data_root=data_root)
+    plan = plan_build(settings, data_version)
+    connect(settings)
+    with _progress("features", len(plan["raw"]["tickers"])) as advance:
+        build = build_features(settings, data_version=data_version, force=force, on_row=advance)
+    if build.reused:
+        out.print(f"feature set [bold]{build.version}[/] is up to date (data version {build.data_version})")
+    else:
+        out.print(_ticker_table(f"features of data version {build.data_version}", build.rows, ["training_rows"]))
+        out.print(f"feature set [bold]{build.version}[/]: {build.manifest['rows']} rows, "
+                  f"{len(build.manifest['columns'])} features at {build.manifest['path']}")
+    if settings.online.backend == "redis":
+        lookup = open_lookup(settings, build.version)
+        out.print(f"online store: {lookup.materialize()} rows in Redis")  # type: ignore[attr-defined]
+    if build.failed and not allow_partial:
+        err.print(f"[red]{len(build.failed)} ticker(s) failed:[/] {', '.join(build.failed)}")
+        raise typer.Exit(1)
+
+
+@data_app.command("status")
+def data_status_command(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")] = False,
+) -> None:
+    """Raw data and feature set versions, paths, tickers, date ranges, rows and freshness."""
+    from ray_app.catalog import data_status
+
+    status = data_status(_settings(config, data_root=data_root))
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return
+    raw = status["raw"]
+    if raw is None:
+        out.print(f"no data under {status['data_root']}: run `ray-app ingest`")
+        return
+    table = Table(title=f"data under {status['data_root']}")
+    for column in ("kind", "version", "tickers", "rows", "first", "last", "age (days)", "path"):
+        table.add_column(column)
+    table.add_row("raw", raw["version"], str(len(raw["tickers"])), str(raw["rows"]), raw["first_date"],
+                  raw["last_date"], str(raw["days_since_last_bar"]), raw["path"])
+    for fs in status["features"]:
+        kind = "features" + (" (latest)" if fs["latest"] else "") + ("" if fs["current"] else " (stale)")
+        table.add_row(kind, fs["version"], str(len(fs["tickers"])), str(fs["rows"]), fs["first_date"],
+                      fs["last_date"], str(fs["days_since_last_row"]), fs["path"])
+    out.print(table)
+
+
+def main() -> None:
+    """Console entry point: user errors as one line, never a traceback."""
+    try:
+        app()
+    except RayAppError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("RAY_APP_DEBUG"):
+            raise
+        err.print(f"[red]unexpected error:[/] {type(exc).__name__}: {exc} (set RAY_APP_DEBUG=1 for the traceback)",
+                  highlight=False)
+        sys.exit(1)

@@ -1,0 +1,199 @@
+"""The offline feature store: feature sets computed with Ray Data, versioned and on Parquet.
+
+A feature set is identified by (data version, feature specification hash). Each ticker's
+rows are written by a Ray task to ``features/<version>/ticker=<T>/features.parquet``; the
+set's manifest is written last, so a set without one is incomplete and is rebuilt.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from ray_app.errors import RayAppError
+from ray_app.features import TARGET, TARGET_DIR, compute_features, feature_names, spec_hash
+from ray_app.ingest import latest_manifest, read_bars, read_manifest, stored_hash
+from ray_app.settings import FeatureSettings, Settings
+from ray_app.storage import DataRoot
+
+FEATURES = "features"
+MANIFEST = "_manifest.json"
+LATEST = "_latest.json"
+FEATURES_FILE = "features.parquet"
+
+
+class FeatureSetError(RayAppError, LookupError):
+    """A data or feature set version that does not exist or cannot be built."""
+
+
+def partition(version: str, ticker: str) -> tuple[str, str, str, str]:
+    return (FEATURES, version, f"ticker={ticker}", FEATURES_FILE)
+
+
+def feature_version(data_version: str, spec_digest: str) -> str:
+    return hashlib.sha256(f"{data_version}:{spec_digest}".encode()).hexdigest()[:16]
+
+
+def feature_manifest(root: DataRoot, version: str | None = None) -> dict[str, Any]:
+    """The manifest of feature set ``version`` (default: the newest built)."""
+    if version is None:
+        pointer = root.read_json(FEATURES, LATEST)
+        if pointer is None:
+            raise FeatureSetError(f"no feature set under {root.display(FEATURES)}: run `ray-app features`")
+        version = pointer["version"]
+    manifest = root.read_json(FEATURES, version, MANIFEST)
+    if manifest is None:
+        raise FeatureSetError(f"feature set version {version} does not exist under {root.display(FEATURES)}")
+    return manifest
+
+
+def _raw_manifest(root: DataRoot, data_version: str | None) -> dict[str, Any]:
+    try:
+        manifest = read_manifest(root, data_version) if data_version else latest_manifest(root)
+    except KeyError as exc:
+        raise FeatureSetError(str(exc.args[0])) from None
+    if manifest is None:
+        raise FeatureSetError(f"no raw data under {root.display('raw')}: run `ray-app ingest` first")
+    return manifest
+
+
+def featurize_ticker(ticker: str, expected_hash: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Compute and store one ticker's features; a summary row, never an exception."""
+    root: DataRoot = ctx["root"]
+    row: dict[str, Any] = {"ticker": ticker, "status": "failed", "rows": 0, "training_rows": 0,
+                           "first_date": "", "last_date": "", "reason": ""}
+    try:
+        if stored_hash(root, ticker) != expected_hash:
+            raise FeatureSetError(f"{ticker}: raw bars changed since data version {ctx['data_version']}")
+        frame = compute_features(ticker, read_bars(root, ticker), ctx["spec"], ctx["index_bars"])
+        if frame.empty:
+            raise FeatureSetError(f"{ticker}: too little history for the feature windows")
+        root.write_parquet(frame.drop(columns="ticker"), *partition(ctx["version"], ticker),
+                           metadata={"ray_app.data_version": ctx["data_version"],
+                                     "ray_app.feature_version": ctx["version"]})
+        row.update(status="ok", rows=len(frame), training_rows=int(frame["has_target"].sum()),
+                   first_date=frame["date"].iloc[0].date().isoformat(),
+                   last_date=frame["date"].iloc[-1].date().isoformat())
+    except Exception as exc:  # one ticker's failure never sinks the set
+        row["reason"] = str(exc) if isinstance(exc, FeatureSetError) else f"{ticker}: {type(exc).__name__}: {exc}"
+    return row
+
+
+def _featurize_batch(batch: pd.DataFrame, ctx: dict[str, Any]) -> pd.DataFrame:
+    index = ctx["index_ticker"]
+    ctx = {**ctx, "index_bars": read_bars(ctx["root"], index) if index else None}
+    return pd.DataFrame([featurize_ticker(t, h, ctx) for t, h in zip(batch["ticker"], batch["hash"])])
+
+
+@dataclass
+class FeatureBuild:
+    """What one ``build_features`` call did."""
+
+    version: str
+    data_version: str
+    rows: list[dict[str, Any]]
+    manifest: dict[str, Any]
+    reused: bool
+
+    @property
+    def failed(self) -> list[str]:
+        return [r["ticker"] for r in self.rows if r["status"] == "failed"]
+
+
+def plan_build(settings: Settings, data_version: str | None) -> dict[str, Any]:
+    """Everything a task needs to build the feature set of ``data_version`` (default latest)."""
+    root = DataRoot(settings.data_root)
+    raw = _raw_manifest(root, data_version)
+    spec: FeatureSettings = settings.features
+    index = spec.index_ticker if spec.index_ticker in raw["tickers"] else None
+    digest = spec_hash(spec, index is not None)
+    return {"root": root, "spec": spec, "raw": raw, "data_version": raw["version"],
+            "spec_hash": digest, "index_ticker": index,
+            "version": feature_version(raw["version"], digest)}
+
+
+def stream_featurize(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Build every ticker of ``plan`` in Ray tasks and yield each summary row as it arrives."""
+    import ray.data
+
+    from ray_app.runtime import batch_size_for
+
+    items = [{"ticker": t, "hash": e["hash"]} for t, e in sorted(plan["raw"]["tickers"].items())]
+    ctx = {k: plan[k] for k in ("root", "spec", "data_version", "version", "index_ticker")}
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _featurize_batch, batch_size=batch_size_for(len(items)), batch_format="pandas",
+        fn_kwargs={"ctx": ctx}, num_cpus=1,
+    )
+    yield from dataset.iter_rows()
+
+
+def record_feature_set(plan: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the set's manifest (the commit point) and point ``_latest`` at it."""
+    root: DataRoot = plan["root"]
+    ok = {r["ticker"]: r for r in rows if r["status"] == "ok"}
+    if not ok:
+        reasons = "; ".join(r["reason"] for r in rows[:3])
+        raise FeatureSetError(f"no ticker could be featurized: {reasons}")
+    version = plan["version"]
+    manifest = {
+        "version": version, "data_version": plan["data_version"], "spec_hash": plan["spec_hash"],
+        "spec": plan["spec"].model_dump(mode="json"), "index_ticker": plan["index_ticker"],
+        "columns": feature_names(plan["spec"], plan["index_ticker"] is not None),
+        "target": TARGET, "target_direction": TARGET_DIR,
+        "path": root.display(FEATURES, version),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tickers": {t: {k: r[k] for k in ("rows", "training_rows", "first_date", "last_date")} for t, r in ok.items()},
+        "failed": {r["ticker"]: r["reason"] for r in rows if r["status"] != "ok"},
+        "rows": sum(r["rows"] for r in ok.values()),
+        "first_date": min(r["first_date"] for r in ok.values()),
+        "last_date": max(r["last_date"] for r in ok.values()),
+    }
+    root.write_json(manifest, FEATURES, version, MANIFEST)
+    root.write_json({"version": version}, FEATURES, LATEST)
+    return manifest
+
+
+def build_features(settings: Settings, *, data_version: str | None = None, force: bool = False,
+                   on_row: Callable[[dict[str, Any]], None] | None = None) -> FeatureBuild:
+    """The feature set of ``data_version`` (default latest), built unless it already exists."""
+    plan = plan_build(settings, data_version)
+    root: DataRoot = plan["root"]
+    existing = root.read_json(FEATURES, plan["version"], MANIFEST)
+    if existing and not force:
+        root.write_json({"version": plan["version"]}, FEATURES, LATEST)
+        return FeatureBuild(plan["version"], plan["data_version"], [], existing, reused=True)
+    rows = []
+    for row in stream_featurize(plan):
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    rows.sort(key=lambda r: r["ticker"])
+    manifest = record_feature_set(plan, rows)
+    return FeatureBuild(plan["version"], plan["data_version"], rows, manifest, reused=False)
+
+
+def load_feature_set(root: DataRoot, version: str | None = None, *, training: bool = True,
+                     tickers: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A feature set as one frame sorted by (date, ticker), with its manifest.
+
+    ``training=True`` keeps only rows whose target is known (never the newest day).
+    """
+    manifest = feature_manifest(root, version)
+    wanted = sorted(tickers or manifest["tickers"])
+    unknown = [t for t in wanted if t not in manifest["tickers"]]
+    if unknown:
+        raise FeatureSetError(f"ticker(s) {', '.join(unknown)} not in feature set {manifest['version']}")
+    frames = []
+    for ticker in wanted:
+        frame = root.read_parquet(*partition(manifest["version"], ticker))
+        frame.insert(0, "ticker", ticker)
+        frames.append(frame)
+    data = pd.concat(frames, ignore_index=True)
+    if training:
+        data = data[data["has_target"]]
+    return data.sort_values(["date", "ticker"], kind="stable").reset_index(drop=True), manifest

@@ -1,0 +1,231 @@
+"""Ingestion: source -> validation -> Parquet partition per ticker -> versioned manifest.
+
+Tickers are fetched and validated in parallel Ray tasks fed by a Ray Dataset of ticker
+jobs; each task writes its own partition atomically and returns only a summary row, so the
+driver's memory does not grow with the size of the universe. The driver then records a
+manifest: the content hash of every stored partition, which together form the data version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from ray_app.settings import IngestSettings, Settings
+from ray_app.sources import BAR_COLUMNS, Fetched, Source, TickerError, make_source
+from ray_app.storage import DataRoot, combine_hashes, frame_hash
+from ray_app.validation import jump_dates, validate_bars
+
+RAW = "raw"
+MANIFESTS = "_manifests"
+LATEST = "LATEST.json"
+BARS_FILE = "bars.parquet"
+
+OK, UNCHANGED, UP_TO_DATE, FAILED = "ok", "unchanged", "up-to-date", "failed"
+
+
+def partition(ticker: str) -> tuple[str, str, str]:
+    """Path parts of a ticker's raw partition below the data root."""
+    return (RAW, f"ticker={ticker}", BARS_FILE)
+
+
+def latest_manifest(root: DataRoot) -> dict[str, Any] | None:
+    """The newest raw data manifest, or None before the first ingest."""
+    pointer = root.read_json(RAW, MANIFESTS, LATEST)
+    return root.read_json(RAW, MANIFESTS, f"{pointer['version']}.json") if pointer else None
+
+
+def read_manifest(root: DataRoot, version: str) -> dict[str, Any]:
+    manifest = root.read_json(RAW, MANIFESTS, f"{version}.json")
+    if manifest is None:
+        raise KeyError(f"data version {version} does not exist under {root.display(RAW)}")
+    return manifest
+
+
+def read_bars(root: DataRoot, ticker: str) -> pd.DataFrame:
+    """The stored bars of ``ticker``."""
+    return root.read_parquet(*partition(ticker))[BAR_COLUMNS]
+
+
+@dataclass(frozen=True)
+class TickerJob:
+    """One ticker to ingest; ``since`` is the first date not yet stored (incremental runs)."""
+
+    ticker: str
+    since: dt.date | None
+
+
+def ingest_ticker(job: TickerJob, source: Source, cfg: IngestSettings, root: DataRoot) -> dict[str, Any]:
+    """Fetch, validate, merge and store one ticker; a summary row, never an exception."""
+    row: dict[str, Any] = {"ticker": job.ticker, "status": FAILED, "rows": 0, "new_rows": 0,
+                           "first_date": "", "last_date": "", "reason": "", "hash": "",
+                           "layout": "", "warnings": ""}
+    try:
+        row.update(_ingest(job, source, cfg, root))
+    except TickerError as exc:
+        row["reason"] = str(exc)
+    except Exception as exc:  # a bug or an unexpected answer must not sink the other tickers
+        row["reason"] = f"{job.ticker}: unexpected {type(exc).__name__}: {exc}"
+    return row
+
+
+def _ingest(job: TickerJob, source: Source, cfg: IngestSettings, root: DataRoot) -> dict[str, Any]:
+    start = max(filter(None, [cfg.start, job.since]), default=None)
+    if start and cfg.end and start > cfg.end:
+        return _stored_summary(root, job.ticker, UP_TO_DATE)
+    fetched: Fetched = source.fetch(job.ticker, start, cfg.end)
+    if fetched.bars.empty:
+        if job.since is not None:
+            return _stored_summary(root, job.ticker, UP_TO_DATE, fetched.layout)
+        span = f"{cfg.start or 'the first bar'} to {cfg.end or 'today'}"
+        raise TickerError(f"{job.ticker}: no bars from {span}")
+    new, report = validate_bars(job.ticker, fetched.bars, cfg)
+    bars = new
+    if job.since is not None:
+        stored = read_bars(root, job.ticker)
+        new = new[new["date"] > stored["date"].iloc[-1]]
+        if new.empty:
+            return _stored_summary(root, job.ticker, UP_TO_DATE, fetched.layout)
+        bars = pd.concat([stored, new], ignore_index=True)
+        report.jumps = jump_dates(bars.iloc[len(stored) - 1 :], cfg.max_daily_move)
+    digest = frame_hash(bars)
+    status = OK
+    if job.since is None and stored_hash(root, job.ticker) == digest:
+        status = UNCHANGED
+    else:
+        metadata = {"ray_app.hash": digest, "ray_app.source": source.name}
+        root.write_parquet(bars, *partition(job.ticker), metadata=metadata)
+    return {**_summary(bars, status, digest, fetched.layout),
+            "new_rows": 0 if status == UNCHANGED else len(new),
+            "warnings": "; ".join(report.warnings())}
+
+
+def stored_hash(root: DataRoot, ticker: str) -> str | None:
+    """The content hash recorded in a ticker's partition, without reading its rows."""
+    if not root.exists(*partition(ticker)):
+        return None
+    return root.read_metadata(*partition(ticker)).get("ray_app.hash")
+
+
+def _summary(bars: pd.DataFrame, status: str, digest: str, layout: str) -> dict[str, Any]:
+    return {"status": status, "rows": len(bars), "hash": digest, "layout": layout,
+            "first_date": bars["date"].iloc[0].date().isoformat(),
+            "last_date": bars["date"].iloc[-1].date().isoformat()}
+
+
+def _stored_summary(root: DataRoot, ticker: str, status: str, layout: str = "") -> dict[str, Any]:
+    bars = read_bars(root, ticker)
+    return _summary(bars, status, stored_hash(root, ticker) or frame_hash(bars), layout)
+
+
+@dataclass
+class IngestResult:
+    """What one ingest run did: per-ticker rows and the data version it left behind."""
+
+    rows: list[dict[str, Any]]
+    manifest: dict[str, Any] | None
+    changed: bool = False
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def version(self) -> str | None:
+        return self.manifest["version"] if self.manifest else None
+
+
+def plan_jobs(settings: Settings, source: Source, root: DataRoot, full_refresh: bool) -> list[TickerJob]:
+    """One job per requested ticker, starting after the last stored bar unless refreshing."""
+    tickers = settings.ingest.tickers or source.list_tickers()
+    if not tickers:
+        raise TickerError(f"--source {source.name} needs --tickers (it cannot list its tickers)")
+    stored = (latest_manifest(root) or {}).get("tickers", {})
+    jobs = []
+    for ticker in dict.fromkeys(tickers):
+        last = stored.get(ticker, {}).get("last_date")
+        since = None if full_refresh or not last else dt.date.fromisoformat(last) + dt.timedelta(days=1)
+        jobs.append(TickerJob(ticker, since))
+    return jobs
+
+
+def _ingest_batch(batch: pd.DataFrame, source: Source, cfg: IngestSettings, root: DataRoot) -> pd.DataFrame:
+    rows = [ingest_ticker(TickerJob(t, s.date() if pd.notna(s) else None), source, cfg, root)
+            for t, s in zip(batch["ticker"], pd.to_datetime(batch["since"]))]
+    return pd.DataFrame(rows)
+
+
+def stream_ingest(jobs: list[TickerJob], source: Source, settings: Settings, root: DataRoot) -> Iterator[dict[str, Any]]:
+    """Run ``jobs`` as Ray tasks and yield each summary row as it arrives.
+
+    Ray Data retries a task whose worker died; failures inside a task are summary rows.
+    Yahoo jobs run one ticker per task, at most ``max_concurrency`` at a time cluster-wide.
+    """
+    import ray.data
+
+    from ray_app.runtime import batch_size_for
+
+    cfg = settings.ingest
+    items = [{"ticker": j.ticker, "since": j.since.isoformat() if j.since else None} for j in jobs]
+    cap = cfg.yahoo.max_concurrency if source.name == "yahoo" else None
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _ingest_batch,
+        batch_size=batch_size_for(len(items)) if cap is None else 1,
+        batch_format="pandas",
+        fn_kwargs={"source": source, "cfg": cfg, "root": root},
+        concurrency=cap,
+        num_cpus=1 if cap is None else 0.25,
+    )
+    yield from dataset.iter_rows()
+
+
+def record_manifest(root: DataRoot, source: Source, rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
+    """Write the manifest of what is stored now; (manifest, whether the version changed)."""
+    previous = latest_manifest(root)
+    entries = dict((previous or {}).get("tickers", {}))
+    for row in rows:
+        if row["status"] in (OK, UNCHANGED) or (row["status"] == UP_TO_DATE and row["ticker"] not in entries):
+            entries[row["ticker"]] = {
+                "rows": int(row["rows"]), "first_date": row["first_date"], "last_date": row["last_date"],
+                "hash": row["hash"], "source": source.name,
+                "path": root.display(*partition(row["ticker"])),
+            }
+    if not entries:
+        return previous, False
+    content_hash = combine_hashes({t: e["hash"] for t, e in entries.items()})
+    version = content_hash[:16]
+    if previous and previous["version"] == version:
+        return previous, False
+    manifest = {
+        "version": version, "content_hash": content_hash, "parent": (previous or {}).get("version"),
+        "source": source.name, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tickers": entries, "rows": sum(e["rows"] for e in entries.values()),
+        "first_date": min(e["first_date"] for e in entries.values()),
+        "last_date": max(e["last_date"] for e in entries.values()),
+    }
+    root.write_json(manifest, RAW, MANIFESTS, f"{version}.json")
+    root.write_json({"version": version}, RAW, MANIFESTS, LATEST)
+    return manifest, True
+
+
+def run_ingest(
+    settings: Settings,
+    *,
+    full_refresh: bool = False,
+    source: Source | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> IngestResult:
+    """Ingest the configured tickers on the connected Ray cluster and record the manifest."""
+    source = source or make_source(settings.ingest)
+    root = DataRoot(settings.data_root)
+    jobs = plan_jobs(settings, source, root, full_refresh)
+    rows = []
+    for row in stream_ingest(jobs, source, settings, root):
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    rows.sort(key=lambda r: r["ticker"])
+    manifest, changed = record_manifest(root, source, rows)
+    failed = [r["ticker"] for r in rows if r["status"] == FAILED]
+    return IngestResult(rows, manifest, changed, failed)

@@ -1,0 +1,58 @@
+"""Connecting entrypoints to Ray; library code never calls ``ray.init`` itself."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+from ray_app.errors import RayAppError
+from ray_app.settings import Settings
+
+
+class RayUnavailableError(RayAppError, RuntimeError):
+    """Ray could not be reached at the configured address."""
+
+
+def connect(settings: Settings) -> None:
+    """Join the cluster at ``settings.ray.address`` (or ``RAY_ADDRESS``), else start a local one.
+
+    Ray Data's own progress bars are switched off: the CLI draws one bar per stage instead.
+    """
+    import ray
+    from ray.data import DataContext
+
+    if ray.is_initialized():
+        return
+    address = settings.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["num_cpus"] = settings.ray.num_cpus
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError) as exc:
+        where = address or "a new local instance"
+        raise RayUnavailableError(
+            f"cannot reach Ray at {where}: {exc}. Start a head with `ray-app cluster up` "
+            "or unset RAY_ADDRESS to run locally"
+        ) from None
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def blocks_for(items: int, per_cpu: int = 4) -> int:
+    """How many Ray tasks to split ``items`` into: a few per CPU to balance load, no more."""
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(1, min(items, cpus * per_cpu))
+
+
+def batch_size_for(items: int, per_cpu: int = 4) -> int:
+    return max(1, math.ceil(items / blocks_for(items, per_cpu)))

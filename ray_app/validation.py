@@ -1,0 +1,109 @@
+"""Checks every bar before it is stored: a bad row is dropped and reported, or fails its
+ticker, by configuration, and never passes silently.
+
+Hard rules (rows that break them are invalid): parseable date, numeric and present OHLCV,
+prices > 0, volume >= 0, ``low <= min(open, close) <= max(open, close) <= high``, no weekend
+dates, one row per date. Soft findings (reported, rows kept): missing exchange sessions
+between the first and last date, and implausible one-day moves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from ray_app.settings import IngestSettings
+from ray_app.sources import BAR_COLUMNS, PRICE_COLUMNS, TickerError
+
+# Relative slack for the OHLC ordering: adjusted prices carry rounding in the last digit.
+_OHLC_TOLERANCE = 1e-6
+
+
+@dataclass
+class ValidationReport:
+    """What validation found for one ticker."""
+
+    dropped: dict[str, int] = field(default_factory=dict)
+    missing_sessions: int = 0
+    jumps: list[str] = field(default_factory=list)
+
+    def warnings(self) -> list[str]:
+        """Readable findings for the ingest summary."""
+        notes = [f"dropped {n} row(s): {why}" for why, n in self.dropped.items()]
+        if self.missing_sessions:
+            notes.append(f"{self.missing_sessions} exchange session(s) missing")
+        if self.jumps:
+            shown = ", ".join(self.jumps[:3]) + (" ..." if len(self.jumps) > 3 else "")
+            notes.append(f"{len(self.jumps)} implausible one-day move(s): {shown}")
+        return notes
+
+
+def _row_problems(bars: pd.DataFrame) -> dict[str, pd.Series]:
+    """Masks of invalid rows, by reason, in the order they are reported."""
+    prices = bars[PRICE_COLUMNS]
+    body_low = bars[["open", "close"]].min(axis=1)
+    body_high = bars[["open", "close"]].max(axis=1)
+    slack = _OHLC_TOLERANCE * bars["high"].abs()
+    return {
+        "unparseable date": bars["date"].isna(),
+        "missing or non-numeric values": bars[BAR_COLUMNS[1:]].isna().any(axis=1),
+        "price <= 0": (prices <= 0).any(axis=1),
+        "negative volume": bars["volume"] < 0,
+        "high/low inconsistent with open/close": (bars["low"] > body_low + slack)
+        | (body_high > bars["high"] + slack)
+        | (bars["low"] > bars["high"]),
+        "weekend date": bars["date"].dt.dayofweek >= 5,
+        "duplicate date": bars["date"].duplicated(keep="first") & bars["date"].notna(),
+    }
+
+
+@lru_cache(maxsize=4)
+def exchange_sessions(exchange: str) -> pd.DatetimeIndex:
+    """All sessions of ``exchange`` that exchange_calendars knows (cached per process)."""
+    import exchange_calendars as xcals
+
+    calendar = xcals.get_calendar(exchange, start="1960-01-04")
+    return pd.DatetimeIndex(calendar.sessions.tz_localize(None)).astype("datetime64[ns]")
+
+
+def count_missing_sessions(dates: pd.Series, exchange: str) -> int:
+    """Exchange sessions between the first and last date with no bar."""
+    if dates.empty:
+        return 0
+    sessions = exchange_sessions(exchange)
+    window = sessions[(sessions >= dates.iloc[0]) & (sessions <= dates.iloc[-1])]
+    return int((~window.isin(dates)).sum())
+
+
+def jump_dates(bars: pd.DataFrame, limit: float) -> list[str]:
+    """Dates whose adjusted close moved more than ``limit`` in log terms from the day before."""
+    moves = np.log(bars["adj_close"]).diff().abs()
+    return [d.date().isoformat() for d in bars.loc[moves > limit, "date"]]
+
+
+def validate_bars(ticker: str, bars: pd.DataFrame, cfg: IngestSettings) -> tuple[pd.DataFrame, ValidationReport]:
+    """The valid bars of ``ticker`` sorted by date, and what was found on the way.
+
+    Raises TickerError when ``cfg.bad_rows == "fail"`` and any row is invalid, or when no
+    valid row remains.
+    """
+    report = ValidationReport()
+    invalid = pd.Series(False, index=bars.index)
+    for reason, mask in _row_problems(bars).items():
+        fresh = mask & ~invalid
+        if fresh.any():
+            report.dropped[reason] = int(fresh.sum())
+            invalid |= fresh
+    if report.dropped and cfg.bad_rows == "fail":
+        found = "; ".join(f"{n} row(s) with {why}" for why, n in report.dropped.items())
+        raise TickerError(f"{ticker}: invalid bars ({found}) and bad_rows=fail")
+    clean = bars[~invalid].sort_values("date", kind="stable").reset_index(drop=True)
+    if clean.empty:
+        why = ", ".join(report.dropped) or "no bars"
+        raise TickerError(f"{ticker}: no valid bars left ({why})")
+    report.missing_sessions = count_missing_sessions(clean["date"], cfg.exchange)
+    report.jumps = jump_dates(clean, cfg.max_daily_move)
+    return clean, report
