@@ -21,11 +21,16 @@ def data_status(settings: Settings, today: dt.date | None = None) -> dict[str, A
     root = DataRoot(settings.data_root)
     status: dict[str, Any] = {"data_root": root.display(), "raw": None, "features": []}
     raw = latest_manifest(root)
-    if raw:
+    if raw is not None:
         status["raw"] = {
-            "version": raw["version"], "path": root.display(RAW), "source": raw["source"],
-            "created_at": raw["created_at"], "tickers": sorted(raw["tickers"]), "rows": raw["rows"],
-            "first_date": raw["first_date"], "last_date": raw["last_date"],
+            "version": raw["version"],
+            "path": root.display(RAW),
+            "source": raw["source"],
+            "created_at": raw["created_at"],
+            "tickers": sorted(raw["tickers"]),
+            "rows": raw["rows"],
+            "first_date": raw["first_date"],
+            "last_date": raw["last_date"],
             "days_since_last_bar": _age_days(raw["last_date"], today),
         }
     latest = (root.read_json(FEATURES, LATEST) or {}).get("version")
@@ -33,14 +38,21 @@ def data_status(settings: Settings, today: dt.date | None = None) -> dict[str, A
         manifest = root.read_json(FEATURES, version, MANIFEST)
         if manifest is None:
             continue  # an interrupted build: no manifest, not a feature set
-        status["features"].append({
-            "version": version, "data_version": manifest["data_version"],
-            "path": root.display(FEATURES, version), "latest": version == latest,
-            "created_at": manifest["created_at"], "tickers": sorted(manifest["tickers"]),
-            "rows": manifest["rows"], "first_date": manifest["first_date"],
-            "last_date": manifest["last_date"], "columns": len(manifest["columns"]),
-            "days_since_last_row": _age_days(manifest["last_date"], today),
-            "current": bool(raw) and manifest["data_version"] == raw["version"],
-        })
+        status["features"].append(
+            {
+                "version": version,
+                "data_version": manifest["data_version"],
+                "path": root.display(FEATURES, version),
+                "latest": version == latest,
+                "created_at": manifest["created_at"],
+                "tickers": sorted(manifest["tickers"]),
+                "rows": manifest["rows"],
+                "first_date": manifest["first_date"],
+                "last_date": manifest["last_date"],
+                "columns": len(manifest["columns"]),
+                "days_since_last_row": _age_days(manifest["last_date"], today),
+                "current": raw is not None and manifest["data_version"] == raw["version"],
+            }
+        )
     status["features"].sort(key=lambda f: f["created_at"], reverse=True)
     return status

@@ -23,7 +23,9 @@ from rich.table import Table
 from ray_app.errors import RayAppError
 from ray_app.settings import CONFIG_ENV, Settings, load_settings
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
+)
 data_app = typer.Typer(help="Inspect stored data and feature sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -33,10 +35,13 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", envvar=CONFIG_ENV, help="YAML settings file (env: RAY_APP_* overrides it)"),
+    typer.Option(
+        "--config", "-c", envvar=CONFIG_ENV, help="YAML settings file (env: RAY_APP_* overrides it)"
+    ),
 ]
 DataRootOption = Annotated[
-    str | None, typer.Option("--data-root", help="Data folder or URI (s3://...); env RAY_APP_DATA_ROOT")
+    str | None,
+    typer.Option("--data-root", help="Data folder or URI (s3://...); env RAY_APP_DATA_ROOT"),
 ]
 DateOption = typer.Option(formats=["%Y-%m-%d"])
 
@@ -56,7 +61,11 @@ def parse_tickers(values: list[str] | None) -> list[str] | None:
             if not path.is_file():
                 raise RayAppError(f"--tickers file {path} does not exist")
             text = path.read_text(encoding="utf-8")
-            found += [t for line in text.splitlines() for t in line.split("#")[0].replace(",", " ").split()]
+            found += [
+                t
+                for line in text.splitlines()
+                for t in line.split("#")[0].replace(",", " ").split()
+            ]
         else:
             found += [t for t in value.replace(",", " ").split()]
     return [t.upper() for t in found]
@@ -64,22 +73,45 @@ def parse_tickers(values: list[str] | None) -> list[str] | None:
 
 @contextmanager
 def _progress(label: str, total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
         task = progress.add_task(label, total=total)
         yield lambda row: progress.update(task, advance=1, description=f"{label} {row['ticker']}")
 
 
 def _ticker_table(title: str, rows: list[dict[str, Any]], extra: list[str]) -> Table:
     table = Table(title=title)
-    for column in ["ticker", "status", "rows", *extra, "first_date", "last_date", "reason / warnings"]:
-        table.add_column(column, justify="right" if column in ("rows", "new_rows", "training_rows") else "left")
+    for column in [
+        "ticker",
+        "status",
+        "rows",
+        *extra,
+        "first_date",
+        "last_date",
+        "reason / warnings",
+    ]:
+        table.add_column(
+            column, justify="right" if column in ("rows", "new_rows", "training_rows") else "left"
+        )
     colours = {"failed": "red", "ok": "green"}
     for row in rows:
         note = row.get("reason") or row.get("warnings", "")
         status = f"[{colours.get(row['status'], 'cyan')}]{row['status']}[/]"
-        table.add_row(row["ticker"], status, str(row["rows"]), *(str(row[c]) for c in extra),
-                      row["first_date"], row["last_date"], note)
+        table.add_row(
+            row["ticker"],
+            status,
+            str(row["rows"]),
+            *(str(row[c]) for c in extra),
+            row["first_date"],
+            row["last_date"],
+            note,
+        )
     return table
 
 
@@ -87,14 +119,26 @@ def _ticker_table(title: str, rows: list[dict[str, Any]], extra: list[str]) -> T
 def ingest(
     config: ConfigOption = None,
     data_root: DataRootOption = None,
-    source: Annotated[Literal["sample", "csv", "yahoo"] | None, typer.Option(help="Where bars come from")] = None,
-    path: Annotated[Path | None, typer.Option(help="Folder of per-ticker files (--source csv)")] = None,
-    tickers: Annotated[list[str] | None, typer.Option(help="Tickers: AAPL,MSFT or a file of them (@file)")] = None,
+    source: Annotated[
+        Literal["sample", "csv", "yahoo"] | None, typer.Option(help="Where bars come from")
+    ] = None,
+    path: Annotated[
+        Path | None, typer.Option(help="Folder of per-ticker files (--source csv)")
+    ] = None,
+    tickers: Annotated[
+        list[str] | None, typer.Option(help="Tickers: AAPL,MSFT or a file of them (@file)")
+    ] = None,
     start: Annotated[dt.datetime | None, DateOption] = None,
     end: Annotated[dt.datetime | None, DateOption] = None,
-    bad_rows: Annotated[Literal["drop", "fail"] | None, typer.Option(help="Drop invalid bars or fail the ticker")] = None,
-    allow_partial: Annotated[bool, typer.Option(help="Exit 0 even when some tickers failed")] = False,
-    full_refresh: Annotated[bool, typer.Option(help="Refetch all history, not only new bars")] = False,
+    bad_rows: Annotated[
+        Literal["drop", "fail"] | None, typer.Option(help="Drop invalid bars or fail the ticker")
+    ] = None,
+    allow_partial: Annotated[
+        bool, typer.Option(help="Exit 0 even when some tickers failed")
+    ] = False,
+    full_refresh: Annotated[
+        bool, typer.Option(help="Refetch all history, not only new bars")
+    ] = False,
 ) -> None:
     """Fetch, validate and store daily bars per ticker, in parallel on Ray."""
     from ray_app.ingest import run_ingest
@@ -102,9 +146,14 @@ def ingest(
     from ray_app.sources import make_source
 
     settings = _settings(
-        config, data_root=data_root, ingest__source=source, ingest__path=path,
-        ingest__tickers=parse_tickers(tickers), ingest__start=start.date() if start else None,
-        ingest__end=end.date() if end else None, ingest__bad_rows=bad_rows,
+        config,
+        data_root=data_root,
+        ingest__source=source,
+        ingest__path=path,
+        ingest__tickers=parse_tickers(tickers),
+        ingest__start=start.date() if start else None,
+        ingest__end=end.date() if end else None,
+        ingest__bad_rows=bad_rows,
         ingest__allow_partial=allow_partial or None,
     )
     chosen = make_source(settings.ingest)
@@ -114,10 +163,15 @@ def ingest(
         result = run_ingest(settings, full_refresh=full_refresh, source=chosen, on_row=advance)
     out.print(_ticker_table(f"ingest from {chosen.name}", result.rows, ["new_rows"]))
     version = result.version or "none"
-    out.print(f"data version [bold]{version}[/] ({'new' if result.changed else 'unchanged'}) "
-              f"under {settings.data_root}")
+    out.print(
+        f"data version [bold]{version}[/] ({'new' if result.changed else 'unchanged'}) "
+        f"under {settings.data_root}"
+    )
     if result.failed:
-        err.print(f"[red]{len(result.failed)} of {len(result.rows)} ticker(s) failed:[/] {', '.join(result.failed)}")
+        err.print(
+            f"[red]{len(result.failed)} of {len(result.rows)} ticker(s) failed:[/] "
+            + ", ".join(result.failed)
+        )
         if not settings.ingest.allow_partial:
             raise typer.Exit(1)
 
@@ -126,9 +180,13 @@ def ingest(
 def features(
     config: ConfigOption = None,
     data_root: DataRootOption = None,
-    data_version: Annotated[str | None, typer.Option(help="Raw data version (default: the latest)")] = None,
+    data_version: Annotated[
+        str | None, typer.Option(help="Raw data version (default: the latest)")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even when the feature set exists")] = False,
-    allow_partial: Annotated[bool, typer.Option(help="Exit 0 even when some tickers failed")] = False,
+    allow_partial: Annotated[
+        bool, typer.Option(help="Exit 0 even when some tickers failed")
+    ] = False,
 ) -> None:
     """Compute the point-in-time feature set of a data version with Ray Data."""
     from ray_app.feature_store import build_features, plan_build
@@ -141,11 +199,20 @@ def features(
     with _progress("features", len(plan["raw"]["tickers"])) as advance:
         build = build_features(settings, data_version=data_version, force=force, on_row=advance)
     if build.reused:
-        out.print(f"feature set [bold]{build.version}[/] is up to date (data version {build.data_version})")
+        out.print(
+            f"feature set [bold]{build.version}[/] is up to date "
+            f"(data version {build.data_version})"
+        )
     else:
-        out.print(_ticker_table(f"features of data version {build.data_version}", build.rows, ["training_rows"]))
-        out.print(f"feature set [bold]{build.version}[/]: {build.manifest['rows']} rows, "
-                  f"{len(build.manifest['columns'])} features at {build.manifest['path']}")
+        out.print(
+            _ticker_table(
+                f"features of data version {build.data_version}", build.rows, ["training_rows"]
+            )
+        )
+        out.print(
+            f"feature set [bold]{build.version}[/]: {build.manifest['rows']} rows, "
+            f"{len(build.manifest['columns'])} features at {build.manifest['path']}"
+        )
     if settings.online.backend == "redis":
         lookup = open_lookup(settings, build.version)
         out.print(f"online store: {lookup.materialize()} rows in Redis")  # type: ignore[attr-defined]
@@ -174,12 +241,32 @@ def data_status_command(
     table = Table(title=f"data under {status['data_root']}")
     for column in ("kind", "version", "tickers", "rows", "first", "last", "age (days)", "path"):
         table.add_column(column)
-    table.add_row("raw", raw["version"], str(len(raw["tickers"])), str(raw["rows"]), raw["first_date"],
-                  raw["last_date"], str(raw["days_since_last_bar"]), raw["path"])
+    table.add_row(
+        "raw",
+        raw["version"],
+        str(len(raw["tickers"])),
+        str(raw["rows"]),
+        raw["first_date"],
+        raw["last_date"],
+        str(raw["days_since_last_bar"]),
+        raw["path"],
+    )
     for fs in status["features"]:
-        kind = "features" + (" (latest)" if fs["latest"] else "") + ("" if fs["current"] else " (stale)")
-        table.add_row(kind, fs["version"], str(len(fs["tickers"])), str(fs["rows"]), fs["first_date"],
-                      fs["last_date"], str(fs["days_since_last_row"]), fs["path"])
+        kind = (
+            "features"
+            + (" (latest)" if fs["latest"] else "")
+            + ("" if fs["current"] else " (stale)")
+        )
+        table.add_row(
+            kind,
+            fs["version"],
+            str(len(fs["tickers"])),
+            str(fs["rows"]),
+            fs["first_date"],
+            fs["last_date"],
+            str(fs["days_since_last_row"]),
+            fs["path"],
+        )
     out.print(table)
 
 
@@ -188,7 +275,7 @@ def main() -> None:
     try:
         app()
     except RayAppError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -196,6 +283,10 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("RAY_APP_DEBUG"):
             raise
-        err.print(f"[red]unexpected error:[/] {type(exc).__name__}: {exc} (set RAY_APP_DEBUG=1 for the traceback)",
-                  highlight=False)
+        err.print(
+            f"[red]unexpected error:[/] {type(exc).__name__}: {exc} "
+            "(set RAY_APP_DEBUG=1 for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)

@@ -44,11 +44,15 @@ def feature_manifest(root: DataRoot, version: str | None = None) -> dict[str, An
     if version is None:
         pointer = root.read_json(FEATURES, LATEST)
         if pointer is None:
-            raise FeatureSetError(f"no feature set under {root.display(FEATURES)}: run `ray-app features`")
+            raise FeatureSetError(
+                f"no feature set under {root.display(FEATURES)}: run `ray-app features`"
+            )
         version = pointer["version"]
     manifest = root.read_json(FEATURES, version, MANIFEST)
     if manifest is None:
-        raise FeatureSetError(f"feature set version {version} does not exist under {root.display(FEATURES)}")
+        raise FeatureSetError(
+            f"feature set version {version} does not exist under {root.display(FEATURES)}"
+        )
     return manifest
 
 
@@ -58,36 +62,62 @@ def _raw_manifest(root: DataRoot, data_version: str | None) -> dict[str, Any]:
     except KeyError as exc:
         raise FeatureSetError(str(exc.args[0])) from None
     if manifest is None:
-        raise FeatureSetError(f"no raw data under {root.display('raw')}: run `ray-app ingest` first")
+        raise FeatureSetError(
+            f"no raw data under {root.display('raw')}: run `ray-app ingest` first"
+        )
     return manifest
 
 
 def featurize_ticker(ticker: str, expected_hash: str, ctx: dict[str, Any]) -> dict[str, Any]:
     """Compute and store one ticker's features; a summary row, never an exception."""
     root: DataRoot = ctx["root"]
-    row: dict[str, Any] = {"ticker": ticker, "status": "failed", "rows": 0, "training_rows": 0,
-                           "first_date": "", "last_date": "", "reason": ""}
+    row: dict[str, Any] = {
+        "ticker": ticker,
+        "status": "failed",
+        "rows": 0,
+        "training_rows": 0,
+        "first_date": "",
+        "last_date": "",
+        "reason": "",
+    }
     try:
         if stored_hash(root, ticker) != expected_hash:
-            raise FeatureSetError(f"{ticker}: raw bars changed since data version {ctx['data_version']}")
+            raise FeatureSetError(
+                f"{ticker}: raw bars changed since data version {ctx['data_version']}"
+            )
         frame = compute_features(ticker, read_bars(root, ticker), ctx["spec"], ctx["index_bars"])
         if frame.empty:
             raise FeatureSetError(f"{ticker}: too little history for the feature windows")
-        root.write_parquet(frame.drop(columns="ticker"), *partition(ctx["version"], ticker),
-                           metadata={"ray_app.data_version": ctx["data_version"],
-                                     "ray_app.feature_version": ctx["version"]})
-        row.update(status="ok", rows=len(frame), training_rows=int(frame["has_target"].sum()),
-                   first_date=frame["date"].iloc[0].date().isoformat(),
-                   last_date=frame["date"].iloc[-1].date().isoformat())
+        root.write_parquet(
+            frame.drop(columns="ticker"),
+            *partition(ctx["version"], ticker),
+            metadata={
+                "ray_app.data_version": ctx["data_version"],
+                "ray_app.feature_version": ctx["version"],
+            },
+        )
+        row.update(
+            status="ok",
+            rows=len(frame),
+            training_rows=int(frame["has_target"].sum()),
+            first_date=frame["date"].iloc[0].date().isoformat(),
+            last_date=frame["date"].iloc[-1].date().isoformat(),
+        )
     except Exception as exc:  # one ticker's failure never sinks the set
-        row["reason"] = str(exc) if isinstance(exc, FeatureSetError) else f"{ticker}: {type(exc).__name__}: {exc}"
+        row["reason"] = (
+            str(exc)
+            if isinstance(exc, FeatureSetError)
+            else f"{ticker}: {type(exc).__name__}: {exc}"
+        )
     return row
 
 
 def _featurize_batch(batch: pd.DataFrame, ctx: dict[str, Any]) -> pd.DataFrame:
     index = ctx["index_ticker"]
     ctx = {**ctx, "index_bars": read_bars(ctx["root"], index) if index else None}
-    return pd.DataFrame([featurize_ticker(t, h, ctx) for t, h in zip(batch["ticker"], batch["hash"])])
+    return pd.DataFrame(
+        [featurize_ticker(t, h, ctx) for t, h in zip(batch["ticker"], batch["hash"], strict=False)]
+    )
 
 
 @dataclass
@@ -112,9 +142,15 @@ def plan_build(settings: Settings, data_version: str | None) -> dict[str, Any]:
     spec: FeatureSettings = settings.features
     index = spec.index_ticker if spec.index_ticker in raw["tickers"] else None
     digest = spec_hash(spec, index is not None)
-    return {"root": root, "spec": spec, "raw": raw, "data_version": raw["version"],
-            "spec_hash": digest, "index_ticker": index,
-            "version": feature_version(raw["version"], digest)}
+    return {
+        "root": root,
+        "spec": spec,
+        "raw": raw,
+        "data_version": raw["version"],
+        "spec_hash": digest,
+        "index_ticker": index,
+        "version": feature_version(raw["version"], digest),
+    }
 
 
 def stream_featurize(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -126,8 +162,11 @@ def stream_featurize(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     items = [{"ticker": t, "hash": e["hash"]} for t, e in sorted(plan["raw"]["tickers"].items())]
     ctx = {k: plan[k] for k in ("root", "spec", "data_version", "version", "index_ticker")}
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _featurize_batch, batch_size=batch_size_for(len(items)), batch_format="pandas",
-        fn_kwargs={"ctx": ctx}, num_cpus=1,
+        _featurize_batch,  # type: ignore[arg-type]  # Ray types the UDF loosely
+        batch_size=batch_size_for(len(items)),
+        batch_format="pandas",
+        fn_kwargs={"ctx": ctx},
+        num_cpus=1,
     )
     yield from dataset.iter_rows()
 
@@ -141,13 +180,20 @@ def record_feature_set(plan: dict[str, Any], rows: list[dict[str, Any]]) -> dict
         raise FeatureSetError(f"no ticker could be featurized: {reasons}")
     version = plan["version"]
     manifest = {
-        "version": version, "data_version": plan["data_version"], "spec_hash": plan["spec_hash"],
-        "spec": plan["spec"].model_dump(mode="json"), "index_ticker": plan["index_ticker"],
+        "version": version,
+        "data_version": plan["data_version"],
+        "spec_hash": plan["spec_hash"],
+        "spec": plan["spec"].model_dump(mode="json"),
+        "index_ticker": plan["index_ticker"],
         "columns": feature_names(plan["spec"], plan["index_ticker"] is not None),
-        "target": TARGET, "target_direction": TARGET_DIR,
+        "target": TARGET,
+        "target_direction": TARGET_DIR,
         "path": root.display(FEATURES, version),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "tickers": {t: {k: r[k] for k in ("rows", "training_rows", "first_date", "last_date")} for t, r in ok.items()},
+        "tickers": {
+            t: {k: r[k] for k in ("rows", "training_rows", "first_date", "last_date")}
+            for t, r in ok.items()
+        },
         "failed": {r["ticker"]: r["reason"] for r in rows if r["status"] != "ok"},
         "rows": sum(r["rows"] for r in ok.values()),
         "first_date": min(r["first_date"] for r in ok.values()),
@@ -158,8 +204,13 @@ def record_feature_set(plan: dict[str, Any], rows: list[dict[str, Any]]) -> dict
     return manifest
 
 
-def build_features(settings: Settings, *, data_version: str | None = None, force: bool = False,
-                   on_row: Callable[[dict[str, Any]], None] | None = None) -> FeatureBuild:
+def build_features(
+    settings: Settings,
+    *,
+    data_version: str | None = None,
+    force: bool = False,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> FeatureBuild:
     """The feature set of ``data_version`` (default latest), built unless it already exists."""
     plan = plan_build(settings, data_version)
     root: DataRoot = plan["root"]
@@ -177,8 +228,13 @@ def build_features(settings: Settings, *, data_version: str | None = None, force
     return FeatureBuild(plan["version"], plan["data_version"], rows, manifest, reused=False)
 
 
-def load_feature_set(root: DataRoot, version: str | None = None, *, training: bool = True,
-                     tickers: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+def load_feature_set(
+    root: DataRoot,
+    version: str | None = None,
+    *,
+    training: bool = True,
+    tickers: list[str] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A feature set as one frame sorted by (date, ticker), with its manifest.
 
     ``training=True`` keeps only rows whose target is known (never the newest day).
@@ -187,7 +243,9 @@ def load_feature_set(root: DataRoot, version: str | None = None, *, training: bo
     wanted = sorted(tickers or manifest["tickers"])
     unknown = [t for t in wanted if t not in manifest["tickers"]]
     if unknown:
-        raise FeatureSetError(f"ticker(s) {', '.join(unknown)} not in feature set {manifest['version']}")
+        raise FeatureSetError(
+            f"ticker(s) {', '.join(unknown)} not in feature set {manifest['version']}"
+        )
     frames = []
     for ticker in wanted:
         frame = root.read_parquet(*partition(manifest["version"], ticker))

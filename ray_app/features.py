@@ -27,9 +27,17 @@ def feature_names(spec: FeatureSettings, with_market: bool) -> list[str]:
     names = [f"ret_{h}d" for h in spec.return_horizons]
     names += [f"vol_{w}d" for w in spec.volatility_windows]
     names += [f"lag_ret_{k}" for k in spec.lags]
-    names += [f"rsi_{spec.rsi_window}", "macd", "macd_signal", "macd_hist",
-              f"bb_pos_{spec.bollinger_window}", f"atr_{spec.atr_window}",
-              f"volume_z_{spec.volume_window}", "day_of_week", "month"]
+    names += [
+        f"rsi_{spec.rsi_window}",
+        "macd",
+        "macd_signal",
+        "macd_hist",
+        f"bb_pos_{spec.bollinger_window}",
+        f"atr_{spec.atr_window}",
+        f"volume_z_{spec.volume_window}",
+        "day_of_week",
+        "month",
+    ]
     if with_market:
         names += [f"excess_ret_{h}d" for h in spec.return_horizons]
         names += ["market_ret_1d", f"beta_{spec.beta_window}d"]
@@ -38,8 +46,12 @@ def feature_names(spec: FeatureSettings, with_market: bool) -> list[str]:
 
 def spec_hash(spec: FeatureSettings, with_market: bool) -> str:
     """Hash of everything that changes the feature values (and of the code's columns)."""
-    payload = {"spec": spec.model_dump(mode="json"), "with_market": with_market,
-               "columns": feature_names(spec, with_market), "schema": 1}
+    payload = {
+        "spec": spec.model_dump(mode="json"),
+        "with_market": with_market,
+        "columns": feature_names(spec, with_market),
+        "schema": 1,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -63,7 +75,11 @@ def _rsi(close: pd.Series, window: int) -> pd.Series:
 def _atr(bars: pd.DataFrame, window: int) -> pd.Series:
     prev_close = bars["close"].shift(1)
     true_range = pd.concat(
-        [bars["high"] - bars["low"], (bars["high"] - prev_close).abs(), (bars["low"] - prev_close).abs()],
+        [
+            bars["high"] - bars["low"],
+            (bars["high"] - prev_close).abs(),
+            (bars["low"] - prev_close).abs(),
+        ],
         axis=1,
     ).max(axis=1)
     return true_range.ewm(alpha=1 / window, adjust=False, min_periods=window).mean() / bars["close"]
@@ -87,20 +103,27 @@ def _technical(px: pd.DataFrame, spec: FeatureSettings) -> dict[str, pd.Series]:
     macd_signal = macd.ewm(span=signal, adjust=False, min_periods=signal).mean()
     cols.update(macd=macd, macd_signal=macd_signal, macd_hist=macd - macd_signal)
     w = spec.bollinger_window
-    mean, std = px["close"].rolling(w, min_periods=w).mean(), px["close"].rolling(w, min_periods=w).std()
+    mean, std = (
+        px["close"].rolling(w, min_periods=w).mean(),
+        px["close"].rolling(w, min_periods=w).std(),
+    )
     cols[f"bb_pos_{w}"] = (px["close"] - mean) / (2 * std.replace(0, np.nan))
     cols[f"atr_{spec.atr_window}"] = _atr(px, spec.atr_window)
     log_vol = np.log1p(px["volume"])
     v = spec.volume_window
-    vol_mean, vol_std = log_vol.rolling(v, min_periods=v).mean(), log_vol.rolling(v, min_periods=v).std()
+    vol_mean, vol_std = (
+        log_vol.rolling(v, min_periods=v).mean(),
+        log_vol.rolling(v, min_periods=v).std(),
+    )
     cols[f"volume_z_{v}"] = (log_vol - vol_mean) / vol_std.replace(0, np.nan)
-    cols["day_of_week"] = px["date"].dt.dayofweek.astype("float64")
+    cols["day_of_week"] = px["date"].dt.day_of_week.astype("float64")
     cols["month"] = px["date"].dt.month.astype("float64")
     return cols
 
 
-def _market(px: pd.DataFrame, index_bars: pd.DataFrame, spec: FeatureSettings,
-            own: dict[str, pd.Series]) -> dict[str, pd.Series]:
+def _market(
+    px: pd.DataFrame, index_bars: pd.DataFrame, spec: FeatureSettings, own: dict[str, pd.Series]
+) -> dict[str, pd.Series]:
     """Features relative to the index, joined as of each date (never a later index bar)."""
     index_px = adjusted(index_bars)[["date", "close"]].rename(columns={"close": "index_close"})
     joined = pd.merge_asof(px[["date"]], index_px, on="date", direction="backward")
@@ -117,8 +140,9 @@ def _market(px: pd.DataFrame, index_bars: pd.DataFrame, spec: FeatureSettings,
     return cols
 
 
-def compute_features(ticker: str, bars: pd.DataFrame, spec: FeatureSettings,
-                     index_bars: pd.DataFrame | None = None) -> pd.DataFrame:
+def compute_features(
+    ticker: str, bars: pd.DataFrame, spec: FeatureSettings, index_bars: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Feature rows of one ticker: keys, features, target; warm-up rows dropped.
 
     ``bars`` are validated bars sorted by date; ``index_bars`` (the market index) turns on

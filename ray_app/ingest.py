@@ -59,11 +59,22 @@ class TickerJob:
     since: dt.date | None
 
 
-def ingest_ticker(job: TickerJob, source: Source, cfg: IngestSettings, root: DataRoot) -> dict[str, Any]:
+def ingest_ticker(
+    job: TickerJob, source: Source, cfg: IngestSettings, root: DataRoot
+) -> dict[str, Any]:
     """Fetch, validate, merge and store one ticker; a summary row, never an exception."""
-    row: dict[str, Any] = {"ticker": job.ticker, "status": FAILED, "rows": 0, "new_rows": 0,
-                           "first_date": "", "last_date": "", "reason": "", "hash": "",
-                           "layout": "", "warnings": ""}
+    row: dict[str, Any] = {
+        "ticker": job.ticker,
+        "status": FAILED,
+        "rows": 0,
+        "new_rows": 0,
+        "first_date": "",
+        "last_date": "",
+        "reason": "",
+        "hash": "",
+        "layout": "",
+        "warnings": "",
+    }
     try:
         row.update(_ingest(job, source, cfg, root))
     except TickerError as exc:
@@ -99,9 +110,11 @@ def _ingest(job: TickerJob, source: Source, cfg: IngestSettings, root: DataRoot)
     else:
         metadata = {"ray_app.hash": digest, "ray_app.source": source.name}
         root.write_parquet(bars, *partition(job.ticker), metadata=metadata)
-    return {**_summary(bars, status, digest, fetched.layout),
-            "new_rows": 0 if status == UNCHANGED else len(new),
-            "warnings": "; ".join(report.warnings())}
+    return {
+        **_summary(bars, status, digest, fetched.layout),
+        "new_rows": 0 if status == UNCHANGED else len(new),
+        "warnings": "; ".join(report.warnings()),
+    }
 
 
 def stored_hash(root: DataRoot, ticker: str) -> str | None:
@@ -112,9 +125,14 @@ def stored_hash(root: DataRoot, ticker: str) -> str | None:
 
 
 def _summary(bars: pd.DataFrame, status: str, digest: str, layout: str) -> dict[str, Any]:
-    return {"status": status, "rows": len(bars), "hash": digest, "layout": layout,
-            "first_date": bars["date"].iloc[0].date().isoformat(),
-            "last_date": bars["date"].iloc[-1].date().isoformat()}
+    return {
+        "status": status,
+        "rows": len(bars),
+        "hash": digest,
+        "layout": layout,
+        "first_date": bars["date"].iloc[0].date().isoformat(),
+        "last_date": bars["date"].iloc[-1].date().isoformat(),
+    }
 
 
 def _stored_summary(root: DataRoot, ticker: str, status: str, layout: str = "") -> dict[str, Any]:
@@ -136,7 +154,9 @@ class IngestResult:
         return self.manifest["version"] if self.manifest else None
 
 
-def plan_jobs(settings: Settings, source: Source, root: DataRoot, full_refresh: bool) -> list[TickerJob]:
+def plan_jobs(
+    settings: Settings, source: Source, root: DataRoot, full_refresh: bool
+) -> list[TickerJob]:
     """One job per requested ticker, starting after the last stored bar unless refreshing."""
     tickers = settings.ingest.tickers or source.list_tickers()
     if not tickers:
@@ -145,18 +165,26 @@ def plan_jobs(settings: Settings, source: Source, root: DataRoot, full_refresh: 
     jobs = []
     for ticker in dict.fromkeys(tickers):
         last = stored.get(ticker, {}).get("last_date")
-        since = None if full_refresh or not last else dt.date.fromisoformat(last) + dt.timedelta(days=1)
+        since = (
+            None if full_refresh or not last else dt.date.fromisoformat(last) + dt.timedelta(days=1)
+        )
         jobs.append(TickerJob(ticker, since))
     return jobs
 
 
-def _ingest_batch(batch: pd.DataFrame, source: Source, cfg: IngestSettings, root: DataRoot) -> pd.DataFrame:
-    rows = [ingest_ticker(TickerJob(t, s.date() if pd.notna(s) else None), source, cfg, root)
-            for t, s in zip(batch["ticker"], pd.to_datetime(batch["since"]))]
+def _ingest_batch(
+    batch: pd.DataFrame, source: Source, cfg: IngestSettings, root: DataRoot
+) -> pd.DataFrame:
+    rows = [
+        ingest_ticker(TickerJob(t, s.date() if pd.notna(s) else None), source, cfg, root)
+        for t, s in zip(batch["ticker"], pd.to_datetime(batch["since"]), strict=False)
+    ]
     return pd.DataFrame(rows)
 
 
-def stream_ingest(jobs: list[TickerJob], source: Source, settings: Settings, root: DataRoot) -> Iterator[dict[str, Any]]:
+def stream_ingest(
+    jobs: list[TickerJob], source: Source, settings: Settings, root: DataRoot
+) -> Iterator[dict[str, Any]]:
     """Run ``jobs`` as Ray tasks and yield each summary row as it arrives.
 
     Ray Data retries a task whose worker died; failures inside a task are summary rows.
@@ -170,7 +198,7 @@ def stream_ingest(jobs: list[TickerJob], source: Source, settings: Settings, roo
     items = [{"ticker": j.ticker, "since": j.since.isoformat() if j.since else None} for j in jobs]
     cap = cfg.yahoo.max_concurrency if source.name == "yahoo" else None
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _ingest_batch,
+        _ingest_batch,  # type: ignore[arg-type]  # Ray types the UDF loosely
         batch_size=batch_size_for(len(items)) if cap is None else 1,
         batch_format="pandas",
         fn_kwargs={"source": source, "cfg": cfg, "root": root},
@@ -180,15 +208,22 @@ def stream_ingest(jobs: list[TickerJob], source: Source, settings: Settings, roo
     yield from dataset.iter_rows()
 
 
-def record_manifest(root: DataRoot, source: Source, rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
+def record_manifest(
+    root: DataRoot, source: Source, rows: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, bool]:
     """Write the manifest of what is stored now; (manifest, whether the version changed)."""
     previous = latest_manifest(root)
     entries = dict((previous or {}).get("tickers", {}))
     for row in rows:
-        if row["status"] in (OK, UNCHANGED) or (row["status"] == UP_TO_DATE and row["ticker"] not in entries):
+        if row["status"] in (OK, UNCHANGED) or (
+            row["status"] == UP_TO_DATE and row["ticker"] not in entries
+        ):
             entries[row["ticker"]] = {
-                "rows": int(row["rows"]), "first_date": row["first_date"], "last_date": row["last_date"],
-                "hash": row["hash"], "source": source.name,
+                "rows": int(row["rows"]),
+                "first_date": row["first_date"],
+                "last_date": row["last_date"],
+                "hash": row["hash"],
+                "source": source.name,
                 "path": root.display(*partition(row["ticker"])),
             }
     if not entries:
@@ -198,9 +233,13 @@ def record_manifest(root: DataRoot, source: Source, rows: list[dict[str, Any]]) 
     if previous and previous["version"] == version:
         return previous, False
     manifest = {
-        "version": version, "content_hash": content_hash, "parent": (previous or {}).get("version"),
-        "source": source.name, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "tickers": entries, "rows": sum(e["rows"] for e in entries.values()),
+        "version": version,
+        "content_hash": content_hash,
+        "parent": (previous or {}).get("version"),
+        "source": source.name,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tickers": entries,
+        "rows": sum(e["rows"] for e in entries.values()),
         "first_date": min(e["first_date"] for e in entries.values()),
         "last_date": max(e["last_date"] for e in entries.values()),
     }

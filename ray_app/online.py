@@ -46,7 +46,9 @@ class FeatureLookup(Protocol):
     feature_version: str
     columns: list[str]
 
-    def get_online_features(self, tickers: list[str], as_of: dt.date | None = None) -> dict[str, FeatureRow]:
+    def get_online_features(
+        self, tickers: list[str], as_of: dt.date | None = None
+    ) -> dict[str, FeatureRow]:
         """One row per ticker: the newest with ``date <= as_of`` (default: the newest)."""
         ...
 
@@ -68,7 +70,9 @@ class OfflineFeatureLookup:
     def frame(self, ticker: str) -> tuple[np.ndarray, np.ndarray]:
         """(dates as datetime64[D], feature matrix) of ``ticker``, read once."""
         if ticker not in self.manifest["tickers"]:
-            raise UnknownTickerError(f"unknown ticker {ticker}: not in feature set {self.feature_version}")
+            raise UnknownTickerError(
+                f"unknown ticker {ticker}: not in feature set {self.feature_version}"
+            )
         if ticker not in self._frames:
             data = self.root.read_parquet(*partition(self.feature_version, ticker))
             dates = data["date"].to_numpy().astype("datetime64[D]")
@@ -77,12 +81,24 @@ class OfflineFeatureLookup:
 
     def row(self, ticker: str, as_of: dt.date | None) -> FeatureRow:
         dates, values = self.frame(ticker)
-        pos = len(dates) - 1 if as_of is None else int(np.searchsorted(dates, np.datetime64(as_of, "D"), "right")) - 1
+        pos = (
+            len(dates) - 1
+            if as_of is None
+            else int(np.searchsorted(dates, np.datetime64(as_of, "D"), "right")) - 1
+        )
         if pos < 0:
-            raise NoFeaturesError(f"{ticker}: no features on or before {as_of} (first is {dates[0]})")
-        return FeatureRow(ticker, dates[pos].astype(dt.date), dict(zip(self.columns, values[pos].tolist())))
+            raise NoFeaturesError(
+                f"{ticker}: no features on or before {as_of} (first is {dates[0]})"
+            )
+        return FeatureRow(
+            ticker,
+            dates[pos].astype(dt.date),
+            dict(zip(self.columns, values[pos].tolist(), strict=True)),
+        )
 
-    def get_online_features(self, tickers: list[str], as_of: dt.date | None = None) -> dict[str, FeatureRow]:
+    def get_online_features(
+        self, tickers: list[str], as_of: dt.date | None = None
+    ) -> dict[str, FeatureRow]:
         return {t: self.row(t, as_of) for t in tickers}
 
 
@@ -109,7 +125,7 @@ class RedisFeatureLookup:
             tail = slice(max(0, len(dates) - self.keep_days), len(dates))
             members = {
                 json.dumps({"d": str(d), "v": v.tolist()}): _score(d)
-                for d, v in zip(dates[tail], values[tail])
+                for d, v in zip(dates[tail], values[tail], strict=False)
             }
             pipe.delete(self._key(ticker))
             pipe.zadd(self._key(ticker), members)
@@ -122,20 +138,28 @@ class RedisFeatureLookup:
     def is_materialized(self) -> bool:
         return bool(self.client.exists(f"{self._prefix}:_floor"))
 
-    def get_online_features(self, tickers: list[str], as_of: dt.date | None = None) -> dict[str, FeatureRow]:
+    def get_online_features(
+        self, tickers: list[str], as_of: dt.date | None = None
+    ) -> dict[str, FeatureRow]:
         for ticker in tickers:
             if ticker not in self.offline.manifest["tickers"]:
-                raise UnknownTickerError(f"unknown ticker {ticker}: not in feature set {self.feature_version}")
+                raise UnknownTickerError(
+                    f"unknown ticker {ticker}: not in feature set {self.feature_version}"
+                )
         top = "+inf" if as_of is None else _score(np.datetime64(as_of, "D"))
         pipe = self.client.pipeline(transaction=False)
         for ticker in tickers:
             pipe.zrevrangebyscore(self._key(ticker), top, "-inf", start=0, num=1)
         answers = pipe.execute()
         rows = {}
-        for ticker, hit in zip(tickers, answers):
+        for ticker, hit in zip(tickers, answers, strict=False):
             if hit:
                 found = json.loads(hit[0])
-                rows[ticker] = FeatureRow(ticker, dt.date.fromisoformat(found["d"]), dict(zip(self.columns, found["v"])))
+                rows[ticker] = FeatureRow(
+                    ticker,
+                    dt.date.fromisoformat(found["d"]),
+                    dict(zip(self.columns, found["v"], strict=True)),
+                )
             else:  # older than what Redis keeps (or nothing at all): the offline store decides
                 rows[ticker] = self.offline.row(ticker, as_of)
         return rows
@@ -146,7 +170,7 @@ def _score(day: np.datetime64) -> int:
 
 
 def open_lookup(settings: Settings, version: str | None = None) -> FeatureLookup:
-    """The lookup configured in ``settings.online`` over feature set ``version`` (default newest)."""
+    """The lookup configured in ``settings.online`` over feature set ``version`` (or newest)."""
     offline = OfflineFeatureLookup(DataRoot(settings.data_root), version)
     if settings.online.backend == "offline":
         return offline

@@ -16,7 +16,10 @@ class RayUnavailableError(RayAppError, RuntimeError):
 
 
 def connect(settings: Settings) -> None:
-    """Join the cluster at ``settings.ray.address`` (or ``RAY_ADDRESS``), else start a local one.
+    """Join the cluster at ``settings.ray.address`` (or ``RAY_ADDRESS``), else the local one.
+
+    With neither, Ray joins a cluster already running on this machine or starts one;
+    ``ray.num_cpus`` always starts a private instance of that size.
 
     Ray Data's own progress bars are switched off: the CLI draws one bar per stage instead.
     """
@@ -29,9 +32,8 @@ def connect(settings: Settings) -> None:
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
         kwargs["address"] = address
-    else:
-        kwargs["num_cpus"] = settings.ray.num_cpus
-        kwargs["include_dashboard"] = False
+    elif settings.ray.num_cpus:  # a sized instance of our own, even if a cluster runs here
+        kwargs.update(address="local", num_cpus=settings.ray.num_cpus, include_dashboard=False)
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError) as exc:

@@ -33,10 +33,14 @@ class _Section(BaseModel):
 class YahooSettings(_Section):
     """How politely we ask Yahoo: it rate-limits aggressive clients."""
 
-    auto_adjust: bool = Field(False, description="Adjust OHLC in yfinance (we keep raw + Adj Close)")
+    auto_adjust: bool = Field(
+        False, description="Adjust OHLC in yfinance (we keep raw + Adj Close)"
+    )
     actions: bool = Field(False, description="Ask yfinance for dividends and splits columns")
     max_concurrency: int = Field(4, ge=1, description="Concurrent requests across all Ray workers")
-    max_attempts: int = Field(5, ge=1, description="Attempts per ticker on rate limits and timeouts")
+    max_attempts: int = Field(
+        5, ge=1, description="Attempts per ticker on rate limits and timeouts"
+    )
     backoff_initial_s: float = Field(1.0, gt=0, description="First retry delay, doubled each time")
     backoff_max_s: float = Field(60.0, gt=0, description="Upper bound of one retry delay")
     timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one request")
@@ -47,7 +51,9 @@ class IngestSettings(_Section):
 
     source: Literal["sample", "csv", "yahoo"] = "sample"
     path: Path | None = Field(None, description="Folder of per-ticker files for the csv source")
-    tickers: list[str] = Field(default_factory=list, description="Empty: every ticker the source has")
+    tickers: list[str] = Field(
+        default_factory=list, description="Empty: every ticker the source has"
+    )
     start: dt.date | None = None
     end: dt.date | None = None
     bad_rows: Literal["drop", "fail"] = Field(

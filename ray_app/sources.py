@@ -109,7 +109,9 @@ def _exchange_dates(values: pd.Series) -> pd.Series:
         return values.dt.tz_convert(EXCHANGE_TZ).dt.tz_localize(None).dt.normalize()
     if values.dtype.kind == "M":
         return values.dt.normalize().astype("datetime64[ns]")
-    parsed = pd.to_datetime(values.astype("string").str.slice(0, 10), format="%Y-%m-%d", errors="coerce")
+    parsed = pd.to_datetime(
+        values.astype("string").str.slice(0, 10), format="%Y-%m-%d", errors="coerce"
+    )
     return parsed.astype("datetime64[ns]")
 
 
@@ -169,7 +171,9 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, str]:
     try:
         raw = pd.read_csv(path, encoding="utf-8", encoding_errors="strict")
     except UnicodeDecodeError as exc:
-        raise TickerError(f"{path.name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise TickerError(
+            f"{path.name}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise TickerError(f"{path.name}: not a readable CSV file ({exc})") from None
     header = {str(c).strip().lower() for c in raw.columns}
@@ -205,7 +209,9 @@ class SampleSource:
         data = self._all()
         rows = data[data["ticker"] == ticker]
         if rows.empty:
-            raise TickerError(f"unknown ticker {ticker}: the sample has {', '.join(self.list_tickers())}")
+            raise TickerError(
+                f"unknown ticker {ticker}: the sample has {', '.join(self.list_tickers())}"
+            )
         bars = normalise_columns(rows.drop(columns="ticker"), f"sample:{ticker}", {})
         return Fetched(clip_range(bars, start, end), "bokeh-sampledata", "bokeh_sampledata.stocks")
 
@@ -251,7 +257,9 @@ class YahooSource:
             frame = retrying(self._fetch_once, ticker, start, end)
         except RetryError as exc:
             cause = exc.last_attempt.exception()
-            raise TickerError(f"{ticker}: Yahoo failed after {cfg.max_attempts} attempts: {cause}") from None
+            raise TickerError(
+                f"{ticker}: Yahoo failed after {cfg.max_attempts} attempts: {cause}"
+            ) from None
         return Fetched(frame, "yfinance", "yahoo")
 
     def _fetch_once(self, ticker: str, start: dt.date | None, end: dt.date | None) -> pd.DataFrame:
@@ -275,9 +283,8 @@ class YahooSource:
             level = "Ticker" if "Ticker" in raw.columns.names else 1
             if ticker not in raw.columns.get_level_values(level):
                 raise TickerError(f"{ticker}: Yahoo answered without this ticker")
-            raw = raw.xs(ticker, axis=1, level=level)
-        raw = raw.dropna(how="all")
-        frame = raw.rename_axis("date").reset_index()
+            raw = pd.DataFrame(raw.xs(ticker, axis=1, level=level))
+        frame = raw.dropna(how="all").rename_axis("date").reset_index()
         return normalise_columns(frame, f"yahoo:{ticker}", {})
 
 

@@ -83,7 +83,10 @@ class DataRoot:
     def write_parquet(self, frame: pd.DataFrame, *parts: str, metadata: dict[str, str]) -> None:
         """Atomically write ``frame`` (index dropped) with ``metadata`` in the schema."""
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        merged = {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
+        merged = {
+            **(table.schema.metadata or {}),
+            **{k.encode(): v.encode() for k, v in metadata.items()},
+        }
         table = table.replace_schema_metadata(merged)
         self._commit(self.path(*parts), lambda p: pq.write_table(table, p, filesystem=self.fs))
 

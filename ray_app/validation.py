@@ -55,7 +55,7 @@ def _row_problems(bars: pd.DataFrame) -> dict[str, pd.Series]:
         "high/low inconsistent with open/close": (bars["low"] > body_low + slack)
         | (body_high > bars["high"] + slack)
         | (bars["low"] > bars["high"]),
-        "weekend date": bars["date"].dt.dayofweek >= 5,
+        "weekend date": bars["date"].dt.day_of_week >= 5,
         "duplicate date": bars["date"].duplicated(keep="first") & bars["date"].notna(),
     }
 
@@ -66,7 +66,7 @@ def exchange_sessions(exchange: str) -> pd.DatetimeIndex:
     import exchange_calendars as xcals
 
     calendar = xcals.get_calendar(exchange, start="1960-01-04")
-    return pd.DatetimeIndex(calendar.sessions.tz_localize(None)).astype("datetime64[ns]")
+    return pd.DatetimeIndex(calendar.sessions.tz_localize(None).astype("datetime64[ns]"))
 
 
 def count_missing_sessions(dates: pd.Series, exchange: str) -> int:
@@ -84,7 +84,9 @@ def jump_dates(bars: pd.DataFrame, limit: float) -> list[str]:
     return [d.date().isoformat() for d in bars.loc[moves > limit, "date"]]
 
 
-def validate_bars(ticker: str, bars: pd.DataFrame, cfg: IngestSettings) -> tuple[pd.DataFrame, ValidationReport]:
+def validate_bars(
+    ticker: str, bars: pd.DataFrame, cfg: IngestSettings
+) -> tuple[pd.DataFrame, ValidationReport]:
     """The valid bars of ``ticker`` sorted by date, and what was found on the way.
 
     Raises TickerError when ``cfg.bad_rows == "fail"`` and any row is invalid, or when no

@@ -1,0 +1,241 @@
+"""The data plane through the `ray-app` command line, on a real local Ray cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ray_app.ingest import stored_hash
+from ray_app.storage import DataRoot
+from tests.integration.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_real_kaggle_bars_are_ingested_and_featurized(
+    ray_address: str, kaggle_dir: Path, tmp_path: Path
+) -> None:
+    root = str(tmp_path / "data")
+    ingest = run_cli(
+        ["ingest", "--source", "csv", "--path", str(kaggle_dir), "--data-root", root],
+        ray_address,
+        tmp_path,
+    )
+    assert ingest.returncode == 0, ingest.stderr
+    assert "dropped 3 row(s): high/low inconsistent" in ingest.stdout  # ARE has three such bars
+    features = run_cli(["features", "--data-root", root], ray_address, tmp_path)
+    assert features.returncode == 0, features.stderr
+    status = run_cli(["data", "status", "--json", "--data-root", root], ray_address, tmp_path)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    raw, feature_set = report["raw"], report["features"][0]
+    assert len(raw["tickers"]) == 41 and raw["last_date"] == "2017-11-10"
+    assert (
+        feature_set["data_version"] == raw["version"]
+        and feature_set["latest"]
+        and feature_set["current"]
+    )
+    bars = pd.read_parquet(raw["path"])
+    assert len(bars) == raw["rows"] and set(bars["ticker"].astype(str)) == set(raw["tickers"])
+    table = pd.read_parquet(feature_set["path"])
+    assert len(table) == feature_set["rows"] and "beta_60d" in table.columns
+    assert np.isfinite(
+        table.drop(columns=["ticker", "date", "target_ret", "target_dir", "has_target"]).to_numpy()
+    ).all()
+
+    again = run_cli(
+        [
+            "ingest",
+            "--source",
+            "csv",
+            "--path",
+            str(kaggle_dir),
+            "--data-root",
+            root,
+            "--full-refresh",
+        ],
+        ray_address,
+        tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"data version {raw['version']} (unchanged)" in again.stdout
+
+
+def write_bars(path: Path, n: int = 80, seed: int = 0, kaggle: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    frame = pd.DataFrame(
+        {
+            "Date": pd.bdate_range("2023-01-02", periods=n).strftime("%Y-%m-%d"),
+            "Open": close,
+            "High": close * 1.01,
+            "Low": close * 0.99,
+            "Close": close,
+            "Volume": 1000 + seed,
+        }
+    )
+    if kaggle:
+        frame["OpenInt"] = 0
+    else:
+        frame.insert(5, "Adj Close", close)
+    frame.to_csv(path, index=False)
+    return frame
+
+
+@pytest.fixture
+def messy_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "bars"
+    folder.mkdir()
+    write_bars(folder / "GOOD.csv")
+    write_bars(folder / "kag.us.txt", seed=1, kaggle=True)
+    (folder / "EMPTY.csv").write_bytes(b"")
+    write_bars(folder / "NOCOLS.csv").drop(columns=["High", "Low"]).to_csv(
+        folder / "NOCOLS.csv", index=False
+    )
+    text = (folder / "GOOD.csv").read_text().splitlines()
+    (folder / "NONNUM.csv").write_text(
+        "\n".join([*text[:5], text[5].replace(text[5].split(",")[4], "abc"), *text[6:]])
+    )
+    (folder / "DUPS.csv").write_text("\n".join([*text, text[-1]]))
+    cells = text[7].split(",")
+    cells[2], cells[3] = cells[3], cells[2]  # high and low swapped
+    (folder / "HILO.csv").write_text("\n".join([*text[:7], ",".join(cells), *text[8:]]))
+    (folder / "NANS.csv").write_text(
+        "\n".join([*text[:9], text[9].replace(text[9].split(",")[1], ""), *text[10:]])
+    )
+    (folder / "LATIN.csv").write_bytes(
+        "\n".join(text).replace("Volume", "Volum\xe9").encode("latin-1")
+    )
+    return folder
+
+
+def summary(stdout: str) -> dict[str, str]:
+    """ticker -> the whole table line, from the CLI's summary table."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if len(cells) > 3 and cells[0].isupper():
+            rows[cells[0]] = line
+    return rows
+
+
+def test_bad_input_is_reported_per_ticker_and_never_sinks_the_rest(
+    ray_address: str, messy_folder: Path, tmp_path: Path
+) -> None:
+    root = str(tmp_path / "data")
+    args = ["ingest", "--source", "csv", "--path", str(messy_folder), "--data-root", root]
+    result = run_cli(
+        [*args, "--tickers", "GOOD,KAG,EMPTY,NOCOLS,NONNUM,DUPS,HILO,NANS,LATIN,UNKNOWN"],
+        ray_address,
+        tmp_path,
+    )
+    assert result.returncode == 1
+    rows = summary(result.stdout)
+    for ticker in ("GOOD", "KAG"):
+        assert " ok " in rows[ticker]
+    expected = {
+        "EMPTY": "EMPTY.csv: file is empty",
+        "NOCOLS": "NOCOLS.csv: missing column(s) high, low",
+        "LATIN": "LATIN.csv: not UTF-8 text",
+        "UNKNOWN": "unknown ticker UNKNOWN: no file",
+        "NONNUM": "dropped 1 row(s): missing or non-numeric",
+        "NANS": "dropped 1 row(s): missing or non-numeric",
+        "DUPS": "dropped 1 row(s): duplicate date",
+        "HILO": "dropped 1 row(s): high/low inconsistent",
+    }
+    for ticker, reason in expected.items():
+        assert reason in rows[ticker], (ticker, rows[ticker])
+    assert "4 of 10 ticker(s) failed" in result.stderr
+    stored = json.loads(
+        run_cli(["data", "status", "--json", "--data-root", root], ray_address, tmp_path).stdout
+    )
+    assert stored["raw"]["tickers"] == ["DUPS", "GOOD", "HILO", "KAG", "NANS", "NONNUM"]
+
+    strict = run_cli(
+        [
+            *args,
+            "--tickers",
+            "NONNUM,HILO",
+            "--bad-rows",
+            "fail",
+            "--full-refresh",
+            "--allow-partial",
+        ],
+        ray_address,
+        tmp_path,
+    )
+    assert strict.returncode == 0, strict.stderr
+    assert "bad_rows=fail" in summary(strict.stdout)["HILO"]
+
+
+def test_a_broken_refresh_never_loses_stored_bars(
+    ray_address: str, messy_folder: Path, tmp_path: Path
+) -> None:
+    root = str(tmp_path / "data")
+    args = [
+        "ingest",
+        "--source",
+        "csv",
+        "--path",
+        str(messy_folder),
+        "--data-root",
+        root,
+        "--tickers",
+        "GOOD",
+    ]
+    assert run_cli(args, ray_address, tmp_path).returncode == 0
+    before = stored_hash(DataRoot(root), "GOOD")
+    (messy_folder / "GOOD.csv").write_bytes(b"")
+    broken = run_cli([*args, "--full-refresh"], ray_address, tmp_path)
+    assert broken.returncode == 1 and "GOOD.csv: file is empty" in broken.stdout
+    assert stored_hash(DataRoot(root), "GOOD") == before
+    assert len(pd.read_parquet(Path(root) / "raw" / "ticker=GOOD")) == 80
+
+
+def test_a_date_range_without_bars_is_named(
+    ray_address: str, messy_folder: Path, tmp_path: Path
+) -> None:
+    result = run_cli(
+        [
+            "ingest",
+            "--source",
+            "csv",
+            "--path",
+            str(messy_folder),
+            "--tickers",
+            "GOOD",
+            "--start",
+            "2030-01-01",
+            "--data-root",
+            str(tmp_path / "d"),
+        ],
+        ray_address,
+        tmp_path,
+    )
+    assert result.returncode == 1
+    assert "GOOD: no bars from 2030-01-01 to today" in result.stdout
+
+
+def test_bad_options_are_one_line_errors(ray_address: str, tmp_path: Path) -> None:
+    unknown = run_cli(["ingest", "--source", "bloomberg"], ray_address, tmp_path)
+    assert unknown.returncode == 2 and "'bloomberg' is not one of" in unknown.stderr
+    config = tmp_path / "bad.yaml"
+    config.write_text("ingest:\n  sauce: csv\n")
+    typo = run_cli(["ingest", "--config", str(config)], ray_address, tmp_path)
+    assert (
+        typo.returncode == 2
+        and "ingest.sauce: unknown key" in typo.stderr
+        and "Traceback" not in typo.stderr
+    )
+    missing = run_cli(["features", "--data-root", str(tmp_path / "empty")], ray_address, tmp_path)
+    assert missing.returncode == 2 and "run `ray-app ingest` first" in missing.stderr
+    version = run_cli(
+        ["features", "--data-root", str(tmp_path / "empty"), "--data-version", "abc"],
+        ray_address,
+        tmp_path,
+    )
+    assert version.returncode == 2 and "data version abc does not exist" in version.stderr
