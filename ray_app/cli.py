@@ -270,10 +270,13 @@ def data_status_command(
     out.print(table)
 
 
-def main() -> None:
-    """Console entry point: user errors as one line, never a traceback."""
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors as one line, never a traceback.
+
+    ``argv`` lets the thin entrypoints in jobs/ run one command with their own arguments.
+    """
     try:
-        app()
+        app(args=argv, prog_name="ray-app")
     except RayAppError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
