@@ -1,0 +1,308 @@
+"""PyTorch models, baselines and a plain training loop for next-day log returns; no Ray.
+
+Everything here runs in a bare Python process so that Ray Train, Ray Tune and the
+evaluation all build on the same pieces (and a test proves this module never imports Ray).
+Inputs are standardised with a scaler fitted on the training window only; the sequence
+model sees, per ticker, the last ``window`` feature rows up to and including the row it
+predicts for, never a later one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ray_app.features import TARGET
+
+ModelKind = Literal["mlp", "gru"]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class HParams(BaseModel):
+    """Hyperparameters of one model; scalars only, so a Tune search space maps onto them."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    hidden_size: int = Field(64, ge=1, description="Width of every hidden layer / GRU state")
+    num_layers: int = Field(2, ge=1, description="Hidden layers of the MLP, stacked GRU layers")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay")
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(10, ge=1)
+    window: int = Field(20, ge=1, description="GRU only: past feature rows per ticker in one input")
+
+
+def _zero_start(layer: nn.Linear) -> nn.Linear:
+    """Zero the output layer, so an untrained model predicts 0 (the random-walk forecast):
+    daily log returns are ~0.01, and a default-initialised head starts ~10x off and spends
+    its first epochs only shrinking its outputs."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class MLP(nn.Module):
+    """Feed-forward net on one feature vector -> one predicted log return."""
+
+    def __init__(self, n_features: int, hidden_size: int, num_layers: int, dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = n_features
+        for _ in range(num_layers):
+            layers += [nn.Linear(width, hidden_size), nn.ReLU(), nn.Dropout(dropout)]
+            width = hidden_size
+        layers.append(_zero_start(nn.Linear(width, 1)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class GRURegressor(nn.Module):
+    """GRU over (batch, window, features); the last step's state predicts the log return."""
+
+    def __init__(self, n_features: int, hidden_size: int, num_layers: int, dropout: float):
+        super().__init__()
+        # torch applies GRU dropout between stacked layers only, and warns when there are none.
+        between = dropout if num_layers > 1 else 0.0
+        self.gru = nn.GRU(n_features, hidden_size, num_layers, batch_first=True, dropout=between)
+        self.head = nn.Sequential(nn.Dropout(dropout), _zero_start(nn.Linear(hidden_size, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x)
+        return self.head(out[:, -1]).squeeze(-1)
+
+
+def build_model(kind: ModelKind, n_features: int, hparams: HParams, *, seed: int = 0) -> nn.Module:
+    """A freshly initialised model; the same seed gives the same weights, leaving torch's
+    global random state untouched."""
+    if n_features < 1:
+        raise ValueError(f"n_features must be at least 1, got {n_features}")
+    classes: dict[str, type[MLP] | type[GRURegressor]] = {"mlp": MLP, "gru": GRURegressor}
+    if kind not in classes:
+        raise ValueError(f"unknown model kind {kind!r}: expected one of {sorted(classes)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return classes[kind](n_features, hparams.hidden_size, hparams.num_layers, hparams.dropout)
+
+
+@dataclass(frozen=True)
+class StandardScaler:
+    """Per-feature mean and std of the training window; test rows never influence it."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray | pd.DataFrame) -> StandardScaler:
+        """Statistics of ``x`` (rows x features); a constant feature gets std 1, not 0."""
+        values = np.asarray(x, dtype=np.float64)
+        if values.ndim != 2 or len(values) == 0:
+            raise ValueError(f"fit needs a non-empty 2-D rows x features array, got {values.shape}")
+        std = values.std(axis=0)
+        return cls(values.mean(axis=0), np.where(np.isfinite(std) & (std > 0), std, 1.0))
+
+    def transform(self, x: np.ndarray | pd.DataFrame) -> np.ndarray:
+        """``x`` standardised along its last axis (rows, or windows of rows)."""
+        values = np.asarray(x, dtype=np.float64)
+        if values.shape[-1] != len(self.mean):
+            raise ValueError(f"scaler fitted on {len(self.mean)} features, got {values.shape[-1]}")
+        return (values - self.mean) / self.std
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """Plain lists, for JSON (MLflow artifacts, serving)."""
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list[float]]) -> StandardScaler:
+        return cls(np.asarray(data["mean"], dtype=np.float64), np.asarray(data["std"], np.float64))
+
+
+def make_windows(
+    frame: pd.DataFrame, columns: list[str], window: int, scaler: StandardScaler | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GRU inputs: for each row, its ticker's last ``window`` rows ending at that row.
+
+    Returns ``X`` (n, window, features) as float32, ``y`` (the rows' targets, NaN where the
+    frame has none) and the positions in ``frame`` of the rows kept, ascending. Rows with
+    fewer than ``window - 1`` earlier rows of their ticker are dropped. Window the whole
+    frame, then select rows with a split's mask: a test row's window may then reach back
+    into earlier (training or embargo) days, which were known on the day it predicts from.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    values = frame[columns].to_numpy(dtype=np.float64)
+    values = (scaler.transform(values) if scaler is not None else values).astype(np.float32)
+    target = frame[TARGET] if TARGET in frame else pd.Series(np.nan, index=frame.index)
+    target_values = target.to_numpy(dtype=np.float32)
+    dates = frame["date"].to_numpy()
+    blocks, kept = [], []
+    for ticker, rows in frame.groupby("ticker", sort=True).indices.items():
+        rows = np.asarray(rows)
+        by_date = rows[np.argsort(dates[rows], kind="stable")]
+        if (np.diff(dates[by_date]) <= np.timedelta64(0)).any():
+            raise ValueError(f"ticker {ticker} has more than one row for a date")
+        if len(by_date) < window:
+            continue
+        views = np.lib.stride_tricks.sliding_window_view(values[by_date], window, axis=0)
+        blocks.append(views.transpose(0, 2, 1))
+        kept.append(by_date[window - 1 :])
+    if not kept:
+        empty = np.empty((0, window, len(columns)), np.float32)
+        return empty, np.empty(0, np.float32), np.empty(0, np.int64)
+    index = np.concatenate(kept).astype(np.int64)
+    order = np.argsort(index, kind="stable")
+    return np.concatenate(blocks)[order], target_values[index[order]], index[order]
+
+
+class Predictor(Protocol):
+    """The interface every baseline shares: fit on a training frame, predict per row."""
+
+    def fit(self, frame: pd.DataFrame) -> Predictor: ...
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray: ...
+
+
+class ZeroBaseline:
+    """Predicts a zero log return: the random-walk forecast any model must beat."""
+
+    def fit(self, frame: pd.DataFrame) -> ZeroBaseline:
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.zeros(len(frame))
+
+
+@dataclass
+class PersistenceBaseline:
+    """Predicts today's return again tomorrow (short-term momentum, or its absence)."""
+
+    column: str = "ret_1d"
+
+    def fit(self, frame: pd.DataFrame) -> PersistenceBaseline:
+        if self.column not in frame:
+            raise ValueError(f"persistence baseline needs column {self.column!r}")
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame[self.column].to_numpy(dtype=np.float64)
+
+
+@dataclass
+class RidgeBaseline:
+    """Linear regression with an L2 penalty on standardised features, solved in closed form.
+
+    The intercept is not penalised. ``alpha=0`` is ordinary least squares.
+    """
+
+    columns: list[str]
+    alpha: float = 1.0
+    scaler: StandardScaler | None = field(default=None, init=False)
+    coef: np.ndarray = field(default_factory=lambda: np.empty(0), init=False)
+    intercept: float = field(default=0.0, init=False)
+
+    def fit(self, frame: pd.DataFrame) -> RidgeBaseline:
+        if self.alpha < 0:
+            raise ValueError(f"ridge alpha must be >= 0, got {self.alpha}")
+        self.scaler = StandardScaler.fit(frame[self.columns])
+        x = self.scaler.transform(frame[self.columns])
+        y = frame[TARGET].to_numpy(dtype=np.float64)
+        # Scaled columns have mean 0, so the unpenalised intercept is the mean target; ridge is
+        # least squares on x stacked over sqrt(alpha) * I (stable even when x'x is singular).
+        self.intercept = float(y.mean())
+        n = len(self.columns)
+        a = np.vstack([x, np.sqrt(self.alpha) * np.eye(n)])
+        b = np.concatenate([y - self.intercept, np.zeros(n)])
+        self.coef = np.linalg.lstsq(a, b, rcond=None)[0]
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.scaler is None:
+            raise ValueError("RidgeBaseline.predict called before fit")
+        return self.scaler.transform(frame[self.columns]) @ self.coef + self.intercept
+
+
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """A float32 tensor sharing ``a``'s memory when it can; copies read-only arrays (pandas
+    hands those out under copy-on-write), which torch refuses to share."""
+    return torch.from_numpy(np.require(a, dtype=np.float32, requirements=["W"]))
+
+
+def make_loader(
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0
+) -> DataLoader[Any]:
+    """Batches of float32 tensors; shuffled (within the training window only) by its own
+    seeded generator, so the order is the same on every run."""
+    dataset = TensorDataset(as_tensor(x), as_tensor(y))
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def make_optimizer(model: nn.Module, hparams: HParams) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def fit_epoch(
+    model: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer, loss_fn: LossFn
+) -> float:
+    """One pass over ``loader``; the mean training loss per sample."""
+    model.train()
+    device, total, count = _device(model), 0.0, 0
+    for xb, yb in loader:
+        xb, yb = xb.to(device), yb.to(device)
+        optimizer.zero_grad()
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(yb)
+        count += len(yb)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, loader: DataLoader[Any], loss_fn: LossFn) -> float:
+    """The mean loss per sample over ``loader``, dropout off and no gradients."""
+    model.eval()
+    device, total, count = _device(model), 0.0, 0
+    for xb, yb in loader:
+        xb, yb = xb.to(device), yb.to(device)
+        total += loss_fn(model(xb), yb).item() * len(yb)
+        count += len(yb)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Predicted log returns for the rows (or windows) in ``x``, as float64."""
+    model.eval()
+    device = _device(model)
+    tensor = as_tensor(x)
+    starts = range(0, len(tensor), batch_size)
+    parts = [model(tensor[i : i + batch_size].to(device)).cpu() for i in starts]
+    return torch.cat(parts).numpy().astype(np.float64) if parts else np.empty(0)
+
+
+def train_model(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, hparams: HParams, *, seed: int = 0
+) -> list[float]:
+    """Train ``model`` for ``hparams.epochs`` on (x, y) with MSE; the loss of each epoch.
+
+    Seeds torch's global generator (dropout) and the loader's, so a seed fixes the result.
+    """
+    torch.manual_seed(seed)
+    loader = make_loader(x, y, hparams.batch_size, shuffle=True, seed=seed)
+    optimizer, loss_fn = make_optimizer(model, hparams), nn.MSELoss()
+    return [fit_epoch(model, loader, optimizer, loss_fn) for _ in range(hparams.epochs)]
