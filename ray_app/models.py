@@ -11,34 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ray_app.features import TARGET
+from ray_app.settings import HParams, ModelKind
 
-ModelKind = Literal["mlp", "gru"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class HParams(BaseModel):
-    """Hyperparameters of one model; scalars only, so a Tune search space maps onto them."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    hidden_size: int = Field(64, ge=1, description="Width of every hidden layer / GRU state")
-    num_layers: int = Field(2, ge=1, description="Hidden layers of the MLP, stacked GRU layers")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay")
-    batch_size: int = Field(256, ge=1)
-    epochs: int = Field(10, ge=1)
-    window: int = Field(20, ge=1, description="GRU only: past feature rows per ticker in one input")
 
 
 def _zero_start(layer: nn.Linear) -> nn.Linear:

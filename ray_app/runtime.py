@@ -46,6 +46,9 @@ def connect(settings: Settings) -> None:
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # Per-operator resource reservation keeps one map task in flight on a 2-CPU cluster;
+    # our pipelines are a single map stage, so it only costs parallelism.
+    context.op_resource_reservation_enabled = False
 
 
 def blocks_for(items: int, per_cpu: int = 4) -> int:

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ray_app.errors import RayAppError
@@ -105,6 +112,133 @@ class OnlineSettings(_Section):
     redis_days: int = Field(400, ge=1, description="Trailing days of rows kept per ticker in Redis")
 
 
+ModelKind = Literal["mlp", "gru"]
+
+
+class HParams(_Section):
+    """Hyperparameters of one model; scalars only, so a Tune search space maps onto them."""
+
+    hidden_size: int = Field(64, ge=1, description="Width of every hidden layer / GRU state")
+    num_layers: int = Field(2, ge=1, description="Hidden layers of the MLP, stacked GRU layers")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay")
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(10, ge=1, description="Upper bound; early stopping usually ends sooner")
+    window: int = Field(20, ge=1, description="GRU only: past feature rows per ticker in one input")
+
+
+class SplitSettings(_Section):
+    """Walk-forward evaluation windows; the holdout is split off first and never searched."""
+
+    mode: Literal["expanding", "rolling"] = "expanding"
+    n_folds: int = Field(3, ge=1)
+    test_days: int = Field(126, ge=5, description="Trading days in each walk-forward test window")
+    train_days: int = Field(756, ge=20, description="Training window length for rolling mode")
+    embargo_days: int | None = Field(
+        None, ge=1, description="Gap between training labels and test rows; None: the minimum safe"
+    )
+    holdout_months: int = Field(
+        6, ge=0, description="Most recent months kept for the final verdict"
+    )
+
+
+class TrainSettings(_Section):
+    """One training run with Ray Train."""
+
+    model: ModelKind = "mlp"
+    hparams: HParams = Field(default_factory=HParams)
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
+    use_gpu: bool | None = Field(None, description="None: use a GPU when the cluster has one")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    patience: int = Field(
+        3, ge=1, description="Epochs without validation improvement before stopping"
+    )
+    seed: int = 0
+    torch_threads: int = Field(1, ge=1, description="Intra-op threads per worker")
+
+
+class SearchDimension(_Section):
+    """One hyperparameter's range: uniform/loguniform (low, high), int (low, high), choice."""
+
+    type: Literal["uniform", "loguniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchDimension:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty 'values' list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} range needs low < high")
+        elif self.type == "loguniform" and self.low <= 0:
+            raise ValueError("a loguniform range needs low > 0")
+        return self
+
+
+def _default_space() -> dict[str, SearchDimension]:
+    return {
+        "lr": SearchDimension(type="loguniform", low=1e-4, high=1e-2),
+        "hidden_size": SearchDimension(type="choice", values=[16, 32, 64]),
+        "dropout": SearchDimension(type="uniform", low=0.0, high=0.3),
+        "weight_decay": SearchDimension(type="loguniform", low=1e-6, high=1e-2),
+    }
+
+
+class TuneSettings(_Section):
+    """Hyperparameter search with Ray Tune + Optuna (seeded TPE)."""
+
+    num_samples: int = Field(8, ge=1, description="Trials in the search")
+    max_concurrent: int = Field(2, ge=1, description="Trials running at once")
+    search_space: dict[str, SearchDimension] = Field(default_factory=_default_space)
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    seed: int = 0
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_hparams(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
+        unknown = sorted(set(space) - set(HParams.model_fields))
+        if unknown:
+            known = ", ".join(HParams.model_fields)
+            raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)} (known: {known})")
+        return space
+
+
+class MlflowSettings(_Section):
+    """Experiment tracking and the model registry.
+
+    The embedded default is a SQLite file and an artifact folder under the data root; with
+    several Ray nodes the tracking URI must be a server (``http://...``) that every node
+    reaches, since a SQLite file exists on one machine only.
+    """
+
+    tracking_uri: str | None = Field(None, description="None: sqlite:///<data_root>/mlflow.db")
+    artifact_location: str | None = Field(None, description="None: <data_root>/mlartifacts")
+    experiment: str = "ray-app"
+    model_name: str = Field("ray-app-daily-return", description="Registered model name")
+
+
+class EvaluateSettings(_Section):
+    """How predictions are scored: the long-short backtest's book and costs."""
+
+    quantile: float = Field(0.2, gt=0, le=0.5, description="Fraction of tickers long and short")
+    cost_bps: float = Field(5.0, ge=0, description="Transaction cost per unit of turnover, in bps")
+
+
+class GateSettings(_Section):
+    """The quality gate: margins a challenger must beat every baseline and the champion by."""
+
+    ic_margin: float = Field(0.0, description="Challenger IC must exceed others' IC + this")
+    sharpe_margin: float = Field(0.0, description="Challenger Sharpe must exceed others' + this")
+    rmse_margin: float = Field(
+        0.0, ge=0, lt=1, description="Challenger RMSE must be <= others' RMSE * (1 - this)"
+    )
+
+
 class RaySettings(_Section):
     """How entrypoints reach Ray; None starts or joins a local instance."""
 
@@ -126,6 +260,12 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
+    split: SplitSettings = Field(default_factory=SplitSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @classmethod

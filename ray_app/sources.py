@@ -146,8 +146,17 @@ class CsvSource:
     def list_tickers(self) -> list[str]:
         return sorted(self._files())
 
+    def _file(self, ticker: str) -> Path | None:
+        """The ticker's file, found by name (no folder listing: that is O(files) per ticker)."""
+        for stem in dict.fromkeys([ticker, ticker.lower()]):
+            for suffix in _SUFFIXES:
+                path = self.folder / f"{stem}{suffix}"
+                if path.is_file():
+                    return path
+        return None
+
     def fetch(self, ticker: str, start: dt.date | None, end: dt.date | None) -> Fetched:
-        path = self._files().get(ticker)
+        path = self._file(ticker)
         if path is None:
             raise TickerError(f"unknown ticker {ticker}: no file for it in {self.folder}")
         raw, layout = _read_file(path)
@@ -155,9 +164,12 @@ class CsvSource:
         return Fetched(clip_range(bars, start, end), layout, str(path))
 
 
+_SUFFIXES = (".us.txt", ".csv", ".txt", ".parquet")
+
+
 def _ticker_of(path: Path) -> str | None:
     name = path.name.lower()
-    for suffix in (".us.txt", ".csv", ".txt", ".parquet"):
+    for suffix in _SUFFIXES:
         if name.endswith(suffix) and not name.startswith("."):
             return path.name[: -len(suffix)].upper()
     return None
