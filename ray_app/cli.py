@@ -43,7 +43,10 @@ DataRootOption = Annotated[
     str | None,
     typer.Option("--data-root", help="Data folder or URI (s3://...); env RAY_APP_DATA_ROOT"),
 ]
-DateOption = typer.Option(formats=["%Y-%m-%d"])
+AllowPartialOption = Annotated[
+    bool | None,
+    typer.Option(help="Exit 0 even when some tickers failed (default: ingest.allow_partial)"),
+]
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
@@ -51,13 +54,15 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 
 
 def parse_tickers(values: list[str] | None) -> list[str] | None:
-    """Tickers from ``--tickers``: comma lists, or files of tickers (``@file`` or a path)."""
+    """Tickers from ``--tickers``: comma lists, or files of tickers (``@file``, or a value that
+    looks like a path: with a folder part or a .txt/.csv/.lst suffix)."""
     if not values:
         return None
     found: list[str] = []
     for value in values:
         path = Path(value[1:] if value.startswith("@") else value)
-        if value.startswith("@") or path.is_file():
+        looks_like_file = "/" in value or path.suffix.lower() in {".txt", ".csv", ".lst"}
+        if value.startswith("@") or looks_like_file:
             if not path.is_file():
                 raise RayAppError(f"--tickers file {path} does not exist")
             text = path.read_text(encoding="utf-8")
@@ -128,14 +133,17 @@ def ingest(
     tickers: Annotated[
         list[str] | None, typer.Option(help="Tickers: AAPL,MSFT or a file of them (@file)")
     ] = None,
-    start: Annotated[dt.datetime | None, DateOption] = None,
-    end: Annotated[dt.datetime | None, DateOption] = None,
+    start: Annotated[
+        dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First date (YYYY-MM-DD)")
+    ] = None,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Last date, inclusive (default: today)"),
+    ] = None,
     bad_rows: Annotated[
         Literal["drop", "fail"] | None, typer.Option(help="Drop invalid bars or fail the ticker")
     ] = None,
-    allow_partial: Annotated[
-        bool, typer.Option(help="Exit 0 even when some tickers failed")
-    ] = False,
+    allow_partial: AllowPartialOption = None,
     full_refresh: Annotated[
         bool, typer.Option(help="Refetch all history, not only new bars")
     ] = False,
@@ -154,7 +162,7 @@ def ingest(
         ingest__start=start.date() if start else None,
         ingest__end=end.date() if end else None,
         ingest__bad_rows=bad_rows,
-        ingest__allow_partial=allow_partial or None,
+        ingest__allow_partial=allow_partial,
     )
     chosen = make_source(settings.ingest)
     connect(settings)
@@ -184,16 +192,14 @@ def features(
         str | None, typer.Option(help="Raw data version (default: the latest)")
     ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even when the feature set exists")] = False,
-    allow_partial: Annotated[
-        bool, typer.Option(help="Exit 0 even when some tickers failed")
-    ] = False,
+    allow_partial: AllowPartialOption = None,
 ) -> None:
     """Compute the point-in-time feature set of a data version with Ray Data."""
     from ray_app.feature_store import build_features, plan_build
-    from ray_app.online import open_lookup
+    from ray_app.online import materialize_redis
     from ray_app.runtime import connect
 
-    settings = _settings(config, data_root=data_root)
+    settings = _settings(config, data_root=data_root, ingest__allow_partial=allow_partial)
     plan = plan_build(settings, data_version)
     connect(settings)
     with _progress("features", len(plan["raw"]["tickers"])) as advance:
@@ -214,9 +220,9 @@ def features(
             f"{len(build.manifest['columns'])} features at {build.manifest['path']}"
         )
     if settings.online.backend == "redis":
-        lookup = open_lookup(settings, build.version)
-        out.print(f"online store: {lookup.materialize()} rows in Redis")  # type: ignore[attr-defined]
-    if build.failed and not allow_partial:
+        written = materialize_redis(settings, build.version)
+        out.print(f"online store: {written} rows in Redis at {settings.online.redis_url}")
+    if build.failed and not settings.ingest.allow_partial:
         err.print(f"[red]{len(build.failed)} ticker(s) failed:[/] {', '.join(build.failed)}")
         raise typer.Exit(1)
 

@@ -69,7 +69,7 @@ def _rsi(close: pd.Series, window: int) -> pd.Series:
     delta = close.diff()
     gain = delta.clip(lower=0).ewm(alpha=1 / window, adjust=False, min_periods=window).mean()
     loss = (-delta).clip(lower=0).ewm(alpha=1 / window, adjust=False, min_periods=window).mean()
-    return 100 - 100 / (1 + gain / loss.replace(0, np.nan))
+    return 100 * gain / (gain + loss).replace(0, np.nan)  # no losses: 100; flat prices: NaN
 
 
 def _atr(bars: pd.DataFrame, window: int) -> pd.Series:
@@ -83,6 +83,11 @@ def _atr(bars: pd.DataFrame, window: int) -> pd.Series:
         axis=1,
     ).max(axis=1)
     return true_range.ewm(alpha=1 / window, adjust=False, min_periods=window).mean() / bars["close"]
+
+
+def _zscore(deviation: pd.Series, scale: pd.Series) -> pd.Series:
+    """deviation / scale, 0 where the window had no spread (a constant series is at its mean)."""
+    return (deviation / scale.where(scale > 0)).where(scale != 0, 0.0)
 
 
 def _technical(px: pd.DataFrame, spec: FeatureSettings) -> dict[str, pd.Series]:
@@ -107,7 +112,7 @@ def _technical(px: pd.DataFrame, spec: FeatureSettings) -> dict[str, pd.Series]:
         px["close"].rolling(w, min_periods=w).mean(),
         px["close"].rolling(w, min_periods=w).std(),
     )
-    cols[f"bb_pos_{w}"] = (px["close"] - mean) / (2 * std.replace(0, np.nan))
+    cols[f"bb_pos_{w}"] = _zscore(px["close"] - mean, 2 * std)
     cols[f"atr_{spec.atr_window}"] = _atr(px, spec.atr_window)
     log_vol = np.log1p(px["volume"])
     v = spec.volume_window
@@ -115,7 +120,7 @@ def _technical(px: pd.DataFrame, spec: FeatureSettings) -> dict[str, pd.Series]:
         log_vol.rolling(v, min_periods=v).mean(),
         log_vol.rolling(v, min_periods=v).std(),
     )
-    cols[f"volume_z_{v}"] = (log_vol - vol_mean) / vol_std.replace(0, np.nan)
+    cols[f"volume_z_{v}"] = _zscore(log_vol - vol_mean, vol_std)
     cols["day_of_week"] = px["date"].dt.day_of_week.astype("float64")
     cols["month"] = px["date"].dt.month.astype("float64")
     return cols
@@ -143,7 +148,11 @@ def _market(
 def compute_features(
     ticker: str, bars: pd.DataFrame, spec: FeatureSettings, index_bars: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """Feature rows of one ticker: keys, features, target; warm-up rows dropped.
+    """Feature rows of one ticker: keys, features, target.
+
+    Rows with any missing feature are dropped: the warm-up of the longest window, and days
+    whose inputs were degenerate (flat prices give no RSI). Either way it depends on past
+    bars only, so cutting the history never changes which earlier rows survive.
 
     ``bars`` are validated bars sorted by date; ``index_bars`` (the market index) turns on
     the market-relative features.

@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 
 from ray_app.settings import IngestSettings, Settings
-from ray_app.sources import BAR_COLUMNS, Fetched, Source, TickerError, make_source
+from ray_app.sources import BAR_COLUMNS, Fetched, NoBarsError, Source, TickerError, make_source
 from ray_app.storage import DataRoot, combine_hashes, frame_hash
-from ray_app.validation import jump_dates, validate_bars
+from ray_app.validation import check_calendar, exchange_sessions, validate_bars
 
 RAW = "raw"
 MANIFESTS = "_manifests"
@@ -86,9 +86,14 @@ def ingest_ticker(
 
 def _ingest(job: TickerJob, source: Source, cfg: IngestSettings, root: DataRoot) -> dict[str, Any]:
     start = max(filter(None, [cfg.start, job.since]), default=None)
-    if start and cfg.end and start > cfg.end:
-        return _stored_summary(root, job.ticker, UP_TO_DATE)
-    fetched: Fetched = source.fetch(job.ticker, start, cfg.end)
+    if job.since is not None and not _sessions_between(cfg, job.since, cfg.end):
+        return _stored_summary(root, job.ticker, UP_TO_DATE)  # weekend, holiday, same day
+    try:
+        fetched: Fetched = source.fetch(job.ticker, start, cfg.end)
+    except NoBarsError:
+        if job.since is None:
+            raise
+        return _stored_summary(root, job.ticker, UP_TO_DATE)  # today's bar not published yet
     if fetched.bars.empty:
         if job.since is not None:
             return _stored_summary(root, job.ticker, UP_TO_DATE, fetched.layout)
@@ -102,7 +107,7 @@ def _ingest(job: TickerJob, source: Source, cfg: IngestSettings, root: DataRoot)
         if new.empty:
             return _stored_summary(root, job.ticker, UP_TO_DATE, fetched.layout)
         bars = pd.concat([stored, new], ignore_index=True)
-        report.jumps = jump_dates(bars.iloc[len(stored) - 1 :], cfg.max_daily_move)
+        check_calendar(bars.iloc[len(stored) - 1 :], cfg, report)  # across the seam too
     digest = frame_hash(bars)
     status = OK
     if job.since is None and stored_hash(root, job.ticker) == digest:
@@ -115,6 +120,13 @@ def _ingest(job: TickerJob, source: Source, cfg: IngestSettings, root: DataRoot)
         "new_rows": 0 if status == UNCHANGED else len(new),
         "warnings": "; ".join(report.warnings()),
     }
+
+
+def _sessions_between(cfg: IngestSettings, first: dt.date, last: dt.date | None) -> bool:
+    """Whether the exchange had a session from ``first`` to ``last`` (default today)."""
+    sessions = exchange_sessions(cfg.exchange)
+    end = pd.Timestamp(last or dt.date.today())
+    return bool(((sessions >= pd.Timestamp(first)) & (sessions <= end)).any())
 
 
 def stored_hash(root: DataRoot, ticker: str) -> str | None:

@@ -9,8 +9,10 @@ predicts for, never a later one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -290,3 +292,91 @@ def train_model(
     loader = make_loader(x, y, hparams.batch_size, shuffle=True, seed=seed)
     optimizer, loss_fn = make_optimizer(model, hparams), nn.MSELoss()
     return [fit_epoch(model, loader, optimizer, loss_fn) for _ in range(hparams.epochs)]
+
+
+@dataclass
+class ModelInputs:
+    """What a model consumes for some rows of a frame: inputs, targets, row positions."""
+
+    x: np.ndarray
+    y: np.ndarray
+    rows: np.ndarray
+
+
+def model_inputs(
+    frame: pd.DataFrame, columns: list[str], kind: ModelKind, window: int, scaler: StandardScaler
+) -> ModelInputs:
+    """Scaled inputs for every row the model can predict (all rows for the MLP; rows with a
+    full window of their ticker's history for the GRU)."""
+    if kind == "gru":
+        x, y, rows = make_windows(frame, columns, window, scaler)
+        return ModelInputs(x, y, rows)
+    x = scaler.transform(frame[columns]).astype(np.float32)
+    target = frame[TARGET] if TARGET in frame else pd.Series(np.nan, index=frame.index)
+    return ModelInputs(x, target.to_numpy(dtype=np.float32), np.arange(len(frame)))
+
+
+@dataclass
+class TrainedModel:
+    """A fitted model with everything needed to use it: inputs, scaler, weights, lineage.
+
+    ``save``/``load`` write a folder (``model.json`` + ``weights.pt``) that Ray Train
+    checkpoints, MLflow artifacts and serving all share.
+    """
+
+    kind: ModelKind
+    hparams: HParams
+    columns: list[str]
+    scaler: StandardScaler
+    state_dict: dict[str, torch.Tensor]
+    best_epoch: int
+    feature_version: str
+    data_version: str
+    seed: int = 0
+
+    def module(self) -> nn.Module:
+        model = build_model(self.kind, len(self.columns), self.hparams, seed=self.seed)
+        model.load_state_dict(self.state_dict)
+        model.eval()
+        return model
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``date``, ``ticker``, ``pred`` for every row of ``frame`` the model can predict."""
+        inputs = model_inputs(frame, self.columns, self.kind, self.hparams.window, self.scaler)
+        preds = predict(self.module(), inputs.x)
+        out = frame.iloc[inputs.rows][["date", "ticker"]].reset_index(drop=True)
+        out["pred"] = preds
+        return out
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "hparams": self.hparams.model_dump(),
+            "columns": self.columns,
+            "scaler": self.scaler.to_dict(),
+            "best_epoch": self.best_epoch,
+            "feature_version": self.feature_version,
+            "data_version": self.data_version,
+            "seed": self.seed,
+        }
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict, folder / "weights.pt")
+        (folder / "model.json").write_text(json.dumps(self.meta(), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> TrainedModel:
+        meta = json.loads((folder / "model.json").read_text())
+        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+        return cls(
+            kind=meta["kind"],
+            hparams=HParams(**meta["hparams"]),
+            columns=meta["columns"],
+            scaler=StandardScaler.from_dict(meta["scaler"]),
+            state_dict=state,
+            best_epoch=meta["best_epoch"],
+            feature_version=meta["feature_version"],
+            data_version=meta["data_version"],
+            seed=meta["seed"],
+        )

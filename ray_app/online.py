@@ -169,15 +169,25 @@ def _score(day: np.datetime64) -> int:
     return int(day.astype("datetime64[D]").astype("int64"))
 
 
-def open_lookup(settings: Settings, version: str | None = None) -> FeatureLookup:
-    """The lookup configured in ``settings.online`` over feature set ``version`` (or newest)."""
-    offline = OfflineFeatureLookup(DataRoot(settings.data_root), version)
-    if settings.online.backend == "offline":
-        return offline
+def _redis_lookup(settings: Settings, version: str | None) -> RedisFeatureLookup:
     import redis
 
+    offline = OfflineFeatureLookup(DataRoot(settings.data_root), version)
     client = redis.Redis.from_url(settings.online.redis_url, socket_timeout=5)
-    lookup = RedisFeatureLookup(client, offline, settings.online.redis_days)
+    return RedisFeatureLookup(client, offline, settings.online.redis_days)
+
+
+def materialize_redis(settings: Settings, version: str | None = None) -> int:
+    """Load feature set ``version`` (default newest) into Redis; returns rows written."""
+    return _redis_lookup(settings, version).materialize()
+
+
+def open_lookup(settings: Settings, version: str | None = None) -> FeatureLookup:
+    """The lookup configured in ``settings.online`` over feature set ``version`` (or newest);
+    Redis is filled on first use when ``features`` did not fill it."""
+    if settings.online.backend == "offline":
+        return OfflineFeatureLookup(DataRoot(settings.data_root), version)
+    lookup = _redis_lookup(settings, version)
     if not lookup.is_materialized():
         lookup.materialize()
     return lookup

@@ -39,8 +39,8 @@ def connect(settings: Settings) -> None:
     except (ConnectionError, RuntimeError) as exc:
         where = address or "a new local instance"
         raise RayUnavailableError(
-            f"cannot reach Ray at {where}: {exc}. Start a head with `ray-app cluster up` "
-            "or unset RAY_ADDRESS to run locally"
+            f"cannot reach Ray at {where}: {exc}. Start a head (`ray start --head --port 6380`)"
+            " or unset RAY_ADDRESS to run on a local instance"
         ) from None
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = DataContext.get_current()

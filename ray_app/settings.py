@@ -9,6 +9,8 @@ typo never silently falls back to a default.
 from __future__ import annotations
 
 import datetime as dt
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from ray_app.errors import RayAppError
 
@@ -48,7 +51,9 @@ class YahooSettings(_Section):
     max_attempts: int = Field(
         5, ge=1, description="Attempts per ticker on rate limits and timeouts"
     )
-    backoff_initial_s: float = Field(1.0, gt=0, description="First retry delay, doubled each time")
+    backoff_initial_s: float = Field(
+        1.0, gt=0, description="Scale of the retry delay: exponential with full jitter"
+    )
     backoff_max_s: float = Field(60.0, gt=0, description="Upper bound of one retry delay")
     timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one request")
 
@@ -312,6 +317,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     with ``__`` (``ingest__source="csv"``). ``None`` means "not given".
     """
     origin = f"{path} (or {ENV_PREFIX}* environment variables)" if path else "the environment"
+    check_environment(os.environ)
     try:
         settings = Settings(**(read_yaml(path) if path else {}))
         for dotted, value in overrides.items():
@@ -329,4 +335,25 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
                 raise SettingsError(f"invalid value {value!r} for {key}: {reason}") from None
     except ValidationError as exc:
         raise SettingsError(_describe(exc, origin)) from None
+    except SourceError as exc:  # an env value that is not valid JSON for a list or mapping
+        raise SettingsError(f"{exc} (lists and mappings in {ENV_PREFIX}* are JSON)") from None
     return settings
+
+
+# Variables with the prefix that are not settings: the config file path and debug output.
+_NOT_SETTINGS = {CONFIG_ENV, "RAY_APP_DEBUG"}
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``RAY_APP_*`` variables that name no setting, so a typo is never ignored."""
+    for name in environ:
+        if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
+            continue
+        model: Any = Settings
+        for part in name[len(ENV_PREFIX) :].lower().split("__"):
+            fields = getattr(model, "model_fields", None)
+            if fields is None:
+                break  # inside a dict-valued setting: any key may be valid
+            if part not in fields:
+                raise SettingsError(f"environment variable {name} names no setting ({part!r})")
+            model = fields[part].annotation

@@ -50,8 +50,16 @@ class TickerError(RayAppError):
     """A ticker that cannot be ingested, for a reason that retrying will not change."""
 
 
+class NoBarsError(TickerError):
+    """The source answered, repeatedly, with no bars for the range asked."""
+
+
 class TransientError(Exception):
     """A failure worth retrying: rate limits, timeouts, empty answers."""
+
+
+class _NoBarsYet(TransientError):
+    """An empty answer: retried, since Yahoo sometimes answers empty under load."""
 
 
 @dataclass(frozen=True)
@@ -134,26 +142,26 @@ class CsvSource:
     name: str = "csv"
 
     def _files(self) -> dict[str, Path]:
+        """Ticker -> file; with several files for a ticker, the first suffix in _SUFFIXES."""
         if not self.folder.is_dir():
             raise TickerError(f"--path {self.folder} is not a folder")
-        found: dict[str, Path] = {}
-        for path in sorted(self.folder.iterdir()):
-            ticker = _ticker_of(path)
-            if ticker and path.is_file():
-                found.setdefault(ticker, path)
-        return found
+        found: dict[str, tuple[int, Path]] = {}
+        for path in self.folder.iterdir():
+            ticker, rank = _ticker_of(path)
+            if ticker and path.is_file() and (ticker not in found or rank < found[ticker][0]):
+                found[ticker] = (rank, path)
+        return {ticker: path for ticker, (_, path) in found.items()}
 
     def list_tickers(self) -> list[str]:
         return sorted(self._files())
 
     def _file(self, ticker: str) -> Path | None:
-        """The ticker's file, found by name (no folder listing: that is O(files) per ticker)."""
-        for stem in dict.fromkeys([ticker, ticker.lower()]):
-            for suffix in _SUFFIXES:
-                path = self.folder / f"{stem}{suffix}"
-                if path.is_file():
-                    return path
-        return None
+        """The ticker's file: by its usual names first (cheap), else by listing the folder."""
+        for suffix in _SUFFIXES:
+            for stem in dict.fromkeys([ticker, ticker.lower()]):
+                if (self.folder / f"{stem}{suffix}").is_file():
+                    return self.folder / f"{stem}{suffix}"
+        return self._files().get(ticker)
 
     def fetch(self, ticker: str, start: dt.date | None, end: dt.date | None) -> Fetched:
         path = self._file(ticker)
@@ -167,12 +175,13 @@ class CsvSource:
 _SUFFIXES = (".us.txt", ".csv", ".txt", ".parquet")
 
 
-def _ticker_of(path: Path) -> str | None:
+def _ticker_of(path: Path) -> tuple[str | None, int]:
+    """(ticker, rank of its suffix in _SUFFIXES) of a data file, or (None, -1)."""
     name = path.name.lower()
-    for suffix in _SUFFIXES:
+    for rank, suffix in enumerate(_SUFFIXES):
         if name.endswith(suffix) and not name.startswith("."):
-            return path.name[: -len(suffix)].upper()
-    return None
+            return path.name[: -len(suffix)].upper(), rank
+    return None, -1
 
 
 def _read_file(path: Path) -> tuple[pd.DataFrame, str]:
@@ -269,7 +278,8 @@ class YahooSource:
             frame = retrying(self._fetch_once, ticker, start, end)
         except RetryError as exc:
             cause = exc.last_attempt.exception()
-            raise TickerError(
+            error = NoBarsError if isinstance(cause, _NoBarsYet) else TickerError
+            raise error(
                 f"{ticker}: Yahoo failed after {cfg.max_attempts} attempts: {cause}"
             ) from None
         return Fetched(frame, "yfinance", "yahoo")
@@ -290,7 +300,7 @@ class YahooSource:
             timeout=self.settings.timeout_s,
         )
         if raw is None or raw.empty or raw.isna().all().all():
-            raise TransientError("Yahoo returned no bars")
+            raise _NoBarsYet("Yahoo returned no bars")
         if isinstance(raw.columns, pd.MultiIndex):
             level = "Ticker" if "Ticker" in raw.columns.names else 1
             if ticker not in raw.columns.get_level_values(level):

@@ -28,6 +28,7 @@ class ValidationReport:
 
     dropped: dict[str, int] = field(default_factory=dict)
     missing_sessions: int = 0
+    off_calendar: int = 0
     jumps: list[str] = field(default_factory=list)
 
     def warnings(self) -> list[str]:
@@ -35,6 +36,8 @@ class ValidationReport:
         notes = [f"dropped {n} row(s): {why}" for why, n in self.dropped.items()]
         if self.missing_sessions:
             notes.append(f"{self.missing_sessions} exchange session(s) missing")
+        if self.off_calendar:
+            notes.append(f"{self.off_calendar} bar(s) on exchange holidays")
         if self.jumps:
             shown = ", ".join(self.jumps[:3]) + (" ..." if len(self.jumps) > 3 else "")
             notes.append(f"{len(self.jumps)} implausible one-day move(s): {shown}")
@@ -69,13 +72,20 @@ def exchange_sessions(exchange: str) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(calendar.sessions.tz_localize(None).astype("datetime64[ns]"))
 
 
-def count_missing_sessions(dates: pd.Series, exchange: str) -> int:
-    """Exchange sessions between the first and last date with no bar."""
+def calendar_findings(dates: pd.Series, exchange: str) -> tuple[int, int]:
+    """(sessions between the first and last date with no bar, weekday bars on no session)."""
     if dates.empty:
-        return 0
+        return 0, 0
     sessions = exchange_sessions(exchange)
     window = sessions[(sessions >= dates.iloc[0]) & (sessions <= dates.iloc[-1])]
-    return int((~window.isin(dates)).sum())
+    known = dates[dates >= sessions[0]]  # the calendar does not reach further back
+    return int((~window.isin(dates)).sum()), int((~known.isin(sessions)).sum())
+
+
+def check_calendar(bars: pd.DataFrame, cfg: IngestSettings, report: ValidationReport) -> None:
+    """Fill the report's soft findings for ``bars`` (sorted, valid)."""
+    report.missing_sessions, report.off_calendar = calendar_findings(bars["date"], cfg.exchange)
+    report.jumps = jump_dates(bars, cfg.max_daily_move)
 
 
 def jump_dates(bars: pd.DataFrame, limit: float) -> list[str]:
@@ -106,6 +116,5 @@ def validate_bars(
     if clean.empty:
         why = ", ".join(report.dropped) or "no bars"
         raise TickerError(f"{ticker}: no valid bars left ({why})")
-    report.missing_sessions = count_missing_sessions(clean["date"], cfg.exchange)
-    report.jumps = jump_dates(clean, cfg.max_daily_move)
+    check_calendar(clean, cfg, report)
     return clean, report

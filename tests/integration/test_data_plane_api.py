@@ -109,6 +109,17 @@ def test_yahoo_source_on_ray_retries_and_reports(ray_address: str, tmp_path: Pat
     assert asked == {(last + dt.timedelta(days=1)).isoformat()}  # only bars after the stored ones
     assert {r["new_rows"] for r in daily.rows} == {5} and daily.changed
 
+    # The next runs find nothing new: not a failure, whatever the calendar says.
+    calls.unlink()
+    last_bar = dt.date.fromisoformat(daily.rows[0]["last_date"])  # a Monday
+    settings.ingest.end = last_bar
+    quiet = run_ingest(settings, source=YahooSource(yahoo, fake))
+    assert {r["status"] for r in quiet.rows} == {"up-to-date"} and not calls.exists()
+    settings.ingest.end = last_bar + dt.timedelta(days=5)  # sessions, but no bars published
+    empty = run_ingest(settings, source=YahooSource(yahoo, fake))
+    assert {r["status"] for r in empty.rows} == {"up-to-date"} and not empty.failed
+    assert empty.version == daily.version
+
 
 def test_redis_online_store_answers_like_the_offline_store(
     ray_address: str, tmp_path: Path

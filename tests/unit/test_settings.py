@@ -84,3 +84,17 @@ def test_importing_the_package_has_no_side_effects(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_environment_typos_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_APP_INGEST__SORCE", "csv")
+    with pytest.raises(SettingsError, match="RAY_APP_INGEST__SORCE names no setting"):
+        load_settings()
+
+
+def test_environment_lists_are_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_APP_INGEST__TICKERS", '["aapl", "msft"]')
+    assert load_settings().ingest.tickers == ["AAPL", "MSFT"]
+    monkeypatch.setenv("RAY_APP_INGEST__TICKERS", "AAPL,MSFT")
+    with pytest.raises(SettingsError, match="are JSON"):
+        load_settings()

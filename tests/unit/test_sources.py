@@ -188,3 +188,13 @@ def test_yahoo_all_nan_answer_is_an_error(tmp_path: Path) -> None:
     fake = FakeDownloader({"AAPL": frame}, calls_file=str(tmp_path / "calls"))
     with pytest.raises(TickerError, match="no bars"):
         YahooSource(fast_yahoo(), fake).fetch("AAPL", None, None)
+
+
+def test_listing_and_lookup_agree_on_odd_names(tmp_path: Path) -> None:
+    (tmp_path / "Aapl.csv").write_text(YAHOO_CSV)
+    (tmp_path / "msft.csv").write_text(YAHOO_CSV)
+    (tmp_path / "msft.us.txt").write_text(KAGGLE_TXT.replace("10.5,1000", "10.6,1000"))
+    source = CsvSource(tmp_path)
+    assert source.list_tickers() == ["AAPL", "MSFT"]
+    assert len(source.fetch("AAPL", None, None).bars) == 2
+    assert source.fetch("MSFT", None, None).layout == "kaggle"  # .us.txt ranks first, both ways

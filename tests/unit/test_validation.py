@@ -94,3 +94,10 @@ def test_implausible_jumps_are_flagged_not_dropped() -> None:
 def test_no_valid_rows_left_fails() -> None:
     with pytest.raises(TickerError, match="no valid bars left"):
         validate_bars("T", bars().assign(close=np.nan), IngestSettings())
+
+
+def test_bars_on_exchange_holidays_are_reported() -> None:
+    week = bars(5, "2024-03-25")  # Mon 25 .. Fri 29 March 2024; the 29th is Good Friday
+    _, report = validate_bars("T", week, IngestSettings())
+    assert report.off_calendar == 1
+    assert "1 bar(s) on exchange holidays" in report.warnings()
