@@ -124,7 +124,7 @@ class LoopSession:
         return model
 
 
-class _RaySession(LoopSession):
+class RaySession(LoopSession):
     """Reports through ``ray.train`` or ``ray.tune`` (their APIs are the same shape)."""
 
     def __init__(self, api: Any, distributed: bool) -> None:
@@ -265,7 +265,7 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    train_loop(config, ray.get(config["arrays_ref"]), _RaySession(ray.train, distributed=True))
+    train_loop(config, ray.get(config["arrays_ref"]), RaySession(ray.train, distributed=True))
 
 
 def make_trainer(

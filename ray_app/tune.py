@@ -1,0 +1,247 @@
+"""Hyperparameter search: Ray Tune with Optuna's seeded TPE, ASHA early stopping, MLflow.
+
+Trials run ``train.train_loop`` (the loop Ray Train workers run) on the tune fold built by
+``train.build_arrays``: the search and the final training share one set-up. The search
+never sees the holdout. Every trial is an MLflow child run of one parent run; a crashed
+trial is recorded as FAILED and the search goes on. An interrupted search resumes by name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from ray_app.errors import RayAppError
+from ray_app.settings import HParams, SearchDimension, Settings
+from ray_app.storage import DataRoot
+from ray_app.tracking import connect_mlflow, lineage_tags, tracking_uri
+from ray_app.train import (
+    Arrays,
+    RaySession,
+    TrainingData,
+    build_arrays,
+    loop_config,
+    results_path,
+    train_loop,
+)
+
+METRIC, MODE = "val_loss", "min"
+STATE_FILE = "ray_app_search.json"
+
+
+class SearchError(RayAppError):
+    """A search that cannot start, resume or finish."""
+
+
+def _dimension(dim: SearchDimension) -> Any:
+    from ray import tune
+
+    if dim.type == "choice":
+        return tune.choice(dim.values or [])
+    assert dim.low is not None and dim.high is not None  # checked by SearchDimension
+    if dim.type == "int":
+        return tune.randint(int(dim.low), int(dim.high) + 1)
+    sampler = tune.loguniform if dim.type == "loguniform" else tune.uniform
+    return sampler(dim.low, dim.high)
+
+
+def check_space(settings: Settings) -> None:
+    """Every value the space can produce must be a valid HParams value: fail before Ray."""
+    base = settings.train.hparams.model_dump()
+    for name, dim in settings.tune.search_space.items():
+        probes: list[Any] = (dim.values or []) if dim.type == "choice" else [dim.low, dim.high]
+        for value in probes:
+            cast = int(value) if dim.type == "int" else value
+            try:
+                HParams(**{**base, name: cast})
+            except ValueError as exc:
+                reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+                raise SearchError(f"search space {name}={cast!r} is invalid: {reason}") from None
+
+
+def search_space(settings: Settings) -> dict[str, Any]:
+    """The Tune search space from the run configuration."""
+    check_space(settings)
+    return {name: _dimension(dim) for name, dim in settings.tune.search_space.items()}
+
+
+def trial(config: dict[str, Any], arrays: Arrays, base: dict[str, Any]) -> None:
+    """One Tune trial: the shared training loop with this trial's hyperparameters."""
+    import ray.tune
+
+    hparams = HParams(**{**base["hparams"], **config}).model_dump()
+    train_loop({**base, "hparams": hparams}, arrays, RaySession(ray.tune, distributed=False))
+
+
+@dataclass
+class SearchOutcome:
+    """The best trial of a search and what every trial did."""
+
+    name: str
+    best_hparams: HParams
+    best_epoch: int
+    best_val_loss: float
+    trials: pd.DataFrame
+    failed: int
+    parent_run_id: str
+
+
+def _experiment_dir(settings: Settings, name: str) -> str:
+    return f"{results_path(settings)}/{name}"
+
+
+def _state(settings: Settings, name: str) -> dict[str, Any] | None:
+    return DataRoot(settings.data_root).read_json("ray_results", name, STATE_FILE)
+
+
+def _save_state(settings: Settings, name: str, state: dict[str, Any]) -> None:
+    DataRoot(settings.data_root).write_json(state, "ray_results", name, STATE_FILE)
+
+
+def _tuner(
+    settings: Settings, name: str, trainable: Any, callbacks: list[Any], resume: bool
+) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    cfg = settings.tune
+    if resume:
+        return tune.Tuner.restore(
+            _experiment_dir(settings, name), trainable, resume_unfinished=True, resume_errored=False
+        )
+    searcher = ConcurrencyLimiter(
+        OptunaSearch(metric=METRIC, mode=MODE, seed=cfg.seed), max_concurrent=cfg.max_concurrent
+    )
+    epochs = settings.train.hparams.epochs
+    scheduler = (
+        ASHAScheduler(max_t=epochs, grace_period=min(cfg.grace_period, epochs))
+        if cfg.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(settings),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=cfg.num_samples,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=results_path(settings),
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=0,
+        ),
+    )
+
+
+def run_search(
+    settings: Settings,
+    data: TrainingData,
+    *,
+    resume: str | None = None,
+    trial_fn: Callable[..., None] = trial,
+) -> SearchOutcome:
+    """Search on the tune fold; ``resume`` names an interrupted search to finish.
+
+    ``trial_fn`` is the trial body (tests wrap it to make trials crash).
+    """
+    import mlflow
+    import ray
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    nodes = sum(1 for n in ray.nodes() if n["Alive"])
+    connect_mlflow(settings, nodes)
+    name = (
+        resume
+        or f"tune-{data.manifest['version']}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    )
+    state = _state(settings, name) if resume else None
+    if resume and state is None:
+        raise SearchError(f"no search named {resume} under {_experiment_dir(settings, resume)}")
+    base = loop_config(settings)
+    fold = data.tune_fold
+    arrays = build_arrays(
+        data.frame,
+        data.columns,
+        base["kind"],
+        base["hparams"]["window"],
+        fold.train_mask,
+        fold.test_mask,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_fn, arrays=arrays, base=base),
+        {"cpu": settings.tune.cpus_per_trial},
+    )
+    tags = {**lineage_tags(data.manifest), "search": name}
+    run_id = state["parent_run_id"] if state else None
+    with mlflow.start_run(run_id=run_id, run_name=name, tags=tags) as parent:
+        if state is None:
+            _save_state(settings, name, {"parent_run_id": parent.info.run_id})
+            mlflow.log_params(_search_params(settings))
+        child_tags = {**tags, "mlflow.parentRunId": parent.info.run_id}
+        callback = MLflowLoggerCallback(
+            tracking_uri=tracking_uri(settings),
+            experiment_name=settings.mlflow.experiment,
+            tags=child_tags,
+        )
+        grid = _tuner(settings, name, trainable, [callback], resume is not None).fit()
+        outcome = _outcome(name, grid, base, parent.info.run_id)
+        mlflow.log_metrics(
+            {"best_val_loss": outcome.best_val_loss, "failed_trials": outcome.failed}
+        )
+        mlflow.log_params({f"best.{k}": v for k, v in outcome.best_hparams.model_dump().items()})
+    return outcome
+
+
+def _search_params(settings: Settings) -> dict[str, Any]:
+    cfg = settings.tune
+    params: dict[str, Any] = {
+        "num_samples": cfg.num_samples,
+        "max_concurrent": cfg.max_concurrent,
+        "scheduler": cfg.scheduler,
+        "seed": cfg.seed,
+        "model": settings.train.model,
+    }
+    for name, dim in cfg.search_space.items():
+        params[f"space.{name}"] = dim.model_dump_json(exclude_none=True)
+    return params
+
+
+def _outcome(name: str, grid: Any, base: dict[str, Any], parent_run_id: str) -> SearchOutcome:
+    trials = grid.get_dataframe(filter_metric="best_val_loss", filter_mode="min")
+    failed = sum(1 for result in grid if result.error is not None)
+    finished = [r for r in grid if r.error is None and r.metrics and "best_val_loss" in r.metrics]
+    if not finished:
+        errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error)[:500]
+        raise SearchError(f"every trial of {name} failed: {errors}")
+    best = min(finished, key=lambda r: r.metrics["best_val_loss"])
+    hparams = HParams(**{**base["hparams"], **best.config})
+    loss = float(best.metrics["best_val_loss"])
+    return SearchOutcome(
+        name=name,
+        best_hparams=hparams,
+        best_epoch=int(best.metrics["best_epoch"]),
+        best_val_loss=loss if math.isfinite(loss) else float("inf"),
+        trials=trials,
+        failed=failed,
+        parent_run_id=parent_run_id,
+    )
+
+
+def search_names(settings: Settings) -> list[str]:
+    """Searches that can be resumed (those with saved state under the data root)."""
+    root = DataRoot(settings.data_root)
+    return [n for n in root.list_dirs("ray_results") if root.exists("ray_results", n, STATE_FILE)]
