@@ -181,7 +181,13 @@ def train_loop(config: dict[str, Any], arrays: Arrays, session: LoopSession) -> 
     )
     optimizer, loss_fn = make_optimizer(model, hparams), nn.MSELoss()
     val_loader = make_loader(arrays.x_val, arrays.y_val, 8192, shuffle=False)
-    state = session.restore() or {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "bad": 0}
+    state = session.restore() or {
+        "epoch": 0,
+        "best_loss": float("inf"),
+        "best_epoch": 0,
+        "bad": 0,
+        "history": [],
+    }
     if "model" in state:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -209,6 +215,7 @@ def train_loop(config: dict[str, Any], arrays: Arrays, session: LoopSession) -> 
             "best_val_loss": state["best_loss"],
             "best_epoch": state["best_epoch"],
         }
+        state["history"].append(metrics)
         session.report(metrics, state)
     return state
 
@@ -335,7 +342,7 @@ def run_training(
         raise result.error
     with result.checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / "state.pt", weights_only=False)
-    history = result.metrics_dataframe
+    history = pd.DataFrame(state["history"])  # every epoch, also those before a resume
     if on_epoch is not None:
         for row in history.to_dict("records"):
             on_epoch(row)

@@ -1,0 +1,158 @@
+"""Ray Train and Ray Tune on a real feature set, with MLflow on the embedded SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from ray_app.feature_store import build_features
+from ray_app.features import compute_features
+from ray_app.ingest import read_bars, run_ingest
+from ray_app.settings import Settings
+from ray_app.storage import DataRoot
+from ray_app.tracking import TrackingError
+from ray_app.train import TrainingData, fit_in_process, load_training_data, run_training
+from ray_app.tune import SearchError, run_search, trial
+
+pytestmark = pytest.mark.integration
+
+
+def small_settings(root: Path, **extra: Any) -> Settings:
+    settings = Settings(
+        data_root=str(root),
+        ingest={"source": "sample", "tickers": ["AAPL", "GOOG", "IBM", "MSFT"]},
+        split={"n_folds": 2, "test_days": 60, "holdout_months": 3},
+        train={"hparams": {"hidden_size": 8, "epochs": 3, "batch_size": 512}},
+        tune={
+            "num_samples": 4,
+            "max_concurrent": 2,
+            "search_space": {
+                "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                "hidden_size": {"type": "choice", "values": [4, 8]},
+            },
+        },
+        **extra,
+    )
+    return settings
+
+
+@pytest.fixture(scope="module")
+def feature_root(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train") / "data"
+    settings = small_settings(root)
+    run_ingest(settings)
+    build_features(settings)
+    return root
+
+
+@pytest.fixture
+def data(feature_root: Path) -> TrainingData:
+    return load_training_data(small_settings(feature_root))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ray_train_with_one_and_two_workers(
+    feature_root: Path, data: TrainingData, workers: int
+) -> None:
+    settings = small_settings(feature_root)
+    settings.train.num_workers = workers
+    outcome = run_training(settings, data)
+    assert 1 <= outcome.model.best_epoch <= 3
+    assert list(outcome.history["epoch"]) == list(range(1, len(outcome.history) + 1))
+    holdout = data.frame[data.split.holdout.test_mask]
+    preds = outcome.model.predict_frame(holdout)
+    assert len(preds) == len(holdout) and np.isfinite(preds["pred"]).all()
+
+
+def test_scaler_is_fitted_on_the_training_window_only(
+    feature_root: Path, data: TrainingData
+) -> None:
+    settings = small_settings(feature_root)
+    fold = data.tune_fold
+    model = fit_in_process(data, settings, fold.train_mask, fold.test_mask)
+    train_rows = data.frame.loc[fold.train_mask, data.columns]
+    np.testing.assert_allclose(model.scaler.mean, train_rows.mean().to_numpy())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gru"])
+def test_predictions_never_look_ahead(feature_root: Path, data: TrainingData, kind: str) -> None:
+    """Altering every bar after day t leaves every prediction for days <= t unchanged."""
+    settings = small_settings(feature_root)
+    settings.train.model = kind  # type: ignore[assignment]
+    settings.train.hparams.window = 5
+    fold = data.tune_fold
+    model = fit_in_process(data, settings, fold.train_mask, None)
+    bars = read_bars(DataRoot(str(feature_root)), "IBM")
+    cut = pd.Timestamp("2011-06-30")
+    altered = bars.copy()
+    later = altered["date"] > cut
+    rng = np.random.default_rng(7)
+    for column in ("open", "high", "low", "close", "adj_close"):
+        altered.loc[later, column] *= rng.uniform(0.5, 1.5, later.sum())
+    altered.loc[later, "high"] = altered.loc[later, ["open", "high", "low", "close"]].max(axis=1)
+    spec = settings.features
+    before = model.predict_frame(compute_features("IBM", bars, spec))
+    after = model.predict_frame(compute_features("IBM", altered, spec))
+    early = before["date"] <= cut
+    assert early.sum() > 1000
+    np.testing.assert_array_equal(
+        before.loc[early, "pred"], after.loc[after["date"] <= cut, "pred"]
+    )
+    assert not np.array_equal(before.loc[~early, "pred"], after.loc[after["date"] > cut, "pred"])
+
+
+def test_search_logs_every_trial_as_a_child_run(feature_root: Path, data: TrainingData) -> None:
+    settings = small_settings(feature_root)
+    outcome = run_search(settings, data)
+    assert outcome.failed == 0 and len(outcome.trials) == 4
+    assert outcome.best_hparams.hidden_size in (4, 8)
+    children = mlflow.search_runs(
+        experiment_names=[settings.mlflow.experiment],
+        filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
+    )
+    assert len(children) == 4
+    assert set(children["tags.feature_version"]) == {data.manifest["version"]}
+    assert set(children["tags.data_version"]) == {data.manifest["data_version"]}
+    assert children["tags.code_version"].str.len().eq(12).all()
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(children["run_id"].iloc[0], "val_loss")
+    assert [m.step for m in history] == list(range(1, len(history) + 1))
+
+
+def crashing_trial(config: dict[str, Any], **kwargs: Any) -> None:
+    """A trial body that crashes for the small network: the search must go on."""
+    if config["hidden_size"] == 4:
+        raise RuntimeError("simulated crash")
+    trial(config, **kwargs)
+
+
+def test_a_crashing_trial_is_recorded_and_the_search_goes_on(
+    feature_root: Path, data: TrainingData
+) -> None:
+    settings = small_settings(feature_root)
+    settings.tune.search_space["hidden_size"].values = [4, 8]
+    settings.tune.num_samples = 6
+    outcome = run_search(settings, data, trial_fn=crashing_trial)
+    assert outcome.failed >= 1 and outcome.best_hparams.hidden_size == 8
+    children = mlflow.search_runs(
+        experiment_names=[settings.mlflow.experiment],
+        filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
+    )
+    assert (children["status"] == "FAILED").sum() == outcome.failed
+
+
+def test_bad_search_inputs_fail_before_any_trial(feature_root: Path, data: TrainingData) -> None:
+    settings = small_settings(feature_root)
+    settings.tune.search_space["hidden_size"].values = [0, 8]
+    with pytest.raises(SearchError, match="hidden_size=0 is invalid"):
+        run_search(settings, data)
+    with pytest.raises(SearchError, match="no search named nope"):
+        run_search(small_settings(feature_root), data, resume="nope")
+    offline = small_settings(feature_root, mlflow={"tracking_uri": "http://127.0.0.1:9"})
+    with pytest.raises(TrackingError, match="unreachable"):
+        run_search(offline, data)
