@@ -276,6 +276,234 @@ def data_status_command(
     out.print(table)
 
 
+FeatureVersionOption = Annotated[
+    str | None, typer.Option(help="Feature set version (default: the latest built)")
+]
+
+
+def _release_summary(release: Any) -> None:
+    """The holdout table and the gate's verdict of a release."""
+    holdout = release.report["metrics"].get("holdout", {})
+    table = Table(title=f"holdout: model v{release.version} against the baselines")
+    for column in ("predictor", "rmse", "directional_accuracy", "ic_mean", "ic_t_stat", "sharpe"):
+        table.add_column(column, justify="left" if column == "predictor" else "right")
+    for name, values in holdout.items():
+        cells = [values.get(k) for k in ("rmse", "directional_accuracy", "ic_mean", "ic_t_stat")]
+        cells.append(values.get("sharpe"))
+        table.add_row(name, *("-" if v is None else f"{v:.4g}" for v in cells))
+    out.print(table)
+    for warning in release.report.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {warning.get('message', warning)}", soft_wrap=True)
+    if release.promoted:
+        out.print(f"[green]promoted[/]: version {release.version} is the champion")
+    else:
+        out.print(f"[yellow]kept the champion[/]: version {release.version} stays challenger")
+        for reason in release.decision.reasons:
+            out.print(f"  - {reason}", soft_wrap=True)
+    if release.champion_note:
+        out.print(f"  note: {release.champion_note}", soft_wrap=True)
+    out.print(f"MLflow run {release.run_id}")
+
+
+def _epoch_printer(label: str) -> Callable[[dict[str, Any]], None]:
+    def show(row: dict[str, Any]) -> None:
+        err.print(
+            f"{label} epoch {int(row['epoch'])}: train_loss {row['train_loss']:.3e} "
+            f"val_loss {row['val_loss']:.3e}",
+            highlight=False,
+        )
+
+    return show
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    feature_version: FeatureVersionOption = None,
+    model: Annotated[
+        Literal["mlp", "gru"] | None, typer.Option(help="Model family (default: train.model)")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Ray Train workers (default: train.num_workers)")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs")] = None,
+) -> None:
+    """Train with Ray Train, evaluate walk-forward, register the challenger, apply the gate."""
+    from ray_app.runtime import connect
+    from ray_app.workflow import train_and_release
+
+    settings = _settings(
+        config,
+        data_root=data_root,
+        train__model=model,
+        train__num_workers=workers,
+        train__hparams__epochs=epochs,
+    )
+    connect(settings)
+    release = train_and_release(
+        settings, feature_version=feature_version, on_epoch=_epoch_printer("train")
+    )
+    _release_summary(release)
+
+
+@app.command()
+def tune(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    feature_version: FeatureVersionOption = None,
+    samples: Annotated[
+        int | None, typer.Option(min=1, help="Trials (default: tune.num_samples)")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Finish the interrupted search of this name")
+    ] = None,
+    release: Annotated[
+        bool, typer.Option(help="Train the best trial's model and register it")
+    ] = True,
+) -> None:
+    """Search hyperparameters with Ray Tune + Optuna, then release the best configuration."""
+    from ray_app.runtime import connect
+    from ray_app.train import load_training_data
+    from ray_app.tune import run_search
+    from ray_app.workflow import train_and_release
+
+    settings = _settings(config, data_root=data_root, tune__num_samples=samples)
+    connect(settings)
+    data = load_training_data(settings, feature_version)
+    err.print(f"search {resume or 'starting'}: {settings.tune.num_samples} trial(s)")
+    outcome = run_search(settings, data, resume=resume)
+    table = Table(title=f"search {outcome.name} (best first)")
+    columns = [c for c in outcome.trials.columns if c.startswith("config/")]
+    for column in ("trial_id", *columns, "best_val_loss", "best_epoch"):
+        table.add_column(column.removeprefix("config/"))
+    for row in outcome.trials.sort_values("best_val_loss").head(10).to_dict("records"):
+        table.add_row(
+            *(
+                str(row[c]) if not isinstance(row[c], float) else f"{row[c]:.4g}"
+                for c in ("trial_id", *columns, "best_val_loss", "best_epoch")
+            )
+        )
+    out.print(table)
+    out.print(
+        f"{outcome.failed} trial(s) failed; best val_loss {outcome.best_val_loss:.4e} "
+        f"with {outcome.best_hparams.model_dump()}",
+        soft_wrap=True,
+    )
+    if release:
+        tags = {"search": outcome.name, "search_run_id": outcome.parent_run_id}
+        done = train_and_release(
+            settings,
+            feature_version=data.manifest["version"],
+            hparams=outcome.best_hparams,
+            origin="tune",
+            extra_tags=tags,
+            on_epoch=_epoch_printer("final"),
+        )
+        _release_summary(done)
+
+
+@app.command()
+def evaluate(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    version: Annotated[str, typer.Option(help="Model version or alias")] = "champion",
+    feature_version: FeatureVersionOption = None,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Also write report.json/.md and plots here")
+    ] = None,
+) -> None:
+    """Evaluate a registered model walk-forward and on the holdout against the baselines."""
+    from ray_app.evaluate import write_report
+    from ray_app.runtime import connect
+    from ray_app.workflow import evaluate_version
+
+    settings = _settings(config, data_root=data_root)
+    connect(settings)
+    report = evaluate_version(settings, version, feature_version)
+    if report_dir:
+        for path in write_report(report, report_dir):
+            out.print(f"wrote {path}")
+    for scope in ("walk_forward", "holdout"):
+        by_name = report["metrics"].get(scope, {})
+        table = Table(title=f"{scope}: model {version}")
+        for column in ("predictor", "rmse", "directional_accuracy", "ic_mean", "sharpe"):
+            table.add_column(column)
+        for name, values in by_name.items():
+            cells = [values.get(k) for k in ("rmse", "directional_accuracy", "ic_mean", "sharpe")]
+            table.add_row(name, *("-" if v is None else f"{v:.4g}" for v in cells))
+        out.print(table)
+    for warning in report.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {warning.get('message', warning)}", soft_wrap=True)
+
+
+@app.command()
+def models(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Registered model versions with their aliases, lineage and holdout metrics."""
+    from ray_app.registry import list_versions
+
+    settings = _settings(config, data_root=data_root)
+    rows = list_versions(settings)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        out.print(f"no versions of {settings.mlflow.model_name!r} yet: run `ray-app train`")
+        return
+    table = Table(title=f"registered model {settings.mlflow.model_name}")
+    for column in ("version", "aliases", "created", "feature_version", "ic_mean", "sharpe", "rmse"):
+        table.add_column(column)
+    for row in rows:
+        hold = row["holdout"]
+        table.add_row(
+            str(row["version"]),
+            ", ".join(row["aliases"]),
+            row["created"],
+            row["lineage"].get("feature_version", ""),
+            *(f"{hold[k]:.4g}" if k in hold else "-" for k in ("ic_mean", "sharpe", "rmse")),
+        )
+    out.print(table)
+
+
+def _actor() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+@app.command("promote")
+def promote_command(
+    version: Annotated[int, typer.Option(help="Model version to make champion")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit log)")],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Make a version the champion by hand (recorded with who, when and why)."""
+    from ray_app.registry import promote
+
+    settings = _settings(config, data_root=data_root)
+    promote(settings, version, _actor(), reason)
+    out.print(f"version {version} of {settings.mlflow.model_name} is the champion")
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit log)")],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Point the champion back at the previous champion."""
+    from ray_app.registry import rollback as roll_back
+
+    settings = _settings(config, data_root=data_root)
+    restored = roll_back(settings, _actor(), reason)
+    out.print(f"rolled back: version {restored} of {settings.mlflow.model_name} is the champion")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors as one line, never a traceback.
 

@@ -71,6 +71,7 @@ def connect_mlflow(settings: Settings, nodes: int = 1) -> str:
         )
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(uri)
     try:
         experiment = mlflow.get_experiment_by_name(settings.mlflow.experiment)

@@ -344,6 +344,6 @@ def run_training(
         state = torch.load(Path(folder) / "state.pt", weights_only=False)
     history = pd.DataFrame(state["history"])  # every epoch, also those before a resume
     if on_epoch is not None:
-        for row in history.to_dict("records"):
+        for row in state["history"]:
             on_epoch(row)
     return TrainOutcome(to_trained_model(config, state, arrays.scaler, data), history, data)

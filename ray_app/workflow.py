@@ -1,0 +1,153 @@
+"""From features to a registry decision: train, evaluate, log, register, gate, promote.
+
+One MLflow run per release holds the training history, the evaluation report and the
+logged model; the registered version carries the run, the lineage tags and the holdout
+metrics. The champion alias moves only when the quality gate passes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray_app.evaluate import evaluate_model, gate_inputs, log_evaluation, write_report
+from ray_app.models import TrainedModel
+from ray_app.registry import (
+    GateDecision,
+    champion_holdout_metrics,
+    log_model,
+    metric_tags,
+    promote,
+    quality_gate,
+    record_rejection,
+    register_challenger,
+)
+from ray_app.settings import HParams, Settings
+from ray_app.tracking import connect_mlflow, lineage_tags
+from ray_app.train import TrainingData, load_training_data, run_training
+
+GATE_ACTOR = "quality-gate"
+
+
+@dataclass
+class Release:
+    """What a release did: the run, the registered version and the gate's verdict."""
+
+    run_id: str
+    version: int
+    decision: GateDecision
+    champion_note: str | None
+    report: dict[str, Any]
+    model: TrainedModel
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision.passed
+
+
+def cluster_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def _params(settings: Settings, hparams: HParams) -> dict[str, Any]:
+    cfg = settings.train
+    params: dict[str, Any] = {
+        "model": cfg.model,
+        "num_workers": cfg.num_workers,
+        "patience": cfg.patience,
+        "seed": cfg.seed,
+        **{f"hparams.{k}": v for k, v in hparams.model_dump().items()},
+    }
+    params.update({f"split.{k}": v for k, v in settings.split.model_dump().items()})
+    return params
+
+
+def train_and_release(
+    settings: Settings,
+    *,
+    feature_version: str | None = None,
+    hparams: HParams | None = None,
+    origin: str = "train",
+    extra_tags: dict[str, str] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Release:
+    """Train with Ray Train, then release the model (see ``release``) in one MLflow run."""
+    import mlflow
+
+    connect_mlflow(settings, cluster_nodes())
+    data = load_training_data(settings, feature_version)
+    chosen = hparams or settings.train.hparams
+    tags = {**lineage_tags(data.manifest), "origin": origin, **(extra_tags or {})}
+    with mlflow.start_run(run_name=f"{origin}-{settings.train.model}", tags=tags) as run:
+        mlflow.log_params(_params(settings, chosen))
+        outcome = run_training(settings, data, chosen, on_epoch)
+        for row in outcome.history.to_dict("records"):
+            losses = {k: float(row[k]) for k in ("train_loss", "val_loss")}
+            mlflow.log_metrics(losses, step=int(row["epoch"]))
+        mlflow.log_metric("best_epoch", outcome.model.best_epoch)
+        return release(settings, data, outcome.model, run.info.run_id, tags)
+
+
+def release(
+    settings: Settings, data: TrainingData, model: TrainedModel, run_id: str, tags: dict[str, str]
+) -> Release:
+    """Evaluate ``model``, log it, register it as challenger and apply the quality gate.
+
+    Nothing reaches the registry until the evaluation and the logged model exist, so a
+    failure before that leaves the registry as it was.
+    """
+    report = evaluate_model(settings, data, model)
+    with tempfile.TemporaryDirectory() as folder:
+        write_report(report, Path(folder))
+        log_evaluation(report, Path(folder))
+    model_uri = log_model(model, data.frame.tail(64))
+    challenger, others = gate_inputs(report)
+    champion, note = champion_holdout_metrics(settings, data)
+    if champion is not None:
+        others = {**others, "champion": champion}
+    version = register_challenger(settings, model_uri, run_id, {**tags, **metric_tags(challenger)})
+    decision = quality_gate(challenger, others, settings.gate)
+    if decision.passed:
+        reason = "beat " + ", ".join(others) + " on the holdout"
+        promote(settings, version, GATE_ACTOR, reason, challenger)
+    else:
+        record_rejection(settings, version, GATE_ACTOR, decision)
+    _log_decision(decision, version, note)
+    return Release(run_id, version, decision, note, report, model)
+
+
+def _log_decision(decision: GateDecision, version: int, note: str | None) -> None:
+    import mlflow
+
+    mlflow.set_tags({"registered_version": str(version), "gate.passed": str(decision.passed)})
+    lines = list(decision.reasons) or ["passed every comparison"]
+    if note:
+        lines.append(f"champion: {note}")
+    mlflow.log_text("\n".join(lines) + "\n", "gate.txt")
+
+
+def evaluate_version(
+    settings: Settings, ref: str | int, feature_version: str | None = None
+) -> dict[str, Any]:
+    """Evaluate a registered version on a feature set (default: the one it was trained on),
+    logging the report to a new MLflow run."""
+    import mlflow
+
+    from ray_app.registry import load_version, resolve_version
+
+    connect_mlflow(settings, cluster_nodes())
+    version = resolve_version(settings, ref)
+    model = load_version(settings, version)
+    data = load_training_data(settings, feature_version or model.feature_version)
+    tags = {**lineage_tags(data.manifest), "origin": "evaluate", "model_version": str(version)}
+    with mlflow.start_run(run_name=f"evaluate-v{version}", tags=tags):
+        report = evaluate_model(settings, data, model)
+        with tempfile.TemporaryDirectory() as folder:
+            write_report(report, Path(folder))
+            log_evaluation(report, Path(folder))
+    return report
