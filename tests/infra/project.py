@@ -1,0 +1,59 @@
+"""Facts about the project the infrastructure files must agree with: pins, paths, versions."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from tests.infra.crd import REPO, SCHEMAS
+
+PYPROJECT = REPO / "pyproject.toml"
+CLUSTER = REPO / "cluster"
+DOCKER = REPO / "docker"
+TERRAFORM = REPO / "terraform"
+MONITORING = REPO / "monitoring"
+GRAFANA_SCHEMAS = SCHEMAS / "grafana-dashboard"
+KUBERAY_VERSION_FILE = SCHEMAS / "kuberay-crds" / "VERSION"
+# Kubernetes version built-in kinds are validated against: terraform/'s EKS version
+# (test_terraform checks that the two agree).
+KUBERNETES_VERSION = "1.35"
+
+
+@functools.cache
+def pyproject() -> dict[str, Any]:
+    with PYPROJECT.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def pinned_version(package: str) -> str:
+    """The exact version a ``package==X`` dependency of pyproject.toml pins (extras allowed)."""
+    for line in pyproject()["project"]["dependencies"]:
+        req = Requirement(line)
+        if req.name.lower() != package.lower():
+            continue
+        specs = list(req.specifier)
+        if len(specs) != 1 or specs[0].operator != "==":
+            raise AssertionError(f"{package} is not pinned with == in pyproject.toml: {line!r}")
+        return specs[0].version
+    raise AssertionError(f"{package} is not a dependency in pyproject.toml")
+
+
+def ray_version() -> str:
+    return pinned_version("ray")
+
+
+def find_tool(name: str) -> str | None:
+    """An executable on PATH or next to this interpreter (a venv's bin/), else None."""
+    here = str(Path(sys.executable).parent)
+    return shutil.which(name) or shutil.which(name, path=here + os.pathsep + os.defpath)
