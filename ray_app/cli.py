@@ -365,14 +365,18 @@ def tune(
     """Search hyperparameters with Ray Tune + Optuna, then release the best configuration."""
     from ray_app.runtime import connect
     from ray_app.train import load_training_data
-    from ray_app.tune import run_search
+    from ray_app.tune import new_search_name, run_search
     from ray_app.workflow import train_and_release
 
     settings = _settings(config, data_root=data_root, tune__num_samples=samples)
     connect(settings)
     data = load_training_data(settings, feature_version)
-    err.print(f"search {resume or 'starting'}: {settings.tune.num_samples} trial(s)")
-    outcome = run_search(settings, data, resume=resume)
+    name = resume or new_search_name(data)
+    err.print(
+        f"search {name}: {settings.tune.num_samples} trial(s), "
+        f"{settings.tune.max_concurrent} at a time (if interrupted: --resume {name})"
+    )
+    outcome = run_search(settings, data, name=name, resume=resume is not None)
     table = Table(title=f"search {outcome.name} (best first)")
     columns = [c for c in outcome.trials.columns if c.startswith("config/")]
     for column in ("trial_id", *columns, "best_val_loss", "best_epoch"):

@@ -146,14 +146,20 @@ def _tuner(
     )
 
 
+def new_search_name(data: TrainingData) -> str:
+    """A fresh search name: the feature set and the UTC time it started."""
+    return f"tune-{data.manifest['version']}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+
+
 def run_search(
     settings: Settings,
     data: TrainingData,
     *,
-    resume: str | None = None,
+    name: str | None = None,
+    resume: bool = False,
     trial_fn: Callable[..., None] = trial,
 ) -> SearchOutcome:
-    """Search on the tune fold; ``resume`` names an interrupted search to finish.
+    """Search on the tune fold under ``name``; with ``resume``, finish that interrupted search.
 
     ``trial_fn`` is the trial body (tests wrap it to make trials crash).
     """
@@ -164,13 +170,11 @@ def run_search(
 
     nodes = sum(1 for n in ray.nodes() if n["Alive"])
     connect_mlflow(settings, nodes)
-    name = (
-        resume
-        or f"tune-{data.manifest['version']}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
-    )
+    name = name or new_search_name(data)
     state = _state(settings, name) if resume else None
     if resume and state is None:
-        raise SearchError(f"no search named {resume} under {_experiment_dir(settings, resume)}")
+        known = ", ".join(search_names(settings)) or "none"
+        raise SearchError(f"no search named {name} to resume (known: {known})")
     base = loop_config(settings)
     fold = data.tune_fold
     arrays = build_arrays(
@@ -197,7 +201,7 @@ def run_search(
             experiment_name=settings.mlflow.experiment,
             tags=child_tags,
         )
-        grid = _tuner(settings, name, trainable, [callback], resume is not None).fit()
+        grid = _tuner(settings, name, trainable, [callback], resume).fit()
         outcome = _outcome(name, grid, base, parent.info.run_id)
         mlflow.log_metrics(
             {"best_val_loss": outcome.best_val_loss, "failed_trials": outcome.failed}

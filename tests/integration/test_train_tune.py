@@ -151,8 +151,8 @@ def test_bad_search_inputs_fail_before_any_trial(feature_root: Path, data: Train
     settings.tune.search_space["hidden_size"].values = [0, 8]
     with pytest.raises(SearchError, match="hidden_size=0 is invalid"):
         run_search(settings, data)
-    with pytest.raises(SearchError, match="no search named nope"):
-        run_search(small_settings(feature_root), data, resume="nope")
+    with pytest.raises(SearchError, match="no search named nope to resume"):
+        run_search(small_settings(feature_root), data, name="nope", resume=True)
     offline = small_settings(feature_root, mlflow={"tracking_uri": "http://127.0.0.1:9"})
     with pytest.raises(TrackingError, match="unreachable"):
         run_search(offline, data)

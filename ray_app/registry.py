@@ -1,0 +1,466 @@
+"""The MLflow model registry: the only module that registers, promotes or loads models.
+
+Versions are addressed by aliases (``challenger``, ``champion``), never by stages, which
+MLflow deprecated. A new version becomes the challenger; it becomes the champion only
+through ``promote``, normally after ``quality_gate`` finds it beats every baseline and the
+current champion on the holdout. Each promotion, rollback and gate rejection is recorded
+twice: as tags on the model version (visible in the MLflow UI) and as one JSON file per
+event under ``<data_root>/registry/audit``, which is append-only by construction (a new
+file per event, never a rewrite) and works on object stores too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pyarrow.fs as pafs
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.pyfunc import PythonModel
+
+from ray_app.errors import RayAppError
+from ray_app.evaluate import model_predictions, score
+from ray_app.models import TrainedModel
+from ray_app.settings import GateSettings, Settings
+from ray_app.storage import DataRoot
+from ray_app.tracking import connect_mlflow
+from ray_app.train import TrainingData
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+KEY_COLUMNS = ["ticker", "date"]
+AUDIT = ("registry", "audit")
+LINEAGE_KEYS = ("data_version", "feature_version", "code_version", "git_commit")
+HOLDOUT_PREFIX = "holdout."
+PREVIOUS_CHAMPION = "previous_champion"
+# Packages the pyfunc needs besides ray_app itself, which the serving image provides.
+REQUIREMENTS = ("mlflow", "torch", "pandas", "numpy", "pydantic")
+MAX_TAG_CHARS = 5000
+GATE_LABELS = {"ic_mean": "IC", "sharpe": "Sharpe"}
+
+
+class RegistryError(RayAppError, LookupError):
+    """A registered model, version or alias that does not exist, or a move that makes no sense."""
+
+
+class DailyReturnModel(PythonModel):
+    """The pyfunc form of a ``TrainedModel``: rows of features in, next-day predictions out.
+
+    Only the artifact folder (``TrainedModel.save``) holds weights and scaler; this class
+    is pickled without state, so loading never depends on what was in memory when logging.
+    """
+
+    model: TrainedModel
+
+    def load_context(self, context: Any) -> None:
+        self.model = TrainedModel.load(Path(context.artifacts["model"]))
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """``date``, ``ticker``, ``pred`` per input row; the GRU drops rows that lack a full
+        window of their ticker's earlier rows in the input."""
+        missing = [c for c in (*KEY_COLUMNS, *self.model.columns) if c not in model_input]
+        if missing:
+            raise ValueError(f"model input lacks column(s) {', '.join(missing)}")
+        return self.model.predict_frame(model_input)
+
+
+def _client(settings: Settings) -> Any:
+    connect_mlflow(settings)
+    return mlflow.MlflowClient()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _missing(exc: MlflowException) -> bool:
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _input_sample(inputs: pd.DataFrame, trained: TrainedModel) -> pd.DataFrame:
+    """A few rows that the model can predict: the last rows of two tickers (a full window
+    each for the GRU)."""
+    rows = trained.hparams.window if trained.kind == "gru" else 2
+    tickers = sorted(inputs["ticker"].unique())[:2]
+    return inputs[inputs["ticker"].isin(tickers)].groupby("ticker").tail(rows)
+
+
+def log_model(trained: TrainedModel, example: pd.DataFrame) -> str:
+    """Log ``trained`` as a pyfunc named ``model`` in the active run; the model URI.
+
+    ``example`` holds feature rows (``ticker``, ``date`` and the model's columns) from which
+    the signature and input example are taken. Requirements are pinned to what is installed
+    rather than inferred, which would load the model in a subprocess.
+    """
+    if mlflow.active_run() is None:
+        raise RegistryError("log_model needs an active MLflow run (mlflow.start_run)")
+    missing = [c for c in (*KEY_COLUMNS, *trained.columns) if c not in example]
+    if missing:
+        raise RegistryError(f"the example rows lack column(s) {', '.join(missing)}")
+    sample = _input_sample(example[[*KEY_COLUMNS, *trained.columns]], trained)
+    output = trained.predict_frame(sample)
+    if output.empty:
+        raise RegistryError(
+            f"the example rows give no prediction: a {trained.kind} model needs "
+            f"{trained.hparams.window} rows of one ticker"
+        )
+    meta = trained.meta()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        trained.save(folder)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=DailyReturnModel(),
+            artifacts={"model": str(folder)},
+            signature=infer_signature(sample, output),
+            input_example=sample,
+            pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS],
+            metadata={k: meta[k] for k in ("kind", "feature_version", "data_version")},
+        )
+    spec = {k: meta[k] for k in ("kind", "columns", "scaler", "feature_version", "data_version")}
+    mlflow.log_dict(spec, "model_spec.json")
+    return str(info.model_uri)
+
+
+def metric_tags(
+    metrics: Mapping[str, float | None], prefix: str = HOLDOUT_PREFIX
+) -> dict[str, str]:
+    """Metrics as version tags (``holdout.ic_mean`` -> ``"0.0123"``); undefined ones left out."""
+    return {
+        f"{prefix}{name}": f"{value:.6g}"
+        for name, value in metrics.items()
+        if value is not None and math.isfinite(value)
+    }
+
+
+def register_challenger(
+    settings: Settings, model_uri: str, run_id: str, tags: dict[str, str]
+) -> int:
+    """Register ``model_uri`` as a new version carrying ``tags`` (lineage and holdout metrics,
+    see ``metric_tags``) and point the ``challenger`` alias at it; the version number."""
+    client = _client(settings)
+    name = settings.mlflow.model_name
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _missing(exc):
+            raise
+        client.create_registered_model(name)
+    created = client.create_model_version(
+        name, source=model_uri, run_id=run_id, tags=tags, model_id=_model_id(model_uri)
+    )
+    client.set_registered_model_alias(name, CHALLENGER, str(created.version))
+    return int(created.version)
+
+
+def _model_id(model_uri: str) -> str | None:
+    """The logged model's id in an MLflow 3 ``models:/m-...`` URI, linking version and model."""
+    ref = model_uri.removeprefix("models:/")
+    return ref if model_uri.startswith("models:/") and ref.startswith("m-") else None
+
+
+def _aliases(client: Any, name: str) -> dict[str, int] | None:
+    """Alias -> version of registered model ``name``; None when it is not registered."""
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise
+    return {alias: int(v) for alias, v in registered.aliases.items()}
+
+
+def _version(client: Any, name: str, version: int | str) -> Any:
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if _missing(exc):
+            raise RegistryError(f"registered model {name!r} has no version {version}") from None
+        raise
+
+
+def resolve_version(settings: Settings, ref: str | int) -> int:
+    """The version number ``ref`` names: an alias (``champion``) or a number (``3``, ``"3"``)."""
+    client = _client(settings)
+    name = settings.mlflow.model_name
+    if isinstance(ref, int) or ref.isdigit():
+        return int(_version(client, name, ref).version)
+    aliases = _aliases(client, name)
+    if aliases is None:
+        raise RegistryError(f"no registered model {name!r}: register a challenger first")
+    if ref not in aliases:
+        known = ", ".join(sorted(aliases)) or "none"
+        raise RegistryError(f"registered model {name!r} has no alias {ref!r} (aliases: {known})")
+    return aliases[ref]
+
+
+def load_version(settings: Settings, ref: str | int) -> TrainedModel:
+    """The model behind an alias or version number, loaded through its pyfunc, so what loads
+    here is exactly what serving loads."""
+    version = resolve_version(settings, ref)
+    uri = f"models:/{settings.mlflow.model_name}/{version}"
+    wrapper: DailyReturnModel = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    return wrapper.model
+
+
+def champion_version(settings: Settings) -> int | None:
+    """The version the ``champion`` alias points at; None before the first promotion."""
+    aliases = _aliases(_client(settings), settings.mlflow.model_name)
+    return None if aliases is None else aliases.get(CHAMPION)
+
+
+def champion_holdout_metrics(
+    settings: Settings, data: TrainingData
+) -> tuple[dict[str, float | None] | None, str | None]:
+    """The current champion's metrics on ``data``'s holdout rows, or None and the reason it
+    cannot be compared (no holdout, no champion, different feature columns)."""
+    holdout = data.split.holdout
+    if holdout is None:
+        return None, "no holdout to compare on (split.holdout_months is 0)"
+    version = champion_version(settings)
+    if version is None:
+        return None, f"registered model {settings.mlflow.model_name!r} has no champion yet"
+    champion = load_version(settings, version)
+    if champion.columns != data.columns:
+        return None, (
+            f"champion v{version} was trained on other feature columns than feature set "
+            f"{data.manifest['version']} holds ({len(champion.columns)} vs {len(data.columns)}):"
+            " it cannot be scored on these rows"
+        )
+    return score(model_predictions(data, holdout.test_mask, champion), settings.evaluate), None
+
+
+@dataclass
+class GateDecision:
+    """The gate's verdict: passed, one reason per failed comparison, and every comparison
+    (other -> metric -> values, margin, threshold, passed)."""
+
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    comparisons: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+def _number(metrics: Mapping[str, float | None], key: str, nan_as_zero: bool) -> float:
+    """A metric for the gate: an undefined IC or Sharpe (a flat predictor's) counts as 0,
+    which is what a flat book earns; an undefined RMSE stays NaN and fails."""
+    value = metrics.get(key)
+    value = math.nan if value is None else float(value)
+    return 0.0 if nan_as_zero and math.isnan(value) else value
+
+
+Check = tuple[dict[str, Any], str | None]
+
+
+def _entry(
+    mine: float, theirs: float, margin: float, threshold: float, passed: bool
+) -> dict[str, Any]:
+    def finite(x: float) -> float | None:
+        return None if math.isnan(x) else x
+
+    return {
+        "challenger": finite(mine),
+        "other": finite(theirs),
+        "margin": margin,
+        "threshold": finite(threshold),
+        "passed": passed,
+    }
+
+
+def _beats(
+    challenger: Mapping[str, float | None],
+    name: str,
+    other: Mapping[str, float | None],
+    key: str,
+    margin: float,
+) -> Check:
+    """Higher is better (IC, Sharpe): the challenger must exceed the other's value + margin."""
+    mine, theirs = _number(challenger, key, True), _number(other, key, True)
+    passed = mine > theirs + margin
+    reason = (
+        f"{GATE_LABELS[key]} {mine:.4f} does not beat {name}'s {theirs:.4f} + margin "
+        f"{margin:g} (needs > {theirs + margin:.4f})"
+    )
+    return _entry(mine, theirs, margin, theirs + margin, passed), None if passed else reason
+
+
+def _no_worse(
+    challenger: Mapping[str, float | None],
+    name: str,
+    other: Mapping[str, float | None],
+    margin: float,
+) -> Check:
+    """Lower is better (RMSE): the challenger must be within other * (1 - margin)."""
+    mine, theirs = _number(challenger, "rmse", False), _number(other, "rmse", False)
+    threshold = theirs * (1 - margin)
+    passed = mine <= threshold
+    reason = (
+        f"RMSE {mine:.6f} is not <= {name}'s {theirs:.6f} x (1 - margin {margin:g}) "
+        f"= {threshold:.6f}"
+    )
+    return _entry(mine, theirs, margin, threshold, passed), None if passed else reason
+
+
+def quality_gate(
+    challenger: Mapping[str, float | None],
+    others: Mapping[str, Mapping[str, float | None]],
+    gate: GateSettings,
+) -> GateDecision:
+    """Whether ``challenger`` beats every one of ``others`` (baselines, the champion) on the
+    holdout by the configured margins: higher IC, higher Sharpe, RMSE no worse.
+
+    All three must hold against each: a model that ranks well but whose point forecasts are
+    worse than predicting zero, or that wins on IC but loses money after costs, is not
+    promoted.
+    """
+    decision = GateDecision(passed=True)
+    for name, other in others.items():
+        checks = {
+            "ic_mean": _beats(challenger, name, other, "ic_mean", gate.ic_margin),
+            "sharpe": _beats(challenger, name, other, "sharpe", gate.sharpe_margin),
+            "rmse": _no_worse(challenger, name, other, gate.rmse_margin),
+        }
+        decision.comparisons[name] = {key: entry for key, (entry, _) in checks.items()}
+        decision.reasons += [reason for _, reason in checks.values() if reason]
+    decision.passed = not decision.reasons
+    if decision.passed:
+        decision.reasons = [f"beats {', '.join(others) or 'nothing'} on IC, Sharpe and RMSE"]
+    return decision
+
+
+def _record(
+    settings: Settings, client: Any, event: str, tagged: int, payload: dict[str, Any]
+) -> None:
+    """Tag version ``tagged`` with the event and append it to the audit log."""
+    name = settings.mlflow.model_name
+    at = _now()
+    tags = {"by": payload["actor"], "at": at, "reason": payload["reason"]}
+    if payload.get("metrics"):
+        tags["metrics"] = json.dumps(payload["metrics"], sort_keys=True)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(tagged), f"{event}.{key}", value[:MAX_TAG_CHARS])
+    entry = {"event": event, "model": name, "at": at, **payload}
+    stamp = dt.datetime.fromisoformat(at).strftime("%Y%m%dT%H%M%S%fZ")
+    DataRoot(settings.data_root).write_json(entry, *AUDIT, f"{stamp}-{uuid.uuid4().hex}.json")
+
+
+def promote(
+    settings: Settings,
+    version: int,
+    actor: str,
+    reason: str,
+    metrics: Mapping[str, float | None] | None = None,
+) -> None:
+    """Point ``champion`` at ``version``, remembering the champion it replaces for rollback.
+
+    The version is checked first, so a bad number leaves the registry as it was.
+    """
+    client = _client(settings)
+    name = settings.mlflow.model_name
+    _version(client, name, version)
+    previous = (_aliases(client, name) or {}).get(CHAMPION)
+    if previous == version:
+        raise RegistryError(f"version {version} is already the champion of {name!r}")
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(version), PREVIOUS_CHAMPION, str(previous or ""))
+    payload = {
+        "version": version,
+        "from_version": previous,
+        "actor": actor,
+        "reason": reason,
+        "metrics": dict(metrics or {}),
+    }
+    _record(settings, client, "promote", version, payload)
+
+
+def rollback(settings: Settings, actor: str, reason: str) -> int:
+    """Point ``champion`` back at the champion the current one replaced; that version.
+
+    Repeated rollbacks walk further back through the promotions that led here.
+    """
+    client = _client(settings)
+    name = settings.mlflow.model_name
+    current = (_aliases(client, name) or {}).get(CHAMPION)
+    if current is None:
+        raise RegistryError(f"registered model {name!r} has no champion to roll back")
+    previous = _version(client, name, current).tags.get(PREVIOUS_CHAMPION, "")
+    if not previous.isdigit():
+        raise RegistryError(
+            f"champion v{current} of {name!r} replaced no earlier champion: nothing to roll back to"
+        )
+    restored = int(_version(client, name, previous).version)
+    client.set_registered_model_alias(name, CHAMPION, str(restored))
+    payload = {"version": restored, "from_version": current, "actor": actor, "reason": reason}
+    _record(settings, client, "rollback", current, payload)
+    return restored
+
+
+def record_rejection(settings: Settings, version: int, actor: str, decision: GateDecision) -> None:
+    """Record that ``version`` failed the quality gate, with the gate's reasons and numbers."""
+    client = _client(settings)
+    _version(client, settings.mlflow.model_name, version)
+    payload = {
+        "version": version,
+        "actor": actor,
+        "reason": "; ".join(decision.reasons),
+        "comparisons": decision.comparisons,
+    }
+    _record(settings, client, "gate_rejected", version, payload)
+
+
+def audit_log(settings: Settings) -> list[dict[str, Any]]:
+    """Every recorded event, oldest first (file names start with their UTC timestamp)."""
+    root = DataRoot(settings.data_root)
+    if not root.exists(*AUDIT):
+        return []
+    infos = root.fs.get_file_info(pafs.FileSelector(root.path(*AUDIT)))
+    names = sorted(
+        i.base_name
+        for i in infos
+        if i.type == pafs.FileType.File
+        and i.base_name.endswith(".json")
+        and not i.base_name.startswith((".", "_"))
+    )
+    return [entry for n in names if (entry := root.read_json(*AUDIT, n)) is not None]
+
+
+def list_versions(settings: Settings) -> list[dict[str, Any]]:
+    """Every version of the registered model, oldest first, with its aliases, run, lineage
+    and holdout metrics (for ``ray-app models``); empty before the first registration."""
+    client = _client(settings)
+    name = settings.mlflow.model_name
+    aliases = _aliases(client, name)
+    if aliases is None:
+        return []
+    rows = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        tags = dict(mv.tags)
+        rows.append(
+            {
+                "version": int(mv.version),
+                "aliases": sorted(a for a, v in aliases.items() if v == int(mv.version)),
+                "run_id": mv.run_id,
+                "created": dt.datetime.fromtimestamp(
+                    mv.creation_timestamp / 1000, dt.timezone.utc
+                ).isoformat(timespec="seconds"),
+                "lineage": {k: tags[k] for k in LINEAGE_KEYS if k in tags},
+                "holdout": {
+                    k.removeprefix(HOLDOUT_PREFIX): float(v)
+                    for k, v in tags.items()
+                    if k.startswith(HOLDOUT_PREFIX)
+                },
+            }
+        )
+    return sorted(rows, key=lambda r: r["version"])

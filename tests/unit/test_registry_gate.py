@@ -1,0 +1,86 @@
+"""The quality gate: a challenger must beat every baseline and the champion on all three
+metrics, by the configured margins, with undefined IC/Sharpe counting as zero."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ray_app.registry import metric_tags, quality_gate
+from ray_app.settings import GateSettings
+
+ZERO = {"ic_mean": None, "sharpe": math.nan, "rmse": 0.020}
+RIDGE = {"ic_mean": 0.010, "sharpe": 0.40, "rmse": 0.0199}
+PERSISTENCE = {"ic_mean": -0.005, "sharpe": -0.20, "rmse": 0.028}
+GOOD = {"ic_mean": 0.030, "sharpe": 1.10, "rmse": 0.0195}
+
+
+def baselines() -> dict[str, dict[str, float | None]]:
+    return {"zero": ZERO, "persistence": PERSISTENCE, "ridge": RIDGE}
+
+
+def test_a_challenger_that_beats_everyone_passes() -> None:
+    decision = quality_gate(GOOD, {**baselines(), "champion": RIDGE}, GateSettings())
+    assert decision.passed
+    assert set(decision.comparisons) == {"zero", "persistence", "ridge", "champion"}
+    assert all(c["passed"] for by in decision.comparisons.values() for c in by.values())
+    json.dumps(decision.comparisons, allow_nan=False)  # recordable as it is
+
+
+def test_losing_to_one_baseline_on_ic_fails_naming_it() -> None:
+    challenger = {**GOOD, "ic_mean": 0.008}
+    decision = quality_gate(challenger, baselines(), GateSettings())
+    assert not decision.passed
+    assert len(decision.reasons) == 1
+    reason = decision.reasons[0]
+    assert "IC" in reason and "ridge" in reason and "0.0080" in reason and "0.0100" in reason
+    assert not decision.comparisons["ridge"]["ic_mean"]["passed"]
+    assert decision.comparisons["zero"]["ic_mean"]["passed"]
+
+
+def test_undefined_ic_and_sharpe_count_as_zero() -> None:
+    flat = {"ic_mean": None, "sharpe": math.nan, "rmse": 0.019}
+    decision = quality_gate(flat, {"zero": ZERO}, GateSettings())
+    assert not decision.passed  # 0 does not beat 0
+    checks = decision.comparisons["zero"]
+    assert checks["ic_mean"]["challenger"] == 0.0 and checks["ic_mean"]["other"] == 0.0
+    assert checks["sharpe"]["other"] == 0.0 and checks["rmse"]["passed"]
+    slightly_positive = {"ic_mean": 0.001, "sharpe": 0.01, "rmse": 0.019}
+    assert quality_gate(slightly_positive, {"zero": ZERO}, GateSettings()).passed
+
+
+def test_an_undefined_rmse_fails() -> None:
+    decision = quality_gate({**GOOD, "rmse": None}, {"zero": ZERO}, GateSettings())
+    assert not decision.passed
+    assert decision.comparisons["zero"]["rmse"]["challenger"] is None
+    assert any(r.startswith("RMSE") for r in decision.reasons)
+
+
+@pytest.mark.parametrize(
+    ("gate", "failing"),
+    [
+        (GateSettings(ic_margin=0.025), "IC"),  # 0.030 vs 0.010 + 0.025
+        (GateSettings(sharpe_margin=0.8), "Sharpe"),  # 1.10 vs 0.40 + 0.8
+        (GateSettings(rmse_margin=0.05), "RMSE"),  # 0.0195 vs 0.0199 * 0.95
+    ],
+)
+def test_margins_are_applied(gate: GateSettings, failing: str) -> None:
+    assert quality_gate(GOOD, {"ridge": RIDGE}, GateSettings()).passed
+    decision = quality_gate(GOOD, {"ridge": RIDGE}, gate)
+    assert not decision.passed
+    assert len(decision.reasons) == 1 and decision.reasons[0].startswith(failing)
+    assert "margin" in decision.reasons[0] and "ridge" in decision.reasons[0]
+
+
+def test_every_failed_comparison_gets_its_own_reason() -> None:
+    bad = {"ic_mean": -0.02, "sharpe": -1.0, "rmse": 0.03}
+    decision = quality_gate(bad, baselines(), GateSettings())
+    # worse than each of the three baselines on each of the three metrics
+    assert len(decision.reasons) == 9
+
+
+def test_metric_tags_skip_undefined_metrics() -> None:
+    tags = metric_tags({"ic_mean": 0.0123456789, "sharpe": None, "rmse": math.inf})
+    assert tags == {"holdout.ic_mean": "0.0123457"}
