@@ -24,7 +24,6 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import pyarrow.fs as pafs
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
@@ -423,16 +422,7 @@ def record_rejection(settings: Settings, version: int, actor: str, decision: Gat
 def audit_log(settings: Settings) -> list[dict[str, Any]]:
     """Every recorded event, oldest first (file names start with their UTC timestamp)."""
     root = DataRoot(settings.data_root)
-    if not root.exists(*AUDIT):
-        return []
-    infos = root.fs.get_file_info(pafs.FileSelector(root.path(*AUDIT)))
-    names = sorted(
-        i.base_name
-        for i in infos
-        if i.type == pafs.FileType.File
-        and i.base_name.endswith(".json")
-        and not i.base_name.startswith((".", "_"))
-    )
+    names = [n for n in root.list_files(*AUDIT) if n.endswith(".json")]
     return [entry for n in names if (entry := root.read_json(*AUDIT, n)) is not None]
 
 

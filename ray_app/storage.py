@@ -57,16 +57,21 @@ class DataRoot:
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
-    def list_dirs(self, *parts: str) -> list[str]:
-        """Names of the visible sub-folders of ``parts`` (empty when it does not exist)."""
+    def _visible(self, kind: pafs.FileType, *parts: str) -> list[str]:
         if not self.exists(*parts):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
         return sorted(
-            i.base_name
-            for i in infos
-            if i.type == pafs.FileType.Directory and not i.base_name.startswith((".", "_"))
+            i.base_name for i in infos if i.type == kind and not i.base_name.startswith((".", "_"))
         )
+
+    def list_dirs(self, *parts: str) -> list[str]:
+        """Names of the visible sub-folders of ``parts`` (empty when it does not exist)."""
+        return self._visible(pafs.FileType.Directory, *parts)
+
+    def list_files(self, *parts: str) -> list[str]:
+        """Names of the visible files in ``parts``, sorted (empty when it does not exist)."""
+        return self._visible(pafs.FileType.File, *parts)
 
     def _commit(self, final: str, write: Any) -> None:
         parent = final.rsplit("/", 1)[0]
