@@ -508,6 +508,66 @@ def rollback(
     out.print(f"rolled back: version {restored} of {settings.mlflow.model_name} is the champion")
 
 
+cluster_app = typer.Typer(help="The local Ray head (token auth, dashboard, Serve ingress).")
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("up")
+def cluster_up(config: ConfigOption = None) -> None:
+    """Start a local Ray head with token authentication (nothing if one is running)."""
+    from ray_app.cluster import up
+
+    settings = _settings(config)
+    state, started = up(settings.cluster)
+    verb = "started" if started else "already running"
+    out.print(f"Ray head {verb} at {state.gcs_address}")
+    out.print(f"dashboard: {state.dashboard_url} (token in {state.token_path})")
+    out.print(f"Serve ingress: {'HAProxy' if state.haproxy else 'Ray proxy'}")
+    out.print(f"submit jobs with: ray job submit --address {state.dashboard_url} -- ...")
+
+
+@cluster_app.command("down")
+def cluster_down(config: ConfigOption = None) -> None:
+    """Stop the local head and every Ray process on this machine."""
+    from ray_app.cluster import down
+
+    was_running = down(_settings(config).cluster)
+    out.print("Ray stopped" if was_running else "no head was running; no Ray process is left")
+
+
+@cluster_app.command("status")
+def cluster_status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")] = False,
+) -> None:
+    """Nodes, resources, jobs, Serve applications and the dashboard URL."""
+    from ray_app.cluster import ClusterError, running, status
+    from ray_app.runtime import connect
+
+    settings = _settings(config)
+    state = running(settings.cluster)
+    if state is None:
+        raise ClusterError("no local Ray head is running: start one with `ray-app cluster up`")
+    connect(settings)
+    report = status(state)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    out.print(f"head {report['address']}, dashboard {report['dashboard']}")
+    out.print(
+        f"nodes: {len(report['nodes'])}; CPU {report['available'].get('CPU', 0)}"
+        f"/{report['resources'].get('CPU', 0)} free"
+    )
+    jobs = Table(title="jobs")
+    for column in ("id", "status", "entrypoint"):
+        jobs.add_column(column)
+    for job in report["jobs"]:
+        jobs.add_row(job["id"], job["status"], job["entrypoint"])
+    out.print(jobs)
+    for name, app_status in report["serve"].items():
+        out.print(f"Serve application {name}: {app_status}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors as one line, never a traceback.
 

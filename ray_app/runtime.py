@@ -18,8 +18,8 @@ class RayUnavailableError(RayAppError, RuntimeError):
 def connect(settings: Settings) -> None:
     """Join the cluster at ``settings.ray.address`` (or ``RAY_ADDRESS``), else the local one.
 
-    With neither, Ray joins a cluster already running on this machine or starts one;
-    ``ray.num_cpus`` always starts a private instance of that size.
+    With neither, it joins the head `ray-app cluster up` started, else a cluster Ray finds
+    on this machine, else starts one; ``ray.num_cpus`` always starts a private instance.
 
     Ray Data's own progress bars are switched off: the CLI draws one bar per stage instead.
     """
@@ -29,6 +29,8 @@ def connect(settings: Settings) -> None:
     if ray.is_initialized():
         return
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address and not settings.ray.num_cpus:
+        address = _local_head(settings)
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
         kwargs["address"] = address
@@ -49,6 +51,22 @@ def connect(settings: Settings) -> None:
     # Per-operator resource reservation keeps one map task in flight on a 2-CPU cluster;
     # our pipelines are a single map stage, so it only costs parallelism.
     context.op_resource_reservation_enabled = False
+
+
+def _local_head(settings: Settings) -> str | None:
+    """The head `ray-app cluster up` started, with its token made known to this process."""
+    from ray_app.cluster import running
+
+    state = running(settings.cluster)
+    if state is None:
+        return None
+    os.environ.update({k: v for k, v in state.env.items() if k != "RAY_ADDRESS"})
+    # Ray reads RAY_AUTH_MODE into its C++ config when first imported; re-read it, as
+    # Ray itself does when it turns token auth on for a new local cluster.
+    from ray._raylet import Config
+
+    Config.initialize("")
+    return state.gcs_address
 
 
 def blocks_for(items: int, per_cpu: int = 4) -> int:

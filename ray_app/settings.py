@@ -244,6 +244,24 @@ class GateSettings(_Section):
     )
 
 
+class ClusterSettings(_Section):
+    """The local Ray head that `ray-app cluster up` starts (KubeRay manages remote ones)."""
+
+    state_dir: Path = Field(Path("~/.ray-app"), description="Where the head's address is kept")
+    gcs_port: int | None = Field(
+        None,
+        ge=1024,
+        le=65535,
+        description="Head port; None: the first free from 6380 (Redis has 6379)",
+    )
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = Field(8265, ge=1024, le=65535)
+    metrics_port: int = Field(8080, ge=1024, le=65535, description="Prometheus metrics export")
+    num_cpus: int | None = Field(None, ge=1, description="None: every CPU of the machine")
+    token_path: Path = Field(Path("~/.ray/auth_token"), description="Ray token (mode 0600)")
+    haproxy: bool | None = Field(None, description="Serve behind HAProxy; None: when available")
+
+
 class RaySettings(_Section):
     """How entrypoints reach Ray; None starts or joins a local instance."""
 
@@ -272,6 +290,7 @@ class Settings(BaseSettings):
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @classmethod
     def settings_customise_sources(
