@@ -63,7 +63,7 @@ def _local_head(settings: Settings) -> str | None:
     os.environ.update({k: v for k, v in state.env.items() if k != "RAY_ADDRESS"})
     # Ray reads RAY_AUTH_MODE into its C++ config when first imported; re-read it, as
     # Ray itself does when it turns token auth on for a new local cluster.
-    from ray._raylet import Config
+    from ray._raylet import Config  # type: ignore[attr-defined]
 
     Config.initialize("")
     return state.gcs_address
