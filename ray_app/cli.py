@@ -508,6 +508,38 @@ def rollback(
     out.print(f"rolled back: version {restored} of {settings.mlflow.model_name} is the champion")
 
 
+@app.command()
+def pipeline(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    force: Annotated[bool, typer.Option(help="Run every step, even those up to date")] = False,
+) -> None:
+    """The daily pipeline: ingest, features, search, release, deploy, smoke request."""
+    from ray_app.pipeline import FAILED, OK, run_pipeline
+    from ray_app.runtime import connect
+
+    settings = _settings(config, data_root=data_root)
+    connect(settings)
+
+    def show(step: Any) -> None:
+        colour = {OK: "green", FAILED: "red"}.get(step.status, "cyan")
+        err.print(
+            f"[{colour}]{step.name}: {step.status}[/] ({step.seconds:.1f}s) {step.detail}",
+            soft_wrap=True,
+        )
+
+    run = run_pipeline(settings, force=force, on_step=show)
+    table = Table(title="pipeline")
+    for column in ("step", "status", "seconds", "versions", "detail"):
+        table.add_column(column)
+    for step in run.steps:
+        versions = ", ".join(f"{k} {v}" for k, v in step.versions.items())
+        table.add_row(step.name, step.status, f"{step.seconds:.1f}", versions, step.detail)
+    out.print(table)
+    if run.failed:
+        raise typer.Exit(1)
+
+
 cluster_app = typer.Typer(help="The local Ray head (token auth, dashboard, Serve ingress).")
 app.add_typer(cluster_app, name="cluster")
 

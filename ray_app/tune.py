@@ -140,7 +140,7 @@ def _tuner(
             storage_path=results_path(settings),
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # tiny; quiet
             verbose=0,
         ),
     )

@@ -1,0 +1,184 @@
+"""The daily pipeline as one Ray job: ingest, features, search, release, deploy, smoke test.
+
+Every step records a fingerprint of its inputs (data, feature and code versions, the
+configuration it depends on) under the data root; a step whose fingerprint is unchanged
+since its last success is skipped, so running the pipeline twice does the work once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray_app.errors import RayAppError
+from ray_app.settings import Settings
+from ray_app.storage import DataRoot
+from ray_app.tracking import code_version
+
+STATE = ("pipeline", "state.json")
+OK, SKIPPED, FAILED = "ok", "skipped", "failed"
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str
+    seconds: float
+    detail: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineRun:
+    """What the pipeline did, step by step, and the versions it produced."""
+
+    steps: list[StepResult] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return any(step.status == FAILED for step in self.steps)
+
+
+def fingerprint(*parts: Any) -> str:
+    payload = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+Step = Callable[[Settings, dict[str, Any]], tuple[str, dict[str, str]]]
+"""A step reads and extends the run context and returns (detail, versions)."""
+
+
+def _ingest(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    from ray_app.ingest import run_ingest
+
+    result = run_ingest(settings)
+    if result.failed and not settings.ingest.allow_partial:
+        raise RayAppError(f"ingest failed for {', '.join(result.failed)}")
+    ctx["data_version"] = result.version
+    return f"{len(result.rows)} ticker(s), {'new' if result.changed else 'unchanged'}", {
+        "data": str(result.version)
+    }
+
+
+def _features(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    from ray_app.feature_store import build_features
+
+    build = build_features(settings, data_version=ctx["data_version"])
+    ctx["feature_version"] = build.version
+    return ("reused" if build.reused else f"{build.manifest['rows']} rows"), {
+        "features": build.version
+    }
+
+
+def _search(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    from ray_app.train import load_training_data
+    from ray_app.tune import run_search
+
+    outcome = run_search(settings, load_training_data(settings, ctx["feature_version"]))
+    ctx["hparams"] = outcome.best_hparams.model_dump()
+    ctx["search"] = outcome.name
+    return f"{len(outcome.trials)} trial(s), {outcome.failed} failed", {"search": outcome.name}
+
+
+def _release(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    from ray_app.settings import HParams
+    from ray_app.workflow import train_and_release
+
+    hparams = HParams(**ctx["hparams"]) if ctx.get("hparams") else None
+    tags = {"search": ctx["search"]} if ctx.get("search") else None
+    release = train_and_release(
+        settings,
+        feature_version=ctx["feature_version"],
+        hparams=hparams,
+        origin="pipeline",
+        extra_tags=tags,
+    )
+    ctx["model_version"] = release.version
+    verdict = "promoted to champion" if release.promoted else "kept the champion"
+    reasons = "" if release.promoted else f" ({'; '.join(release.decision.reasons[:2])})"
+    return f"v{release.version} {verdict}{reasons}", {"model": str(release.version)}
+
+
+@dataclass
+class PlannedStep:
+    name: str
+    run: Step
+    inputs: Callable[[Settings, dict[str, Any]], Any] | None  # None: always runs
+
+
+def plan(settings: Settings) -> list[PlannedStep]:
+    """The steps in order; ``inputs`` gives what a step's fingerprint covers."""
+    code = code_version()
+    return [
+        PlannedStep("ingest", _ingest, None),
+        PlannedStep("features", _features, None),
+        PlannedStep(
+            "search",
+            _search,
+            lambda s, c: (
+                c["feature_version"],
+                code,
+                s.tune.model_dump(mode="json"),
+                s.train.model_dump(mode="json"),
+                s.split.model_dump(mode="json"),
+            ),
+        ),
+        PlannedStep(
+            "release",
+            _release,
+            lambda s, c: (
+                c["feature_version"],
+                code,
+                c.get("hparams"),
+                s.gate.model_dump(),
+                s.evaluate.model_dump(),
+            ),
+        ),
+    ]
+
+
+def run_pipeline(
+    settings: Settings,
+    steps: list[PlannedStep] | None = None,
+    *,
+    force: bool = False,
+    on_step: Callable[[StepResult], None] | None = None,
+) -> PipelineRun:
+    """Run ``steps`` (default: ``plan``) in order; a failed step stops the ones after it."""
+    root = DataRoot(settings.data_root)
+    state: dict[str, Any] = root.read_json(*STATE) or {}
+    run = PipelineRun()
+    for step in steps or plan(settings):
+        result = _run_step(settings, step, state, run.context, force)
+        run.steps.append(result)
+        if on_step:
+            on_step(result)
+        if result.status == FAILED:
+            break
+        root.write_json(state, *STATE)
+    return run
+
+
+def _run_step(
+    settings: Settings, step: PlannedStep, state: dict[str, Any], ctx: dict[str, Any], force: bool
+) -> StepResult:
+    started = time.monotonic()
+    key = fingerprint(step.inputs(settings, ctx)) if step.inputs else None
+    previous = state.get(step.name, {})
+    if key is not None and previous.get("fingerprint") == key and not force:
+        ctx.update(previous.get("context", {}))
+        return StepResult(step.name, SKIPPED, 0.0, "inputs unchanged", previous.get("versions", {}))
+    before = dict(ctx)
+    try:
+        detail, versions = step.run(settings, ctx)
+    except Exception as exc:  # a step's failure is reported, and stops the pipeline
+        reason = str(exc) if isinstance(exc, RayAppError) else f"{type(exc).__name__}: {exc}"
+        return StepResult(step.name, FAILED, time.monotonic() - started, reason)
+    added = {k: v for k, v in ctx.items() if before.get(k) != v}
+    state[step.name] = {"fingerprint": key, "versions": versions, "context": added}
+    return StepResult(step.name, OK, time.monotonic() - started, detail, versions)
