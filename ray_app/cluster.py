@@ -9,6 +9,7 @@ in a state file so every later `ray-app` command and `ray job submit` finds it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -26,7 +27,6 @@ from ray_app.errors import RayAppError
 from ray_app.settings import ClusterSettings
 
 STATE_FILE = "cluster.json"
-RAY_PROCESS_NAMES = ("raylet", "gcs_server", "dashboard", "ray::", "default_worker", "log_monitor")
 
 
 class ClusterError(RayAppError):
@@ -163,35 +163,72 @@ def up(cfg: ClusterSettings) -> tuple[ClusterState, bool]:
     return state, True
 
 
-def ray_processes() -> list[int]:
-    """Pids of Ray's own processes on this machine (raylet, GCS, dashboard, workers)."""
+def head_processes(state: ClusterState) -> list[Any]:
+    """This head's processes: Ray's daemons that name its port, and everything they started
+    (workers, agents, Serve's proxies). Other Ray clusters on the machine are not touched."""
     import psutil
 
-    found = []
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+    port = state.gcs_address.rsplit(":", 1)[1]
+    marks = (f":{port} ", f":{port}\0", f"={port} ", f"={port}\0")
+    found: dict[int, Any] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            text = " ".join([proc.info["name"] or "", *(proc.info["cmdline"] or [])[:3]])
+            text = "\0".join(proc.info["cmdline"] or []) + "\0"
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if any(name in text for name in RAY_PROCESS_NAMES) and proc.info["pid"] != os.getpid():
-            found.append(int(proc.info["pid"]))
-    return found
+        spaced = text.replace("\0", " ")
+        is_ray = "/ray/" in text
+        if is_ray and proc.pid != os.getpid() and any(m in text or m in spaced for m in marks):
+            found[proc.pid] = proc
+            for child in _children(proc):
+                found[child.pid] = child
+    return list(found.values())
+
+
+def _children(proc: Any) -> list[Any]:
+    import psutil
+
+    try:
+        return list(proc.children(recursive=True))
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _stop(processes: list[Any], timeout: float) -> list[Any]:
+    """Terminate, wait, then kill what is left; the processes still alive."""
+    import psutil
+
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    return list(alive)
+
+
+def _recorded(cfg: ClusterSettings) -> ClusterState | None:
+    path = _state_path(cfg)
+    return ClusterState(**json.loads(path.read_text())) if path.exists() else None
 
 
 def down(cfg: ClusterSettings) -> bool:
-    """Stop the head and every Ray process; whether a head was running."""
-    was_running = running(cfg) is not None
-    subprocess.run([_ray_cli(), "stop"], capture_output=True, text=True, timeout=120)
-    deadline = time.monotonic() + 30
-    while ray_processes() and time.monotonic() < deadline:
-        time.sleep(1)
-    if ray_processes():
-        subprocess.run([_ray_cli(), "stop", "--force"], capture_output=True, timeout=60)
-    _state_path(cfg).unlink(missing_ok=True)
-    left = ray_processes()
+    """Stop the head `up` started and every process it spawned; whether one was recorded.
+
+    Only this head's processes are stopped (not `ray stop`, which ends every Ray cluster
+    on the machine, a user's own or a test session's included).
+    """
+    state = _recorded(cfg)
+    if state is None:
+        return False
+    left = _stop(head_processes(state), timeout=20)
+    left += _stop(head_processes(state), timeout=5)  # anything spawned while stopping
     if left:
-        raise ClusterError(f"Ray processes still running after `ray stop --force`: {left}")
-    return was_running
+        raise ClusterError(f"Ray processes of {state.gcs_address} survived SIGKILL: {left}")
+    _state_path(cfg).unlink(missing_ok=True)
+    return True
 
 
 def status(state: ClusterState) -> dict[str, Any]:

@@ -1,7 +1,14 @@
-"""Shared fixtures: paths to the real test data, a scratch data root, settings factories."""
+"""Shared fixtures: the real test data in ../shared, and one Ray head per test session."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,3 +31,84 @@ def kaggle_dir() -> Path:
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Token authentication for every Ray client in the session, as on users' clusters.
+
+    Ray reads RAY_AUTH_MODE when it is first imported, so it is set before collection.
+    """
+    from ray_app.cluster import ensure_token
+    from ray_app.settings import ClusterSettings
+
+    token = ensure_token(ClusterSettings())
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    os.environ.pop("RAY_ADDRESS", None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Head:
+    """The session's Ray head and the environment that reaches it."""
+
+    state: dict[str, str]
+    env: dict[str, str]
+
+    @property
+    def address(self) -> str:
+        return self.state["gcs_address"]
+
+    @property
+    def dashboard(self) -> str:
+        return self.state["dashboard_url"]
+
+
+def ray_app_command(
+    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ray_app", *args],
+        env={**os.environ, **env},
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
+    """One Ray head for the whole session, started as users start it: `ray-app cluster up`.
+
+    Its state file and ports are the session's own, so a user's cluster is left alone.
+    """
+    state_dir = tmp_path_factory.mktemp("cluster")
+    env = {
+        "RAY_APP_CLUSTER__STATE_DIR": str(state_dir),
+        "RAY_APP_CLUSTER__DASHBOARD_PORT": str(free_port()),
+        "RAY_APP_CLUSTER__METRICS_PORT": str(free_port()),
+        "RAY_APP_CLUSTER__NUM_CPUS": "2",
+    }
+    started = ray_app_command(["cluster", "up"], env)
+    assert started.returncode == 0, started.stderr + started.stdout
+    state = json.loads((state_dir / "cluster.json").read_text())
+    yield Head(state, {**env, "RAY_ADDRESS": state["gcs_address"]})
+    import ray
+
+    ray.shutdown()
+    ray_app_command(["cluster", "down"], env)
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_head: Head) -> str:
+    """The head's address, with this test process connected to it."""
+    from ray_app.runtime import connect
+    from ray_app.settings import Settings
+
+    connect(Settings(ray={"address": ray_head.address}))
+    return ray_head.address
