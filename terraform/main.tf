@@ -323,7 +323,7 @@ module "ray_platform" {
       RAY_APP_ONLINE__BACKEND = var.enable_redis ? "redis" : "offline"
       AWS_DEFAULT_REGION      = var.region
     },
-    var.mlflow_tracking_uri == "" ? {} : { MLFLOW_TRACKING_URI = var.mlflow_tracking_uri },
+    var.mlflow_tracking_uri == "" ? {} : { RAY_APP_MLFLOW__TRACKING_URI = var.mlflow_tracking_uri },
   )
 
   enable_redis   = var.enable_redis

@@ -118,7 +118,7 @@ variable "namespace" {
 }
 
 variable "mlflow_tracking_uri" {
-  description = "MLflow tracking server URI given to Ray pods as MLFLOW_TRACKING_URI; empty leaves it unset"
+  description = "MLflow tracking server URI given to Ray pods as RAY_APP_MLFLOW__TRACKING_URI; empty leaves it unset"
   type        = string
   default     = ""
 }
