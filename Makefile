@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= ray_app/configs/local.yaml
+DASHBOARD ?= http://127.0.0.1:8265
+SERVE_URL ?= http://127.0.0.1:8000
 
-.PHONY: install run test test-unit lint bench clean
+.PHONY: install run cluster-up cluster-down test test-unit lint manifests bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,13 +17,27 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## run: the main job on embedded defaults (sample data, local Ray, local data root)
-run: $(STAMP)
-	$(BIN)/ray-app ingest --config $(CONFIG)
-	$(BIN)/ray-app features --config $(CONFIG)
-	$(BIN)/ray-app data status --config $(CONFIG)
+## run: the daily pipeline as a Ray job on a local head (sample data, SQLite MLflow), then
+## a prediction from the Serve app. A second run reuses everything that is up to date.
+run: cluster-up
+	$(BIN)/ray job submit --address $(DASHBOARD) --working-dir . \
+	  -- python jobs/pipeline.py --config $(CONFIG)
+	@echo "--- prediction from $(SERVE_URL)/v1/predict"
+	@curl -fsS -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' \
+	  -d '{"tickers": ["AAPL", "MSFT"]}' && echo
+	@echo "--- next"
+	@echo "dashboard:  $(DASHBOARD)  (token: ~/.ray/auth_token)"
+	@echo "MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow.db"
+	@echo "predict:    curl -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' -d '{\"tickers\": [\"IBM\"], \"as_of\": \"2013-01-15\"}'"
+	@echo "stop:       make cluster-down"
 
-## test: the whole suite (unit, integration on a real local Ray cluster, infra)
+cluster-up: $(STAMP)
+	$(BIN)/ray-app cluster up --config $(CONFIG)
+
+cluster-down: $(STAMP)
+	$(BIN)/ray-app cluster down --config $(CONFIG)
+
+## test: the whole suite (unit, infra, integration and end-to-end on real Ray, MLflow, Redis)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
@@ -32,9 +48,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python -m tests.infra.serve_config_sync --check
+
+## manifests: copy serve_config.yaml into cluster/ray-service.yaml (serveConfigV2)
+manifests: $(STAMP)
+	$(BIN)/python -m tests.infra.serve_config_sync
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py
+	$(BIN)/python bench/bench_tune.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -544,13 +544,23 @@ cluster_app = typer.Typer(help="The local Ray head (token auth, dashboard, Serve
 app.add_typer(cluster_app, name="cluster")
 
 
+def cluster_env(settings: Settings) -> dict[str, str]:
+    """The store every process of a local cluster shares: absolute paths, one MLflow."""
+    from ray_app.tracking import tracking_uri
+
+    root = settings.data_root
+    if "://" not in root:
+        root = str(Path(root).expanduser().resolve())
+    return {"RAY_APP_DATA_ROOT": root, "RAY_APP_MLFLOW__TRACKING_URI": tracking_uri(settings)}
+
+
 @cluster_app.command("up")
 def cluster_up(config: ConfigOption = None) -> None:
     """Start a local Ray head with token authentication (nothing if one is running)."""
     from ray_app.cluster import up
 
     settings = _settings(config)
-    state, started = up(settings.cluster)
+    state, started = up(settings.cluster, cluster_env(settings))
     verb = "started" if started else "already running"
     out.print(f"Ray head {verb} at {state.gcs_address}")
     out.print(f"dashboard: {state.dashboard_url} (token in {state.token_path})")

@@ -120,8 +120,12 @@ def _ray_cli() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-def up(cfg: ClusterSettings) -> tuple[ClusterState, bool]:
-    """Start the head unless one is running; (state, whether this call started it)."""
+def up(cfg: ClusterSettings, shared_env: dict[str, str] | None = None) -> tuple[ClusterState, bool]:
+    """Start the head unless one is running; (state, whether this call started it).
+
+    ``shared_env`` reaches every process of the cluster (jobs, Serve replicas): the data
+    root and tracking URI, so that all of them read and write the same store.
+    """
     existing = running(cfg)
     if existing is not None:
         return existing, False
@@ -129,7 +133,8 @@ def up(cfg: ClusterSettings) -> tuple[ClusterState, bool]:
     _check_ports(cfg, gcs_port)
     token = ensure_token(cfg)
     proxy = haproxy_available() if cfg.haproxy is None else cfg.haproxy
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = {**os.environ, **(shared_env or {})}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     if proxy:
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1")
     command = [

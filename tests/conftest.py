@@ -93,6 +93,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
         "RAY_APP_CLUSTER__DASHBOARD_PORT": str(free_port()),
         "RAY_APP_CLUSTER__METRICS_PORT": str(free_port()),
         "RAY_APP_CLUSTER__NUM_CPUS": "2",
+        "RAY_APP_DATA_ROOT": str(state_dir / "data"),  # what jobs and Serve replicas share
     }
     started = ray_app_command(["cluster", "up"], env)
     assert started.returncode == 0, started.stderr + started.stdout
