@@ -540,6 +540,70 @@ def pipeline(
         raise typer.Exit(1)
 
 
+@app.command("rollout")
+def rollout_command(
+    config: ConfigOption = None,
+    serve_config: Annotated[Path, typer.Option(help="Serve config to rewrite and deploy")] = Path(
+        "serve_config.yaml"
+    ),
+    challenger_weight: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Share of traffic for the challenger")
+    ] = None,
+    shadow: Annotated[str | None, typer.Option(help="Variant that mirrors traffic")] = None,
+    shadow_fraction: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Share of requests mirrored")
+    ] = None,
+    no_shadow: Annotated[bool, typer.Option(help="Stop mirroring")] = False,
+    pin: Annotated[
+        list[str] | None,
+        typer.Option(help="VARIANT=VERSION (or alias): the model a variant serves"),
+    ] = None,
+    promote: Annotated[
+        bool, typer.Option(help="Make the challenger the champion, then serve it")
+    ] = False,
+    rollback: Annotated[
+        bool, typer.Option(help="Restore the previous champion, then serve it")
+    ] = False,
+    reason: Annotated[
+        str, typer.Option(help="Why (audit log, with --promote/--rollback)")
+    ] = "rollout",
+    address: Annotated[str | None, typer.Option(help="Ray dashboard URL for serve deploy")] = None,
+    apply: Annotated[bool, typer.Option(help="Run serve deploy after writing the file")] = True,
+) -> None:
+    """Change A/B weights, the shadow or pinned versions; write serve_config.yaml and deploy it."""
+    from ray_app.serve.rollout import Change, RolloutError, rollout
+
+    pins: dict[str, str] = {}
+    for item in pin or []:
+        name, sep, ref = item.partition("=")
+        if not sep or not name or not ref:
+            raise RolloutError(f"--pin {item!r}: expected VARIANT=VERSION, e.g. challenger=3")
+        pins[name] = ref
+    change = Change(
+        challenger_weight=challenger_weight,
+        shadow=shadow,
+        shadow_fraction=shadow_fraction,
+        no_shadow=no_shadow,
+        pins=pins,
+        promote=promote,
+        rollback=rollback,
+    )
+    result = rollout(
+        _settings(config),
+        serve_config,
+        change,
+        actor=_actor(),
+        reason=reason,
+        address=address,
+        apply=apply,
+    )
+    if result.registry_event:
+        out.print(result.registry_event)
+    weights = ", ".join(f"{k} {v:g}" for k, v in result.state.ingress.weights.items())
+    out.print(f"weights: {weights}; shadow: {result.state.ingress.shadow or 'none'}")
+    out.print(f"{'deployed' if result.deployed else 'wrote'} {result.path}")
+
+
 cluster_app = typer.Typer(help="The local Ray head (token auth, dashboard, Serve ingress).")
 app.add_typer(cluster_app, name="cluster")
 

@@ -104,6 +104,55 @@ def _release(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, st
     return f"v{release.version} {verdict}{reasons}", {"model": str(release.version)}
 
 
+def _dashboard(settings: Settings) -> str:
+    return f"http://{settings.cluster.dashboard_host}:{settings.cluster.dashboard_port}"
+
+
+def _deploy(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    from ray_app.serve.rollout import Change, rollout
+
+    result = rollout(
+        settings,
+        settings.pipeline.serve_config,
+        Change(),
+        actor="pipeline",
+        reason="daily pipeline",
+        address=_dashboard(settings),
+    )
+    pins = {name: cfg.ref for name, cfg in result.state.variants.items()}
+    ctx["serving"] = pins
+    return "serve deploy " + ", ".join(f"{k}={v}" for k, v in pins.items()), pins
+
+
+def _smoke(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """One prediction through the public HTTP API, retried while replicas start."""
+    import urllib.error
+    import urllib.request
+
+    from ray_app.feature_store import feature_manifest
+
+    ticker = sorted(
+        feature_manifest(DataRoot(settings.data_root), ctx["feature_version"])["tickers"]
+    )[0]
+    body = json.dumps({"tickers": [ticker]}).encode()
+    url = settings.pipeline.serve_url.rstrip("/") + "/v1/predict"
+    deadline, last = time.monotonic() + settings.pipeline.smoke_timeout_s, ""
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(url, body, {"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                reply = json.loads(answer.read())
+            first = reply["predictions"][0]
+            served = f"{reply['variant']} v{reply['model_version']}"
+            return f"{ticker}: {first['predicted_return']:+.5f} from {served}", {}
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+            last = str(exc)
+            time.sleep(2)
+    raise RayAppError(
+        f"no prediction from {url} within {settings.pipeline.smoke_timeout_s:.0f} s: {last}"
+    )
+
+
 @dataclass
 class PlannedStep:
     name: str
@@ -114,7 +163,7 @@ class PlannedStep:
 def plan(settings: Settings) -> list[PlannedStep]:
     """The steps in order; ``inputs`` gives what a step's fingerprint covers."""
     code = code_version()
-    return [
+    steps = [
         PlannedStep("ingest", _ingest, None),
         PlannedStep("features", _features, None),
         PlannedStep(
@@ -139,7 +188,10 @@ def plan(settings: Settings) -> list[PlannedStep]:
                 s.evaluate.model_dump(),
             ),
         ),
+        PlannedStep("deploy", _deploy, None),
+        PlannedStep("smoke", _smoke, None),
     ]
+    return steps if settings.pipeline.deploy else steps[:-2]
 
 
 def run_pipeline(

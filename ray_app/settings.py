@@ -262,6 +262,15 @@ class ClusterSettings(_Section):
     haproxy: bool | None = Field(None, description="Serve behind HAProxy; None: when available")
 
 
+class PipelineSettings(_Section):
+    """The daily pipeline's serving steps."""
+
+    deploy: bool = Field(True, description="Deploy the Serve app and send a smoke request")
+    serve_config: Path = Field(Path("serve_config.yaml"), description="Serve config to deploy")
+    serve_url: str = Field("http://127.0.0.1:8000", description="Where the smoke request goes")
+    smoke_timeout_s: float = Field(180.0, gt=0)
+
+
 class RaySettings(_Section):
     """How entrypoints reach Ray; None starts or joins a local instance."""
 
@@ -291,6 +300,7 @@ class Settings(BaseSettings):
     gate: GateSettings = Field(default_factory=GateSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
     @classmethod
     def settings_customise_sources(
