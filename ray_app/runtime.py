@@ -33,6 +33,7 @@ def connect(settings: Settings) -> None:
         address = _local_head(settings)
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
+        _probe(address)
         kwargs["address"] = address
     elif settings.ray.num_cpus:  # a sized instance of our own, even if a cluster runs here
         kwargs.update(address="local", num_cpus=settings.ray.num_cpus, include_dashboard=False)
@@ -51,6 +52,20 @@ def connect(settings: Settings) -> None:
     # Per-operator resource reservation keeps one map task in flight on a 2-CPU cluster;
     # our pipelines are a single map stage, so it only costs parallelism.
     context.op_resource_reservation_enabled = False
+
+
+def _probe(address: str) -> None:
+    """Fail in a second, not after Ray's minutes of retries, when nothing listens there."""
+    from ray_app.cluster import port_in_use
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not port.isdigit():
+        return  # ray://, auto or a URL: Ray resolves these itself
+    if not port_in_use(int(port), host or "127.0.0.1"):
+        raise RayUnavailableError(
+            f"no Ray head answers at {address}: start one with `ray-app cluster up`, "
+            "or fix RAY_ADDRESS / ray.address"
+        )
 
 
 def _local_head(settings: Settings) -> str | None:
