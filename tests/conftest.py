@@ -113,3 +113,13 @@ def ray_address(ray_head: Head) -> str:
 
     connect(Settings(ray={"address": ray_head.address}))
     return ray_head.address
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests run last, and the one that takes the shared head down runs very last."""
+
+    def order(item: pytest.Item) -> tuple[int, int]:
+        is_e2e = "tests/e2e/" in item.nodeid
+        return (int(is_e2e), int("cluster_down" in item.name))
+
+    items.sort(key=order)

@@ -1,0 +1,211 @@
+"""The users' own commands, end to end, on the session's head (`ray-app cluster up`):
+`ray job submit` of the pipeline, `serve deploy` through `ray-app rollout`, HTTP calls,
+token auth, and `ray-app cluster down` leaving no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, Head, free_port, ray_app_command
+
+pytestmark = pytest.mark.e2e
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def post(url: str, payload: dict[str, Any], timeout: float = 10) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url, json.dumps(payload).encode(), {"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        loaded: dict[str, Any] = json.loads(answer.read())
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def deployment(ray_head: Head, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The pipeline submitted as a Ray job with a smoke configuration on the sample data."""
+    folder = tmp_path_factory.mktemp("e2e")
+    port = free_port()
+    serve_config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    serve_config["http_options"]["port"] = port
+    serve_path = folder / "serve_config.yaml"
+    serve_path.write_text(yaml.safe_dump(serve_config, sort_keys=False))
+    config = {
+        "ingest": {"source": "sample", "tickers": ["AAPL", "GOOG", "IBM", "MSFT"]},
+        "split": {"n_folds": 2, "test_days": 60, "holdout_months": 3},
+        "train": {"hparams": {"hidden_size": 8, "epochs": 2, "batch_size": 512}},
+        "tune": {"num_samples": 2, "max_concurrent": 2, "scheduler": "none"},
+        "pipeline": {"serve_config": str(serve_path), "serve_url": f"http://127.0.0.1:{port}"},
+    }
+    config_path = folder / "smoke.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    submit = subprocess.run(
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            ray_head.dashboard,
+            "--working-dir",
+            str(REPO),
+            "--",
+            "python",
+            "jobs/pipeline.py",
+            "--config",
+            str(config_path),
+        ],
+        env={**os.environ, **ray_head.env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
+    return {
+        "url": f"http://127.0.0.1:{port}",
+        "serve_config": serve_path,
+        "log": submit.stdout,
+        "config": config_path,
+    }
+
+
+def test_the_pipeline_job_ends_with_a_deployed_app(deployment: dict[str, Any]) -> None:
+    log = deployment["log"]
+    for step in ("ingest", "features", "search", "release", "deploy", "smoke"):
+        assert f"{step}: ok" in log, log[-3000:]
+    assert "succeeded" in log.lower()
+
+
+def test_http_predictions(deployment: dict[str, Any]) -> None:
+    status, reply = post(deployment["url"] + "/v1/predict", {"tickers": ["IBM", "msft"]})
+    assert status == 200, reply
+    assert [p["ticker"] for p in reply["predictions"]] == ["IBM", "MSFT"]
+    assert reply["model_version"] >= 1 and reply["request_id"]
+    status, reply = post(deployment["url"] + "/v1/predict", {"tickers": ["NOPE"]})
+    assert status == 404 and "NOPE" in json.dumps(reply)
+
+
+def test_rollout_under_load_fails_no_request(ray_head: Head, deployment: dict[str, Any]) -> None:
+    failures: list[str] = []
+    sent = 0
+    stop = threading.Event()
+
+    def client() -> None:
+        nonlocal sent
+        while not stop.is_set():
+            status, reply = post(deployment["url"] + "/v1/predict", {"tickers": ["AAPL"]})
+            sent += 1
+            if status != 200:
+                failures.append(f"{status}: {reply}")
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        time.sleep(1)
+        rolled = ray_app_command(
+            [
+                "rollout",
+                "--serve-config",
+                str(deployment["serve_config"]),
+                "--challenger-weight",
+                "0.1",
+                "--address",
+                ray_head.dashboard,
+                "--config",
+                str(deployment["config"]),
+            ],
+            ray_head.env,
+        )
+        assert rolled.returncode == 0, rolled.stderr + rolled.stdout
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            weights = {
+                v["name"]: v["weight"] for v in get(deployment["url"] + "/v1/models")["variants"]
+            }
+            if weights.get("challenger") == pytest.approx(0.1):
+                break
+            time.sleep(1)
+        assert weights == {"champion": pytest.approx(0.9), "challenger": pytest.approx(0.1)}
+        time.sleep(2)
+    finally:
+        stop.set()
+        thread.join()
+    assert sent > 20 and failures == []
+
+
+@pytest.mark.parametrize("token", ["wrong-token", None])
+def test_jobs_need_the_token(ray_head: Head, tmp_path: Path, token: str | None) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    env.update(HOME=str(tmp_path), RAY_AUTH_MODE="token")
+    if token:
+        env["RAY_AUTH_TOKEN"] = token
+    refused = subprocess.run(
+        [RAY, "job", "submit", "--address", ray_head.dashboard, "--", "python", "-c", "print(1)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0
+    assert "auth" in (refused.stdout + refused.stderr).lower()
+
+
+def test_cluster_commands_name_the_cause(ray_head: Head, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        env = {
+            "RAY_APP_CLUSTER__STATE_DIR": str(tmp_path / "other"),
+            "RAY_APP_CLUSTER__DASHBOARD_PORT": str(busy),
+        }
+        clash = ray_app_command(["cluster", "up"], env)
+    assert clash.returncode == 2
+    assert f"port {busy} is already taken" in clash.stderr and "DASHBOARD_PORT" in clash.stderr
+    again = ray_app_command(["cluster", "up"], ray_head.env)
+    assert again.returncode == 0 and "already running" in again.stdout
+    dead = ray_app_command(["pipeline"], {"RAY_ADDRESS": f"127.0.0.1:{free_port()}"})
+    assert dead.returncode == 2 and "no Ray head answers" in dead.stderr
+    wrong = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    wrong["applications"][0]["import_path"] = "ray_app.serve.nope:build_app"
+    path = tmp_path / "wrong.yaml"
+    path.write_text(yaml.safe_dump(wrong))
+    refused = ray_app_command(["rollout", "--serve-config", str(path), "--no-apply"], ray_head.env)
+    assert refused.returncode == 2 and "import_path" in refused.stderr
+
+
+def test_cluster_down_leaves_no_process(ray_head: Head) -> None:
+    """Last in the session (see tests/conftest.py): it takes the shared head down."""
+    from ray_app.cluster import ClusterState, head_processes
+
+    import ray
+
+    ray.shutdown()  # this process is a driver of the head: leave before it goes
+    state = ClusterState(**ray_head.state)  # type: ignore[arg-type]
+    assert head_processes(state)
+    down = ray_app_command(["cluster", "down"], ray_head.env)
+    assert down.returncode == 0, down.stderr
+    assert head_processes(state) == []
+    assert shutil.which(RAY) is not None
