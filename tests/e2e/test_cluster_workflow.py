@@ -198,9 +198,9 @@ def test_cluster_commands_name_the_cause(ray_head: Head, tmp_path: Path) -> None
 
 def test_cluster_down_leaves_no_process(ray_head: Head) -> None:
     """Last in the session (see tests/conftest.py): it takes the shared head down."""
-    from ray_app.cluster import ClusterState, head_processes
-
     import ray
+
+    from ray_app.cluster import ClusterState, head_processes
 
     ray.shutdown()  # this process is a driver of the head: leave before it goes
     state = ClusterState(**ray_head.state)  # type: ignore[arg-type]
