@@ -139,7 +139,9 @@ class SplitSettings(_Section):
     mode: Literal["expanding", "rolling"] = "expanding"
     n_folds: int = Field(3, ge=1)
     test_days: int = Field(126, ge=5, description="Trading days in each walk-forward test window")
-    train_days: int = Field(756, ge=20, description="Training window length for rolling mode")
+    train_days: int = Field(
+        756, ge=20, description="Rolling: the training window; expanding: the shortest one"
+    )
     embargo_days: int | None = Field(
         None, ge=1, description="Gap between training labels and test rows; None: the minimum safe"
     )

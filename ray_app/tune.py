@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,7 @@ def _tuner(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=cfg.num_samples,
+            reuse_actors=True,  # a warm trial process: torch imports once, not per trial
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -148,7 +150,22 @@ def _tuner(
 
 def new_search_name(data: TrainingData) -> str:
     """A fresh search name: the feature set and the UTC time it started."""
-    return f"tune-{data.manifest['version']}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    return f"tune-{data.manifest['version']}-{stamp}-{uuid.uuid4().hex[:4]}"
+
+
+def _mlflow_callback_class() -> Any:
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    class _Callback(MLflowLoggerCallback):
+        """Ray's MLflow logger, tolerant of a trial whose process died before it started:
+        its end then raises KeyError in Ray 2.60 and would take the whole search down."""
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            if trial in self._trial_runs:
+                super().log_trial_end(trial, failed)
+
+    return _Callback
 
 
 def run_search(
@@ -166,7 +183,6 @@ def run_search(
     import mlflow
     import ray
     from ray import tune
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     nodes = sum(1 for n in ray.nodes() if n["Alive"])
     connect_mlflow(settings, nodes)
@@ -196,7 +212,7 @@ def run_search(
             _save_state(settings, name, {"parent_run_id": parent.info.run_id})
             mlflow.log_params(_search_params(settings))
         child_tags = {**tags, "mlflow.parentRunId": parent.info.run_id}
-        callback = MLflowLoggerCallback(
+        callback = _mlflow_callback_class()(
             tracking_uri=tracking_uri(settings),
             experiment_name=settings.mlflow.experiment,
             tags=child_tags,
