@@ -412,7 +412,10 @@ def evaluate(
     config: ConfigOption = None,
     data_root: DataRootOption = None,
     version: Annotated[str, typer.Option(help="Model version or alias")] = "champion",
-    feature_version: FeatureVersionOption = None,
+    feature_version: Annotated[
+        str | None,
+        typer.Option(help="Feature set version (default: the one the model was trained on)"),
+    ] = None,
     report_dir: Annotated[
         Path | None, typer.Option(help="Also write report.json/.md and plots here")
     ] = None,
@@ -634,11 +637,11 @@ def cluster_up(config: ConfigOption = None) -> None:
 
 @cluster_app.command("down")
 def cluster_down(config: ConfigOption = None) -> None:
-    """Stop the local head and every Ray process on this machine."""
+    """Stop the local head and every process it started (other Ray clusters are left alone)."""
     from ray_app.cluster import down
 
     was_running = down(_settings(config).cluster)
-    out.print("Ray stopped" if was_running else "no head was running; no Ray process is left")
+    out.print("Ray head stopped" if was_running else "no head recorded: nothing to stop")
 
 
 @cluster_app.command("status")

@@ -110,7 +110,7 @@ class FeatureSettings(_Section):
 
 
 class OnlineSettings(_Section):
-    """The online feature lookup used by serving."""
+    """The online feature lookup (`get_online_features`): Parquet, or Redis in front of it."""
 
     backend: Literal["offline", "redis"] = "offline"
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ray_app.errors import RayAppError
 from ray_app.feature_store import load_feature_set
 from ray_app.models import (
     StandardScaler,
@@ -39,6 +40,10 @@ from ray_app.models import (
 from ray_app.settings import FeatureSettings, HParams, ModelKind, Settings
 from ray_app.splits import WalkForward, min_embargo, walk_forward
 from ray_app.storage import DataRoot
+
+
+class TrainingDataError(RayAppError):
+    """The feature set is too short for the configured walk-forward split."""
 
 
 @dataclass
@@ -63,15 +68,21 @@ def load_training_data(settings: Settings, feature_version: str | None = None) -
     cfg = settings.split
     window = settings.train.hparams.window if settings.train.model == "gru" else 1
     embargo = cfg.embargo_days or min_embargo(spec, horizon=1, sequence_window=window)
-    split = walk_forward(
-        frame,
-        n_folds=cfg.n_folds,
-        test_days=cfg.test_days,
-        train_days=cfg.train_days,
-        embargo_days=embargo,
-        mode=cfg.mode,
-        holdout_months=cfg.holdout_months,
-    )
+    try:
+        split = walk_forward(
+            frame,
+            n_folds=cfg.n_folds,
+            test_days=cfg.test_days,
+            train_days=cfg.train_days,
+            embargo_days=embargo,
+            mode=cfg.mode,
+            holdout_months=cfg.holdout_months,
+        )
+    except ValueError as exc:
+        raise TrainingDataError(
+            f"feature set {manifest['version']} cannot be split as configured: {exc} "
+            "(lower split.n_folds, split.test_days, split.train_days or split.holdout_months)"
+        ) from None
     return TrainingData(frame, list(manifest["columns"]), manifest, split)
 
 
