@@ -109,19 +109,30 @@ def _dashboard(settings: Settings) -> str:
 
 
 def _deploy(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """``serve deploy`` with every variant pinned to the version its alias names now.
+
+    Before any model has passed the gate there is no champion: the champion variant then
+    serves the newest challenger, and the step says so (the registry is not changed).
+    """
+    from ray_app.registry import champion_version, resolve_version
     from ray_app.serve.rollout import Change, rollout
 
+    change, note = Change(), ""
+    if champion_version(settings) is None:
+        challenger = resolve_version(settings, "challenger")
+        change = Change(pins={"champion": str(challenger)})
+        note = f" (no champion yet: serving challenger v{challenger}, not past the gate)"
     result = rollout(
         settings,
         settings.pipeline.serve_config,
-        Change(),
+        change,
         actor="pipeline",
         reason="daily pipeline",
         address=_dashboard(settings),
     )
     pins = {name: cfg.ref for name, cfg in result.state.variants.items()}
     ctx["serving"] = pins
-    return "serve deploy " + ", ".join(f"{k}={v}" for k, v in pins.items()), pins
+    return "serve deploy " + ", ".join(f"{k}={v}" for k, v in pins.items()) + note, pins
 
 
 def _smoke(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
