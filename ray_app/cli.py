@@ -570,6 +570,9 @@ def rollout_command(
     reason: Annotated[
         str, typer.Option(help="Why (audit log, with --promote/--rollback)")
     ] = "rollout",
+    feature_version: Annotated[
+        str | None, typer.Option(help="Feature set the ingress serves (default: the newest)")
+    ] = None,
     address: Annotated[str | None, typer.Option(help="Ray dashboard URL for serve deploy")] = None,
     apply: Annotated[bool, typer.Option(help="Run serve deploy after writing the file")] = True,
 ) -> None:
@@ -590,6 +593,7 @@ def rollout_command(
         pins=pins,
         promote=promote,
         rollback=rollback,
+        feature_version=feature_version,
     )
     result = rollout(
         _settings(config),

@@ -1,0 +1,357 @@
+"""The HTTP API (FastAPI) over a ``PredictionService``: routes, auth, limits, errors, logs.
+
+Built per ingress replica (``make_api``) so that the schema states this deployment's limits.
+Every failure is an HTTP status with a reason: 401 without a valid key, 404 for unknown
+tickers, 413 for an oversized body, 422 for anything malformed, 503 when no model can answer;
+a 500 means a bug, and its body names the request id to look for in the logs.
+
+No ``from __future__ import annotations`` here: FastAPI reads the route signatures at run time,
+and the request model is a local of ``make_api``.
+"""
+
+import hmac
+import logging
+import os
+import time
+import uuid
+from typing import Annotated, Any, Protocol, cast
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ray_app.errors import RayAppError
+from ray_app.serve.schemas import (
+    SCORE_DOC,
+    CacheStatus,
+    Health,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+    Readiness,
+    ShadowStatus,
+    VariantStatus,
+    error_responses,
+    limited_request,
+)
+from ray_app.serve.service import ApiError, PredictionService
+
+logger = logging.getLogger("ray.serve")
+REQUEST_ID = "x-request-id"
+MAX_ID = 128
+
+DESCRIPTION = f"""
+Next-day return predictions for daily stock features, from models in the MLflow registry.
+
+**Routing.** Requests are split between model variants by weight, sticky per key: the
+`X-Client-Id` header when sent, else the request's set of tickers. While the weights stay the
+same, a key always gets the same variant. A fraction of requests may be mirrored to a shadow
+variant, whose answers are logged and never returned.
+
+**Auth.** When API keys are configured, `/v1/*` needs `Authorization: Bearer <key>`.
+`/healthz`, `/readyz` and this schema are open.
+
+**Score.** {SCORE_DOC}
+
+**Headers.** Responses carry `X-Request-ID` (send one to choose it), `X-Model-Variant`,
+`X-Model-Name` and `X-Model-Version`.
+"""
+
+
+class RequestMetrics(Protocol):
+    def request(self, variant: str, status: int, latency_ms: float) -> None: ...
+
+
+class ApiKeyError(RayAppError):
+    """API keys were asked for but the environment variable naming them is empty."""
+
+
+def read_api_keys(env_name: str | None) -> tuple[bytes, ...]:
+    """The keys in ``env_name`` (comma-separated); none when auth is off. A named variable that
+    is unset or empty is refused: serving with auth silently off is worse than not serving."""
+    if env_name is None:
+        return ()
+    keys = tuple(k.strip().encode() for k in os.environ.get(env_name, "").split(",") if k.strip())
+    if not keys:
+        raise ApiKeyError(f"api_keys_env names {env_name}, which holds no keys on this node")
+    return keys
+
+
+def key_matches(given: str, keys: tuple[bytes, ...]) -> bool:
+    """Compared with every key in constant time, so timing tells nothing about any of them."""
+    candidate = given.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(candidate, key)
+    return matched
+
+
+class BodyLimit:
+    """Refuses bodies over ``max_bytes`` with 413 before the app parses them, whether the
+    client declared the length or streamed the body in chunks."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, send, 413 if declared.isdigit() else 400)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                await self._refuse(scope, send, 413)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, send: Send, status: int) -> None:
+        reason = (
+            f"request body larger than {self.max_bytes} bytes"
+            if status == 413
+            else "invalid Content-Length header"
+        )
+        await JSONResponse({"detail": reason}, status_code=status)(scope, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+class AccessLog:
+    """One structured log line and the metrics of every API request: request id, client key,
+    variant, model version, status and latency; never a header value such as the API key."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = dict(scope["headers"])
+        given = headers.get(REQUEST_ID.encode(), b"").decode("latin-1")[:MAX_ID]
+        state = scope.setdefault("state", {})
+        state["request_id"] = given or uuid.uuid4().hex
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if not given:  # Serve's proxy adds the header when it set the id itself
+                    message.setdefault("headers", []).append(
+                        (b"x-request-id", state["request_id"].encode())
+                    )
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self._record(scope, headers, state, status, (time.perf_counter() - start) * 1e3)
+
+    def _record(
+        self,
+        scope: Scope,
+        headers: dict[bytes, bytes],
+        state: dict[str, Any],
+        status: int,
+        latency_ms: float,
+    ) -> None:
+        path = scope["path"]
+        if not path.startswith("/v1/"):
+            return
+        variant = state.get("variant", "none")
+        self.metrics.request(variant, status, latency_ms)
+        record = {
+            "event": "request",
+            "method": scope["method"],
+            "path": path,
+            "status": status,
+            "latency_ms": round(latency_ms, 3),
+            "client_key": headers.get(b"x-client-id", b"").decode("latin-1")[:MAX_ID] or None,
+            "variant": variant,
+            "model_name": state.get("model_name"),
+            "model_version": state.get("model_version"),
+            "tickers": state.get("tickers"),
+            "cache_hits": state.get("cache_hits"),
+            "error": state.get("error"),
+        }
+        logger.info(
+            "%s %s %s %.1fms id=%s",
+            scope["method"],
+            path,
+            status,
+            latency_ms,
+            state["request_id"],
+            extra={"ray_serve_extra_fields": record},
+        )
+
+
+def make_api(
+    service: PredictionService, metrics: RequestMetrics, api_keys: tuple[bytes, ...]
+) -> FastAPI:
+    """The FastAPI app of one ingress replica."""
+    app = FastAPI(title="ray-app prediction API", version="1.0", description=DESCRIPTION)
+    app.add_middleware(BodyLimit, max_bytes=service.args.max_body_bytes)
+    app.add_middleware(AccessLog, metrics=metrics)
+    _errors(app)
+    bearer = HTTPBearer(auto_error=False, description="An API key, when keys are configured")
+
+    async def authorize(  # async: FastAPI runs a plain def in a thread pool, per request
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if api_keys and (credentials is None or not key_matches(credentials.credentials, api_keys)):
+            raise HTTPException(
+                401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    body_model = limited_request(service.args.max_tickers)
+    guarded = [Depends(authorize)]
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses=error_responses(400, 401, 404, 413, 422, 503),
+        dependencies=guarded,
+        summary="Predict next-day returns",
+    )
+    async def predict(
+        body: body_model,  # type: ignore[valid-type]
+        request: Request,
+        response: Response,
+        x_client_id: Annotated[
+            str | None, Header(max_length=MAX_ID, description="Sticky routing key")
+        ] = None,
+    ) -> PredictResponse:
+        state, wanted = request.state, cast(PredictRequest, body)
+        state.tickers = len(wanted.tickers)
+        answer = await service.predict(wanted, x_client_id, state.request_id)
+        out = answer.response
+        state.variant, state.model_name, state.model_version = (
+            out.variant,
+            out.model_name,
+            out.model_version,
+        )
+        state.cache_hits = answer.cache_hits
+        response.headers["X-Model-Variant"] = out.variant
+        response.headers["X-Model-Name"] = out.model_name
+        response.headers["X-Model-Version"] = str(out.model_version)
+        return out
+
+    @app.get(
+        "/v1/models",
+        response_model=ModelsResponse,
+        responses=error_responses(401, 503),
+        dependencies=guarded,
+        summary="Variants, versions, weights and the shadow",
+    )
+    async def models() -> ModelsResponse:
+        await service.refresh()  # operators asking want the current answer
+        return models_status(service)
+
+    @app.get("/healthz", response_model=Health, summary="Liveness: the replica answers")
+    async def healthz() -> Health:
+        return Health()
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness}},
+        summary="Readiness: features loaded and the primary variant has a model",
+    )
+    async def readyz() -> JSONResponse:
+        await service.fresh()  # probes come often and must be quick: reask in the background
+        reasons = service.ready_reasons()
+        body = Readiness(ready=not reasons, reasons=reasons)
+        return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
+
+    return app
+
+
+def _errors(app: FastAPI) -> None:
+    """Service errors as their status and reason; anything unforeseen as a 500 that names the
+    request id, with the traceback in the log and not in the response."""
+
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        request.state.error = exc.reason
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request.state.request_id
+        logger.exception("unhandled error in request %s", request_id)
+        request.state.error = f"{type(exc).__name__}: {exc}"
+        return JSONResponse({"detail": f"internal error; request id {request_id}"}, status_code=500)
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def models_status(service: PredictionService) -> ModelsResponse:
+    """What ``/v1/models`` shows: each variant's model and share, the shadow, the cache."""
+    config, table, gate = service.config, service.table, service.gate
+    if config is None or table is None:
+        raise ApiError(503, "the ingress is not configured yet")
+    shadow = config.shadow
+    variants = [
+        VariantStatus(
+            name=info.name,
+            ref=info.ref,
+            weight=config.weights[name],
+            shadow_fraction=shadow.fraction if shadow and shadow.variant == name else 0.0,
+            ready=info.ready,
+            model_name=info.model,
+            model_version=info.version,
+            kind=info.kind,
+            feature_version=info.feature_version,
+            loaded_at=info.loaded_at,
+            error=info.error,
+        )
+        for name, info in service.infos.items()
+    ]
+    stats = service.cache.stats
+    return ModelsResponse(
+        primary=service.args.primary,
+        routing="sticky weighted split by X-Client-Id, else by the request's tickers",
+        variants=variants,
+        shadow=None
+        if shadow is None or gate is None
+        else ShadowStatus(
+            variant=shadow.variant,
+            fraction=shadow.fraction,
+            in_flight=gate.in_flight,
+            **gate.counts,
+        ),
+        feature_version=table.feature_version,
+        feature_dates=(table.first_date, table.last_date),
+        cache=CacheStatus(
+            size=len(service.cache),
+            max_size=service.cache.max_size,
+            ttl_s=service.cache.ttl_s,
+            hits=stats.hits,
+            misses=stats.misses,
+        ),
+    )

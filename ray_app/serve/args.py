@@ -1,0 +1,195 @@
+"""What the serving application is built from (``ServeArgs``) and what can change while it runs.
+
+``ServeArgs`` are the ``args`` of the application in ``serve_config.yaml``: Serve hashes them
+into the application's code version, so changing them replaces every replica. What a rollout
+changes (weights, the shadow, a variant's model version, the feature set) lives instead in the
+deployments' ``user_config`` (``IngressConfig``, ``VariantConfig``), which Serve hands to
+``reconfigure()`` on the running replicas. The args only seed those configs when the file names
+none.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ray_app.settings import Settings, load_settings
+
+INGRESS = "Ingress"
+VARIANT_NAME = r"^[a-z][a-z0-9_-]{0,30}$"
+REF = r"^([a-z][a-z0-9_-]{0,62}|[1-9][0-9]{0,8})$"
+DEFAULT_LOADER = "ray_app.serve.loader:RegistryLoader"
+WEIGHT_TOLERANCE = 1e-6
+
+Ref = Annotated[
+    str,
+    Field(
+        pattern=REF,
+        description="A registry alias (champion, challenger) or a version number ('7')",
+    ),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VariantSpec(_Strict):
+    """One model variant: a deployment of its own serving the model ``ref`` names."""
+
+    name: str = Field(pattern=VARIANT_NAME, description="Deployment name and routing label")
+    ref: Ref
+    weight: float = Field(ge=0.0, le=1.0, description="Share of primary traffic")
+
+
+class ShadowSpec(_Strict):
+    """A fraction of requests mirrored to ``variant``; its answers are logged, never returned."""
+
+    variant: str = Field(pattern=VARIANT_NAME)
+    fraction: float = Field(gt=0.0, le=1.0)
+
+
+class CacheSpec(_Strict):
+    """The ingress's prediction cache, keyed by (model, version, ticker, feature date)."""
+
+    max_size: int = Field(10_000, ge=0, description="Entries kept (least recently used go); 0: off")
+    ttl_s: float = Field(300.0, gt=0, description="Seconds an entry is served")
+
+
+class CpuSpec(_Strict):
+    """CPUs reserved per replica: the defaults fit the whole graph on 2 CPUs with room for
+    the Serve controller, the proxy and a driver."""
+
+    ingress: float = Field(0.25, gt=0)
+    variant: float = Field(0.25, gt=0)
+
+
+class BatchSpec(_Strict):
+    """``@serve.batch`` of the variants: requests that arrive together share one forward pass."""
+
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="0: take what is queued; waiting only adds latency on CPU"
+    )
+
+
+class ShadowLimits(_Strict):
+    """Bounds that keep a slow or dead shadow away from the primary path."""
+
+    max_in_flight: int = Field(4, ge=1, description="Mirrored requests pending per ingress")
+    timeout_s: float = Field(2.0, gt=0, description="A mirrored request older than this is cut")
+
+
+class VariantConfig(_Strict):
+    """``user_config`` of a variant deployment: which model it serves, how it batches."""
+
+    ref: Ref
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.0, ge=0)
+
+
+class IngressConfig(_Strict):
+    """``user_config`` of the ingress: the traffic split, the shadow and the feature set."""
+
+    weights: dict[str, float]
+    shadow: ShadowSpec | None = None
+    feature_version: str | None = Field(None, description="None: the newest feature set")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IngressConfig:
+        check_weights(self.weights)
+        if self.shadow is not None and self.shadow.variant not in self.weights:
+            raise ValueError(f"shadow variant {self.shadow.variant!r} is not a variant")
+        return self
+
+    def check_variants(self, names: list[str]) -> None:
+        """Refuse weights that do not name exactly the deployed variants."""
+        if sorted(self.weights) != sorted(names):
+            raise ValueError(
+                f"weights name {sorted(self.weights)} but the variants are {sorted(names)}"
+            )
+
+
+def check_weights(weights: dict[str, float]) -> None:
+    """Weights in [0, 1] that sum to 1, so a share reads the same everywhere."""
+    bad = {name: w for name, w in weights.items() if not 0.0 <= w <= 1.0}
+    if bad:
+        raise ValueError(f"weights must lie in [0, 1]: {bad}")
+    total = math.fsum(weights.values())
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        raise ValueError(f"weights must sum to 1, got {total:g} ({weights})")
+
+
+def _default_variants() -> list[VariantSpec]:
+    return [
+        VariantSpec(name="champion", ref="champion", weight=1.0),
+        VariantSpec(name="challenger", ref="challenger", weight=0.0),
+    ]
+
+
+class ServeArgs(_Strict):
+    """The typed ``args`` of ``build_app``: settings, variants, limits and resources."""
+
+    config: str | None = Field(None, description="ray-app settings YAML (RAY_APP_* env applies)")
+    data_root: str | None = Field(None, description="Overrides data_root of the settings")
+    mlflow_tracking_uri: str | None = Field(None, description="Overrides mlflow.tracking_uri")
+    model_name: str | None = Field(None, description="Overrides mlflow.model_name")
+    feature_version: str | None = Field(None, description="None: the newest feature set")
+    variants: list[VariantSpec] = Field(default_factory=_default_variants, min_length=1)
+    shadow: ShadowSpec | None = None
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    shadow_limits: ShadowLimits = Field(default_factory=ShadowLimits)
+    num_cpus: CpuSpec = Field(default_factory=CpuSpec)
+    max_tickers: int = Field(50, ge=1, le=1000, description="Tickers per request")
+    max_body_bytes: int = Field(65_536, ge=1024, description="Larger request bodies get 413")
+    api_keys_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding comma-separated API keys; None: no auth",
+    )
+    refresh_s: float = Field(1.0, gt=0, description="How often the ingress rereads variants")
+    loader: str = Field(
+        DEFAULT_LOADER,
+        pattern=r"^[\w.]+:\w+$",
+        description="module:callable taking ServeArgs and returning the model loader",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeArgs:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        self.ingress_config()  # the weights and the shadow must make a valid config
+        return self
+
+    def settings(self) -> Settings:
+        """The platform settings on this node: the file, the environment, then these args."""
+        return load_settings(
+            Path(self.config) if self.config else None,
+            data_root=self.data_root,
+            mlflow__tracking_uri=self.mlflow_tracking_uri,
+            mlflow__model_name=self.model_name,
+        )
+
+    def ingress_config(self) -> IngressConfig:
+        return IngressConfig(
+            weights={v.name: v.weight for v in self.variants},
+            shadow=self.shadow,
+            feature_version=self.feature_version,
+        )
+
+    def variant_config(self, variant: VariantSpec) -> VariantConfig:
+        return VariantConfig(
+            ref=variant.ref,
+            max_batch_size=self.batch.max_batch_size,
+            batch_wait_timeout_s=self.batch.batch_wait_timeout_s,
+        )
+
+    @property
+    def primary(self) -> str:
+        """The first variant: the one traffic falls back to (by convention the champion)."""
+        return self.variants[0].name

@@ -1,0 +1,70 @@
+"""The ingress deployment: HTTP in, one ``PredictionService`` per replica, handles out.
+
+The FastAPI app is built inside the replica (``__serve_build_asgi_app__``), after the
+constructor has read the arguments, so each deployment's schema states its own limits and no
+app object is pickled with the deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from ray_app.serve.api import make_api, read_api_keys
+from ray_app.serve.args import IngressConfig, ServeArgs
+from ray_app.serve.features import FeatureTable
+from ray_app.serve.metrics import IngressMetrics
+from ray_app.serve.predictor import Job, Result, VariantInfo
+from ray_app.serve.service import PredictionService, VariantClient
+
+
+class HandleClient:
+    """A variant reached through its ``DeploymentHandle``."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._predict = handle.options(method_name="predict")
+        self._info = handle.options(method_name="info")
+
+    async def predict(self, job: Job) -> Result:
+        return await self._predict.remote(job)
+
+    async def predict_within(self, job: Job, timeout_s: float) -> Result:
+        return await _within(self._predict.remote(job), timeout_s)  # type: ignore[arg-type]
+
+    async def info(self, timeout_s: float) -> VariantInfo:
+        return await _within(self._info.remote(), timeout_s)  # type: ignore[arg-type]
+
+
+async def _within(response: DeploymentResponse[Any], timeout_s: float) -> Any:
+    """The response, or TimeoutError after ``timeout_s`` with the request cancelled, so a dead
+    or stuck replica holds no queue slot on the caller's side."""
+    try:
+        return await asyncio.wait_for(response, timeout_s)
+    except TimeoutError:
+        response.cancel()
+        raise
+
+
+@serve.deployment(max_ongoing_requests=256)
+@serve.ingress()
+class Ingress:
+    """Routes, looks up features, caches, and calls the variant the route picks."""
+
+    def __init__(self, args: ServeArgs, variants: dict[str, DeploymentHandle]) -> None:
+        clients: dict[str, VariantClient] = {n: HandleClient(h) for n, h in variants.items()}
+        self.metrics = IngressMetrics()
+        self.api_keys = read_api_keys(args.api_keys_env)
+        self.service = PredictionService(
+            args, clients, self.metrics, partial(FeatureTable.load, args.settings())
+        )
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return make_api(self.service, self.metrics, self.api_keys)
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        await self.service.reconfigure(IngressConfig.model_validate(config))

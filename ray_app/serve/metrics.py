@@ -1,0 +1,97 @@
+"""Prometheus metrics of the serving graph, through Ray Serve's metrics API.
+
+Ray exports application metrics with a ``ray_`` prefix and adds the ``deployment``,
+``replica`` and ``application`` tags, so ``app_serve_requests`` is scraped as
+``ray_app_serve_requests_total{variant=..., status=..., deployment="Ingress", ...}``.
+Construct these only inside a replica (they need a connected Ray worker).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import metrics
+
+LATENCY_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]
+# Absolute differences of predicted daily log returns: 0.1 bp to 10%.
+ABS_DIFF = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+
+
+def _keys(*names: str) -> Any:
+    """Tag keys; Ray annotates them as a 1-tuple, though any tuple works."""
+    return names
+
+
+class IngressMetrics:
+    """What the ingress counts: requests, errors, latency, cache lookups, the shadow."""
+
+    def __init__(self) -> None:
+        self._requests = metrics.Counter(
+            "app_serve_requests",
+            description="Prediction API requests by variant and HTTP status",
+            tag_keys=_keys("variant", "status"),
+        )
+        self._errors = metrics.Counter(
+            "app_serve_errors",
+            description="Prediction API requests answered with a 4xx or 5xx",
+            tag_keys=_keys("variant", "status"),
+        )
+        self._latency = metrics.Histogram(
+            "app_serve_latency_ms",
+            description="Time from request to response inside the ingress, in ms",
+            boundaries=LATENCY_MS,
+            tag_keys=_keys("variant"),
+        )
+        self._cache = metrics.Counter(
+            "app_serve_cache_lookups",
+            description="Prediction cache lookups by result (hit, miss)",
+            tag_keys=_keys("result"),
+        )
+        self._shadow = metrics.Counter(
+            "app_serve_shadow_requests",
+            description="Mirrored requests by outcome (sent, dropped, ok, error, timeout)",
+            tag_keys=_keys("variant", "outcome"),
+        )
+        self._diff = metrics.Histogram(
+            "app_serve_shadow_abs_diff",
+            description="|shadow - primary| predicted log return, per ticker",
+            boundaries=ABS_DIFF,
+            tag_keys=_keys("variant"),
+        )
+
+    def request(self, variant: str, status: int, latency_ms: float) -> None:
+        tags = {"variant": variant, "status": str(status)}
+        self._requests.inc(1, tags)
+        if status >= 400:
+            self._errors.inc(1, tags)
+        self._latency.observe(latency_ms, {"variant": variant})
+
+    def cache(self, hits: int, misses: int) -> None:
+        if hits:
+            self._cache.inc(hits, {"result": "hit"})
+        if misses:
+            self._cache.inc(misses, {"result": "miss"})
+
+    def shadow(self, variant: str, outcome: str) -> None:
+        self._shadow.inc(1, {"variant": variant, "outcome": outcome})
+
+    def shadow_diff(self, variant: str, diffs: list[float]) -> None:
+        for diff in diffs:
+            self._diff.observe(diff, {"variant": variant})
+
+
+class ModelInfoGauge:
+    """``app_serve_model_info{variant, model, version}`` is 1 for the version a variant
+    replica serves and 0 for the one it replaced, so a dashboard shows rollouts as steps."""
+
+    def __init__(self) -> None:
+        self._gauge = metrics.Gauge(
+            "app_serve_model_info",
+            description="1 for the model version a variant serves",
+            tag_keys=_keys("variant", "model", "version"),
+        )
+
+    def swap(self, variant: str, new: tuple[str, int], old: tuple[str, int] | None) -> None:
+        if old is not None and old != new:
+            self._gauge.set(0, {"variant": variant, "model": old[0], "version": str(old[1])})
+        self._gauge.set(1, {"variant": variant, "model": new[0], "version": str(new[1])})

@@ -1,0 +1,131 @@
+"""What crosses the one network hop of a prediction, and the batched forward pass.
+
+The ingress sends a variant a ``Job``: the feature rows of a request's tickers as one array,
+with the column names. The variant answers a ``Result`` carrying the model version that made
+it, so the ingress caches and labels predictions by what actually produced them, even in the
+second a rollout swaps models. Nothing here imports torch or Ray: the ingress imports this
+module without paying for either.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class ServingModel(Protocol):
+    """A loaded model as serving sees it: raw feature windows in, predicted log returns out."""
+
+    name: str
+    version: int
+    kind: str
+    columns: list[str]
+    window: int
+    feature_version: str
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(n, window, len(columns)) unscaled feature rows, oldest first -> (n,) predictions."""
+        ...
+
+
+ModelLoader = Callable[[str], ServingModel]
+"""Loads the model an alias or version number names; called in a variant replica."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request's rows for a variant: (tickers, rows, columns) in ``columns`` order."""
+
+    columns: tuple[str, ...]
+    rows: np.ndarray
+
+
+@dataclass(frozen=True)
+class Result:
+    """The predictions of one job and the model that made them. ``needs_rows`` is set instead
+    when the job carried fewer rows per ticker than the (newly loaded) model's window."""
+
+    model: str
+    version: int
+    preds: np.ndarray | None = None
+    needs_rows: int | None = None
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    """What a variant replica serves now; ``model`` is None while it has nothing loaded."""
+
+    name: str
+    ref: str | None
+    model: str | None = None
+    version: int | None = None
+    kind: str | None = None
+    window: int = 1
+    columns: tuple[str, ...] = ()
+    feature_version: str | None = None
+    loaded_at: dt.datetime | None = None
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and self.version is not None
+
+
+def describe(
+    name: str,
+    ref: str | None,
+    model: ServingModel | None,
+    loaded_at: dt.datetime | None,
+    error: str | None,
+) -> VariantInfo:
+    """The ``VariantInfo`` of a replica holding ``model`` (or none, for the reason ``error``)."""
+    if model is None:
+        return VariantInfo(name=name, ref=ref, error=error)
+    return VariantInfo(
+        name=name,
+        ref=ref,
+        model=model.name,
+        version=model.version,
+        kind=model.kind,
+        window=model.window,
+        columns=tuple(model.columns),
+        feature_version=model.feature_version,
+        loaded_at=loaded_at,
+        error=error,
+    )
+
+
+class ColumnSelector:
+    """Positions of the model's columns among a job's columns, remembered per column list:
+    the ingress sends the same list on every request."""
+
+    def __init__(self, model_columns: list[str]) -> None:
+        self._wanted = model_columns
+        self._known: dict[tuple[str, ...], np.ndarray] = {}
+
+    def __call__(self, columns: tuple[str, ...]) -> np.ndarray:
+        if columns not in self._known:
+            missing = [c for c in self._wanted if c not in columns]
+            if missing:
+                raise ValueError(f"the feature rows lack the model's column(s) {missing}")
+            self._known[columns] = np.array([columns.index(c) for c in self._wanted])
+        return self._known[columns]
+
+
+def predict_jobs(model: ServingModel, select: ColumnSelector, jobs: list[Job]) -> list[Result]:
+    """Every job's predictions from one forward pass over all their rows."""
+    ready = [j for j in jobs if j.rows.shape[1] >= model.window]
+    parts = [j.rows[:, -model.window :, select(j.columns)] for j in ready]
+    preds = model.predict(np.concatenate(parts)) if parts else np.empty(0)
+    bounds = np.cumsum([0, *(len(p) for p in parts)])
+    by_job = {id(j): preds[a:b] for j, a, b in zip(ready, bounds[:-1], bounds[1:], strict=True)}
+    return [
+        Result(model.name, model.version, preds=by_job[id(j)])
+        if id(j) in by_job
+        else Result(model.name, model.version, needs_rows=model.window)
+        for j in jobs
+    ]

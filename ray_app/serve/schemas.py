@@ -1,0 +1,138 @@
+"""The prediction API's request and response bodies (v1), as the OpenAPI schema shows them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+TICKER = r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,15}$"
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+SCORE_DOC = (
+    "The predicted return in units of the ticker's recent volatility: predicted_return / "
+    "vol_20d, where vol_20d is the standard deviation of its daily log returns over the 20 "
+    "trading days up to feature_date. A signal-to-noise ratio comparable across tickers "
+    "(+0.1 is a tenth of a typical day's move up); null when the feature set has no vol_20d."
+)
+
+Ticker = Annotated[str, Field(pattern=TICKER, examples=["AAPL"])]
+Direction = Literal["up", "down", "flat"]
+
+
+class PredictRequest(BaseModel):
+    """Tickers to predict the next trading day's return for, as of a date."""
+
+    model_config = ConfigDict(extra="forbid", title="PredictRequest")
+
+    tickers: list[Ticker] = Field(min_length=1, description="Distinct tickers, any case")
+    as_of: dt.date | None = Field(
+        None,
+        description="Use the newest features dated on or before this day (YYYY-MM-DD); "
+        "default: the newest. Not in the future, not before the feature set's first day.",
+    )
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _iso_day(cls, value: Any) -> Any:
+        """Only a YYYY-MM-DD string: pydantic would also read numbers as Unix times."""
+        if value is not None and not (isinstance(value, str) and ISO_DATE.match(value)):
+            raise ValueError("as_of must be a date string YYYY-MM-DD")
+        return value
+
+    @field_validator("tickers")
+    @classmethod
+    def _distinct(cls, tickers: list[str]) -> list[str]:
+        upper = [t.upper() for t in tickers]
+        repeated = sorted({t for t in upper if upper.count(t) > 1})
+        if repeated:
+            raise ValueError(f"tickers repeat: {', '.join(repeated)}")
+        return upper
+
+
+def limited_request(max_tickers: int) -> type[PredictRequest]:
+    """``PredictRequest`` with this deployment's ticker limit, so the schema states it."""
+    field = (
+        list[Ticker],
+        Field(min_length=1, max_length=max_tickers, description="Distinct tickers, any case"),
+    )
+    return create_model("PredictRequest", __base__=PredictRequest, tickers=field)
+
+
+class TickerPrediction(BaseModel):
+    ticker: str
+    predicted_return: float = Field(description="Predicted next-day log return")
+    direction: Direction = Field(description="Sign of predicted_return")
+    score: float | None = Field(description=SCORE_DOC)
+    feature_date: dt.date = Field(description="Date of the feature row the prediction used")
+
+
+class PredictResponse(BaseModel):
+    request_id: str = Field(description="Also in the X-Request-ID response header")
+    variant: str = Field(description="The variant that answered (also X-Model-Variant)")
+    model_name: str = Field(description="Registered model name (also X-Model-Name)")
+    model_version: int = Field(description="Registered model version (also X-Model-Version)")
+    predictions: list[TickerPrediction]
+
+
+class VariantStatus(BaseModel):
+    name: str
+    ref: str | None = Field(description="Registry alias or version the variant follows")
+    weight: float = Field(description="Share of primary traffic")
+    shadow_fraction: float = Field(description="Share of requests mirrored to it")
+    ready: bool
+    model_name: str | None
+    model_version: int | None
+    kind: str | None
+    feature_version: str | None = Field(description="Feature set the model was trained on")
+    loaded_at: dt.datetime | None
+    error: str | None = Field(description="Why it has no model, or why the last load failed")
+
+
+class ShadowStatus(BaseModel):
+    variant: str
+    fraction: float
+    in_flight: int
+    sent: int
+    dropped: int = Field(description="Mirrors skipped because too many were pending")
+    ok: int
+    error: int
+    timeout: int
+
+
+class CacheStatus(BaseModel):
+    size: int
+    max_size: int
+    ttl_s: float
+    hits: int
+    misses: int
+
+
+class ModelsResponse(BaseModel):
+    primary: str = Field(description="Variant that traffic falls back to; readiness needs it")
+    routing: str
+    variants: list[VariantStatus]
+    shadow: ShadowStatus | None
+    feature_version: str
+    feature_dates: tuple[dt.date, dt.date] = Field(description="First and last feature date")
+    cache: CacheStatus
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reasons: list[str] = Field(description="What keeps it from serving; empty when ready")
+
+
+class ErrorBody(BaseModel):
+    detail: Any = Field(description="The reason, or the list of validation errors")
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route answers with."""
+    return {status: {"model": ErrorBody} for status in statuses}

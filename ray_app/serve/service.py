@@ -1,0 +1,403 @@
+"""The ingress's work for one request, free of HTTP and of Ray: validate, route, look up
+features, read the cache, call one variant, mirror to the shadow.
+
+Everything but model inference happens here, inside the ingress replica, because every hop
+between replicas costs milliseconds on a 2-CPU machine: the feature table and the cache are in
+memory and routing is a hash. Only cache misses reach a variant, in one call per request.
+The shadow is fired after the primary answer is known and never awaited by the request; a
+bounded number may be pending, the rest are dropped and counted.
+
+Serving never falls back to an unvetted model: a request routed to a variant without a model
+goes to the primary variant (the first, by convention the champion), and without a champion
+nothing is served (503; ``/readyz`` says why) until one is promoted, which the champion
+variant notices by itself within a minute, or a rollout pins a version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+
+from ray_app.errors import RayAppError
+from ray_app.online import NoFeaturesError, UnknownTickerError
+from ray_app.serve.args import IngressConfig, ServeArgs
+from ray_app.serve.cache import CacheKey, PredictionCache
+from ray_app.serve.features import FeatureTable, Window
+from ray_app.serve.predictor import Job, Result, VariantInfo
+from ray_app.serve.router import ShadowGate, choose, routing_key
+from ray_app.serve.schemas import Direction, PredictRequest, PredictResponse, TickerPrediction
+
+logger = logging.getLogger("ray.serve")
+ATTEMPTS = 2
+
+
+class ApiError(RayAppError):
+    """A request that cannot be answered: the HTTP status and the reason shown to the client."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class VariantClient(Protocol):
+    """How the ingress reaches one variant (a DeploymentHandle in production)."""
+
+    async def predict(self, job: Job) -> Result: ...
+
+    async def predict_within(self, job: Job, timeout_s: float) -> Result:
+        """Like ``predict``, cut (and cancelled) after ``timeout_s``: TimeoutError."""
+        ...
+
+    async def info(self, timeout_s: float) -> VariantInfo: ...
+
+
+class Metrics(Protocol):
+    def cache(self, hits: int, misses: int) -> None: ...
+
+    def shadow(self, variant: str, outcome: str) -> None: ...
+
+    def shadow_diff(self, variant: str, diffs: list[float]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A prediction response and what the request log wants to know about it."""
+
+    response: PredictResponse
+    cache_hits: int
+
+
+def utc_today() -> dt.date:
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
+def cache_key(info: VariantInfo, window: Window) -> CacheKey:
+    return CacheKey(info.model or "", info.version or 0, window.ticker, window.feature_date)
+
+
+def make_job(table: FeatureTable, windows: list[Window]) -> Job:
+    return Job(tuple(table.columns), np.stack([w.rows for w in windows]))
+
+
+def direction(pred: float) -> Direction:
+    return "up" if pred > 0 else "down" if pred < 0 else "flat"
+
+
+class PredictionService:
+    """Routing, features, cache and shadow of one ingress replica."""
+
+    def __init__(
+        self,
+        args: ServeArgs,
+        clients: dict[str, VariantClient],
+        metrics: Metrics,
+        load_table: Callable[[str | None], FeatureTable],
+        today: Callable[[], dt.date] = utc_today,
+    ) -> None:
+        self.args = args
+        self.clients = clients
+        self.metrics = metrics
+        self.cache = PredictionCache(args.cache.max_size, args.cache.ttl_s)
+        self.table: FeatureTable | None = None
+        self.config: IngressConfig | None = None
+        self.gate: ShadowGate | None = None
+        self.infos = {name: VariantInfo(name, None, error="not asked yet") for name in clients}
+        self._load_table = load_table
+        self._today = today
+        self._order = [v.name for v in args.variants]
+        self._refreshed_at = -math.inf
+        self._refreshing: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def reconfigure(self, config: IngressConfig) -> None:
+        """Apply a new split, shadow or feature set; a new table is read before it replaces
+        the old one, so requests in flight keep theirs."""
+        config.check_variants(list(self.clients))
+        if (
+            self.table is None
+            or self.config is None
+            or (config.feature_version != self.config.feature_version)
+        ):
+            self.table = await asyncio.to_thread(self._load_table, config.feature_version)
+            self.cache.clear()
+        self.gate = self._gate(config)
+        self.config = config
+
+    def _gate(self, config: IngressConfig) -> ShadowGate | None:
+        """The shadow's gate: kept (with its counts) while the shadow variant stays."""
+        shadow, old = config.shadow, self.config.shadow if self.config else None
+        if shadow is None:
+            return None
+        if self.gate is not None and old is not None and old.variant == shadow.variant:
+            self.gate.fraction = shadow.fraction
+            return self.gate
+        return ShadowGate(shadow.fraction, self.args.shadow_limits.max_in_flight)
+
+    # -- what the variants serve ---------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Ask every variant what it serves; one that does not answer keeps its last answer."""
+        names = list(self.clients)
+        timeout = self.args.refresh_s * 2
+        answers = await asyncio.gather(
+            *(self.clients[n].info(timeout) for n in names), return_exceptions=True
+        )
+        for name, answer in zip(names, answers, strict=True):
+            if isinstance(answer, VariantInfo):
+                self._observe(name, answer)
+            elif not self.infos[name].ready:
+                reason = f"{type(answer).__name__}: {answer}".rstrip(": ")
+                self.infos[name] = VariantInfo(name, None, error=f"unreachable ({reason})")
+        self._refreshed_at = time.monotonic()
+
+    def _observe(self, name: str, info: VariantInfo) -> None:
+        """Record what a variant serves; a model version nobody serves any more leaves the
+        cache."""
+        old = self.infos[name]
+        self.infos[name] = info
+        gone = (old.model, old.version)
+        if old.ready and all((i.model, i.version) != gone for i in self.infos.values()):
+            self.cache.invalidate(old.model or "", old.version or 0)
+
+    async def fresh(self) -> None:
+        """Variants asked at least once; afterwards reasked in the background every
+        ``refresh_s`` seconds while requests arrive."""
+        if self._refreshed_at == -math.inf:
+            await self.refresh()
+        elif time.monotonic() - self._refreshed_at > self.args.refresh_s and (
+            self._refreshing is None or self._refreshing.done()
+        ):
+            self._refreshing = asyncio.create_task(self.refresh())
+
+    def unservable(self, name: str) -> str | None:
+        """Why variant ``name`` cannot answer now (no model, or one that needs feature columns
+        the served feature set lacks); None when it can."""
+        info, table = self.infos[name], self.table
+        if not info.ready:
+            return f"variant {name!r} has no model: {info.error}"
+        missing = [] if table is None else [c for c in info.columns if c not in table.columns]
+        if table is None or not missing:
+            return None
+        return (
+            f"variant {name!r} serves {info.model} v{info.version}, which needs column(s) "
+            f"{', '.join(missing)} that feature set {table.feature_version} lacks"
+        )
+
+    def ready_reasons(self) -> list[str]:
+        """Why this replica cannot serve; empty when it can."""
+        reasons = [] if self.table is not None else ["the feature table is not loaded"]
+        primary = self.unservable(self.args.primary)
+        return reasons + ([f"primary {primary}"] if primary else [])
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def predict(
+        self, request: PredictRequest, client_id: str | None, request_id: str
+    ) -> Answer:
+        table, config = self.table, self.config
+        if table is None or config is None:
+            raise ApiError(503, "the ingress is not configured yet")
+        self._check(request, table)
+        await self.fresh()
+        name = self._route(routing_key(client_id, request.tickers), config)
+        info, windows, preds, hits = await self._infer(name, table, request)
+        self.metrics.cache(hits, len(windows) - hits)
+        response = PredictResponse(
+            request_id=request_id,
+            variant=name,
+            model_name=info.model or "",
+            model_version=info.version or 0,
+            predictions=[
+                TickerPrediction(
+                    ticker=w.ticker,
+                    predicted_return=p,
+                    direction=direction(p),
+                    score=None if w.volatility is None else p / w.volatility,
+                    feature_date=w.feature_date,
+                )
+                for w, p in zip(windows, preds, strict=True)
+            ],
+        )
+        self._mirror(
+            request_id, name, table, request, dict(zip(request.tickers, preds, strict=True))
+        )
+        return Answer(response, hits)
+
+    def _check(self, request: PredictRequest, table: FeatureTable) -> None:
+        """Refuse what no variant could answer, before anything is routed."""
+        unknown = table.unknown(request.tickers)
+        if unknown:
+            raise ApiError(
+                404,
+                f"unknown ticker(s) {', '.join(unknown)}: not in feature set "
+                f"{table.feature_version}",
+            )
+        as_of = request.as_of
+        if as_of is None:
+            return
+        if as_of > self._today():
+            raise ApiError(422, f"as_of {as_of} is in the future (today is {self._today()} UTC)")
+        if as_of < table.first_date:
+            raise ApiError(
+                422,
+                f"as_of {as_of} is before the data: feature set {table.feature_version} "
+                f"starts on {table.first_date}",
+            )
+
+    def _route(self, key: str, config: IngressConfig) -> str:
+        """The key's variant, or the primary when that one cannot answer."""
+        name = choose(key, [(n, config.weights[n]) for n in self._order])
+        if self.unservable(name) is None:
+            return name
+        reason = self.unservable(self.args.primary)
+        if reason is None:
+            return self.args.primary
+        raise ApiError(503, f"no model to serve: {reason}")
+
+    async def _infer(
+        self, name: str, table: FeatureTable, request: PredictRequest
+    ) -> tuple[VariantInfo, list[Window], list[float], int]:
+        """Predictions of one model version for every ticker, from the cache and the variant.
+
+        A variant that swapped models since we last asked answers with its new version: a
+        request served partly from the cache is then asked again, never mixed."""
+        for _ in range(ATTEMPTS):
+            info = self.infos[name]
+            windows = self._windows(table, request, info.window)
+            keys = [cache_key(info, w) for w in windows]
+            values = [self.cache.get(k) for k in keys]
+            missing = [i for i, value in enumerate(values) if value is None]
+            if not missing:
+                return info, windows, self._finite(windows, values), len(windows)
+            result = await self._call(name, table, [windows[i] for i in missing])
+            swapped = (result.model, result.version) != (info.model, info.version)
+            if swapped:
+                self._refreshed_at = 0.0  # reask in the background on the next request
+            if result.preds is None or (swapped and len(missing) < len(windows)):
+                await self.refresh()
+                continue
+            served = replace(info, model=result.model, version=result.version)
+            for i, pred in zip(missing, result.preds.tolist(), strict=True):
+                values[i] = pred
+                if math.isfinite(pred):
+                    self.cache.put(cache_key(served, windows[i]), pred)
+            return served, windows, self._finite(windows, values), len(windows) - len(missing)
+        raise ApiError(503, f"variant {name!r} changed models during the request; retry")
+
+    def _windows(self, table: FeatureTable, request: PredictRequest, rows: int) -> list[Window]:
+        try:
+            return [table.window(t, request.as_of, rows) for t in request.tickers]
+        except UnknownTickerError as exc:
+            raise ApiError(404, str(exc)) from None
+        except NoFeaturesError as exc:
+            raise ApiError(422, str(exc)) from None
+
+    async def _call(self, name: str, table: FeatureTable, windows: list[Window]) -> Result:
+        try:
+            return await self.clients[name].predict(make_job(table, windows))
+        except Exception as exc:
+            logger.warning("variant %s failed: %s: %s", name, type(exc).__name__, exc)
+            raise ApiError(503, f"variant {name!r} failed: {type(exc).__name__}") from None
+
+    @staticmethod
+    def _finite(windows: list[Window], values: list[float | None]) -> list[float]:
+        """The predictions, or a 422 naming the rows whose features gave none (NaN)."""
+        out = [v for v in values if v is not None and math.isfinite(v)]
+        if len(out) < len(values):
+            rows = ", ".join(
+                f"{w.ticker} on {w.feature_date}"
+                for w, v in zip(windows, values, strict=True)
+                if v is None or not math.isfinite(v)
+            )
+            raise ApiError(422, f"incomplete feature rows give no prediction: {rows}")
+        return out
+
+    # -- the shadow ----------------------------------------------------------------------
+
+    def _mirror(
+        self,
+        request_id: str,
+        primary: str,
+        table: FeatureTable,
+        request: PredictRequest,
+        preds: dict[str, float],
+    ) -> None:
+        """Send the request to the shadow variant unless it is the one that answered, it has
+        no model, or too many mirrors are pending; never waits for it."""
+        config, gate = self.config, self.gate
+        if config is None or config.shadow is None or gate is None:
+            return
+        name = config.shadow.variant
+        if name == primary or self.unservable(name) is not None:
+            return
+        admitted = gate.admit()
+        if admitted != "skipped":
+            self.metrics.shadow(name, admitted)
+        if admitted != "sent":
+            return
+        task = asyncio.create_task(self._shadow(request_id, name, gate, table, request, preds))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _shadow(
+        self,
+        request_id: str,
+        name: str,
+        gate: ShadowGate,
+        table: FeatureTable,
+        request: PredictRequest,
+        primary: dict[str, float],
+    ) -> None:
+        outcome = "error"
+        try:
+            rows = self.infos[name].window
+            job = make_job(table, [table.window(t, request.as_of, rows) for t in request.tickers])
+            timeout = self.args.shadow_limits.timeout_s
+            result = await self.clients[name].predict_within(job, timeout)
+            if result.preds is not None:
+                self._compare(request_id, name, result.version, result.preds.tolist(), primary)
+                outcome = "ok"
+        except TimeoutError:
+            outcome = "timeout"
+        except Exception as exc:
+            logger.info("shadow %s failed: %s: %s", name, type(exc).__name__, exc)
+        finally:
+            gate.finish(outcome)
+            self.metrics.shadow(name, outcome)
+
+    def _compare(
+        self,
+        request_id: str,
+        name: str,
+        version: int,
+        preds: list[float],
+        primary: dict[str, float],
+    ) -> None:
+        """Log the shadow's predictions beside the primary's; record their differences."""
+        shadow = dict(zip(primary, preds, strict=True))
+        diffs = {t: abs(shadow[t] - p) for t, p in primary.items() if math.isfinite(shadow[t])}
+        self.metrics.shadow_diff(name, list(diffs.values()))
+        record = {
+            "event": "shadow",
+            "shadow_variant": name,
+            "shadow_model_version": version,
+            "primary_preds": primary,
+            "shadow_preds": shadow,
+            "abs_diff": diffs,
+        }
+        logger.info(
+            "shadow %s v%s answered %s",
+            name,
+            version,
+            request_id,
+            extra={"ray_serve_extra_fields": record},
+        )

@@ -1,0 +1,111 @@
+"""The variant deployment: serves one model version, batched, swapped in place on rollouts.
+
+``reconfigure`` receives the variant's ``user_config`` (``VariantConfig``) when the replica
+starts and whenever ``serve deploy`` changes it. A new model is loaded in a thread while the
+old one keeps answering, then replaces it in one assignment: no request waits for a load or
+sees a half-swapped model. A load that fails keeps the old model and is reported through
+``info`` (and from there ``/v1/models``) and retried with backoff (1 s doubling to 60 s):
+an unreachable registry heals by itself, and a variant that follows an alias not set yet (no
+champion) starts anyway, says so rather than crash-looping, and loads it once it exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import torch
+from ray import serve
+
+from ray_app.serve.args import ServeArgs, VariantConfig
+from ray_app.serve.loader import import_loader
+from ray_app.serve.metrics import ModelInfoGauge
+from ray_app.serve.predictor import (
+    ColumnSelector,
+    Job,
+    Result,
+    ServingModel,
+    VariantInfo,
+    describe,
+    predict_jobs,
+)
+
+logger = logging.getLogger("ray.serve")
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+
+
+@serve.deployment(max_ongoing_requests=128)
+class Variant:
+    """One model variant; deployed once per ``VariantSpec`` under the variant's name."""
+
+    def __init__(self, name: str, args: ServeArgs) -> None:
+        torch.set_num_threads(1)  # replicas share the machine's cores; threads only contend
+        self.name = name
+        self._loader = import_loader(args.loader)(args)
+        self._gauge = ModelInfoGauge()
+        self._serving: tuple[ServingModel, ColumnSelector] | None = None
+        self._ref: str | None = None
+        self._loaded_ref: str | None = None
+        self._loaded_at: dt.datetime | None = None
+        self._error: str | None = "no model configured"
+        self._backoff_s = RETRY_FIRST_S
+        self._retry_at = 0.0
+        self._retry: asyncio.Task[None] | None = None
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        cfg = VariantConfig.model_validate(config)
+        self._predict_batch.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
+        self._predict_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        if cfg.ref != self._ref:
+            self._ref, self._backoff_s = cfg.ref, RETRY_FIRST_S
+            await self._load(cfg.ref)
+
+    async def _load(self, ref: str) -> None:
+        """Load ``ref`` beside the model serving now, then swap; on failure keep the old one
+        and retry later (the registry may be starting, or the alias not set yet)."""
+        try:
+            model = await asyncio.to_thread(self._loader, ref)
+        except Exception as exc:
+            self._error = f"cannot load {ref!r}: {str(exc).strip().splitlines()[0]}"
+            self._retry_at = time.monotonic() + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, RETRY_MAX_S)
+            logger.warning("variant %s: %s", self.name, self._error)
+            return
+        if ref != self._ref:
+            return  # a newer reconfigure asked for another model meanwhile
+        old = self._serving[0] if self._serving else None
+        self._serving = (model, ColumnSelector(model.columns))
+        self._loaded_ref, self._loaded_at, self._error = ref, dt.datetime.now(dt.timezone.utc), None
+        self._gauge.swap(
+            self.name, (model.name, model.version), (old.name, old.version) if old else None
+        )
+        logger.info("variant %s serves %s v%s", self.name, model.name, model.version)
+
+    async def info(self) -> VariantInfo:
+        """What this replica serves; also where a failed load is retried, since the ingress
+        asks every second while traffic flows."""
+        ref, idle = self._ref, self._retry is None or self._retry.done()
+        if (
+            ref is not None
+            and ref != self._loaded_ref
+            and idle
+            and time.monotonic() >= self._retry_at
+        ):
+            self._retry = asyncio.create_task(self._load(ref))
+        model = self._serving[0] if self._serving else None
+        return describe(self.name, self._ref, model, self._loaded_at, self._error)
+
+    async def predict(self, job: Job) -> Result:
+        return await self._predict_batch(job)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _predict_batch(self, jobs: list[Job]) -> list[Result]:
+        """Jobs that arrived together, in one forward pass of the model serving now."""
+        if self._serving is None:
+            raise RuntimeError(f"variant {self.name} has no model: {self._error}")
+        model, select = self._serving
+        return predict_jobs(model, select, jobs)

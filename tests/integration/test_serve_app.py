@@ -1,0 +1,532 @@
+"""The serving application on the session's Ray cluster, with tiny injected models.
+
+One Serve instance for the module, on a free port, deployed declaratively (the controller
+path `serve deploy` takes), so that changing a deployment's user_config reconfigures the
+running replicas instead of replacing them. The loader (``FakeRegistry``, named by its import
+path in the args) serves two tiny MLPs (versions 1 and 2), a model that raises (3) and one
+that sleeps 5 s per call (4).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import torch
+import yaml
+from scipy.stats import binom
+
+from ray_app.feature_store import build_features
+from ray_app.ingest import run_ingest
+from ray_app.models import StandardScaler, TrainedModel, build_model
+from ray_app.serve.args import ServeArgs
+from ray_app.serve.features import FeatureTable
+from ray_app.serve.loader import TorchModel
+from ray_app.settings import HParams, Settings
+
+pytestmark = pytest.mark.integration
+
+TICKERS = ["AAPL", "GOOG", "IBM", "MSFT"]
+SERVE_CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
+KEYS_ENV = "SERVE_TEST_API_KEYS"
+KEY = "s3cret-test-key"
+VERSIONS = {"champion": 1, "challenger": 2, "raising": 3, "sleepy": 4}
+VARIANTS = ["champion", "challenger"]
+
+
+def tiny_model(table: FeatureTable, version: int) -> TrainedModel:
+    """An MLP with random (seeded) weights and a scaler fitted on the table: predictions
+    differ per ticker, day and version, which is all serving needs to show."""
+    hparams = HParams(hidden_size=4, num_layers=1, dropout=0.0)
+    module = build_model("mlp", len(table.columns), hparams, seed=version)
+    generator = torch.Generator().manual_seed(version)
+    state = {
+        k: v + 0.05 * torch.randn(v.shape, generator=generator)
+        for k, v in module.state_dict().items()
+    }
+    values = np.concatenate([v for _, v in table.frames.values()])
+    scaler = StandardScaler.fit(np.nan_to_num(values))
+    return TrainedModel(
+        "mlp", hparams, table.columns, scaler, state, 1, table.feature_version, "test", version
+    )
+
+
+class Raising(TorchModel):
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        raise RuntimeError("this model always fails")
+
+
+class Sleepy(TorchModel):
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        time.sleep(5)  # blocks the replica, as a stuck model would
+        return np.zeros(len(x))
+
+
+class FakeRegistry:
+    """The test's model loader: each ref names one of four models; loading takes 0.3 s."""
+
+    def __init__(self, args: ServeArgs) -> None:
+        self.table = FeatureTable.load(args.settings())
+
+    def __call__(self, ref: str) -> TorchModel:
+        time.sleep(0.3)
+        version = VERSIONS.get(ref) or int(ref)
+        kind = {3: Raising, 4: Sleepy}.get(version, TorchModel)
+        return kind("tiny", version, tiny_model(self.table, version))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fast_serve_env() -> dict[str, str]:
+    """serve_config.yaml's controller env (HAProxy in front, replicas serving HTTP directly),
+    with HAProxy's own stats and metrics ports moved off their fixed defaults."""
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    env = dict(config["controller_options"]["runtime_env"]["env_vars"])
+    env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+    env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+    env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"  # not 30 s at teardown
+    return env
+
+
+def app_config(data_root: Path) -> dict[str, Any]:
+    """The application as serve_config.yaml would hold it, with the fake loader and keys."""
+    args = {
+        "data_root": str(data_root),
+        "variants": [
+            {"name": name, "ref": name, "weight": 1.0 if name == "champion" else 0.0}
+            for name in VARIANTS
+        ],
+        "loader": f"{__name__}:FakeRegistry",
+        "api_keys_env": KEYS_ENV,
+        "max_tickers": 3,
+        "max_body_bytes": 2048,
+        "shadow_limits": {"max_in_flight": 2, "timeout_s": 1.0},
+        "num_cpus": {"ingress": 0.2, "variant": 0.2},
+    }
+    return {
+        "name": "ray-app",
+        "route_prefix": "/",
+        "import_path": "ray_app.serve.app:build_app",
+        "runtime_env": {"env_vars": {KEYS_ENV: f"another-key,{KEY}"}},
+        "logging_config": {"encoding": "JSON"},
+        "args": args,
+        "deployments": [
+            {"name": "Ingress", "user_config": {"weights": weights({"champion": 1.0})}}
+        ],
+    }
+
+
+def weights(given: dict[str, float]) -> dict[str, float]:
+    return {name: given.get(name, 0.0) for name in VARIANTS}
+
+
+def apply(config: dict[str, Any]) -> None:
+    """Deploy ``config`` as `serve deploy` does: through the controller's apply_config."""
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    client = serve.context._get_global_client()
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [config]}), _blocking=True)
+
+
+def with_ingress(config: dict[str, Any], **user_config: Any) -> dict[str, Any]:
+    out = copy.deepcopy(config)
+    out["deployments"][0]["user_config"].update(user_config)
+    return out
+
+
+def with_model(config: dict[str, Any], variant: str, ref: str) -> dict[str, Any]:
+    out = copy.deepcopy(config)
+    out["deployments"].append({"name": variant, "user_config": {"ref": ref}})
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_root(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve") / "data"
+    settings = Settings(data_root=str(root), ingest={"source": "sample", "tickers": TICKERS})
+    run_ingest(settings)
+    build_features(settings)
+    return root
+
+
+@pytest.fixture(scope="module")
+def table(data_root: Path) -> FeatureTable:
+    return FeatureTable.load(Settings(data_root=str(data_root)))
+
+
+@pytest.fixture(scope="module")
+def deployed(data_root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    from ray import serve
+
+    port = free_port()
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port},
+        controller_options={"runtime_env": {"env_vars": fast_serve_env()}},
+    )
+    config = app_config(data_root)
+    apply(config)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: requests.get(f"{url}/readyz", timeout=5).status_code == 200, 60)
+    yield url, config
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def url(deployed: tuple[str, dict[str, Any]]) -> str:
+    return deployed[0]
+
+
+@pytest.fixture(scope="module")
+def config(deployed: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    return deployed[1]
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    with requests.Session() as s:
+        s.headers["Authorization"] = f"Bearer {KEY}"
+        yield s
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if check():
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout_s}s")
+        time.sleep(0.25)
+
+
+def predict(
+    session: requests.Session, url: str, headers: dict[str, str] | None = None, **body: Any
+) -> requests.Response:
+    return session.post(f"{url}/v1/predict", json=body, headers=headers, timeout=30)
+
+
+def without_id(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "request_id"}
+
+
+def test_predictions_carry_the_model_and_the_request(
+    url: str, session: requests.Session, table: FeatureTable
+) -> None:
+    response = predict(session, url, tickers=["aapl", "MSFT"], as_of="2012-03-02")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["variant"], body["model_name"], body["model_version"]) == ("champion", "tiny", 1)
+    headers = response.headers
+    assert headers["X-Model-Variant"] == "champion" and headers["X-Model-Version"] == "1"
+    assert headers["X-Request-ID"] == body["request_id"]
+    model = TorchModel("tiny", 1, tiny_model(table, 1))
+    for pred in body["predictions"]:
+        window = table.window(pred["ticker"], dt.date(2012, 3, 2), 1)
+        expected = float(model.predict(window.rows[None])[0])
+        assert pred["predicted_return"] == pytest.approx(expected, rel=1e-6)
+        assert pred["feature_date"] == "2012-03-02"
+        assert pred["score"] == pytest.approx(expected / window.volatility)
+        assert pred["direction"] == ("up" if expected > 0 else "down")
+    chosen = predict(session, url, tickers=["IBM"]).headers
+    assert chosen["X-Request-ID"]
+    mine = session.post(
+        f"{url}/v1/predict", json={"tickers": ["IBM"]}, headers={"X-Request-ID": "mine-1"}
+    )
+    assert mine.json()["request_id"] == "mine-1" and mine.headers["X-Request-ID"] == "mine-1"
+
+
+def test_models_health_and_readiness(url: str, session: requests.Session) -> None:
+    models = session.get(f"{url}/v1/models", timeout=10).json()
+    variants = {v["name"]: v for v in models["variants"]}
+    assert set(variants) == set(VARIANTS) and models["primary"] == "champion"
+    assert variants["champion"]["weight"] == 1.0 and variants["champion"]["model_version"] == 1
+    assert variants["challenger"]["ready"] and variants["challenger"]["model_version"] == 2
+    assert models["shadow"] is None and models["feature_dates"][0] == "2000-05-25"
+    assert requests.get(f"{url}/healthz", timeout=5).json() == {"status": "ok"}
+    assert requests.get(f"{url}/readyz", timeout=5).json() == {"ready": True, "reasons": []}
+
+
+def test_v1_needs_a_key_and_probes_do_not(url: str) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
+        refused = requests.post(
+            f"{url}/v1/predict", json={"tickers": ["AAPL"]}, headers=headers, timeout=10
+        )
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+    assert requests.get(f"{url}/v1/models", timeout=10).status_code == 401
+    other = {"Authorization": "Bearer another-key"}
+    assert requests.get(f"{url}/v1/models", headers=other, timeout=10).status_code == 200
+    assert requests.get(f"{url}/openapi.json", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        ({"tickers": ["AAPL", "NOPE"]}, 404, "unknown ticker(s) NOPE"),
+        ({"tickers": []}, 422, "at least 1"),
+        ({"tickers": ["AAPL", "GOOG", "IBM", "MSFT"]}, 422, "at most 3"),
+        ({"tickers": ["AAPL"], "colour": "red"}, 422, "Extra inputs"),
+        ({"tickers": "AAPL"}, 422, "valid list"),
+        ({"tickers": [7]}, 422, "valid string"),
+        ({"tickers": ["AAPL"], "as_of": 1330646400}, 422, "YYYY-MM-DD"),
+        ({"tickers": ["AAPL"], "as_of": "2999-01-01"}, 422, "in the future"),
+        ({"tickers": ["AAPL"], "as_of": "1999-01-01"}, 422, "before the data"),
+        ({"tickers": ["GOOG"], "as_of": "2001-01-02"}, 422, "GOOG: the model needs a feature row"),
+    ],
+)
+def test_bad_input_gets_a_4xx_with_its_reason(
+    url: str, session: requests.Session, body: dict[str, Any], status: int, reason: str
+) -> None:
+    response = predict(session, url, **body)
+    assert response.status_code == status, response.text
+    assert reason in json.dumps(response.json()["detail"])
+
+
+def test_malformed_and_oversized_bodies(url: str, session: requests.Session) -> None:
+    post = f"{url}/v1/predict"
+    broken = session.post(post, data=b'{"tickers": [', headers={"Content-Type": "application/json"})
+    assert broken.status_code == 422 and "JSON" in broken.text
+    big = session.post(post, json={"tickers": ["AAPL"], "pad": "x" * 4000})
+    assert big.status_code == 413 and "2048 bytes" in big.json()["detail"]
+    chunked = session.post(post, data=iter([b'{"tickers": ["AAPL"], "pad": "', b"x" * 4000, b'"}']))
+    assert chunked.status_code == 413
+    assert session.get(post).status_code == 405
+
+
+def send_many(url: str, bodies: list[dict[str, Any]], headers: list[dict[str, str]]) -> list[Any]:
+    """Send requests from 8 threads; each answer as (status, body, latency)."""
+    local = threading.local()
+
+    def one(i: int) -> tuple[int, Any, float]:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+            local.session.headers["Authorization"] = f"Bearer {KEY}"
+        start = time.perf_counter()
+        response = local.session.post(f"{url}/v1/predict", json=bodies[i], headers=headers[i])
+        return response.status_code, response.json(), time.perf_counter() - start
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(len(bodies))))
+
+
+def test_a_sticky_90_10_split_over_5000_requests(url: str, config: dict[str, Any]) -> None:
+    apply(with_ingress(config, weights=weights({"champion": 0.9, "challenger": 0.1})))
+    n = 5000
+    bodies = [{"tickers": [TICKERS[i % 4]]} for i in range(n)]
+    answers = send_many(url, bodies, [{"X-Client-Id": f"client-{i}"} for i in range(n)])
+    assert {status for status, _, _ in answers} == {200}
+    variants = [body["variant"] for _, body, _ in answers]
+    low, high = binom.interval(0.999, n, 0.1)
+    assert low <= variants.count("challenger") <= high
+    again = send_many(url, bodies[:200], [{"X-Client-Id": f"client-{i}"} for i in range(200)])
+    assert [body["variant"] for _, body, _ in again] == variants[:200]
+    apply(config)
+
+
+def baseline_bodies() -> list[dict[str, Any]]:
+    days = ["2012-02-01", "2012-02-15", "2012-03-01", None]
+    return [
+        {"tickers": [TICKERS[i % 4], TICKERS[(i + 1) % 4]], **({"as_of": d} if d else {})}
+        for i, d in enumerate(days * 10)
+    ]
+
+
+def run_round(url: str) -> tuple[list[Any], list[float]]:
+    bodies = baseline_bodies()
+    answers = send_many(url, bodies, [{} for _ in bodies])
+    return [(status, without_id(body)) for status, body, _ in answers], [a[2] for a in answers]
+
+
+def models(url: str) -> dict[str, Any]:
+    answer = requests.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def shadow_counts(url: str) -> dict[str, Any]:
+    return models(url)["shadow"]  # type: ignore[no-any-return]
+
+
+def model_version(url: str, variant: str) -> int | None:
+    found = {v["name"]: v["model_version"] for v in models(url)["variants"]}
+    return found[variant]
+
+
+@pytest.mark.parametrize("model", ["raising", "sleepy"])
+def test_a_failing_or_slow_shadow_changes_nothing(
+    url: str, config: dict[str, Any], model: str
+) -> None:
+    expected, plain_latency = run_round(url)
+    shadowed = with_model(config, "challenger", model)
+    apply(with_ingress(shadowed, shadow={"variant": "challenger", "fraction": 1.0}))
+    wait_until(lambda: model_version(url, "challenger") == VERSIONS[model], 10)
+    got, latency = run_round(url)
+    counts = shadow_counts(url)
+    apply(config)
+    assert got == expected  # same statuses, same bodies: 0 extra errors
+    assert statistics.median(latency) < statistics.median(plain_latency) + 0.05
+    assert max(latency) < 2.0  # the sleepy shadow takes 5 s per call
+    if model == "raising":
+        assert counts["error"] > 0 and counts["ok"] == 0
+    else:
+        assert counts["dropped"] > 0 and counts["sent"] <= counts["dropped"]
+
+
+def test_a_killed_shadow_replica_changes_nothing(url: str, config: dict[str, Any]) -> None:
+    import ray
+
+    expected, _ = run_round(url)
+    apply(with_ingress(config, shadow={"variant": "challenger", "fraction": 1.0}))
+    names = [
+        a for a in ray.util.list_named_actors(all_namespaces=True) if "#challenger#" in a["name"]
+    ]
+    assert len(names) == 1
+    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+    got, _ = run_round(url)
+    counts = shadow_counts(url)
+    apply(config)
+    assert got == expected
+    assert counts["sent"] > 0 and counts["error"] + counts["timeout"] + counts["dropped"] > 0
+    wait_until(lambda: models(url)["variants"][1]["ready"], 60)  # Serve replaced the replica
+
+
+def test_rollouts_under_load_fail_no_request(url: str, config: dict[str, Any]) -> None:
+    """A client sends requests throughout weight, shadow and model version changes."""
+    stop, outcomes = threading.Event(), []
+
+    def client() -> None:
+        with requests.Session() as s:
+            s.headers["Authorization"] = f"Bearer {KEY}"
+            i = 0
+            while not stop.is_set():
+                r = s.post(f"{url}/v1/predict", json={"tickers": [TICKERS[i % 4]]}, timeout=30)
+                body = r.json()
+                outcomes.append((r.status_code, body.get("variant"), body.get("model_version")))
+                i += 1
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1)
+        steps = [
+            with_ingress(config, weights=weights({"champion": 0.5, "challenger": 0.5})),
+            with_ingress(config, shadow={"variant": "challenger", "fraction": 0.5}),
+        ]
+        for step in [*steps, with_model(config, "champion", "2")]:
+            apply(step)
+            time.sleep(1)
+        wait_until(lambda: outcomes[-1][1:] == ("champion", 2), 20)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    statuses = [status for status, _, _ in outcomes]
+    assert len(statuses) > 50 and set(statuses) == {200}
+    served = [(variant, version) for _, variant, version in outcomes]
+    assert served[0] == ("champion", 1) and served[-1] == ("champion", 2)
+    assert set(served) == {("champion", 1), ("challenger", 2), ("champion", 2)}
+    apply(config)
+
+
+def fuzz(url: str, operation: Any, mode: Any, session: requests.Session) -> list[int]:
+    """The statuses of up to 30 generated requests to one operation."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    statuses: list[int] = []
+
+    @settings(
+        max_examples=30,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(mode))
+    def check(case: Any) -> None:
+        with suppress(requests.exceptions.InvalidHeader, UnicodeEncodeError):  # unsendable
+            statuses.append(case.call(base_url=url, session=session, timeout=30).status_code)
+
+    with suppress(Unsatisfiable):  # nothing invalid to generate: no parameters, no body
+        check()
+    return statuses
+
+
+def test_fuzzing_the_openapi_schema_finds_no_server_error(url: str) -> None:
+    import schemathesis
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    seen: dict[str, list[int]] = {}
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {KEY}"
+        for found in schema.get_all_operations():
+            operation = found.ok()
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                seen[f"{operation.label} {mode.value}"] = fuzz(url, operation, mode, session)
+    assert len(seen["POST /v1/predict negative"]) >= 20
+    assert {404, 422} <= set(seen["POST /v1/predict positive"] + seen["POST /v1/predict negative"])
+    errors = {label: s for label, s in seen.items() if any(code >= 500 for code in s)}
+    assert not errors
+
+
+def test_metrics_are_exported_for_prometheus(url: str, session: requests.Session) -> None:
+    import ray
+
+    for ticker in TICKERS:
+        predict(session, url, tickers=[ticker])
+    port = ray._private.worker._global_node.metrics_export_port
+    wanted = ["ray_app_serve_requests_total", "ray_app_serve_latency_ms_bucket"]
+    wanted += ["ray_app_serve_cache_lookups_total", "ray_app_serve_model_info"]
+
+    def exported() -> bool:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return all(name in text for name in wanted)
+
+    wait_until(exported, 30)
+
+
+def test_request_logs_are_json_lines_without_secrets(url: str, session: requests.Session) -> None:
+    import ray
+
+    marked = {"X-Request-ID": "log-me", "X-Client-Id": "alice"}
+    assert predict(session, url, tickers=["AAPL"], headers=marked).status_code == 200
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+
+    def line() -> dict[str, Any] | None:
+        """The marked request's line, once written: replicas write request logs in batches."""
+        for _ in range(100):
+            session.post(f"{url}/v1/predict", json={"tickers": ["AAPL"]})
+        for path in logs.glob("replica_ray-app_Ingress_*.log"):
+            for text in path.read_text().splitlines():
+                if '"request_id": "log-me"' in text and '"event": "request"' in text:
+                    return json.loads(text)  # type: ignore[no-any-return]
+        return None
+
+    wait_until(lambda: line() is not None, 30)
+    record = line()
+    assert record is not None
+    assert (record["client_key"], record["status"], record["variant"]) == ("alice", 200, "champion")
+    assert record["model_name"] == "tiny" and record["latency_ms"] > 0
+    text = "\n".join(p.read_text() for p in logs.glob("replica_ray-app_*.log"))
+    assert KEY not in text and "Bearer" not in text

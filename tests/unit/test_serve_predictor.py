@@ -1,0 +1,87 @@
+"""Serving predicts exactly what the registered pyfunc predicts, batched or not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ray_app.models import StandardScaler, TrainedModel, build_model
+from ray_app.serve.features import FeatureTable
+from ray_app.serve.loader import TorchModel, import_loader
+from ray_app.serve.predictor import ColumnSelector, Job, predict_jobs
+from ray_app.settings import HParams
+
+COLUMNS = ["ret_1d", "vol_20d", "rsi_14", "macd"]
+TABLE_COLUMNS = ["macd", "rsi_14", "extra", "vol_20d", "ret_1d"]  # another order, one more
+
+
+def trained(kind: str, seed: int = 0) -> TrainedModel:
+    hparams = HParams(hidden_size=6, num_layers=1, window=3)
+    module = build_model(kind, len(COLUMNS), hparams, seed=seed)  # type: ignore[arg-type]
+    torch.manual_seed(seed)
+    state = {k: v + 0.1 * torch.randn_like(v) for k, v in module.state_dict().items()}
+    rng = np.random.default_rng(seed)
+    scaler = StandardScaler(rng.normal(size=len(COLUMNS)), rng.uniform(0.5, 2, len(COLUMNS)))
+    return TrainedModel(kind, hparams, COLUMNS, scaler, state, 1, "fs", "dv", seed)  # type: ignore[arg-type]
+
+
+def frame() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    dates = pd.bdate_range("2012-01-02", periods=8)
+    rows = [
+        {"ticker": t, "date": d, **dict(zip(TABLE_COLUMNS, rng.normal(size=5), strict=True))}
+        for t in ("AAPL", "MSFT")
+        for d in dates
+    ]
+    return pd.DataFrame(rows)
+
+
+def as_table(data: pd.DataFrame) -> FeatureTable:
+    frames = {
+        t: (g["date"].to_numpy().astype("datetime64[D]"), g[TABLE_COLUMNS].to_numpy())
+        for t, g in data.groupby("ticker")
+    }
+    return FeatureTable("fs", TABLE_COLUMNS, frames)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gru"])
+def test_batched_serving_matches_the_pyfunc(kind: str) -> None:
+    model = trained(kind)
+    data = frame()
+    expected = model.predict_frame(data).set_index(["ticker", "date"])["pred"]
+    served = TorchModel("m", 3, model)
+    table, select = as_table(data), ColumnSelector(served.columns)
+    dates = sorted(data["date"].unique())[served.window - 1 :]
+    jobs = [
+        Job(tuple(TABLE_COLUMNS), np.stack([table.window(t, day.date(), served.window).rows]))
+        for day in dates
+        for t in ("AAPL", "MSFT")
+    ]
+    results = predict_jobs(served, select, jobs)
+    got = [r.preds[0] for r in results]  # type: ignore[index]
+    want = [expected[(t, day)] for day in dates for t in ("AAPL", "MSFT")]
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+    assert {(r.model, r.version) for r in results} == {("m", 3)}
+
+
+def test_a_job_with_too_few_rows_asks_for_more() -> None:
+    served = TorchModel("m", 1, trained("gru"))
+    short = Job(tuple(TABLE_COLUMNS), np.zeros((2, 1, len(TABLE_COLUMNS))))
+    full = Job(tuple(TABLE_COLUMNS), np.zeros((1, 3, len(TABLE_COLUMNS))))
+    results = predict_jobs(served, ColumnSelector(served.columns), [short, full])
+    assert results[0].preds is None and results[0].needs_rows == 3
+    assert results[1].preds is not None and len(results[1].preds) == 1
+
+
+def test_rows_without_the_model_columns_are_refused() -> None:
+    select = ColumnSelector(COLUMNS)
+    with pytest.raises(ValueError, match="macd"):
+        select(("ret_1d", "vol_20d", "rsi_14"))
+
+
+def test_loader_paths_are_checked() -> None:
+    assert import_loader("ray_app.serve.loader:RegistryLoader").__name__ == "RegistryLoader"
+    with pytest.raises(ValueError, match="cannot import the model loader"):
+        import_loader("ray_app.serve.loader:Nope")

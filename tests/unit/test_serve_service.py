@@ -1,0 +1,312 @@
+"""The ingress's request logic with fake variants: features, routing, cache, shadow, errors.
+
+No Ray: each variant is an in-process fake with the interface of a DeploymentHandle client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ray_app.serve.args import IngressConfig, ServeArgs, ShadowSpec
+from ray_app.serve.features import FeatureTable
+from ray_app.serve.predictor import ColumnSelector, Job, Result, VariantInfo, describe, predict_jobs
+from ray_app.serve.schemas import PredictRequest
+from ray_app.serve.service import ApiError, PredictionService
+
+COLUMNS = ["ret_1d", "vol_20d", "rsi_14"]
+DAYS = np.arange(np.datetime64("2012-01-02"), np.datetime64("2012-01-12"))
+TODAY = dt.date(2012, 6, 1)
+
+
+def table(version: str = "fs1") -> FeatureTable:
+    rng = np.random.default_rng(0)
+    frames = {}
+    for ticker in ("AAPL", "MSFT", "IBM"):
+        values = rng.normal(size=(len(DAYS), len(COLUMNS)))
+        values[:, 1] = np.abs(values[:, 1]) + 0.01
+        frames[ticker] = (DAYS.astype("datetime64[D]"), values)
+    frames["IBM"][1][-1, 0] = np.nan  # its newest row is incomplete
+    return FeatureTable(version, COLUMNS, frames)
+
+
+@dataclass
+class Linear:
+    """A model whose prediction is a fixed linear map of the newest row."""
+
+    version: int
+    window: int = 1
+    name: str = "tiny"
+    kind: str = "mlp"
+    columns: list[str] = field(default_factory=lambda: ["rsi_14", "ret_1d"])
+    feature_version: str = "fs1"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return x[:, -1, :] @ np.array([0.001 * self.version, 0.5])
+
+
+class FakeVariant:
+    """A variant client: serves ``model``; ``fail`` raises, ``delay_s`` sleeps first."""
+
+    def __init__(self, name: str, model: Linear | None, delay_s: float = 0.0) -> None:
+        self.name, self.model, self.delay_s = name, model, delay_s
+        self.fail = False
+        self.calls = 0
+
+    async def predict(self, job: Job) -> Result:
+        self.calls += 1
+        await asyncio.sleep(self.delay_s)
+        if self.fail or self.model is None:
+            raise RuntimeError("boom")
+        return predict_jobs(self.model, ColumnSelector(self.model.columns), [job])[0]
+
+    async def predict_within(self, job: Job, timeout_s: float) -> Result:
+        return await asyncio.wait_for(self.predict(job), timeout_s)
+
+    async def info(self, timeout_s: float) -> VariantInfo:
+        error = None if self.model else "no alias 'champion'"
+        return describe(self.name, self.name, self.model, None, error)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def cache(self, hits: int, misses: int) -> None:
+        self.events.append(("cache", (hits, misses)))
+
+    def shadow(self, variant: str, outcome: str) -> None:
+        self.events.append(("shadow", outcome))
+
+    def shadow_diff(self, variant: str, diffs: list[float]) -> None:
+        self.events.append(("diff", diffs))
+
+
+def make(
+    variants: dict[str, FakeVariant],
+    weights: dict[str, float] | None = None,
+    shadow: ShadowSpec | None = None,
+    **limits: Any,
+) -> tuple[PredictionService, Recorder]:
+    specs = [
+        {"name": n, "ref": n, "weight": 1.0 if i == 0 else 0.0} for i, n in enumerate(variants)
+    ]
+    args = ServeArgs(variants=specs, **limits)
+    recorder = Recorder()
+    service = PredictionService(
+        args, dict(variants), recorder, lambda v: table(v or "fs1"), lambda: TODAY
+    )  # type: ignore[arg-type]
+    config = args.ingress_config().model_copy(update={"shadow": shadow})
+    if weights:
+        config = config.model_copy(update={"weights": weights})
+    run(service.reconfigure(config))
+    return service, recorder
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+def ask(tickers: list[str], as_of: str | None = None) -> PredictRequest:
+    return PredictRequest(tickers=tickers, as_of=as_of)  # type: ignore[arg-type]
+
+
+def test_predictions_use_the_newest_row_on_or_before_as_of() -> None:
+    service, _ = make({"champion": FakeVariant("champion", Linear(1))})
+    answer = run(service.predict(ask(["aapl", "MSFT"], "2012-01-08"), None, "r1"))
+    out = answer.response
+    assert (out.variant, out.model_name, out.model_version, out.request_id) == (
+        "champion",
+        "tiny",
+        1,
+        "r1",
+    )
+    rows = {t: service.table.frames[t][1][6] for t in ("AAPL", "MSFT")}  # type: ignore[union-attr]
+    for pred in out.predictions:
+        row = rows[pred.ticker]
+        expected = row[2] * 0.001 + row[0] * 0.5
+        assert pred.predicted_return == pytest.approx(expected)
+        assert pred.feature_date == dt.date(2012, 1, 8)
+        assert pred.score == pytest.approx(expected / row[1])
+        assert pred.direction == ("up" if expected > 0 else "down")
+
+
+def test_a_repeated_request_is_answered_from_the_cache() -> None:
+    variant = FakeVariant("champion", Linear(1))
+    service, recorder = make({"champion": variant})
+    first = run(service.predict(ask(["AAPL", "MSFT"]), None, "a"))
+    second = run(service.predict(ask(["MSFT", "AAPL"]), None, "b"))
+    assert variant.calls == 1 and second.cache_hits == 2
+    assert {p.ticker: p.predicted_return for p in first.response.predictions} == {
+        p.ticker: p.predicted_return for p in second.response.predictions
+    }
+    assert ("cache", (2, 0)) in recorder.events
+
+
+def test_a_new_model_version_drops_the_old_entries_and_is_never_mixed() -> None:
+    variant = FakeVariant("champion", Linear(1))
+    service, _ = make({"champion": variant})
+
+    async def scenario() -> tuple[Any, Any]:
+        await service.predict(ask(["AAPL"]), None, "a")  # AAPL cached under v1
+        variant.model = Linear(2)  # a rollout swaps the model under the ingress
+        mixed = await service.predict(ask(["AAPL", "MSFT"]), None, "b")
+        await service.refresh()
+        return mixed, service.cache
+
+    mixed, cache = run(scenario())
+    assert mixed.response.model_version == 2 and mixed.cache_hits == 0
+    assert all(k.version == 2 for k in cache._entries)
+
+
+def test_bad_requests_are_refused_with_their_reason() -> None:
+    service, _ = make({"champion": FakeVariant("champion", Linear(1))})
+    cases = {
+        404: (ask(["AAPL", "NOPE"]), "NOPE"),
+        422: (ask(["AAPL"], "2012-07-01"), "in the future"),
+    }
+    cases_before = (ask(["AAPL"], "2011-12-30"), "before the data")
+    for status, (request, reason) in [*cases.items(), (422, cases_before)]:
+        with pytest.raises(ApiError, match=reason) as caught:
+            run(service.predict(request, None, "x"))
+        assert caught.value.status == status
+    with pytest.raises(ApiError, match="IBM on 2012-01-11") as nan:
+        run(service.predict(ask(["IBM"]), None, "x"))
+    assert nan.value.status == 422
+
+
+def test_a_sequence_model_needs_a_full_window() -> None:
+    service, _ = make({"champion": FakeVariant("champion", Linear(1, window=5, kind="gru"))})
+    with pytest.raises(ApiError, match="needs 5 feature rows on or before 2012-01-03") as caught:
+        run(service.predict(ask(["AAPL"], "2012-01-03"), None, "x"))
+    assert caught.value.status == 422
+    out = run(service.predict(ask(["AAPL"], "2012-01-06"), None, "x")).response
+    assert out.predictions[0].feature_date == dt.date(2012, 1, 6)
+
+
+def test_traffic_to_a_variant_without_a_model_goes_to_the_primary() -> None:
+    service, _ = make(
+        {
+            "champion": FakeVariant("champion", Linear(1)),
+            "challenger": FakeVariant("challenger", None),
+        },
+        weights={"champion": 0.5, "challenger": 0.5},
+    )
+    variants = {
+        run(service.predict(ask(["AAPL"]), f"client-{i}", "r")).response.variant for i in range(20)
+    }
+    assert variants == {"champion"}
+    assert service.ready_reasons() == []
+
+
+def test_without_a_champion_nothing_is_served_and_readiness_says_why() -> None:
+    service, _ = make(
+        {
+            "champion": FakeVariant("champion", None),
+            "challenger": FakeVariant("challenger", Linear(2)),
+        }
+    )
+    with pytest.raises(ApiError, match="no model to serve") as caught:
+        run(service.predict(ask(["AAPL"]), None, "r"))
+    assert caught.value.status == 503
+    assert "no alias 'champion'" in service.ready_reasons()[0]
+
+
+def test_a_model_needing_columns_the_features_lack_gets_no_traffic() -> None:
+    odd = Linear(2, columns=["rsi_14", "beta_60d"])
+    service, _ = make(
+        {
+            "champion": FakeVariant("champion", Linear(1)),
+            "challenger": FakeVariant("challenger", odd),
+        },
+        weights={"champion": 0.0, "challenger": 1.0},
+    )
+    assert run(service.predict(ask(["AAPL"]), None, "r")).response.variant == "champion"
+    lonely, _ = make({"champion": FakeVariant("champion", odd)})
+    with pytest.raises(ApiError, match=r"needs column\(s\) beta_60d that feature set fs1 lacks"):
+        run(lonely.predict(ask(["AAPL"]), None, "r"))
+    assert "beta_60d" in lonely.ready_reasons()[0]
+
+
+def test_a_failing_shadow_changes_nothing_and_is_counted() -> None:
+    shadow = FakeVariant("challenger", Linear(2))
+    shadow.fail = True
+    variants = {"champion": FakeVariant("champion", Linear(1)), "challenger": shadow}
+    plain, _ = make(dict(variants))
+    mirrored, recorder = make(variants, shadow=ShadowSpec(variant="challenger", fraction=1.0))
+
+    async def both() -> tuple[Any, Any]:
+        a = await plain.predict(ask(["AAPL"]), None, "r")
+        b = await mirrored.predict(ask(["AAPL"]), None, "r")
+        await asyncio.gather(*mirrored._pending)
+        return a, b
+
+    a, b = run(both())
+    assert a.response == b.response
+    assert mirrored.gate is not None and mirrored.gate.counts["error"] == 1
+    assert [e for e in recorder.events if e[0] == "shadow"] == [
+        ("shadow", "sent"),
+        ("shadow", "error"),
+    ]
+
+
+def test_a_slow_shadow_is_bounded_cut_and_never_waited_for() -> None:
+    variants = {
+        "champion": FakeVariant("champion", Linear(1)),
+        "challenger": FakeVariant("challenger", Linear(2), delay_s=5.0),
+    }
+    service, _ = make(
+        variants,
+        shadow=ShadowSpec(variant="challenger", fraction=1.0),
+        shadow_limits={"max_in_flight": 2, "timeout_s": 0.2},
+    )
+
+    async def burst() -> float:
+        start = time.perf_counter()
+        for i in range(5):
+            await service.predict(ask(["AAPL"]), f"c{i}", "r")
+        elapsed = time.perf_counter() - start
+        await asyncio.gather(*service._pending)
+        return elapsed
+
+    assert run(burst()) < 0.15
+    assert service.gate is not None
+    assert service.gate.counts == {"sent": 2, "dropped": 3, "ok": 0, "error": 0, "timeout": 2}
+    assert service.gate.in_flight == 0
+
+
+def test_a_working_shadow_logs_its_difference() -> None:
+    variants = {
+        "champion": FakeVariant("champion", Linear(1)),
+        "challenger": FakeVariant("challenger", Linear(2)),
+    }
+    service, recorder = make(variants, shadow=ShadowSpec(variant="challenger", fraction=1.0))
+
+    async def once() -> Any:
+        answer = await service.predict(ask(["AAPL"]), None, "r")
+        await asyncio.gather(*service._pending)
+        return answer
+
+    answer = run(once())
+    row = service.table.frames["AAPL"][1][-1]  # type: ignore[union-attr]
+    diffs = [e[1] for e in recorder.events if e[0] == "diff"]
+    assert diffs == [[pytest.approx(abs(row[2]) * 0.001)]]
+    assert answer.response.model_version == 1
+
+
+def test_reconfigure_refuses_weights_for_unknown_variants_and_reloads_features() -> None:
+    service, _ = make({"champion": FakeVariant("champion", Linear(1))})
+    with pytest.raises(ValueError, match="weights name"):
+        run(service.reconfigure(IngressConfig(weights={"other": 1.0})))
+    run(service.predict(ask(["AAPL"]), None, "r"))
+    assert len(service.cache) == 1
+    run(service.reconfigure(IngressConfig(weights={"champion": 1.0}, feature_version="fs2")))
+    assert service.table is not None and service.table.feature_version == "fs2"
+    assert len(service.cache) == 0
