@@ -23,7 +23,7 @@ install: $(STAMP)
 ## a prediction from the Serve app. A second run reuses everything that is up to date.
 run: cluster-up
 	$(BIN)/ray job submit --address $(DASHBOARD) --working-dir . \
-	  -- python jobs/pipeline.py --config $(CONFIG)
+	  -- $(CURDIR)/$(BIN)/python jobs/pipeline.py --config $(CONFIG)
 	@echo "--- prediction from $(SERVE_URL)/v1/predict"
 	@curl -fsS -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' \
 	  -d '{"tickers": ["AAPL", "MSFT"]}' && echo

@@ -72,7 +72,7 @@ def deployment(ray_head: Head, tmp_path_factory: pytest.TempPathFactory) -> dict
             "--working-dir",
             str(REPO),
             "--",
-            "python",
+            sys.executable,  # the project's environment, as the head runs from it
             "jobs/pipeline.py",
             "--config",
             str(config_path),
