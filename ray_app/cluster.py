@@ -266,4 +266,6 @@ def _serve_status() -> dict[str, str]:
         applications = serve.status().applications
     except Exception:  # Serve not started on this cluster: nothing to report
         return {}
-    return {name: str(app.status) for name, app in applications.items()}
+    return {
+        name: getattr(app.status, "value", str(app.status)) for name, app in applications.items()
+    }

@@ -186,6 +186,12 @@ def test_cluster_commands_name_the_cause(ray_head: Head, tmp_path: Path) -> None
     assert f"port {busy} is already taken" in clash.stderr and "DASHBOARD_PORT" in clash.stderr
     again = ray_app_command(["cluster", "up"], ray_head.env)
     assert again.returncode == 0 and "already running" in again.stdout
+    shown = ray_app_command(["cluster", "status", "--json"], ray_head.env)
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["dashboard"] == ray_head.dashboard and len(status["nodes"]) == 1
+    assert status["resources"]["CPU"] == 2 and status["serve"].get("ray-app") == "RUNNING"
+    assert any("jobs/pipeline.py" in job["entrypoint"] for job in status["jobs"])
     dead = ray_app_command(["pipeline"], {"RAY_ADDRESS": f"127.0.0.1:{free_port()}"})
     assert dead.returncode == 2 and "no Ray head answers" in dead.stderr
     wrong = yaml.safe_load((REPO / "serve_config.yaml").read_text())
