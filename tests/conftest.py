@@ -10,8 +10,11 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from ray_app.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "kaggle-us-stocks"
@@ -26,6 +29,18 @@ def kaggle_dir() -> Path:
             f"real test data not found at {SHARED_DATA} (only present in the dev workspace)"
         )
     return SHARED_DATA
+
+
+def sample_feature_set(root: Path, **sections: Any) -> Settings:
+    """Settings over the bundled sample bars (``sections`` override), with the raw data
+    ingested and the feature set built: the starting point of every training test."""
+    from ray_app.feature_store import build_features
+    from ray_app.ingest import run_ingest
+
+    settings = Settings(data_root=str(root), **{"ingest": {"source": "sample"}, **sections})
+    run_ingest(settings)
+    build_features(settings)
+    return settings
 
 
 @pytest.fixture

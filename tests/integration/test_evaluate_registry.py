@@ -25,9 +25,7 @@ from ray_app.evaluate import (
     render_markdown,
     write_report,
 )
-from ray_app.feature_store import build_features
 from ray_app.features import TARGET
-from ray_app.ingest import run_ingest
 from ray_app.models import TrainedModel
 from ray_app.registry import (
     RegistryError,
@@ -48,6 +46,7 @@ from ray_app.registry import (
 from ray_app.settings import HParams, Settings
 from ray_app.tracking import connect_mlflow, lineage_tags
 from ray_app.train import TrainingData, fit_in_process, load_training_data
+from tests.conftest import sample_feature_set
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +54,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def settings(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     torch.set_num_threads(1)
-    settings = Settings(
-        data_root=str(tmp_path_factory.mktemp("evaluate") / "data"),
-        ingest={"source": "sample"},
+    return sample_feature_set(
+        tmp_path_factory.mktemp("evaluate") / "data",
         split={"n_folds": 2, "test_days": 60, "holdout_months": 3},
         train={"hparams": {"epochs": 2, "hidden_size": 8}},
     )
-    run_ingest(settings)
-    build_features(settings)
-    return settings
 
 
 @pytest.fixture(scope="module")

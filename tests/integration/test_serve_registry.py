@@ -24,14 +24,12 @@ import requests
 import torch
 import yaml
 
-from ray_app.feature_store import build_features
-from ray_app.ingest import run_ingest
 from ray_app.registry import champion_version, load_version, log_model, promote, register_challenger
 from ray_app.serve.rollout import Change, deploy, load_config, rollout
 from ray_app.settings import Settings
 from ray_app.tracking import connect_mlflow, tracking_uri
 from ray_app.train import TrainingData, fit_in_process, load_training_data
-from tests.conftest import Head
+from tests.conftest import Head, sample_feature_set
 from tests.integration.test_serve_app import (
     SERVE_CONFIG,
     TICKERS,
@@ -46,15 +44,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def settings(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     torch.set_num_threads(1)
-    settings = Settings(
-        data_root=str(tmp_path_factory.mktemp("serve-registry") / "data"),
+    return sample_feature_set(
+        tmp_path_factory.mktemp("serve-registry") / "data",
         ingest={"source": "sample", "tickers": TICKERS},
         split={"n_folds": 1, "test_days": 60, "holdout_months": 3},
         train={"hparams": {"epochs": 1, "hidden_size": 8}},
     )
-    run_ingest(settings)
-    build_features(settings)
-    return settings
 
 
 @pytest.fixture(scope="module")
