@@ -59,6 +59,8 @@ manifests: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_tune.py
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/bench_serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -199,6 +199,8 @@ class AccessLog:
             "cache_hits": state.get("cache_hits"),
             "error": state.get("error"),
         }
+        if state.get("shadow"):
+            record["shadow"] = state["shadow"]
         logger.info(
             "%s %s %s %.1fms id=%s",
             scope["method"],
@@ -255,7 +257,7 @@ def make_api(
             out.model_name,
             out.model_version,
         )
-        state.cache_hits = answer.cache_hits
+        state.cache_hits, state.shadow = answer.cache_hits, answer.shadow
         response.headers["X-Model-Variant"] = out.variant
         response.headers["X-Model-Name"] = out.model_name
         response.headers["X-Model-Version"] = str(out.model_version)
@@ -329,6 +331,7 @@ def models_status(service: PredictionService) -> ModelsResponse:
             feature_version=info.feature_version,
             loaded_at=info.loaded_at,
             error=info.error,
+            precomputed=service.precomputed(name, []) is not None,
         )
         for name, info in service.infos.items()
     ]
@@ -353,5 +356,6 @@ def models_status(service: PredictionService) -> ModelsResponse:
             ttl_s=service.cache.ttl_s,
             hits=stats.hits,
             misses=stats.misses,
+            precomputed=service.precomputed_answers,
         ),
     )

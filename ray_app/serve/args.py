@@ -152,6 +152,11 @@ class ServeArgs(_Strict):
         description="Environment variable holding comma-separated API keys; None: no auth",
     )
     refresh_s: float = Field(1.0, gt=0, description="How often the ingress rereads variants")
+    precompute: bool = Field(
+        True,
+        description="Have each variant predict every feature row once per model version and "
+        "feature set, and answer from memory; false: a request the cache misses calls a variant",
+    )
     loader: str = Field(
         DEFAULT_LOADER,
         pattern=r"^[\w.]+:\w+$",

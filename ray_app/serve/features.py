@@ -23,12 +23,14 @@ VOLATILITY = "vol_20d"
 
 @dataclass(frozen=True)
 class Window:
-    """One ticker's input: its last rows up to ``feature_date`` (oldest first)."""
+    """One ticker's input: its last rows up to ``feature_date`` (oldest first); ``index`` is
+    the position of ``feature_date`` among the ticker's rows."""
 
     ticker: str
     feature_date: dt.date
     rows: np.ndarray
     volatility: float | None
+    index: int
 
 
 class FeatureTable:
@@ -87,4 +89,5 @@ class FeatureTable:
         block = values[end - rows : end]
         vol = None if self._vol is None else float(block[-1, self._vol])
         usable = vol is not None and np.isfinite(vol) and vol > 0
-        return Window(ticker, dates[end - 1].astype(dt.date), block, vol if usable else None)
+        date = dates[end - 1].astype(dt.date)
+        return Window(ticker, date, block, vol if usable else None, end - 1)

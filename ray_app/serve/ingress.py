@@ -19,7 +19,7 @@ from ray_app.serve.api import make_api, read_api_keys
 from ray_app.serve.args import IngressConfig, ServeArgs
 from ray_app.serve.features import FeatureTable
 from ray_app.serve.metrics import IngressMetrics
-from ray_app.serve.predictor import Job, Result, VariantInfo
+from ray_app.serve.predictor import Job, Result, Scores, VariantInfo
 from ray_app.serve.service import PredictionService, VariantClient
 
 
@@ -29,6 +29,7 @@ class HandleClient:
     def __init__(self, handle: DeploymentHandle) -> None:
         self._predict = handle.options(method_name="predict")
         self._info = handle.options(method_name="info")
+        self._scores = handle.options(method_name="scores")
 
     async def predict(self, job: Job) -> Result:
         return await self._predict.remote(job)
@@ -38,6 +39,12 @@ class HandleClient:
 
     async def info(self, timeout_s: float) -> VariantInfo:
         return await _within(self._info.remote(), timeout_s)  # type: ignore[arg-type]
+
+    async def scores(
+        self, feature_version: str, tickers: list[str], timeout_s: float
+    ) -> Scores | None:
+        response = self._scores.remote(feature_version, tickers)
+        return await _within(response, timeout_s)  # type: ignore[arg-type]
 
 
 async def _within(response: DeploymentResponse[Any], timeout_s: float) -> Any:

@@ -44,12 +44,13 @@ class IngressMetrics:
         )
         self._cache = metrics.Counter(
             "app_serve_cache_lookups",
-            description="Prediction cache lookups by result (hit, miss)",
+            description="Predictions by where they came from (precomputed, hit, miss)",
             tag_keys=_keys("result"),
         )
         self._shadow = metrics.Counter(
             "app_serve_shadow_requests",
-            description="Mirrored requests by outcome (sent, dropped, ok, error, timeout)",
+            description="Mirrored requests by outcome (precomputed, sent, dropped, ok, error, "
+            "timeout)",
             tag_keys=_keys("variant", "outcome"),
         )
         self._diff = metrics.Histogram(
@@ -66,7 +67,9 @@ class IngressMetrics:
             self._errors.inc(1, tags)
         self._latency.observe(latency_ms, {"variant": variant})
 
-    def cache(self, hits: int, misses: int) -> None:
+    def cache(self, hits: int, misses: int, precomputed: int = 0) -> None:
+        if precomputed:
+            self._cache.inc(precomputed, {"result": "precomputed"})
         if hits:
             self._cache.inc(hits, {"result": "hit"})
         if misses:

@@ -129,3 +129,41 @@ def predict_jobs(model: ServingModel, select: ColumnSelector, jobs: list[Job]) -
         else Result(model.name, model.version, needs_rows=model.window)
         for j in jobs
     ]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A model's predictions for every row of some tickers of a feature set, aligned with the
+    ticker's rows (NaN where a row has less history than the model's window)."""
+
+    model: str
+    version: int
+    feature_version: str
+    preds: dict[str, np.ndarray]
+
+    def serves(self, model: str | None, version: int | None, feature_version: str) -> bool:
+        return (self.model, self.version, self.feature_version) == (
+            model,
+            version,
+            feature_version,
+        )
+
+
+def score_frames(
+    model: ServingModel,
+    select: ColumnSelector,
+    columns: tuple[str, ...],
+    frames: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """Per ticker, the prediction for the window ending at each row: what ``predict_jobs``
+    answers for that row, computed for all of them at once."""
+    cols, window = select(columns), model.window
+    out = {}
+    for ticker, (_, values) in frames.items():
+        rows = values[:, cols]
+        preds = np.full(len(rows), np.nan)
+        if len(rows) >= window:
+            windows = np.lib.stride_tricks.sliding_window_view(rows, window, axis=0)
+            preds[window - 1 :] = model.predict(windows.transpose(0, 2, 1))
+        out[ticker] = preds
+    return out

@@ -52,6 +52,8 @@ HEADER = """\
 # controller starts (the first `serve run`/`serve deploy` on a cluster); HAProxy also listens
 # on 8404 (stats) and 9101 (metrics) unless RAY_SERVE_HAPROXY_STATS_PORT/_METRICS_PORT say else.
 # Replicas then write request logs in batches of RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE lines.
+# Serve's own access log is off: the ingress writes one JSON line per request itself (request
+# id, client, variant, model version, latency, status), and the hops behind it need none.
 """
 
 

@@ -52,20 +52,27 @@ def routing_key(client_id: str | None, tickers: Sequence[str]) -> str:
 @dataclass
 class ShadowGate:
     """Admits a ``fraction`` of requests to the shadow while fewer than ``max_in_flight``
-    mirrored requests are pending; the rest are dropped and counted, never queued."""
+    mirrored requests are pending; the rest are dropped and counted, never queued. A request
+    the shadow's precomputed predictions answer needs no call and no slot."""
 
     fraction: float
     max_in_flight: int
     rng: random.Random = field(default_factory=random.Random)
     in_flight: int = 0
     counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("sent", "dropped", "ok", "error", "timeout"), 0)
+        default_factory=lambda: dict.fromkeys(
+            ("precomputed", "sent", "dropped", "ok", "error", "timeout"), 0
+        )
     )
 
-    def admit(self) -> str:
-        """``sent`` (mirror it, then ``finish``), ``dropped`` (at the bound) or ``skipped``."""
+    def admit(self, precomputed: bool = False) -> str:
+        """``sent`` (mirror it, then ``finish``), ``dropped`` (at the bound), ``skipped``, or
+        ``precomputed`` when the caller has the shadow's answer at hand."""
         if self.rng.random() >= self.fraction:
             return "skipped"
+        if precomputed:
+            self.counts["precomputed"] += 1
+            return "precomputed"
         if self.in_flight >= self.max_in_flight:
             self.counts["dropped"] += 1
             return "dropped"

@@ -89,13 +89,17 @@ class VariantStatus(BaseModel):
     feature_version: str | None = Field(description="Feature set the model was trained on")
     loaded_at: dt.datetime | None
     error: str | None = Field(description="Why it has no model, or why the last load failed")
+    precomputed: bool = Field(
+        description="The ingress holds this model's predictions for every feature row"
+    )
 
 
 class ShadowStatus(BaseModel):
     variant: str
     fraction: float
     in_flight: int
-    sent: int
+    precomputed: int = Field(description="Mirrors answered by the shadow's precomputed table")
+    sent: int = Field(description="Mirrors sent to the shadow variant")
     dropped: int = Field(description="Mirrors skipped because too many were pending")
     ok: int
     error: int
@@ -108,6 +112,7 @@ class CacheStatus(BaseModel):
     ttl_s: float
     hits: int
     misses: int
+    precomputed: int = Field(description="Predictions answered from precomputed tables instead")
 
 
 class ModelsResponse(BaseModel):

@@ -21,16 +21,19 @@ import torch
 from ray import serve
 
 from ray_app.serve.args import ServeArgs, VariantConfig
+from ray_app.serve.features import FeatureTable
 from ray_app.serve.loader import import_loader
 from ray_app.serve.metrics import ModelInfoGauge
 from ray_app.serve.predictor import (
     ColumnSelector,
     Job,
     Result,
+    Scores,
     ServingModel,
     VariantInfo,
     describe,
     predict_jobs,
+    score_frames,
 )
 
 logger = logging.getLogger("ray.serve")
@@ -45,6 +48,7 @@ class Variant:
     def __init__(self, name: str, args: ServeArgs) -> None:
         torch.set_num_threads(1)  # replicas share the machine's cores; threads only contend
         self.name = name
+        self._args = args
         self._loader = import_loader(args.loader)(args)
         self._gauge = ModelInfoGauge()
         self._serving: tuple[ServingModel, ColumnSelector] | None = None
@@ -55,6 +59,8 @@ class Variant:
         self._backoff_s = RETRY_FIRST_S
         self._retry_at = 0.0
         self._retry: asyncio.Task[None] | None = None
+        self._table: FeatureTable | None = None
+        self._table_lock = asyncio.Lock()
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         cfg = VariantConfig.model_validate(config)
@@ -98,6 +104,27 @@ class Variant:
             self._retry = asyncio.create_task(self._load(ref))
         model = self._serving[0] if self._serving else None
         return describe(self.name, self._ref, model, self._loaded_at, self._error)
+
+    async def scores(self, feature_version: str, tickers: list[str]) -> Scores | None:
+        """Predictions of the model serving now for every row of ``tickers`` in feature set
+        ``feature_version``, computed in a thread while requests keep being answered; None
+        without a model. The ingress asks once per model version and feature set."""
+        if self._serving is None:
+            return None
+        model, select = self._serving
+        table = await self._feature_table(feature_version)
+        frames = {t: table.frames[t] for t in tickers if t in table.frames}
+        columns = tuple(table.columns)
+        preds = await asyncio.to_thread(score_frames, model, select, columns, frames)
+        return Scores(model.name, model.version, table.feature_version, preds)
+
+    async def _feature_table(self, version: str) -> FeatureTable:
+        """The feature set the ingress serves, read once (the newest version asked for)."""
+        async with self._table_lock:
+            if self._table is None or self._table.feature_version != version:
+                settings = self._args.settings()
+                self._table = await asyncio.to_thread(FeatureTable.load, settings, version)
+            return self._table
 
     async def predict(self, job: Job) -> Result:
         return await self._predict_batch(job)

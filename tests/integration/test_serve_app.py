@@ -119,13 +119,14 @@ def app_config(data_root: Path) -> dict[str, Any]:
         "max_body_bytes": 2048,
         "shadow_limits": {"max_in_flight": 2, "timeout_s": 1.0},
         "num_cpus": {"ingress": 0.2, "variant": 0.2},
+        "precompute": False,  # the per-request path; the last test turns it on
     }
     return {
         "name": "ray-app",
         "route_prefix": "/",
         "import_path": "ray_app.serve.app:build_app",
         "runtime_env": {"env_vars": {KEYS_ENV: f"another-key,{KEY}"}},
-        "logging_config": {"encoding": "JSON"},
+        "logging_config": {"encoding": "JSON", "enable_access_log": False},
         "args": args,
         "deployments": [
             {"name": "Ingress", "user_config": {"weights": weights({"champion": 1.0})}}
@@ -530,3 +531,33 @@ def test_request_logs_are_json_lines_without_secrets(url: str, session: requests
     assert record["model_name"] == "tiny" and record["latency_ms"] > 0
     text = "\n".join(p.read_text() for p in logs.glob("replica_ray-app_*.log"))
     assert KEY not in text and "Bearer" not in text
+
+
+def test_precomputed_predictions_equal_the_per_request_ones(
+    url: str, config: dict[str, Any]
+) -> None:
+    """The ingress answers from each variant's precomputed table (args change: new replicas),
+    exactly as the variants answered one request at a time, and compares the shadow without
+    calling it, on the request's own log line."""
+    import ray
+
+    expected, _ = run_round(url)
+    precomputing = copy.deepcopy(config)
+    precomputing["args"]["precompute"] = True
+    apply(with_ingress(precomputing, shadow={"variant": "challenger", "fraction": 1.0}))
+    wait_until(lambda: all(v["precomputed"] for v in models(url)["variants"]), 60)
+    got, _ = run_round(url)
+    assert got == expected
+    counts = shadow_counts(url)
+    assert counts["precomputed"] == len(expected) and counts["sent"] == 0
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+
+    def compared_on_the_request_line() -> bool:
+        run_round(url)  # replicas write request logs in batches
+        for path in logs.glob("replica_ray-app_Ingress_*.log"):
+            for text in path.read_text().splitlines():
+                if '"event": "request"' in text and '"shadow_variant": "challenger"' in text:
+                    return True
+        return False
+
+    wait_until(compared_on_the_request_line, 30)

@@ -63,5 +63,7 @@ def test_the_shadow_gate_samples_bounds_and_counts() -> None:
     assert [full.admit() for _ in range(4)] == ["sent", "sent", "dropped", "dropped"]
     full.finish("timeout")
     assert full.admit() == "sent"
-    assert full.counts == {"sent": 3, "dropped": 2, "ok": 0, "error": 0, "timeout": 1}
+    assert full.admit(precomputed=True) == "precomputed"  # no call: needs no slot
+    counts = {"precomputed": 1, "sent": 3, "dropped": 2, "ok": 0, "error": 0, "timeout": 1}
+    assert full.counts == counts
     assert full.in_flight == 2

@@ -17,7 +17,16 @@ import pytest
 
 from ray_app.serve.args import IngressConfig, ServeArgs, ShadowSpec
 from ray_app.serve.features import FeatureTable
-from ray_app.serve.predictor import ColumnSelector, Job, Result, VariantInfo, describe, predict_jobs
+from ray_app.serve.predictor import (
+    ColumnSelector,
+    Job,
+    Result,
+    Scores,
+    VariantInfo,
+    describe,
+    predict_jobs,
+    score_frames,
+)
 from ray_app.serve.schemas import PredictRequest
 from ray_app.serve.service import ApiError, PredictionService
 
@@ -59,6 +68,7 @@ class FakeVariant:
         self.name, self.model, self.delay_s = name, model, delay_s
         self.fail = False
         self.calls = 0
+        self.score_calls = 0
 
     async def predict(self, job: Job) -> Result:
         self.calls += 1
@@ -74,13 +84,28 @@ class FakeVariant:
         error = None if self.model else "no alias 'champion'"
         return describe(self.name, self.name, self.model, None, error)
 
+    async def scores(
+        self, feature_version: str, tickers: list[str], timeout_s: float
+    ) -> Scores | None:
+        self.score_calls += 1
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("boom")
+        if self.model is None:
+            return None
+        rows = table(feature_version)
+        frames = {t: rows.frames[t] for t in tickers}
+        select = ColumnSelector(self.model.columns)
+        preds = score_frames(self.model, select, tuple(rows.columns), frames)
+        return Scores(self.model.name, self.model.version, feature_version, preds)
+
 
 class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []
 
-    def cache(self, hits: int, misses: int) -> None:
-        self.events.append(("cache", (hits, misses)))
+    def cache(self, hits: int, misses: int, precomputed: int = 0) -> None:
+        self.events.append(("cache", (hits, misses, precomputed)))
 
     def shadow(self, variant: str, outcome: str) -> None:
         self.events.append(("shadow", outcome))
@@ -98,6 +123,7 @@ def make(
     specs = [
         {"name": n, "ref": n, "weight": 1.0 if i == 0 else 0.0} for i, n in enumerate(variants)
     ]
+    limits.setdefault("precompute", False)  # the per-request path, unless a test asks
     args = ServeArgs(variants=specs, **limits)
     recorder = Recorder()
     service = PredictionService(
@@ -147,7 +173,7 @@ def test_a_repeated_request_is_answered_from_the_cache() -> None:
     assert {p.ticker: p.predicted_return for p in first.response.predictions} == {
         p.ticker: p.predicted_return for p in second.response.predictions
     }
-    assert ("cache", (2, 0)) in recorder.events
+    assert ("cache", (2, 0, 0)) in recorder.events
 
 
 def test_a_new_model_version_drops_the_old_entries_and_is_never_mixed() -> None:
@@ -278,7 +304,8 @@ def test_a_slow_shadow_is_bounded_cut_and_never_waited_for() -> None:
 
     assert run(burst()) < 0.15
     assert service.gate is not None
-    assert service.gate.counts == {"sent": 2, "dropped": 3, "ok": 0, "error": 0, "timeout": 2}
+    counts = {"precomputed": 0, "sent": 2, "dropped": 3, "ok": 0, "error": 0, "timeout": 2}
+    assert service.gate.counts == counts
     assert service.gate.in_flight == 0
 
 
@@ -310,3 +337,83 @@ def test_reconfigure_refuses_weights_for_unknown_variants_and_reloads_features()
     run(service.reconfigure(IngressConfig(weights={"champion": 1.0}, feature_version="fs2")))
     assert service.table is not None and service.table.feature_version == "fs2"
     assert len(service.cache) == 0
+
+
+def precomputing(variants: dict[str, FakeVariant], **kwargs: Any) -> PredictionService:
+    service, _ = make(variants, precompute=True, **kwargs)
+    return service
+
+
+async def settle(service: PredictionService) -> None:
+    """Ask the variants and wait for the precomputed tables they were asked for."""
+    await service.refresh()
+    await asyncio.gather(*service._scoring.values())
+
+
+def test_precomputed_predictions_equal_the_variant_answers_without_calling_it() -> None:
+    variant = FakeVariant("champion", Linear(1))
+    per_request, _ = make({"champion": FakeVariant("champion", Linear(1))})
+    service = precomputing({"champion": variant})
+    days = [str(d) for d in DAYS[:-1]] + [None]
+
+    async def ask_all(s: PredictionService) -> list[Any]:
+        await settle(s)
+        return [(await s.predict(ask(["AAPL", "MSFT"], d), None, "r")).response for d in days]
+
+    assert run(ask_all(service)) == run(ask_all(per_request))
+    assert (variant.calls, variant.score_calls) == (0, 1)
+    assert service.scores["champion"].serves("tiny", 1, "fs1")
+
+
+def test_a_precomputed_table_goes_with_its_model_version() -> None:
+    variant = FakeVariant("champion", Linear(1))
+    service = precomputing({"champion": variant})
+
+    async def scenario() -> list[int]:
+        await settle(service)
+        variant.model = Linear(2)  # a rollout swaps the model under the ingress
+        await service.refresh()  # notices v2: drops v1's table, asks for v2's
+        assert "champion" not in service.scores
+        during = (await service.predict(ask(["AAPL"]), None, "a")).response.model_version
+        await settle(service)
+        after = (await service.predict(ask(["MSFT"]), None, "b")).response.model_version
+        return [during, after, variant.calls, variant.score_calls]
+
+    assert run(scenario()) == [2, 2, 1, 2]
+    assert service.scores["champion"].version == 2
+
+
+def test_a_variant_that_cannot_precompute_is_asked_per_request_and_retried_later() -> None:
+    variant = FakeVariant("champion", Linear(1))
+    variant.fail = True
+    service = precomputing({"champion": variant})
+
+    async def scenario() -> None:
+        await settle(service)
+        variant.fail = False
+        await service.predict(ask(["AAPL"]), None, "a")
+        await settle(service)  # within the retry delay: not asked again
+
+    run(scenario())
+    assert "champion" not in service.scores
+    assert (variant.calls, variant.score_calls) == (1, 1)
+    assert service._scores_retry_at["champion"] > time.monotonic()
+
+
+def test_a_precomputed_shadow_is_compared_without_a_call() -> None:
+    shadow = FakeVariant("challenger", Linear(2))
+    variants = {"champion": FakeVariant("champion", Linear(1)), "challenger": shadow}
+    service = precomputing(variants, shadow=ShadowSpec(variant="challenger", fraction=1.0))
+
+    async def scenario() -> list[Any]:
+        await settle(service)
+        return [await service.predict(ask(["AAPL"], d), None, "r") for d in ("2012-01-05", None)]
+
+    answers = run(scenario())
+    assert service.gate is not None and service.gate.counts["precomputed"] == 2
+    assert service.gate.counts["sent"] == 0 and shadow.calls == 0 and not service._pending
+    newest = service.table.frames["AAPL"][1][-1]  # type: ignore[union-attr]
+    logged = answers[1].shadow  # goes on the request's own log line
+    assert (logged["shadow_variant"], logged["shadow_model_version"]) == ("challenger", 2)
+    assert logged["abs_diff"]["AAPL"] == pytest.approx(abs(newest[2]) * 0.001)
+    assert logged["primary_preds"]["AAPL"] == answers[1].response.predictions[0].predicted_return

@@ -1,0 +1,29 @@
+-- wrk script of bench_serve.py: POST /v1/predict with the requests of a file, in turn.
+-- Each line of the file is "<client id>\t<JSON body>"; wrk's arguments after "--" are the
+-- file and the line to start at, so successive runs can ask for keys no run asked before.
+local lines, first, sent = {}, 0, 0
+
+function init(args)
+  for line in io.lines(args[1]) do
+    local client, body = line:match("^([^\t]*)\t(.*)$")
+    lines[#lines + 1] = wrk.format(
+      "POST", "/v1/predict",
+      { ["Content-Type"] = "application/json", ["X-Client-Id"] = client }, body)
+  end
+  first = tonumber(args[2] or "0")
+end
+
+function request()
+  local raw = lines[(first + sent) % #lines + 1]
+  sent = sent + 1
+  return raw
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, '
+      .. '"status": %d, "connect": %d, "read": %d, "write": %d, "timeout": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect, e.read, e.write, e.timeout))
+end
