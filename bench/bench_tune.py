@@ -2,7 +2,7 @@
 one epoch of Ray Train against the same PyTorch loop in this process.
 
 Why: the platform searches hyperparameters with Ray Tune (``ray_app.tune.run_search``:
-OptunaSearch's seeded TPE, two trials at once, MLflow child runs, a checkpoint every epoch)
+OptunaSearch's seeded TPE, two trials at once, MLflow child runs, per-epoch metrics)
 and trains with Ray Train (``ray_app.train.make_trainer``). On the machine we develop on
 (2 cores) that only pays off if the search finishes clearly sooner than the obvious
 alternative, plain Optuna running the same trials one after the other in one process, and
@@ -27,7 +27,8 @@ What it does:
 4. Ray Tune: ``run_search`` with the same number of trials, 2 at a time (1 CPU each),
    scheduler ``none`` (no early stopping, so both searches do the same work) and MLflow on
    the default SQLite file under the data root, timed end to end (arrays, MLflow parent and
-   child runs, a checkpoint every epoch, trial start-up);
+   child runs with every epoch's metrics, trial start-up; trials checkpoint as
+   ``tune.checkpoint_every`` says, by default never);
 5. Ray Train: one epoch of the default MLP, 1 worker, ``make_trainer(...).fit()`` against
    ``train_loop`` in this process on the same arrays, repeated and reported as medians.
 

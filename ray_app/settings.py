@@ -203,6 +203,12 @@ class TuneSettings(_Section):
     scheduler: Literal["asha", "none"] = "asha"
     grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped")
     cpus_per_trial: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(
+        0,
+        ge=0,
+        description="Epochs between a trial's checkpoints; 0: none. An interrupted search "
+        "keeps its finished trials and reruns the others from their last checkpoint",
+    )
     seed: int = 0
 
     @field_validator("search_space")

@@ -136,17 +136,20 @@ class LoopSession:
 
 
 class RaySession(LoopSession):
-    """Reports through ``ray.train`` or ``ray.tune`` (their APIs are the same shape)."""
+    """Reports through ``ray.train`` or ``ray.tune`` (their APIs are the same shape), with a
+    checkpoint every ``checkpoint_every`` epochs (0: none)."""
 
-    def __init__(self, api: Any, distributed: bool) -> None:
+    def __init__(self, api: Any, distributed: bool, checkpoint_every: int = 1) -> None:
         self.api = api
         self.distributed = distributed
+        self.checkpoint_every = checkpoint_every
         if distributed:
             context = api.get_context()
             self.rank, self.world = context.get_world_rank(), context.get_world_size()
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        if state is None or self.rank != 0:
+        every = self.checkpoint_every
+        if state is None or self.rank != 0 or every == 0 or state["epoch"] % every:
             self.api.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
@@ -180,8 +183,9 @@ def train_loop(config: dict[str, Any], arrays: Arrays, session: LoopSession) -> 
     """Epochs with early stopping on validation loss; returns the best state seen.
 
     Each data-parallel worker trains on its own shard of the training rows; validation is
-    measured on all of them. Every epoch is reported with a checkpoint (weights of the best
-    epoch so far included), so an interrupted run resumes where it stopped.
+    measured on all of them. Every epoch is reported with its state (weights of the best
+    epoch so far included); the session checkpoints it (Ray Train every epoch, so an
+    interrupted run resumes where it stopped; Tune trials every ``tune.checkpoint_every``).
     """
     hparams, kind = HParams(**config["hparams"]), config["kind"]
     torch.set_num_threads(config.get("torch_threads", 1))

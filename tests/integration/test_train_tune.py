@@ -16,7 +16,13 @@ from ray_app.ingest import read_bars, run_ingest
 from ray_app.settings import Settings
 from ray_app.storage import DataRoot
 from ray_app.tracking import TrackingError
-from ray_app.train import TrainingData, fit_in_process, load_training_data, run_training
+from ray_app.train import (
+    TrainingData,
+    fit_in_process,
+    load_training_data,
+    results_path,
+    run_training,
+)
 from ray_app.tune import SearchError, run_search, trial
 
 pytestmark = pytest.mark.integration
@@ -122,6 +128,14 @@ def test_search_logs_every_trial_as_a_child_run(feature_root: Path, data: Traini
     client = mlflow.MlflowClient()
     history = client.get_metric_history(children["run_id"].iloc[0], "val_loss")
     assert [m.step for m in history] == list(range(1, len(history) + 1))
+    logged = client.get_run(children["run_id"].iloc[0]).data.metrics
+    assert {"train_loss", "best_val_loss", "best_epoch", "time_this_iter_s"} <= set(logged)
+    assert checkpoints(settings, outcome.name) == []  # tune.checkpoint_every: 0
+
+
+def checkpoints(settings: Settings, search: str) -> list[str]:
+    """The epochs checkpointed by the search's trials, as Tune's folder names."""
+    return sorted(p.name for p in Path(results_path(settings), search).glob("*/checkpoint_*"))
 
 
 def crashing_trial(config: dict[str, Any], **kwargs: Any) -> None:
@@ -137,8 +151,11 @@ def test_a_crashing_trial_is_recorded_and_the_search_goes_on(
     settings = small_settings(feature_root)
     settings.tune.search_space["hidden_size"].values = [4, 8]
     settings.tune.num_samples = 6
+    settings.tune.checkpoint_every = 2
     outcome = run_search(settings, data, trial_fn=crashing_trial)
     assert outcome.failed >= 1 and outcome.best_hparams.hidden_size == 8
+    finished = 6 - outcome.failed  # 3 epochs each: one checkpoint, after the second
+    assert checkpoints(settings, outcome.name) == ["checkpoint_000000"] * finished
     children = mlflow.search_runs(
         experiment_names=[settings.mlflow.experiment],
         filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
