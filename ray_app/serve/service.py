@@ -312,9 +312,8 @@ class PredictionService:
                 for w, p in zip(windows, preds, strict=True)
             ],
         )
-        shadow = self._mirror(
-            request_id, name, table, request, dict(zip(request.tickers, preds, strict=True))
-        )
+        primary = dict(zip(request.tickers, preds, strict=True))
+        shadow = self._mirror(request_id, name, table, request, windows, primary)
         return Answer(response, hits, shadow)
 
     def _check(self, request: PredictRequest, table: FeatureTable) -> None:
@@ -421,6 +420,7 @@ class PredictionService:
         primary: str,
         table: FeatureTable,
         request: PredictRequest,
+        windows: list[Window],
         preds: dict[str, float],
     ) -> dict[str, Any] | None:
         """Compare with the shadow variant's precomputed predictions (the comparison is
@@ -433,7 +433,7 @@ class PredictionService:
         name = config.shadow.variant
         if name == primary or self.unservable(name) is not None:
             return None
-        known = self._shadow_precomputed(name, table, request)
+        known = self.precomputed(name, windows)  # the rows the primary read: same indices
         admitted = gate.admit(precomputed=known is not None)
         if admitted != "skipped":
             self.metrics.shadow(name, admitted)
@@ -445,18 +445,6 @@ class PredictionService:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return None
-
-    def _shadow_precomputed(
-        self, name: str, table: FeatureTable, request: PredictRequest
-    ) -> list[float] | None:
-        if name not in self.scores:
-            return None
-        try:
-            rows = self.infos[name].window
-            windows = [table.window(t, request.as_of, rows) for t in request.tickers]
-        except (UnknownTickerError, NoFeaturesError):
-            return None  # the mirrored call finds out and counts it
-        return self.precomputed(name, windows)
 
     async def _shadow(
         self,
