@@ -24,7 +24,9 @@ What it does, in one run:
    - (b) the default, ``precompute: true``: each variant has predicted every feature row once
      for its model version, and the ingress answers from those tables;
    - (c) (b) after ``ray-app rollout --shadow challenger --shadow-fraction 1``: every request
-     the champion answers is mirrored to the challenger;
+     the champion answers is mirrored to the challenger; (b) and (c) are measured in turn at
+     each mix and concurrency (``--no-shadow`` and back between them), so drift in what else
+     the machine does (Ray's own agents wake up every few seconds) weighs little on (c)/(b);
 
 4. each target is loaded with ``wrk`` (one thread, ``bench/predict.lua``) at 2, 16 and 64
    connections, after a short warm-up at the same concurrency, with two request mixes:
@@ -161,7 +163,7 @@ def request_lines(settings: Settings, mix: str, seed: int) -> list[str]:
     for ``history``; client ids drawn from ``CLIENTS``."""
     table = FeatureTable.load(settings)
     if mix == "latest":
-        bodies = [{"tickers": [t]} for t in table.tickers]
+        bodies: list[dict[str, Any]] = [{"tickers": [t]} for t in table.tickers]
     else:
         bodies = [
             {"tickers": [t], "as_of": str(day.astype("datetime64[D]"))}
@@ -335,6 +337,7 @@ def apply(settings: Settings, path: Path, dashboard: str, url: str, change: Chan
             ready
             and (wanted_weight is None or weights["challenger"] == wanted_weight)
             and (change.shadow is None or shadow == change.shadow)
+            and (not change.no_shadow or shadow is None)
         )
 
     wait_until(applied, READY_TIMEOUT_S)
@@ -380,28 +383,49 @@ class Offsets:
 
 
 def measure(
-    target: Target, files: dict[str, Path], offsets: Offsets, args: argparse.Namespace
+    targets: list[tuple[Target, Callable[[], None] | None]],
+    files: dict[str, Path],
+    offsets: Offsets,
+    args: argparse.Namespace,
 ) -> None:
-    """Warm-up and measured wrk runs at each concurrency and mix."""
+    """Warm-up and measured wrk runs at each mix and concurrency. Several targets are
+    measured in turn at each step (each after its set-up), so that whatever else the machine
+    does over the minutes of the run weighs on their ratio as little as possible."""
     for mix in MIXES:
         for connections in CONCURRENCY:
-            warm = wrk(target.url, files[mix], offsets.next.get(mix, 0), connections, args.warmup)
-            offsets.take(mix, warm.requests + connections)
-            before = target.sources() if target.sources else None
-            load = wrk(target.url, files[mix], offsets.next.get(mix, 0), connections, args.seconds)
-            offsets.take(mix, load.requests + connections)
-            if target.sources and before:
-                after = target.sources()
-                load.sources = (after[0] - before[0], after[1] - before[1], after[2] - before[2])
-            target.runs[(mix, connections)] = load
-            print(
-                f"  {target.label} {mix:7} c={connections:<3} {load.rps:7.0f} req/s "
-                f"p50 {load.p50_ms:6.2f} ms p99 {load.p99_ms:7.2f} ms errors {load.errors}",
-                flush=True,
-            )
+            for target, set_up in targets:
+                if set_up is not None:
+                    set_up()
+                target.runs[(mix, connections)] = load_once(
+                    target, files[mix], mix, offsets, connections, args
+                )
     used, total = offsets.next.get("history", 0), sum(1 for _ in files["history"].open())
     if used > total:
-        print(f"  note: {target.label}: {used} history requests of {total} keys: some repeat")
+        print(f"  note: {used} history requests of {total} keys: some repeat")
+
+
+def load_once(
+    target: Target,
+    lines: Path,
+    mix: str,
+    offsets: Offsets,
+    connections: int,
+    args: argparse.Namespace,
+) -> Load:
+    warm = wrk(target.url, lines, offsets.next.get(mix, 0), connections, args.warmup)
+    offsets.take(mix, warm.requests + connections)
+    before = target.sources() if target.sources else None
+    load = wrk(target.url, lines, offsets.next.get(mix, 0), connections, args.seconds)
+    offsets.take(mix, load.requests + connections)
+    if target.sources and before:
+        after = target.sources()
+        load.sources = (after[0] - before[0], after[1] - before[1], after[2] - before[2])
+    print(
+        f"  {target.label} {mix:7} c={connections:<3} {load.rps:7.0f} req/s "
+        f"p50 {load.p50_ms:6.2f} ms p99 {load.p99_ms:7.2f} ms errors {load.errors}",
+        flush=True,
+    )
+    return load
 
 
 # --- report -----------------------------------------------------------------------------
@@ -500,18 +524,25 @@ def main() -> None:
     a = Target("(a) plain", "")
     with plain_server(args.out, ticker) as url:
         a.url = url
-        measure(a, files, Offsets(), args)
+        measure([(a, None)], files, Offsets(), args)
     with serve_app(settings, args.out, ticker) as (path, url, dashboard):
         per_request = Target("(b') per-request", url, lambda: sources(url))
         b = Target("(b) 90/10", url, lambda: sources(url))
         c = Target("(c) shadow", url, lambda: sources(url))
         offsets = Offsets()  # one app: no run repeats a history key another run asked
         apply(settings, path, dashboard, url, Change(challenger_weight=0.1))
-        measure(per_request, files, offsets, args)
+        measure([(per_request, None)], files, offsets, args)
         precompute(path, dashboard, url)
-        measure(b, files, offsets, args)
-        apply(settings, path, dashboard, url, Change(shadow="challenger", shadow_fraction=1.0))
-        measure(c, files, offsets, args)
+        no_shadow, shadow = Change(no_shadow=True), Change(shadow="challenger", shadow_fraction=1.0)
+        measure(
+            [
+                (b, lambda: apply(settings, path, dashboard, url, no_shadow)),
+                (c, lambda: apply(settings, path, dashboard, url, shadow)),
+            ],
+            files,
+            offsets,
+            args,
+        )
         shadow = models(url)["shadow"]
     print(f"after the runs: {load_note()}; shadow counts: {shadow}")
     print()

@@ -8,6 +8,7 @@ Construct these only inside a replica (they need a connected Ray worker).
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from ray.serve import metrics
@@ -23,7 +24,8 @@ def _keys(*names: str) -> Any:
 
 
 class IngressMetrics:
-    """What the ingress counts: requests, errors, latency, cache lookups, the shadow."""
+    """What the ingress counts: requests, errors, latency, cache lookups, the shadow, and how
+    fresh the features it serves are."""
 
     def __init__(self) -> None:
         self._requests = metrics.Counter(
@@ -53,6 +55,10 @@ class IngressMetrics:
             "timeout)",
             tag_keys=_keys("variant", "outcome"),
         )
+        self._latest_bar = metrics.Gauge(
+            "app_data_latest_bar_timestamp_seconds",
+            description="Unix time (UTC midnight) of the newest daily bar in the served features",
+        )
         self._diff = metrics.Histogram(
             "app_serve_shadow_abs_diff",
             description="|shadow - primary| predicted log return, per ticker",
@@ -74,6 +80,10 @@ class IngressMetrics:
             self._cache.inc(hits, {"result": "hit"})
         if misses:
             self._cache.inc(misses, {"result": "miss"})
+
+    def latest_bar(self, day: dt.date) -> None:
+        midnight = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+        self._latest_bar.set(midnight.timestamp())
 
     def shadow(self, variant: str, outcome: str) -> None:
         self._shadow.inc(1, {"variant": variant, "outcome": outcome})

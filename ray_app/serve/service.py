@@ -83,6 +83,8 @@ class Metrics(Protocol):
 
     def shadow_diff(self, variant: str, diffs: list[float]) -> None: ...
 
+    def latest_bar(self, day: dt.date) -> None: ...
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -165,6 +167,7 @@ class PredictionService:
         ):
             self.table = await asyncio.to_thread(self._load_table, config.feature_version)
             self.cache.clear()
+            self.metrics.latest_bar(self.table.last_date)
         self.gate = self._gate(config)
         self.config = config
 

@@ -499,6 +499,7 @@ def test_metrics_are_exported_for_prometheus(url: str, session: requests.Session
     port = ray._private.worker._global_node.metrics_export_port
     wanted = ["ray_app_serve_requests_total", "ray_app_serve_latency_ms_bucket"]
     wanted += ["ray_app_serve_cache_lookups_total", "ray_app_serve_model_info"]
+    wanted += ["ray_app_data_latest_bar_timestamp_seconds"]  # the data staleness alert's
 
     def exported() -> bool:
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text

@@ -113,6 +113,9 @@ class Recorder:
     def shadow_diff(self, variant: str, diffs: list[float]) -> None:
         self.events.append(("diff", diffs))
 
+    def latest_bar(self, day: dt.date) -> None:
+        self.events.append(("latest_bar", day))
+
 
 def make(
     variants: dict[str, FakeVariant],
@@ -329,7 +332,7 @@ def test_a_working_shadow_logs_its_difference() -> None:
 
 
 def test_reconfigure_refuses_weights_for_unknown_variants_and_reloads_features() -> None:
-    service, _ = make({"champion": FakeVariant("champion", Linear(1))})
+    service, recorder = make({"champion": FakeVariant("champion", Linear(1))})
     with pytest.raises(ValueError, match="weights name"):
         run(service.reconfigure(IngressConfig(weights={"other": 1.0})))
     run(service.predict(ask(["AAPL"]), None, "r"))
@@ -337,6 +340,7 @@ def test_reconfigure_refuses_weights_for_unknown_variants_and_reloads_features()
     run(service.reconfigure(IngressConfig(weights={"champion": 1.0}, feature_version="fs2")))
     assert service.table is not None and service.table.feature_version == "fs2"
     assert len(service.cache) == 0
+    assert recorder.events.count(("latest_bar", dt.date(2012, 1, 11))) == 2  # fs1, then fs2
 
 
 def precomputing(variants: dict[str, FakeVariant], **kwargs: Any) -> PredictionService:
