@@ -47,6 +47,7 @@ ATTEMPTS = 2
 SCORES_ROWS_PER_CALL = 250_000  # 2 MB of float64 a call
 SCORES_TIMEOUT_S = 120.0
 SCORES_RETRY_S = 30.0
+FRESHNESS_EVERY_S = 5.0  # Ray exports a gauge only while it is set again
 
 
 class ApiError(RayAppError):
@@ -150,6 +151,7 @@ class PredictionService:
         self._order = [v.name for v in args.variants]
         self._refreshed_at = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
+        self._freshness: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self.scores: dict[str, Scores] = {}
         self.precomputed_answers = 0
@@ -170,6 +172,15 @@ class PredictionService:
             self.metrics.latest_bar(self.table.last_date)
         self.gate = self._gate(config)
         self.config = config
+        if self._freshness is None or self._freshness.done():
+            self._freshness = asyncio.create_task(self._report_freshness())
+
+    async def _report_freshness(self) -> None:
+        """Keep exporting the newest bar's date, traffic or not: the staleness alert reads it."""
+        while True:
+            await asyncio.sleep(FRESHNESS_EVERY_S)
+            if self.table is not None:
+                self.metrics.latest_bar(self.table.last_date)
 
     def _gate(self, config: IngressConfig) -> ShadowGate | None:
         """The shadow's gate: kept (with its counts) while the shadow variant stays."""
