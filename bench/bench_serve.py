@@ -120,11 +120,13 @@ class Load:
 
 @dataclass
 class Target:
-    """A server under test and what its runs measured, by (mix, concurrency)."""
+    """A server under test, the target its requests/s are compared with, and what its runs
+    measured, by (mix, concurrency)."""
 
     label: str
     url: str
     sources: Callable[[], tuple[int, int, int]] | None = None
+    against: Target | None = None
     runs: dict[tuple[str, int], Load] = field(default_factory=dict)
 
 
@@ -431,13 +433,12 @@ def load_once(
 # --- report -----------------------------------------------------------------------------
 
 
-def ratio_text(run: Load, target: Target, base: dict[str, Load]) -> str:
-    """(b) and (b') against (a); (c) against (b)."""
-    if target.label.startswith("(c)"):
-        return f"{run.rps / base['b'].rps:.2f}x (b)"
-    if target.label.startswith("(b"):
-        return f"{run.rps / base['a'].rps:.2f}x (a)"
-    return ""
+def ratio_text(target: Target, key: tuple[str, int]) -> str:
+    """Requests/s against the target's baseline in the same step: (b), (b') to (a), (c) to (b)."""
+    if target.against is None:
+        return ""
+    base = target.against
+    return f"{target.runs[key].rps / base.runs[key].rps:.2f}x {base.label.split()[0]}"
 
 
 def print_table(targets: list[Target]) -> None:
@@ -449,14 +450,13 @@ def print_table(targets: list[Target]) -> None:
     print("-" * len(head))
     for mix in MIXES:
         for conc in CONCURRENCY:
-            base = {t.label[1]: t.runs[(mix, conc)] for t in targets if t.label[2] == ")"}
             for target in targets:
                 run = target.runs[(mix, conc)]
                 src = "/".join(map(str, run.sources)) if run.sources else "-"
                 print(
                     f"{mix:8} {conc:>4} | {target.label:17} {run.rps:7.0f} {run.p50_ms:7.2f} "
                     f"{run.p99_ms:8.2f} {run.errors:>6} {src:>18} | "
-                    f"{ratio_text(run, target, base):>10}"
+                    f"{ratio_text(target, (mix, conc)):>10}"
                 )
         print()
 
@@ -526,9 +526,9 @@ def main() -> None:
         a.url = url
         measure([(a, None)], files, Offsets(), args)
     with serve_app(settings, args.out, ticker) as (path, url, dashboard):
-        per_request = Target("(b') per-request", url, lambda: sources(url))
-        b = Target("(b) 90/10", url, lambda: sources(url))
-        c = Target("(c) shadow", url, lambda: sources(url))
+        per_request = Target("(b') per-request", url, lambda: sources(url), against=a)
+        b = Target("(b) 90/10", url, lambda: sources(url), against=a)
+        c = Target("(c) shadow", url, lambda: sources(url), against=b)
         offsets = Offsets()  # one app: no run repeats a history key another run asked
         apply(settings, path, dashboard, url, Change(challenger_weight=0.1))
         measure([(per_request, None)], files, offsets, args)

@@ -288,41 +288,33 @@ class Phases:
         }
 
 
-class TimedLoopSession(LoopSession):
+class Timed(LoopSession):
+    """Marks the phases of ``train_loop`` on top of a session (``LoopSession`` or, mixed in
+    first, ``RaySession``): set-up ends at ``restore``, the first epoch at the first
+    ``report``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.phases = Phases()
+
+    def restore(self) -> dict[str, Any] | None:
+        self.phases.setup_end = time.perf_counter()
+        return super().restore()
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if math.isnan(self.phases.epoch_end):
+            self.phases.epoch_end = time.perf_counter()
+        t0 = time.perf_counter()
+        super().report(metrics, state)
+        self.phases.report_s += time.perf_counter() - t0
+
+
+class TimedLoopSession(Timed):
     """The bare session of in-process training, with its phases marked."""
 
-    def __init__(self) -> None:
-        self.phases = Phases()
 
-    def restore(self) -> dict[str, Any] | None:
-        self.phases.setup_end = time.perf_counter()
-        return super().restore()
-
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        if math.isnan(self.phases.epoch_end):
-            self.phases.epoch_end = time.perf_counter()
-        t0 = time.perf_counter()
-        super().report(metrics, state)
-        self.phases.report_s += time.perf_counter() - t0
-
-
-class TimedRaySession(RaySession):
+class TimedRaySession(Timed, RaySession):
     """``RaySession`` as ``ray_train_loop`` builds it, with its phases marked."""
-
-    def __init__(self, api: Any, distributed: bool) -> None:
-        super().__init__(api, distributed)
-        self.phases = Phases()
-
-    def restore(self) -> dict[str, Any] | None:
-        self.phases.setup_end = time.perf_counter()
-        return super().restore()
-
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        if math.isnan(self.phases.epoch_end):
-            self.phases.epoch_end = time.perf_counter()
-        t0 = time.perf_counter()
-        super().report(metrics, state)
-        self.phases.report_s += time.perf_counter() - t0
 
 
 def timed_worker_loop(timing_file: str) -> Callable[[dict[str, Any]], None]:

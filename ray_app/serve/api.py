@@ -331,7 +331,7 @@ def models_status(service: PredictionService) -> ModelsResponse:
             feature_version=info.feature_version,
             loaded_at=info.loaded_at,
             error=info.error,
-            precomputed=service.precomputed(name, []) is not None,
+            precomputed=service.precomputes(name),
         )
         for name, info in service.infos.items()
     ]

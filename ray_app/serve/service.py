@@ -236,10 +236,10 @@ class PredictionService:
     def _score(self, name: str) -> None:
         """Fetch variant ``name``'s predictions for the whole feature table in the background,
         unless they are held, being fetched, or failed less than ``SCORES_RETRY_S`` ago."""
-        info, table, held = self.infos[name], self.table, self.scores.get(name)
+        info, table = self.infos[name], self.table
         if not self.args.precompute or table is None or self.unservable(name) is not None:
             return
-        if held is not None and held.serves(info.model, info.version, table.feature_version):
+        if self.precomputes(name):
             return
         task = self._scoring.get(name)
         if (task is not None and not task.done()) or (
@@ -268,13 +268,22 @@ class PredictionService:
             self.scores[name] = Scores(info.model, info.version, table.feature_version, preds)
             logger.info("variant %s: %s v%s precomputed", name, info.model, info.version)
 
-    def precomputed(self, name: str, windows: list[Window]) -> list[float] | None:
-        """The predictions of variant ``name``'s current model for ``windows`` from its
-        precomputed table; None when the table is not there (yet)."""
+    def _current_scores(self, name: str) -> Scores | None:
+        """Variant ``name``'s precomputed table when it is for the model the variant serves
+        and the feature set served now."""
         held, info, table = self.scores.get(name), self.infos[name], self.table
         if held is None or table is None:
             return None
-        if not held.serves(info.model, info.version, table.feature_version):
+        return held if held.serves(info.model, info.version, table.feature_version) else None
+
+    def precomputes(self, name: str) -> bool:
+        return self._current_scores(name) is not None
+
+    def precomputed(self, name: str, windows: list[Window]) -> list[float] | None:
+        """The predictions of variant ``name``'s current model for ``windows`` from its
+        precomputed table; None when the table is not there (yet)."""
+        held = self._current_scores(name)
+        if held is None:
             return None
         return [float(held.preds[w.ticker][w.index]) for w in windows]
 
