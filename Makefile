@@ -50,6 +50,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m tests.infra.serve_config_sync --check
 
 ## manifests: copy serve_config.yaml into cluster/ray-service.yaml (serveConfigV2)

@@ -53,8 +53,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ray_app import feature_store as fs
-from ray_app.ingest import (
+from ray_app.core.settings import Settings
+from ray_app.core.storage import DataRoot
+from ray_app.data import feature_store as fs
+from ray_app.data.ingest import (
     ingest_ticker,
     latest_manifest,
     plan_jobs,
@@ -62,10 +64,8 @@ from ray_app.ingest import (
     record_manifest,
     run_ingest,
 )
-from ray_app.settings import Settings
-from ray_app.sources import CsvSource
-from ray_app.storage import DataRoot
-from ray_app.validation import exchange_sessions
+from ray_app.data.sources import CsvSource
+from ray_app.data.validation import exchange_sessions
 
 OUT = Path(__file__).resolve().parent / "out"
 END = pd.Timestamp("2024-12-31")  # fixed, so the universe never depends on today's date
@@ -329,7 +329,7 @@ def bench_size(count: int, args: argparse.Namespace) -> SizeResult:
 
 def _warm_worker() -> int:
     """Imports and the session calendar in one Ray worker; sleeps so each task gets its own."""
-    from ray_app import feature_store, ingest  # noqa: F401
+    from ray_app.data import feature_store, ingest  # noqa: F401
 
     exchange_sessions("XNYS")
     time.sleep(1.0)
@@ -443,7 +443,7 @@ def parse_args() -> argparse.Namespace:
 
 @contextlib.contextmanager
 def local_ray(num_cpus: int) -> Iterator[float]:
-    """A fresh local Ray instance with ``num_cpus`` CPUs, through ``ray_app.runtime.connect``.
+    """A fresh local Ray instance with ``num_cpus`` CPUs, through ``ray_app.ops.runtime.connect``.
 
     Ray joins the cluster of the last ``ray start`` on this machine (``/tmp/ray``) when no
     address is given; its own temp folder keeps the benchmark on an instance of its own.
@@ -451,7 +451,7 @@ def local_ray(num_cpus: int) -> Iterator[float]:
     """
     import ray
 
-    from ray_app.runtime import connect
+    from ray_app.ops.runtime import connect
 
     for name in ("RAY_ADDRESS", "RAY_APP_RAY__ADDRESS"):
         if os.environ.pop(name, None):

@@ -15,7 +15,7 @@ What it does, in one run:
 2. (a) plain: a FastAPI app in one uvicorn process (``plain_api``): the same request schema,
    the same feature table and the champion model loaded from the registry, the same response
    body; no cache, no routing, no logs. It runs, and is measured, while no Ray is running;
-3. then a Ray head from ``ray_app.cluster.up`` (as ``ray-app cluster up``: HAProxy in front
+3. then a Ray head from ``ray_app.ops.cluster.up`` (as ``ray-app cluster up``: HAProxy in front
    when available) and the repository's ``serve_config.yaml`` pointed at the store, deployed
    with ``serve deploy`` and split 90/10 by ``ray-app rollout --challenger-weight 0.1``:
 
@@ -78,17 +78,18 @@ import yaml
 from bench_data import OUT, fresh_root, load_note, local_ray, write_universe
 from fastapi import FastAPI, HTTPException
 
-from ray_app import cluster, registry
-from ray_app.feature_store import build_features
-from ray_app.ingest import run_ingest
-from ray_app.online import NoFeaturesError, UnknownTickerError
-from ray_app.serve.features import FeatureTable
-from ray_app.serve.loader import TorchModel
-from ray_app.serve.rollout import Change, deploy, rollout
-from ray_app.serve.schemas import PredictRequest, PredictResponse, TickerPrediction
-from ray_app.settings import ClusterSettings, Settings
-from ray_app.tracking import connect_mlflow, tracking_uri
-from ray_app.train import fit_in_process, load_training_data
+from ray_app.core.settings import ClusterSettings, Settings
+from ray_app.data.feature_store import build_features
+from ray_app.data.ingest import run_ingest
+from ray_app.data.online import NoFeaturesError, UnknownTickerError
+from ray_app.ops import cluster
+from ray_app.registry import versions as registry
+from ray_app.registry.tracking import connect_mlflow, tracking_uri
+from ray_app.serving.features import FeatureTable
+from ray_app.serving.loader import TorchModel
+from ray_app.serving.rollout import Change, deploy, rollout
+from ray_app.serving.schemas import PredictRequest, PredictResponse, TickerPrediction
+from ray_app.training.train import fit_in_process, load_training_data
 
 REPO = Path(__file__).resolve().parents[1]
 LUA = Path(__file__).resolve().parent / "predict.lua"

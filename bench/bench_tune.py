@@ -1,9 +1,9 @@
 """Benchmark of the search and training paths: Ray Tune + Optuna against plain Optuna, and
 one epoch of Ray Train against the same PyTorch loop in this process.
 
-Why: the platform searches hyperparameters with Ray Tune (``ray_app.tune.run_search``:
+Why: the platform searches hyperparameters with Ray Tune (``ray_app.training.tune.run_search``:
 OptunaSearch's seeded TPE, two trials at once, MLflow child runs, per-epoch metrics)
-and trains with Ray Train (``ray_app.train.make_trainer``). On the machine we develop on
+and trains with Ray Train (``ray_app.training.train.make_trainer``). On the machine we develop on
 (2 cores) that only pays off if the search finishes clearly sooner than the obvious
 alternative, plain Optuna running the same trials one after the other in one process, and
 if Ray Train adds little to an epoch beyond the fixed cost of starting its worker group.
@@ -32,7 +32,7 @@ What it does:
 5. Ray Train: one epoch of the default MLP, 1 worker, ``make_trainer(...).fit()`` against
    ``train_loop`` in this process on the same arrays, repeated and reported as medians.
 
-Fairness: Ray is started once (a private local instance, ``ray_app.runtime.connect`` with
+Fairness: Ray is started once (a private local instance, ``ray_app.ops.runtime.connect`` with
 2 CPUs) before anything is timed, and both paths are warmed up (a 1-epoch search, a 1-epoch
 Ray Train run, a 1-epoch loop here: imports, the MLflow database, worker start-up) outside
 the timed regions. Both searches run 1 torch thread per trial (``train.torch_threads=1``).
@@ -80,10 +80,10 @@ import numpy as np
 import optuna
 from bench_data import OUT, fresh_root, load_note, local_ray, write_universe
 
-from ray_app.feature_store import build_features
-from ray_app.ingest import run_ingest
-from ray_app.settings import HParams, SearchDimension, Settings
-from ray_app.train import (
+from ray_app.core.settings import HParams, SearchDimension, Settings
+from ray_app.data.feature_store import build_features
+from ray_app.data.ingest import run_ingest
+from ray_app.training.train import (
     Arrays,
     LoopSession,
     RaySession,
@@ -95,7 +95,7 @@ from ray_app.train import (
     results_path,
     train_loop,
 )
-from ray_app.tune import run_search
+from ray_app.training.tune import run_search
 
 TUNE_TARGET = 0.7  # Ray Tune wall / plain Optuna wall, at most
 TRAIN_TARGET = 1.15  # Ray Train epoch in the worker / plain loop epoch, at most

@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ray_app.errors import RayAppError
-from ray_app.settings import CONFIG_ENV, Settings, load_settings
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import CONFIG_ENV, Settings, load_settings
 
 app = typer.Typer(
     help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
@@ -149,9 +149,9 @@ def ingest(
     ] = False,
 ) -> None:
     """Fetch, validate and store daily bars per ticker, in parallel on Ray."""
-    from ray_app.ingest import run_ingest
-    from ray_app.runtime import connect
-    from ray_app.sources import make_source
+    from ray_app.data.ingest import run_ingest
+    from ray_app.data.sources import make_source
+    from ray_app.ops.runtime import connect
 
     settings = _settings(
         config,
@@ -195,9 +195,9 @@ def features(
     allow_partial: AllowPartialOption = None,
 ) -> None:
     """Compute the point-in-time feature set of a data version with Ray Data."""
-    from ray_app.feature_store import build_features, plan_build
-    from ray_app.online import materialize_redis
-    from ray_app.runtime import connect
+    from ray_app.data.feature_store import build_features, plan_build
+    from ray_app.data.online import materialize_redis
+    from ray_app.ops.runtime import connect
 
     settings = _settings(config, data_root=data_root, ingest__allow_partial=allow_partial)
     plan = plan_build(settings, data_version)
@@ -234,7 +234,7 @@ def data_status_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")] = False,
 ) -> None:
     """Raw data and feature set versions, paths, tickers, date ranges, rows and freshness."""
-    from ray_app.catalog import data_status
+    from ray_app.data.catalog import data_status
 
     status = data_status(_settings(config, data_root=data_root))
     if as_json:
@@ -330,8 +330,8 @@ def train(
     epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs")] = None,
 ) -> None:
     """Train with Ray Train, evaluate walk-forward, register the challenger, apply the gate."""
-    from ray_app.runtime import connect
-    from ray_app.workflow import train_and_release
+    from ray_app.ops.runtime import connect
+    from ray_app.training.release import train_and_release
 
     settings = _settings(
         config,
@@ -363,10 +363,10 @@ def tune(
     ] = True,
 ) -> None:
     """Search hyperparameters with Ray Tune + Optuna, then release the best configuration."""
-    from ray_app.runtime import connect
-    from ray_app.train import load_training_data
-    from ray_app.tune import new_search_name, run_search
-    from ray_app.workflow import train_and_release
+    from ray_app.ops.runtime import connect
+    from ray_app.training.release import train_and_release
+    from ray_app.training.train import load_training_data
+    from ray_app.training.tune import new_search_name, run_search
 
     settings = _settings(config, data_root=data_root, tune__num_samples=samples)
     connect(settings)
@@ -421,9 +421,9 @@ def evaluate(
     ] = None,
 ) -> None:
     """Evaluate a registered model walk-forward and on the holdout against the baselines."""
-    from ray_app.evaluate import write_report
-    from ray_app.runtime import connect
-    from ray_app.workflow import evaluate_version
+    from ray_app.ops.runtime import connect
+    from ray_app.training.evaluate import write_report
+    from ray_app.training.release import evaluate_version
 
     settings = _settings(config, data_root=data_root)
     connect(settings)
@@ -451,7 +451,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """Registered model versions with their aliases, lineage and holdout metrics."""
-    from ray_app.registry import list_versions
+    from ray_app.registry.versions import list_versions
 
     settings = _settings(config, data_root=data_root)
     rows = list_versions(settings)
@@ -490,7 +490,7 @@ def promote_command(
     data_root: DataRootOption = None,
 ) -> None:
     """Make a version the champion by hand (recorded with who, when and why)."""
-    from ray_app.registry import promote
+    from ray_app.registry.versions import promote
 
     settings = _settings(config, data_root=data_root)
     promote(settings, version, _actor(), reason)
@@ -504,7 +504,7 @@ def rollback(
     data_root: DataRootOption = None,
 ) -> None:
     """Point the champion back at the previous champion."""
-    from ray_app.registry import rollback as roll_back
+    from ray_app.registry.versions import rollback as roll_back
 
     settings = _settings(config, data_root=data_root)
     restored = roll_back(settings, _actor(), reason)
@@ -518,8 +518,8 @@ def pipeline(
     force: Annotated[bool, typer.Option(help="Run every step, even those up to date")] = False,
 ) -> None:
     """The daily pipeline: ingest, features, search, release, deploy, smoke request."""
-    from ray_app.pipeline import FAILED, OK, run_pipeline
-    from ray_app.runtime import connect
+    from ray_app.ops.pipeline import FAILED, OK, run_pipeline
+    from ray_app.ops.runtime import connect
 
     settings = _settings(config, data_root=data_root)
     connect(settings)
@@ -577,7 +577,7 @@ def rollout_command(
     apply: Annotated[bool, typer.Option(help="Run serve deploy after writing the file")] = True,
 ) -> None:
     """Change A/B weights, the shadow or pinned versions; write serve_config.yaml and deploy it."""
-    from ray_app.serve.rollout import Change, RolloutError, rollout
+    from ray_app.serving.rollout import Change, RolloutError, rollout
 
     pins: dict[str, str] = {}
     for item in pin or []:
@@ -617,7 +617,7 @@ app.add_typer(cluster_app, name="cluster")
 
 def cluster_env(settings: Settings) -> dict[str, str]:
     """The store every process of a local cluster shares: absolute paths, one MLflow."""
-    from ray_app.tracking import tracking_uri
+    from ray_app.registry.tracking import tracking_uri
 
     root = settings.data_root
     if "://" not in root:
@@ -628,7 +628,7 @@ def cluster_env(settings: Settings) -> dict[str, str]:
 @cluster_app.command("up")
 def cluster_up(config: ConfigOption = None) -> None:
     """Start a local Ray head with token authentication (nothing if one is running)."""
-    from ray_app.cluster import up
+    from ray_app.ops.cluster import up
 
     settings = _settings(config)
     state, started = up(settings.cluster, cluster_env(settings))
@@ -642,7 +642,7 @@ def cluster_up(config: ConfigOption = None) -> None:
 @cluster_app.command("down")
 def cluster_down(config: ConfigOption = None) -> None:
     """Stop the local head and every process it started (other Ray clusters are left alone)."""
-    from ray_app.cluster import down
+    from ray_app.ops.cluster import down
 
     was_running = down(_settings(config).cluster)
     out.print("Ray head stopped" if was_running else "no head recorded: nothing to stop")
@@ -654,8 +654,8 @@ def cluster_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")] = False,
 ) -> None:
     """Nodes, resources, jobs, Serve applications and the dashboard URL."""
-    from ray_app.cluster import ClusterError, running, status
-    from ray_app.runtime import connect
+    from ray_app.ops.cluster import ClusterError, running, status
+    from ray_app.ops.runtime import connect
 
     settings = _settings(config)
     state = running(settings.cluster)

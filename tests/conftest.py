@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ray_app.settings import Settings
+from ray_app.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "kaggle-us-stocks"
@@ -34,8 +34,8 @@ def kaggle_dir() -> Path:
 def sample_feature_set(root: Path, **sections: Any) -> Settings:
     """Settings over the bundled sample bars (``sections`` override), with the raw data
     ingested and the feature set built: the starting point of every training test."""
-    from ray_app.feature_store import build_features
-    from ray_app.ingest import run_ingest
+    from ray_app.data.feature_store import build_features
+    from ray_app.data.ingest import run_ingest
 
     settings = Settings(data_root=str(root), **{"ingest": {"source": "sample"}, **sections})
     run_ingest(settings)
@@ -53,8 +53,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     Ray reads RAY_AUTH_MODE when it is first imported, so it is set before collection.
     """
-    from ray_app.cluster import ensure_token
-    from ray_app.settings import ClusterSettings
+    from ray_app.core.settings import ClusterSettings
+    from ray_app.ops.cluster import ensure_token
 
     token = ensure_token(ClusterSettings())
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
@@ -123,8 +123,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
 @pytest.fixture(scope="session")
 def ray_address(ray_head: Head) -> str:
     """The head's address, with this test process connected to it."""
-    from ray_app.runtime import connect
-    from ray_app.settings import Settings
+    from ray_app.core.settings import Settings
+    from ray_app.ops.runtime import connect
 
     connect(Settings(ray={"address": ray_head.address}))
     return ray_head.address

@@ -26,7 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
-from ray_app.errors import RayAppError
+from ray_app.core.errors import RayAppError
 
 ENV_PREFIX = "RAY_APP_"
 CONFIG_ENV = "RAY_APP_CONFIG_FILE"

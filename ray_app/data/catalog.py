@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ray_app.feature_store import FEATURES, LATEST, MANIFEST
-from ray_app.ingest import RAW, latest_manifest
-from ray_app.settings import Settings
-from ray_app.storage import DataRoot
+from ray_app.core.settings import Settings
+from ray_app.core.storage import DataRoot
+from ray_app.data.feature_store import FEATURES, LATEST, MANIFEST
+from ray_app.data.ingest import RAW, latest_manifest
 
 
 def _age_days(day: str, today: dt.date) -> int:

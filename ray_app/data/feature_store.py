@@ -15,11 +15,11 @@ from typing import Any
 
 import pandas as pd
 
-from ray_app.errors import RayAppError
-from ray_app.features import TARGET, TARGET_DIR, compute_features, feature_names, spec_hash
-from ray_app.ingest import latest_manifest, read_bars, read_manifest, stored_hash
-from ray_app.settings import FeatureSettings, Settings
-from ray_app.storage import DataRoot
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import FeatureSettings, Settings
+from ray_app.core.storage import DataRoot
+from ray_app.data.features import TARGET, TARGET_DIR, compute_features, feature_names, spec_hash
+from ray_app.data.ingest import latest_manifest, read_bars, read_manifest, stored_hash
 
 FEATURES = "features"
 MANIFEST = "_manifest.json"
@@ -157,7 +157,7 @@ def stream_featurize(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Build every ticker of ``plan`` in Ray tasks and yield each summary row as it arrives."""
     import ray.data
 
-    from ray_app.runtime import batch_size_for
+    from ray_app.data.sizing import batch_size_for
 
     items = [{"ticker": t, "hash": e["hash"]} for t, e in sorted(plan["raw"]["tickers"].items())]
     ctx = {k: plan[k] for k in ("root", "spec", "data_version", "version", "index_ticker")}

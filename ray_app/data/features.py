@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from ray_app.settings import FeatureSettings
+from ray_app.core.settings import FeatureSettings
 
 TARGET = "target_ret"
 TARGET_DIR = "target_dir"

@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from ray_app.settings import IngestSettings, Settings
-from ray_app.sources import BAR_COLUMNS, Fetched, NoBarsError, Source, TickerError, make_source
-from ray_app.storage import DataRoot, combine_hashes, frame_hash
-from ray_app.validation import check_calendar, exchange_sessions, validate_bars
+from ray_app.core.settings import IngestSettings, Settings
+from ray_app.core.storage import DataRoot, combine_hashes, frame_hash
+from ray_app.data.sources import BAR_COLUMNS, Fetched, NoBarsError, Source, TickerError, make_source
+from ray_app.data.validation import check_calendar, exchange_sessions, validate_bars
 
 RAW = "raw"
 MANIFESTS = "_manifests"
@@ -204,7 +204,7 @@ def stream_ingest(
     """
     import ray.data
 
-    from ray_app.runtime import batch_size_for
+    from ray_app.data.sizing import batch_size_for
 
     cfg = settings.ingest
     items = [{"ticker": j.ticker, "since": j.since.isoformat() if j.since else None} for j in jobs]

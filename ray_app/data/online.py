@@ -16,10 +16,10 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from ray_app.errors import RayAppError
-from ray_app.feature_store import feature_manifest, partition
-from ray_app.settings import Settings
-from ray_app.storage import DataRoot
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import Settings
+from ray_app.core.storage import DataRoot
+from ray_app.data.feature_store import feature_manifest, partition
 
 _EPOCH = dt.date(1970, 1, 1)
 

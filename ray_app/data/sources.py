@@ -23,8 +23,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ray_app.errors import RayAppError
-from ray_app.settings import IngestSettings, YahooSettings
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import IngestSettings, YahooSettings
 
 BAR_COLUMNS = ["date", "open", "high", "low", "close", "adj_close", "volume"]
 PRICE_COLUMNS = ["open", "high", "low", "close", "adj_close"]

@@ -15,8 +15,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from ray_app.settings import IngestSettings
-from ray_app.sources import BAR_COLUMNS, PRICE_COLUMNS, TickerError
+from ray_app.core.settings import IngestSettings
+from ray_app.data.sources import BAR_COLUMNS, PRICE_COLUMNS, TickerError
 
 # Relative slack for the OHLC ordering: adjusted prices carry rounding in the last digit.
 _OHLC_TOLERANCE = 1e-6

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ray_app.features import TARGET
-from ray_app.settings import HParams, ModelKind
+from ray_app.core.settings import HParams, ModelKind
+from ray_app.data.features import TARGET
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -23,8 +23,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from ray_app.errors import RayAppError
-from ray_app.settings import ClusterSettings
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import ClusterSettings
 
 STATE_FILE = "cluster.json"
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_app.errors import RayAppError
-from ray_app.settings import Settings
-from ray_app.storage import DataRoot
-from ray_app.tracking import code_version
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import Settings
+from ray_app.core.storage import DataRoot
+from ray_app.registry.tracking import code_version
 
 STATE = ("pipeline", "state.json")
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
@@ -54,7 +54,7 @@ Step = Callable[[Settings, dict[str, Any]], tuple[str, dict[str, str]]]
 
 
 def _ingest(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    from ray_app.ingest import run_ingest
+    from ray_app.data.ingest import run_ingest
 
     result = run_ingest(settings)
     if result.failed and not settings.ingest.allow_partial:
@@ -66,7 +66,7 @@ def _ingest(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str
 
 
 def _features(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    from ray_app.feature_store import build_features
+    from ray_app.data.feature_store import build_features
 
     build = build_features(settings, data_version=ctx["data_version"])
     ctx["feature_version"] = build.version
@@ -76,8 +76,8 @@ def _features(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, s
 
 
 def _search(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    from ray_app.train import load_training_data
-    from ray_app.tune import run_search
+    from ray_app.training.train import load_training_data
+    from ray_app.training.tune import run_search
 
     outcome = run_search(settings, load_training_data(settings, ctx["feature_version"]))
     ctx["hparams"] = outcome.best_hparams.model_dump()
@@ -86,8 +86,8 @@ def _search(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str
 
 
 def _release(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    from ray_app.settings import HParams
-    from ray_app.workflow import train_and_release
+    from ray_app.core.settings import HParams
+    from ray_app.training.release import train_and_release
 
     hparams = HParams(**ctx["hparams"]) if ctx.get("hparams") else None
     tags = {"search": ctx["search"]} if ctx.get("search") else None
@@ -114,8 +114,8 @@ def _deploy(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str
     Before any model has passed the gate there is no champion: the champion variant then
     serves the newest challenger, and the step says so (the registry is not changed).
     """
-    from ray_app.registry import champion_version, resolve_version
-    from ray_app.serve.rollout import Change, rollout
+    from ray_app.registry.versions import champion_version, resolve_version
+    from ray_app.serving.rollout import Change, rollout
 
     change, note = Change(), ""
     if champion_version(settings) is None:
@@ -140,7 +140,7 @@ def _smoke(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]
     import urllib.error
     import urllib.request
 
-    from ray_app.feature_store import feature_manifest
+    from ray_app.data.feature_store import feature_manifest
 
     ticker = sorted(
         feature_manifest(DataRoot(settings.data_root), ctx["feature_version"])["tickers"]

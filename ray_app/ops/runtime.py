@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any
 
-from ray_app.errors import RayAppError
-from ray_app.settings import Settings
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import Settings
 
 
 class RayUnavailableError(RayAppError, RuntimeError):
@@ -56,7 +55,7 @@ def connect(settings: Settings) -> None:
 
 def _probe(address: str) -> None:
     """Fail in a second, not after Ray's minutes of retries, when nothing listens there."""
-    from ray_app.cluster import port_in_use
+    from ray_app.ops.cluster import port_in_use
 
     host, _, port = address.rpartition(":")
     if "://" in address or not port.isdigit():
@@ -70,7 +69,7 @@ def _probe(address: str) -> None:
 
 def _local_head(settings: Settings) -> str | None:
     """The head `ray-app cluster up` started, with its token made known to this process."""
-    from ray_app.cluster import running
+    from ray_app.ops.cluster import running
 
     state = running(settings.cluster)
     if state is None:
@@ -82,15 +81,3 @@ def _local_head(settings: Settings) -> str | None:
 
     Config.initialize("")
     return state.gcs_address
-
-
-def blocks_for(items: int, per_cpu: int = 4) -> int:
-    """How many Ray tasks to split ``items`` into: a few per CPU to balance load, no more."""
-    import ray
-
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return max(1, min(items, cpus * per_cpu))
-
-
-def batch_size_for(items: int, per_cpu: int = 4) -> int:
-    return max(1, math.ceil(items / blocks_for(items, per_cpu)))

@@ -14,10 +14,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ray_app.errors import RayAppError
-from ray_app.settings import Settings
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import Settings
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # ray_app/, whose source code_version hashes
 
 
 class TrackingError(RayAppError):

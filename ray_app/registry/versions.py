@@ -2,11 +2,12 @@
 
 Versions are addressed by aliases (``challenger``, ``champion``), never by stages, which
 MLflow deprecated. A new version becomes the challenger; it becomes the champion only
-through ``promote``, normally after ``quality_gate`` finds it beats every baseline and the
-current champion on the holdout. Each promotion, rollback and gate rejection is recorded
-twice: as tags on the model version (visible in the MLflow UI) and as one JSON file per
-event under ``<data_root>/registry/audit``, which is append-only by construction (a new
-file per event, never a rewrite) and works on object stores too.
+through ``promote``, normally after the quality gate (``ray_app.training.gate``) finds it
+beats every baseline and the current champion on the holdout; this module records the
+gate's verdict (``GateDecision``) but never scores a model. Each promotion, rollback and
+gate rejection is recorded twice: as tags on the model version (visible in the MLflow UI)
+and as one JSON file per event under ``<data_root>/registry/audit``, which is append-only
+by construction (a new file per event, never a rewrite) and works on object stores too.
 """
 
 from __future__ import annotations
@@ -28,13 +29,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 
-from ray_app.errors import RayAppError
-from ray_app.evaluate import model_predictions, score
-from ray_app.models import TrainedModel
-from ray_app.settings import GateSettings, Settings
-from ray_app.storage import DataRoot
-from ray_app.tracking import connect_mlflow
-from ray_app.train import TrainingData
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import Settings
+from ray_app.core.storage import DataRoot
+from ray_app.models.networks import TrainedModel
+from ray_app.registry.tracking import connect_mlflow
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -46,7 +45,6 @@ PREVIOUS_CHAMPION = "previous_champion"
 # Packages the pyfunc needs besides ray_app itself, which the serving image provides.
 REQUIREMENTS = ("mlflow", "torch", "pandas", "numpy", "pydantic")
 MAX_TAG_CHARS = 5000
-GATE_LABELS = {"ic_mean": "IC", "sharpe": "Sharpe"}
 
 
 class RegistryError(RayAppError, LookupError):
@@ -221,122 +219,14 @@ def champion_version(settings: Settings) -> int | None:
     return None if aliases is None else aliases.get(CHAMPION)
 
 
-def champion_holdout_metrics(
-    settings: Settings, data: TrainingData
-) -> tuple[dict[str, float | None] | None, str | None]:
-    """The current champion's metrics on ``data``'s holdout rows, or None and the reason it
-    cannot be compared (no holdout, no champion, different feature columns)."""
-    holdout = data.split.holdout
-    if holdout is None:
-        return None, "no holdout to compare on (split.holdout_months is 0)"
-    version = champion_version(settings)
-    if version is None:
-        return None, f"registered model {settings.mlflow.model_name!r} has no champion yet"
-    champion = load_version(settings, version)
-    if champion.columns != data.columns:
-        return None, (
-            f"champion v{version} was trained on other feature columns than feature set "
-            f"{data.manifest['version']} holds ({len(champion.columns)} vs {len(data.columns)}):"
-            " it cannot be scored on these rows"
-        )
-    return score(model_predictions(data, holdout.test_mask, champion), settings.evaluate), None
-
-
 @dataclass
 class GateDecision:
-    """The gate's verdict: passed, one reason per failed comparison, and every comparison
-    (other -> metric -> values, margin, threshold, passed)."""
+    """The quality gate's verdict as the registry records it: passed, one reason per failed
+    comparison, and every comparison (other -> metric -> values, margin, threshold, passed)."""
 
     passed: bool
     reasons: list[str] = field(default_factory=list)
     comparisons: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-
-
-def _number(metrics: Mapping[str, float | None], key: str, nan_as_zero: bool) -> float:
-    """A metric for the gate: an undefined IC or Sharpe (a flat predictor's) counts as 0,
-    which is what a flat book earns; an undefined RMSE stays NaN and fails."""
-    value = metrics.get(key)
-    value = math.nan if value is None else float(value)
-    return 0.0 if nan_as_zero and math.isnan(value) else value
-
-
-Check = tuple[dict[str, Any], str | None]
-
-
-def _entry(
-    mine: float, theirs: float, margin: float, threshold: float, passed: bool
-) -> dict[str, Any]:
-    def finite(x: float) -> float | None:
-        return None if math.isnan(x) else x
-
-    return {
-        "challenger": finite(mine),
-        "other": finite(theirs),
-        "margin": margin,
-        "threshold": finite(threshold),
-        "passed": passed,
-    }
-
-
-def _beats(
-    challenger: Mapping[str, float | None],
-    name: str,
-    other: Mapping[str, float | None],
-    key: str,
-    margin: float,
-) -> Check:
-    """Higher is better (IC, Sharpe): the challenger must exceed the other's value + margin."""
-    mine, theirs = _number(challenger, key, True), _number(other, key, True)
-    passed = mine > theirs + margin
-    reason = (
-        f"{GATE_LABELS[key]} {mine:.4f} does not beat {name}'s {theirs:.4f} + margin "
-        f"{margin:g} (needs > {theirs + margin:.4f})"
-    )
-    return _entry(mine, theirs, margin, theirs + margin, passed), None if passed else reason
-
-
-def _no_worse(
-    challenger: Mapping[str, float | None],
-    name: str,
-    other: Mapping[str, float | None],
-    margin: float,
-) -> Check:
-    """Lower is better (RMSE): the challenger must be within other * (1 - margin)."""
-    mine, theirs = _number(challenger, "rmse", False), _number(other, "rmse", False)
-    threshold = theirs * (1 - margin)
-    passed = mine <= threshold
-    reason = (
-        f"RMSE {mine:.6f} is not <= {name}'s {theirs:.6f} x (1 - margin {margin:g}) "
-        f"= {threshold:.6f}"
-    )
-    return _entry(mine, theirs, margin, threshold, passed), None if passed else reason
-
-
-def quality_gate(
-    challenger: Mapping[str, float | None],
-    others: Mapping[str, Mapping[str, float | None]],
-    gate: GateSettings,
-) -> GateDecision:
-    """Whether ``challenger`` beats every one of ``others`` (baselines, the champion) on the
-    holdout by the configured margins: higher IC, higher Sharpe, RMSE no worse.
-
-    All three must hold against each: a model that ranks well but whose point forecasts are
-    worse than predicting zero, or that wins on IC but loses money after costs, is not
-    promoted.
-    """
-    decision = GateDecision(passed=True)
-    for name, other in others.items():
-        checks = {
-            "ic_mean": _beats(challenger, name, other, "ic_mean", gate.ic_margin),
-            "sharpe": _beats(challenger, name, other, "sharpe", gate.sharpe_margin),
-            "rmse": _no_worse(challenger, name, other, gate.rmse_margin),
-        }
-        decision.comparisons[name] = {key: entry for key, (entry, _) in checks.items()}
-        decision.reasons += [reason for _, reason in checks.values() if reason]
-    decision.passed = not decision.reasons
-    if decision.passed:
-        decision.reasons = [f"beats {', '.join(others) or 'nothing'} on IC, Sharpe and RMSE"]
-    return decision
 
 
 def _record(

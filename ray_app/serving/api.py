@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ray_app.errors import RayAppError
-from ray_app.serve.schemas import (
+from ray_app.core.errors import RayAppError
+from ray_app.serving.schemas import (
     SCORE_DOC,
     CacheStatus,
     Health,
@@ -35,7 +35,7 @@ from ray_app.serve.schemas import (
     error_responses,
     limited_request,
 )
-from ray_app.serve.service import ApiError, PredictionService
+from ray_app.serving.service import ApiError, PredictionService
 
 logger = logging.getLogger("ray.serve")
 REQUEST_ID = "x-request-id"

@@ -13,8 +13,8 @@ from typing import cast
 
 from ray.serve import Application, Deployment
 
-from ray_app.serve import ingress, variant
-from ray_app.serve.args import INGRESS, ServeArgs
+from ray_app.serving import ingress, variant
+from ray_app.serving.args import INGRESS, ServeArgs
 
 # @serve.deployment turned both classes into Deployments; Ray's annotations do not say so.
 Ingress = cast(Deployment, ingress.Ingress)

@@ -16,12 +16,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ray_app.settings import Settings, load_settings
+from ray_app.core.settings import Settings, load_settings
 
 INGRESS = "Ingress"
 VARIANT_NAME = r"^[a-z][a-z0-9_-]{0,30}$"
 REF = r"^([a-z][a-z0-9_-]{0,62}|[1-9][0-9]{0,8})$"
-DEFAULT_LOADER = "ray_app.serve.loader:RegistryLoader"
+DEFAULT_LOADER = "ray_app.serving.loader:RegistryLoader"
 WEIGHT_TOLERANCE = 1e-6
 
 Ref = Annotated[

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ray_app.online import NoFeaturesError, OfflineFeatureLookup, UnknownTickerError
-from ray_app.settings import Settings
-from ray_app.storage import DataRoot
+from ray_app.core.settings import Settings
+from ray_app.core.storage import DataRoot
+from ray_app.data.online import NoFeaturesError, OfflineFeatureLookup, UnknownTickerError
 
 VOLATILITY = "vol_20d"
 

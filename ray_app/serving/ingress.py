@@ -15,12 +15,12 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from ray_app.serve.api import make_api, read_api_keys
-from ray_app.serve.args import IngressConfig, ServeArgs
-from ray_app.serve.features import FeatureTable
-from ray_app.serve.metrics import IngressMetrics
-from ray_app.serve.predictor import Job, Result, Scores, VariantInfo
-from ray_app.serve.service import PredictionService, VariantClient
+from ray_app.serving.api import make_api, read_api_keys
+from ray_app.serving.args import IngressConfig, ServeArgs
+from ray_app.serving.features import FeatureTable
+from ray_app.serving.metrics import IngressMetrics
+from ray_app.serving.predictor import Job, Result, Scores, VariantInfo
+from ray_app.serving.service import PredictionService, VariantClient
 
 
 class HandleClient:

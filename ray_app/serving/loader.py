@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from ray_app.models import TrainedModel, predict
-from ray_app.serve.args import ServeArgs
-from ray_app.serve.predictor import ModelLoader
+from ray_app.models.networks import TrainedModel, predict
+from ray_app.serving.args import ServeArgs
+from ray_app.serving.predictor import ModelLoader
 
 
 @dataclass
@@ -64,7 +64,7 @@ class RegistryLoader:
     args: ServeArgs
 
     def __call__(self, ref: str) -> TorchModel:
-        from ray_app import registry  # MLflow and the training stack: variants only
+        from ray_app.registry import versions as registry  # MLflow: variants only
 
         settings = self.args.settings()
         version = registry.resolve_version(settings, ref)

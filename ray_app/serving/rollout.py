@@ -27,16 +27,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ray_app.errors import RayAppError
-from ray_app.serve.args import (
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import Settings
+from ray_app.core.storage import DataRoot
+from ray_app.serving.args import (
     INGRESS,
     IngressConfig,
     ServeArgs,
     ShadowSpec,
     VariantConfig,
 )
-from ray_app.settings import Settings
-from ray_app.storage import DataRoot
 
 APPLICATION = "ray-app"
 CHALLENGER = "challenger"
@@ -122,7 +122,7 @@ def check_import_path(import_path: str, path: Path) -> None:
     if found is None or not name:
         raise RolloutError(
             f"serve config {path}: import_path {import_path!r} is wrong: {why}; "
-            "it should be ray_app.serve.app:build_app"
+            "it should be ray_app.serving.app:build_app"
         )
 
 
@@ -254,7 +254,7 @@ def _registry_move(
     settings: Settings, state: ServingState, change: Change, actor: str, reason: str
 ) -> tuple[Change, str | None]:
     """Promote or roll back in the registry; the change pinning the champion variant to it."""
-    from ray_app import registry
+    from ray_app.registry import versions as registry
 
     if change.promote and change.rollback:
         raise RolloutError("--promote and --rollback exclude each other")
@@ -276,7 +276,7 @@ def _registry_move(
 
 def _latest_features(settings: Settings) -> str | None:
     """The newest feature set's version; None when this machine cannot see the store."""
-    from ray_app.feature_store import FeatureSetError, feature_manifest
+    from ray_app.data.feature_store import FeatureSetError, feature_manifest
 
     try:
         return str(feature_manifest(DataRoot(settings.data_root))["version"])
@@ -298,7 +298,7 @@ def rollout(
     ``serve deploy`` it. Everything is checked before anything moves: the file, the weights,
     every version.
     """
-    from ray_app import registry
+    from ray_app.registry import versions as registry
 
     config = load_config(path)
     state = serving_state(config)

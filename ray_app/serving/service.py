@@ -33,14 +33,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ray_app.errors import RayAppError
-from ray_app.online import NoFeaturesError, UnknownTickerError
-from ray_app.serve.args import IngressConfig, ServeArgs
-from ray_app.serve.cache import CacheKey, PredictionCache
-from ray_app.serve.features import FeatureTable, Window
-from ray_app.serve.predictor import Job, Result, Scores, VariantInfo
-from ray_app.serve.router import ShadowGate, choose, routing_key
-from ray_app.serve.schemas import Direction, PredictRequest, PredictResponse, TickerPrediction
+from ray_app.core.errors import RayAppError
+from ray_app.data.online import NoFeaturesError, UnknownTickerError
+from ray_app.serving.args import IngressConfig, ServeArgs
+from ray_app.serving.cache import CacheKey, PredictionCache
+from ray_app.serving.features import FeatureTable, Window
+from ray_app.serving.predictor import Job, Result, Scores, VariantInfo
+from ray_app.serving.router import ShadowGate, choose, routing_key
+from ray_app.serving.schemas import Direction, PredictRequest, PredictResponse, TickerPrediction
 
 logger = logging.getLogger("ray.serve")
 ATTEMPTS = 2

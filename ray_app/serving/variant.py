@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from ray import serve
 
-from ray_app.serve.args import ServeArgs, VariantConfig
-from ray_app.serve.features import FeatureTable
-from ray_app.serve.loader import import_loader
-from ray_app.serve.metrics import ModelInfoGauge
-from ray_app.serve.predictor import (
+from ray_app.serving.args import ServeArgs, VariantConfig
+from ray_app.serving.features import FeatureTable
+from ray_app.serving.loader import import_loader
+from ray_app.serving.metrics import ModelInfoGauge
+from ray_app.serving.predictor import (
     ColumnSelector,
     Job,
     Result,

@@ -19,18 +19,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ray_app.errors import RayAppError
-from ray_app.features import TARGET
-from ray_app.metrics import (
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import EvaluateSettings, HParams, Settings
+from ray_app.data.features import TARGET
+from ray_app.models.metrics import (
     information_coefficient,
     leak_warning,
     long_short_backtest,
     summary,
 )
-from ray_app.models import PersistenceBaseline, Predictor, RidgeBaseline, TrainedModel, ZeroBaseline
-from ray_app.settings import EvaluateSettings, HParams, Settings
-from ray_app.splits import Fold
-from ray_app.train import TrainingData, fit_in_process
+from ray_app.models.networks import (
+    PersistenceBaseline,
+    Predictor,
+    RidgeBaseline,
+    TrainedModel,
+    ZeroBaseline,
+)
+from ray_app.training.splits import Fold
+from ray_app.training.train import TrainingData, fit_in_process
 
 KEYS = ["date", "ticker"]
 BASELINES = ("zero", "persistence", "ridge")
@@ -260,7 +266,7 @@ def _build_report(
 
 
 def gate_inputs(report: dict[str, Any]) -> tuple[dict[str, float | None], dict[str, Any]]:
-    """The model's holdout metrics and each baseline's, as ``registry.quality_gate`` takes
+    """The model's holdout metrics and each baseline's, as ``gate.quality_gate`` takes
     them; EvaluationError when the report has no holdout to judge on."""
     if "holdout" not in report["metrics"]:
         raise EvaluationError("the report has no holdout scope: set split.holdout_months > 0")

@@ -13,21 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray_app.evaluate import evaluate_model, gate_inputs, log_evaluation, write_report
-from ray_app.models import TrainedModel
-from ray_app.registry import (
+from ray_app.core.settings import HParams, Settings
+from ray_app.models.networks import TrainedModel
+from ray_app.registry.tracking import connect_mlflow, lineage_tags
+from ray_app.registry.versions import (
     GateDecision,
-    champion_holdout_metrics,
     log_model,
     metric_tags,
     promote,
-    quality_gate,
     record_rejection,
     register_challenger,
 )
-from ray_app.settings import HParams, Settings
-from ray_app.tracking import connect_mlflow, lineage_tags
-from ray_app.train import TrainingData, load_training_data, run_training
+from ray_app.training.evaluate import evaluate_model, gate_inputs, log_evaluation, write_report
+from ray_app.training.gate import champion_holdout_metrics, quality_gate
+from ray_app.training.train import TrainingData, load_training_data, run_training
 
 GATE_ACTOR = "quality-gate"
 
@@ -138,7 +137,7 @@ def evaluate_version(
     logging the report to a new MLflow run."""
     import mlflow
 
-    from ray_app.registry import load_version, resolve_version
+    from ray_app.registry.versions import load_version, resolve_version
 
     connect_mlflow(settings, cluster_nodes())
     version = resolve_version(settings, ref)

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ray_app.settings import FeatureSettings
+from ray_app.core.settings import FeatureSettings
 
 Mode = Literal["expanding", "rolling"]
 

@@ -1,8 +1,8 @@
 """Training: one epoch loop shared by Ray Train workers, Ray Tune trials and evaluation refits.
 
 ``make_trainer`` is the trainer factory: it turns settings + hyperparameters into a
-``TorchTrainer`` over the shared ``train_loop``. Tune (``ray_app.tune``) runs the same loop
-in its trials and evaluation (``ray_app.evaluate``) calls ``fit_in_process`` for its
+``TorchTrainer`` over the shared ``train_loop``. Tune (``ray_app.training.tune``) runs the same loop
+in its trials and evaluation (``ray_app.training.evaluate``) calls ``fit_in_process`` for its
 walk-forward refits, so the set-up is written once.
 
 The scaler is fitted on the training window only; inputs are built once on the driver and
@@ -25,9 +25,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ray_app.errors import RayAppError
-from ray_app.feature_store import load_feature_set
-from ray_app.models import (
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import FeatureSettings, HParams, ModelKind, Settings
+from ray_app.core.storage import DataRoot
+from ray_app.data.feature_store import load_feature_set
+from ray_app.models.networks import (
     StandardScaler,
     TrainedModel,
     build_model,
@@ -37,9 +39,7 @@ from ray_app.models import (
     make_optimizer,
     model_inputs,
 )
-from ray_app.settings import FeatureSettings, HParams, ModelKind, Settings
-from ray_app.splits import WalkForward, min_embargo, walk_forward
-from ray_app.storage import DataRoot
+from ray_app.training.splits import WalkForward, min_embargo, walk_forward
 
 
 class TrainingDataError(RayAppError):

@@ -19,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from ray_app.errors import RayAppError
-from ray_app.settings import HParams, SearchDimension, Settings
-from ray_app.storage import DataRoot
-from ray_app.tracking import connect_mlflow, lineage_tags, tracking_uri
-from ray_app.train import (
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import HParams, SearchDimension, Settings
+from ray_app.core.storage import DataRoot
+from ray_app.registry.tracking import connect_mlflow, lineage_tags, tracking_uri
+from ray_app.training.train import (
     Arrays,
     RaySession,
     TrainingData,

@@ -195,7 +195,7 @@ def test_cluster_commands_name_the_cause(ray_head: Head, tmp_path: Path) -> None
     dead = ray_app_command(["pipeline"], {"RAY_ADDRESS": f"127.0.0.1:{free_port()}"})
     assert dead.returncode == 2 and "no Ray head answers" in dead.stderr
     wrong = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    wrong["applications"][0]["import_path"] = "ray_app.serve.nope:build_app"
+    wrong["applications"][0]["import_path"] = "ray_app.serving.nope:build_app"
     path = tmp_path / "wrong.yaml"
     path.write_text(yaml.safe_dump(wrong))
     refused = ray_app_command(["rollout", "--serve-config", str(path), "--no-apply"], ray_head.env)
@@ -206,7 +206,7 @@ def test_cluster_down_leaves_no_process(ray_head: Head) -> None:
     """Last in the session (see tests/conftest.py): it takes the shared head down."""
     import ray
 
-    from ray_app.cluster import ClusterState, head_processes
+    from ray_app.ops.cluster import ClusterState, head_processes
 
     ray.shutdown()  # this process is a driver of the head: leave before it goes
     state = ClusterState(**ray_head.state)  # type: ignore[arg-type]

@@ -681,7 +681,7 @@ def test_entrypoint_runs_a_job_script_of_the_image(name: str, script: str) -> No
 def test_entrypoint_config_is_a_mounted_settings_file(
     name: str, kustomization: dict[str, Any], clean_env: None
 ) -> None:
-    from ray_app.settings import load_settings
+    from ray_app.core.settings import load_settings
 
     spec = job_spec(load(name))
     _, args = entrypoint_parts(spec)
@@ -714,7 +714,7 @@ def test_mounted_file_finds_nothing_where_nothing_is_mounted(
 
 def test_cluster_settings_file_is_rejected_when_invalid(tmp_path: Path, clean_env: None) -> None:
     """The settings check above can fail: an unknown key is an error, as on the cluster."""
-    from ray_app.settings import SettingsError, load_settings
+    from ray_app.core.settings import SettingsError, load_settings
 
     text = (project.CLUSTER / "configs" / "cluster.yaml").read_text()
     bad = tmp_path / "cluster.yaml"
@@ -968,7 +968,7 @@ def test_serve_deploy_schema_rejects(
 
 def test_serve_config_args_build_the_app(ray_service: dict[str, Any]) -> None:
     """The project's own applications get ``args`` that ``build_app`` accepts."""
-    from ray_app.serve.args import ServeArgs
+    from ray_app.serving.args import ServeArgs
 
     config = yaml.safe_load(ray_service["spec"]["serveConfigV2"])
     ours = [a for a in config["applications"] if a["import_path"].startswith("ray_app.")]
@@ -989,7 +989,7 @@ def test_serve_runs_high_throughput_on_every_node(ray_service: dict[str, Any]) -
 def test_serve_replicas_use_the_clusters_registry(
     ray_service: dict[str, Any], clean_env: None
 ) -> None:
-    from ray_app.settings import load_settings
+    from ray_app.core.settings import load_settings
 
     wanted = load_settings(project.CLUSTER / "configs" / "cluster.yaml").mlflow.tracking_uri
     for where, container in ray_containers(cluster_spec(ray_service)):

@@ -11,12 +11,12 @@ import pytest
 import redis
 
 import tests.yf_frames
-from ray_app.feature_store import build_features, load_feature_set
-from ray_app.ingest import run_ingest
-from ray_app.online import OfflineFeatureLookup, open_lookup
-from ray_app.settings import Settings, YahooSettings
-from ray_app.sources import YahooSource
-from ray_app.storage import DataRoot
+from ray_app.core.settings import Settings, YahooSettings
+from ray_app.core.storage import DataRoot
+from ray_app.data.feature_store import build_features, load_feature_set
+from ray_app.data.ingest import run_ingest
+from ray_app.data.online import OfflineFeatureLookup, open_lookup
+from ray_app.data.sources import YahooSource
 from tests.yf_frames import FakeDownloader, yfinance_frame
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_app.ingest import stored_hash
-from ray_app.storage import DataRoot
+from ray_app.core.storage import DataRoot
+from ray_app.data.ingest import stored_hash
 from tests.integration.conftest import run_cli
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,25 @@ import pandas as pd
 import pytest
 import torch
 
-from ray_app.evaluate import (
+from ray_app.core.settings import HParams, Settings
+from ray_app.data.features import TARGET
+from ray_app.models.networks import TrainedModel
+from ray_app.registry.tracking import connect_mlflow, lineage_tags
+from ray_app.registry.versions import (
+    RegistryError,
+    audit_log,
+    champion_version,
+    list_versions,
+    load_version,
+    log_model,
+    metric_tags,
+    promote,
+    record_rejection,
+    register_challenger,
+    resolve_version,
+    rollback,
+)
+from ray_app.training.evaluate import (
     BASELINES,
     PREDICTORS,
     EvaluationError,
@@ -25,27 +43,8 @@ from ray_app.evaluate import (
     render_markdown,
     write_report,
 )
-from ray_app.features import TARGET
-from ray_app.models import TrainedModel
-from ray_app.registry import (
-    RegistryError,
-    audit_log,
-    champion_holdout_metrics,
-    champion_version,
-    list_versions,
-    load_version,
-    log_model,
-    metric_tags,
-    promote,
-    quality_gate,
-    record_rejection,
-    register_challenger,
-    resolve_version,
-    rollback,
-)
-from ray_app.settings import HParams, Settings
-from ray_app.tracking import connect_mlflow, lineage_tags
-from ray_app.train import TrainingData, fit_in_process, load_training_data
+from ray_app.training.gate import champion_holdout_metrics, quality_gate
+from ray_app.training.train import TrainingData, fit_in_process, load_training_data
 from tests.conftest import sample_feature_set
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from ray_app.feature_store import build_features
-from ray_app.ingest import run_ingest
-from ray_app.train import load_training_data
-from ray_app.tune import run_search
+from ray_app.data.feature_store import build_features
+from ray_app.data.ingest import run_ingest
+from ray_app.training.train import load_training_data
+from ray_app.training.tune import run_search
 from tests.integration.test_train_tune import small_settings
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ import mlflow
 import pytest
 import yaml
 
-from ray_app.feature_store import build_features
-from ray_app.ingest import run_ingest
-from ray_app.settings import load_settings
-from ray_app.tracking import connect_mlflow
+from ray_app.core.settings import load_settings
+from ray_app.data.feature_store import build_features
+from ray_app.data.ingest import run_ingest
+from ray_app.registry.tracking import connect_mlflow
 from tests.integration.conftest import run_cli
 
 pytestmark = pytest.mark.integration

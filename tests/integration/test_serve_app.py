@@ -29,13 +29,13 @@ import torch
 import yaml
 from scipy.stats import binom
 
-from ray_app.feature_store import build_features
-from ray_app.ingest import run_ingest
-from ray_app.models import StandardScaler, TrainedModel, build_model
-from ray_app.serve.args import ServeArgs
-from ray_app.serve.features import FeatureTable
-from ray_app.serve.loader import TorchModel
-from ray_app.settings import HParams, Settings
+from ray_app.core.settings import HParams, Settings
+from ray_app.data.feature_store import build_features
+from ray_app.data.ingest import run_ingest
+from ray_app.models.networks import StandardScaler, TrainedModel, build_model
+from ray_app.serving.args import ServeArgs
+from ray_app.serving.features import FeatureTable
+from ray_app.serving.loader import TorchModel
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +124,7 @@ def app_config(data_root: Path) -> dict[str, Any]:
     return {
         "name": "ray-app",
         "route_prefix": "/",
-        "import_path": "ray_app.serve.app:build_app",
+        "import_path": "ray_app.serving.app:build_app",
         "runtime_env": {"env_vars": {KEYS_ENV: f"another-key,{KEY}"}},
         "logging_config": {"encoding": "JSON", "enable_access_log": False},
         "args": args,

@@ -24,11 +24,17 @@ import requests
 import torch
 import yaml
 
-from ray_app.registry import champion_version, load_version, log_model, promote, register_challenger
-from ray_app.serve.rollout import Change, deploy, load_config, rollout
-from ray_app.settings import Settings
-from ray_app.tracking import connect_mlflow, tracking_uri
-from ray_app.train import TrainingData, fit_in_process, load_training_data
+from ray_app.core.settings import Settings
+from ray_app.registry.tracking import connect_mlflow, tracking_uri
+from ray_app.registry.versions import (
+    champion_version,
+    load_version,
+    log_model,
+    promote,
+    register_challenger,
+)
+from ray_app.serving.rollout import Change, deploy, load_config, rollout
+from ray_app.training.train import TrainingData, fit_in_process, load_training_data
 from tests.conftest import Head, sample_feature_set
 from tests.integration.test_serve_app import (
     SERVE_CONFIG,

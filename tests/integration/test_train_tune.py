@@ -10,20 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_app.feature_store import build_features
-from ray_app.features import compute_features
-from ray_app.ingest import read_bars, run_ingest
-from ray_app.settings import Settings
-from ray_app.storage import DataRoot
-from ray_app.tracking import TrackingError
-from ray_app.train import (
+from ray_app.core.settings import Settings
+from ray_app.core.storage import DataRoot
+from ray_app.data.feature_store import build_features
+from ray_app.data.features import compute_features
+from ray_app.data.ingest import read_bars, run_ingest
+from ray_app.registry.tracking import TrackingError
+from ray_app.training.train import (
     TrainingData,
     fit_in_process,
     load_training_data,
     results_path,
     run_training,
 )
-from ray_app.tune import SearchError, run_search, trial
+from ray_app.training.tune import SearchError, run_search, trial
 
 pytestmark = pytest.mark.integration
 

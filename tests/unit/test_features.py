@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_app.features import TARGET, compute_features, feature_names, spec_hash
-from ray_app.settings import FeatureSettings, IngestSettings
-from ray_app.sources import CsvSource, SampleSource
-from ray_app.validation import validate_bars
+from ray_app.core.settings import FeatureSettings, IngestSettings
+from ray_app.data.features import TARGET, compute_features, feature_names, spec_hash
+from ray_app.data.sources import CsvSource, SampleSource
+from ray_app.data.validation import validate_bars
 
 SPEC = FeatureSettings()
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from ray_app.metrics import (
+from ray_app.models.metrics import (
     PRED_COLUMNS,
     directional_accuracy,
     information_coefficient,

@@ -15,8 +15,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from ray_app.features import TARGET
-from ray_app.models import (
+from ray_app.data.features import TARGET
+from ray_app.models.networks import (
     HParams,
     PersistenceBaseline,
     RidgeBaseline,
@@ -64,7 +64,7 @@ def panel(
 
 def test_models_module_never_imports_ray() -> None:
     code = (
-        "import sys, ray_app.models, ray_app.splits, ray_app.metrics; "
+        "import sys, ray_app.models.networks, ray_app.training.splits, ray_app.models.metrics; "
         "leaked = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')); "
         "print(leaked); sys.exit(1 if leaked else 0)"
     )

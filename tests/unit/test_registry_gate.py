@@ -8,8 +8,9 @@ import math
 
 import pytest
 
-from ray_app.registry import metric_tags, quality_gate
-from ray_app.settings import GateSettings
+from ray_app.core.settings import GateSettings
+from ray_app.registry.versions import metric_tags
+from ray_app.training.gate import quality_gate
 
 ZERO = {"ic_mean": None, "sharpe": math.nan, "rmse": 0.020}
 RIDGE = {"ic_mean": 0.010, "sharpe": 0.40, "rmse": 0.0199}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ray_app.serve.cache import CacheKey, PredictionCache
+from ray_app.serving.cache import CacheKey, PredictionCache
 
 DAY = dt.date(2012, 3, 1)
 

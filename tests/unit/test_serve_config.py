@@ -15,8 +15,8 @@ import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
-from ray_app.serve.args import ServeArgs
-from ray_app.serve.rollout import (
+from ray_app.serving.args import ServeArgs
+from ray_app.serving.rollout import (
     HEADER,
     Change,
     RolloutError,
@@ -27,7 +27,7 @@ from ray_app.serve.rollout import (
     serving_state,
     write_config,
 )
-from ray_app.serve.schemas import PredictRequest, limited_request
+from ray_app.serving.schemas import PredictRequest, limited_request
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "serve_config.yaml"
@@ -48,7 +48,7 @@ def test_the_shipped_config_is_a_serve_config_for_build_app() -> None:
     assert (app.name, app.route_prefix, app.import_path) == (
         "ray-app",
         "/",
-        "ray_app.serve.app:build_app",
+        "ray_app.serving.app:build_app",
     )
     args = ServeArgs.model_validate(app.args)
     assert args.data_root is None  # the settings decide: `data` locally, RAY_APP_* on clusters

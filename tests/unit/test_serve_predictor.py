@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ray_app.models import StandardScaler, TrainedModel, build_model
-from ray_app.serve.features import FeatureTable
-from ray_app.serve.loader import TorchModel, import_loader
-from ray_app.serve.predictor import ColumnSelector, Job, predict_jobs
-from ray_app.settings import HParams
+from ray_app.core.settings import HParams
+from ray_app.models.networks import StandardScaler, TrainedModel, build_model
+from ray_app.serving.features import FeatureTable
+from ray_app.serving.loader import TorchModel, import_loader
+from ray_app.serving.predictor import ColumnSelector, Job, predict_jobs
 
 COLUMNS = ["ret_1d", "vol_20d", "rsi_14", "macd"]
 TABLE_COLUMNS = ["macd", "rsi_14", "extra", "vol_20d", "ret_1d"]  # another order, one more
@@ -82,6 +82,6 @@ def test_rows_without_the_model_columns_are_refused() -> None:
 
 
 def test_loader_paths_are_checked() -> None:
-    assert import_loader("ray_app.serve.loader:RegistryLoader").__name__ == "RegistryLoader"
+    assert import_loader("ray_app.serving.loader:RegistryLoader").__name__ == "RegistryLoader"
     with pytest.raises(ValueError, match="cannot import the model loader"):
-        import_loader("ray_app.serve.loader:Nope")
+        import_loader("ray_app.serving.loader:Nope")

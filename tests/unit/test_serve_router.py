@@ -7,7 +7,7 @@ import random
 import pytest
 from scipy.stats import binom
 
-from ray_app.serve.router import ShadowGate, bucket, choose, routing_key
+from ray_app.serving.router import ShadowGate, bucket, choose, routing_key
 
 SPLIT = [("champion", 0.9), ("challenger", 0.1)]
 

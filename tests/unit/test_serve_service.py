@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ray_app.serve.args import IngressConfig, ServeArgs, ShadowSpec
-from ray_app.serve.features import FeatureTable
-from ray_app.serve.predictor import (
+from ray_app.serving.args import IngressConfig, ServeArgs, ShadowSpec
+from ray_app.serving.features import FeatureTable
+from ray_app.serving.predictor import (
     ColumnSelector,
     Job,
     Result,
@@ -27,8 +27,8 @@ from ray_app.serve.predictor import (
     predict_jobs,
     score_frames,
 )
-from ray_app.serve.schemas import PredictRequest
-from ray_app.serve.service import ApiError, PredictionService
+from ray_app.serving.schemas import PredictRequest
+from ray_app.serving.service import ApiError, PredictionService
 
 COLUMNS = ["ret_1d", "vol_20d", "rsi_14"]
 DAYS = np.arange(np.datetime64("2012-01-02"), np.datetime64("2012-01-12"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_app.settings import SettingsError, load_settings
+from ray_app.core.settings import SettingsError, load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ray_app.settings import IngestSettings, YahooSettings
-from ray_app.sources import (
+from ray_app.core.settings import IngestSettings, YahooSettings
+from ray_app.data.sources import (
     BAR_COLUMNS,
     CsvSource,
     SampleSource,
@@ -124,8 +124,8 @@ def test_dates_do_not_depend_on_the_machine_time_zone(folder: Path) -> None:
     code = (
         "import sys; sys.path.insert(0, '.')\n"
         "from pathlib import Path\n"
-        "from ray_app.settings import YahooSettings\n"
-        "from ray_app.sources import CsvSource, YahooSource\n"
+        "from ray_app.core.settings import YahooSettings\n"
+        "from ray_app.data.sources import CsvSource, YahooSource\n"
         "from tests.yf_frames import FakeDownloader, yfinance_frame\n"
         f"csv = CsvSource(Path({str(folder)!r})).fetch('AAA', None, None).bars\n"
         "frames = {'X': yfinance_frame('X', '2024-03-01', 20)}\n"

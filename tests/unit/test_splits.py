@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_app.settings import FeatureSettings
-from ray_app.splits import Fold, WalkForward, min_embargo, walk_forward
+from ray_app.core.settings import FeatureSettings
+from ray_app.training.splits import Fold, WalkForward, min_embargo, walk_forward
 
 DATES = pd.bdate_range("2020-01-01", "2022-06-30")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ray_app.storage import DataRoot, combine_hashes, frame_hash
+from ray_app.core.storage import DataRoot, combine_hashes, frame_hash
 
 
 def frame(n: int = 3) -> pd.DataFrame:

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ray_app.train import RaySession
-from ray_app.tune import metric_values
+from ray_app.training.train import RaySession
+from ray_app.training.tune import metric_values
 
 
 def test_a_tune_result_becomes_one_flat_batch_of_numbers() -> None:

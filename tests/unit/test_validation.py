@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_app.settings import IngestSettings
-from ray_app.sources import TickerError
-from ray_app.validation import validate_bars
+from ray_app.core.settings import IngestSettings
+from ray_app.data.sources import TickerError
+from ray_app.data.validation import validate_bars
 
 
 def bars(n: int = 6, start: str = "2024-01-02") -> pd.DataFrame:

@@ -1,0 +1,22 @@
+"""The registry layer: everything that talks to MLflow.
+
+Owns ``tracking`` (tracking URI, artifact location, lineage tags) and ``versions`` (the
+pyfunc model, registration, aliases, promote and rollback, the audit log). It records the
+quality gate's verdict but never scores a model, so serving can load models through it
+without loading training code. May import ``models``, ``data`` and ``core``.
+"""
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    """``ray_app.registry.DailyReturnModel``: the path under which every version registered
+    before the package was split into layers pickled its pyfunc class. Loading such a
+    version looks the class up here, so this alias stays until serving loads models from
+    weights and JSON instead of unpickling them. Imported lazily: nothing happens on import.
+    """
+    if name == "DailyReturnModel":
+        from ray_app.registry.versions import DailyReturnModel
+
+        return DailyReturnModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
