@@ -24,6 +24,8 @@ RAW = "raw"
 MANIFESTS = "_manifests"
 LATEST = "LATEST.json"
 BARS_FILE = "bars.parquet"
+MANIFEST_LOCK = "raw-manifest"
+MANIFEST_LOCK_TIMEOUT_S = 120.0  # the locked section takes well under a second
 
 OK, UNCHANGED, UP_TO_DATE, FAILED = "ok", "unchanged", "up-to-date", "failed"
 
@@ -223,7 +225,18 @@ def stream_ingest(
 def record_manifest(
     root: DataRoot, source: Source, rows: list[dict[str, Any]]
 ) -> tuple[dict[str, Any] | None, bool]:
-    """Write the manifest of what is stored now; (manifest, whether the version changed)."""
+    """Write the manifest of what is stored now; (manifest, whether the version changed).
+
+    The latest manifest is read, extended and written back under the root's manifest lock,
+    so that concurrent ingests of other tickers keep each other's entries.
+    """
+    with root.lock(MANIFEST_LOCK, MANIFEST_LOCK_TIMEOUT_S):
+        return _extend_manifest(root, source, rows)
+
+
+def _extend_manifest(
+    root: DataRoot, source: Source, rows: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, bool]:
     previous = latest_manifest(root)
     entries = dict((previous or {}).get("tickers", {}))
     for row in rows:
