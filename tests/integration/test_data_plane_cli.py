@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -212,6 +213,20 @@ def test_two_ingests_at_once_keep_both_tickers(ray_address: str, tmp_path: Path)
     assert latest is not None and sorted(latest["tickers"]) == ["AAPL", "IBM"]
     parent = read_manifest(DataRoot(root), latest["parent"])  # the run that recorded first
     assert len(parent["tickers"]) == 1 and parent["parent"] is None
+
+
+def test_a_second_pipeline_on_a_busy_root_is_one_line(ray_address: str, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    with DataRoot(str(root)).lock("pipeline", 0):  # a first pipeline, as far as the CLI can tell
+        second = run_cli(
+            ["pipeline", "--data-root", str(root)],
+            ray_address,
+            tmp_path,
+            env={"RAY_APP_PIPELINE__LOCK_TIMEOUT_S": "0"},
+        )
+    assert second.returncode == 2, second.stderr
+    busy = f"error: data root {root} is busy: its pipeline lock is held by pid {os.getpid()} on "
+    assert busy in second.stderr and "Traceback" not in second.stderr
 
 
 def test_a_re_adjusted_history_is_refetched(ray_address: str, tmp_path: Path) -> None:
