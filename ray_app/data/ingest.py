@@ -4,6 +4,9 @@ Tickers are fetched and validated in parallel Ray tasks fed by a Ray Dataset of 
 jobs; each task writes its own partition atomically and returns only a summary row, so the
 driver's memory does not grow with the size of the universe. The driver then records a
 manifest: the content hash of every stored partition, which together form the data version.
+It does so under the data root's manifest lock, so concurrent ingests keep each other's
+tickers. Incremental runs fetch a few stored bars again, because a split or a dividend
+re-adjusts the whole stored history; a ticker whose overlap moved is refetched in full.
 """
 
 from __future__ import annotations
