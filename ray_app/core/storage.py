@@ -203,11 +203,13 @@ class DataRoot:
 
 def _this_process() -> dict[str, Any]:
     """What a lock's holder records, so that a process kept waiting can name it."""
+    program, *args = sys.orig_argv
+    command = " ".join([Path(program).name, *args])
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200],
+        "command": " ".join(command.split())[:200],  # one line, whatever the arguments hold
     }
 
 
