@@ -531,7 +531,14 @@ def pipeline(
             soft_wrap=True,
         )
 
-    run = run_pipeline(settings, force=force, on_step=show)
+    def wait(holder: str) -> None:
+        err.print(
+            f"another pipeline runs on {settings.data_root}: {holder}; waiting up to "
+            f"{settings.pipeline.lock_timeout_s:g} s (pipeline.lock_timeout_s)",
+            soft_wrap=True,
+        )
+
+    run = run_pipeline(settings, force=force, on_step=show, on_wait=wait)
     table = Table(title="pipeline")
     for column in ("step", "status", "seconds", "versions", "detail"):
         table.add_column(column)

@@ -79,6 +79,12 @@ class IngestSettings(_Section):
         default_factory=dict, description="Extra file column -> bar field mapping for odd layouts"
     )
     allow_partial: bool = Field(False, description="Exit 0 even when some tickers failed")
+    overlap_days: int = Field(
+        5, ge=0, description="Stored bars an incremental run fetches again to catch re-adjustments"
+    )
+    overlap_tolerance: float = Field(
+        1e-4, gt=0, description="Relative price change on the overlap that means re-adjusted"
+    )
     yahoo: YahooSettings = Field(default_factory=YahooSettings)
 
     @field_validator("tickers")
@@ -277,6 +283,9 @@ class PipelineSettings(_Section):
     serve_config: Path = Field(Path("serve_config.yaml"), description="Serve config to deploy")
     serve_url: str = Field("http://127.0.0.1:8000", description="Where the smoke request goes")
     smoke_timeout_s: float = Field(180.0, gt=0)
+    lock_timeout_s: float = Field(
+        600.0, ge=0, description="Seconds a second pipeline on the root waits (0: fails at once)"
+    )
 
 
 class RaySettings(_Section):

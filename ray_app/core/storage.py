@@ -4,13 +4,23 @@ Every write goes to a hidden temporary name first and is then moved into place, 
 leaves either the old file or the new one, never half of one. Hidden names (``.``/``_``
 prefixes) are skipped by pyarrow's dataset discovery, so ``pandas.read_parquet(<root>/raw)``
 reads exactly the committed partitions.
+
+Writers that read, modify and write a shared file (the latest manifest, the pipeline's state)
+hold one of the root's named locks (``DataRoot.lock``) around that sequence.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+import logging
+import os
+import socket
+import sys
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +28,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
+
+from ray_app.core.errors import RayAppError
+
+LOCKS = "_locks"
+
+logger = logging.getLogger(__name__)
+
+
+class LockBusyError(RayAppError):
+    """Another process held one of the data root's locks for longer than we would wait."""
 
 
 class DataRoot:
@@ -119,6 +140,77 @@ class DataRoot:
         with self.fs.open_input_stream(self.path(*parts)) as stream:
             loaded: dict[str, Any] = json.loads(stream.read())
         return loaded
+
+    @contextmanager
+    def lock(
+        self, name: str, timeout_s: float, on_wait: Callable[[str], None] | None = None
+    ) -> Iterator[None]:
+        """Hold the root's lock ``name``: one process at a time runs the block.
+
+        On a local root this is an OS file lock (``filelock``) in ``_locks/``, so the kernel
+        releases it when its holder dies and a crash never leaves the root locked. A busy lock
+        calls ``on_wait`` with a description of its holder, then waits up to ``timeout_s``
+        seconds (0: not at all) and raises LockBusyError naming the root and the holder.
+
+        Object stores have no lock and pyarrow offers no conditional write to build one on, so
+        on a remote root the block runs unlocked, with a warning: keep one writer per root
+        there (the RayCronJob's runs never overlap).
+        """
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            logger.warning(
+                "%s: no lock %r on a remote data root; run one writer at a time", self, name
+            )
+            yield
+            return
+        holder = (LOCKS, f"{name}.holder.json")
+        self.fs.create_dir(self.path(LOCKS), recursive=True)
+        lock = FileLock(self.path(LOCKS, f"{name}.lock"))
+        self._acquire(lock, name, timeout_s, on_wait)
+        try:
+            self.write_json(_this_process(), *holder)
+            yield
+        finally:
+            if self.exists(*holder):
+                self.fs.delete_file(self.path(*holder))
+            lock.release()
+
+    def _acquire(
+        self, lock: FileLock, name: str, timeout_s: float, on_wait: Callable[[str], None] | None
+    ) -> None:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait:
+                on_wait(self.lock_holder(name))
+            try:
+                lock.acquire(timeout=timeout_s)
+            except Timeout:
+                raise LockBusyError(
+                    f"data root {self.display()} is busy: its {name} lock is held by "
+                    f"{self.lock_holder(name)}; gave up after {timeout_s:g} s"
+                ) from None
+
+    def lock_holder(self, name: str) -> str:
+        """Who holds the lock ``name``, as its holder recorded it (it may just have let go)."""
+        try:
+            found = self.read_json(LOCKS, f"{name}.holder.json") or {}
+            return (
+                f"pid {found['pid']} on {found['host']} since {found['since']} ({found['command']})"
+            )
+        except (OSError, KeyError, ValueError):
+            return "another process"
+
+
+def _this_process() -> dict[str, Any]:
+    """What a lock's holder records, so that a process kept waiting can name it."""
+    program, *args = sys.orig_argv
+    command = " ".join([Path(program).name, *args])
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(command.split())[:200],  # one line, whatever the arguments hold
+    }
 
 
 def _open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:

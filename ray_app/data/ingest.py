@@ -4,6 +4,9 @@ Tickers are fetched and validated in parallel Ray tasks fed by a Ray Dataset of 
 jobs; each task writes its own partition atomically and returns only a summary row, so the
 driver's memory does not grow with the size of the universe. The driver then records a
 manifest: the content hash of every stored partition, which together form the data version.
+It does so under the data root's manifest lock, so concurrent ingests keep each other's
+tickers. Incremental runs fetch a few stored bars again, because a split or a dividend
+re-adjusts the whole stored history; a ticker whose overlap moved is refetched in full.
 """
 
 from __future__ import annotations
@@ -18,14 +21,22 @@ import pandas as pd
 from ray_app.core.settings import IngestSettings, Settings
 from ray_app.core.storage import DataRoot, combine_hashes, frame_hash
 from ray_app.data.sources import BAR_COLUMNS, Fetched, NoBarsError, Source, TickerError, make_source
-from ray_app.data.validation import check_calendar, exchange_sessions, validate_bars
+from ray_app.data.validation import (
+    ValidationReport,
+    check_calendar,
+    exchange_sessions,
+    validate_bars,
+)
 
 RAW = "raw"
 MANIFESTS = "_manifests"
 LATEST = "LATEST.json"
 BARS_FILE = "bars.parquet"
+MANIFEST_LOCK = "raw-manifest"
+MANIFEST_LOCK_TIMEOUT_S = 120.0  # the locked section takes well under a second
 
 OK, UNCHANGED, UP_TO_DATE, FAILED = "ok", "unchanged", "up-to-date", "failed"
+REFETCHED = "refetched"
 
 
 def partition(ticker: str) -> tuple[str, str, str]:
@@ -85,39 +96,114 @@ def ingest_ticker(
 
 
 def _ingest(job: TickerJob, source: Source, cfg: IngestSettings, root: DataRoot) -> dict[str, Any]:
-    start = max(filter(None, [cfg.start, job.since]), default=None)
-    if job.since is not None and not _sessions_between(cfg, job.since, cfg.end):
-        return _stored_summary(root, job.ticker, UP_TO_DATE)  # weekend, holiday, same day
+    if job.since is None:
+        return _ingest_full(job.ticker, source, cfg, root)
+    return _ingest_incremental(job.ticker, job.since, source, cfg, root)
+
+
+def _ingest_incremental(
+    ticker: str, since: dt.date, source: Source, cfg: IngestSettings, root: DataRoot
+) -> dict[str, Any]:
+    """Append the bars after the stored ones, refetching the overlap to check the stored tail.
+
+    The source is asked from ``overlap_days`` stored bars back: when it now adjusts them
+    differently (a split or a dividend since the last run), the whole history is refetched.
+    """
+    if not _sessions_between(cfg, since, cfg.end):
+        return _stored_summary(root, ticker, UP_TO_DATE)  # weekend, holiday, same day
+    stored = read_bars(root, ticker)
+    overlap = stored.tail(cfg.overlap_days)
+    first = overlap["date"].iloc[0].date() if len(overlap) else since
     try:
-        fetched: Fetched = source.fetch(job.ticker, start, cfg.end)
+        fetched: Fetched = source.fetch(ticker, max(filter(None, [cfg.start, first])), cfg.end)
     except NoBarsError:
-        if job.since is None:
-            raise
-        return _stored_summary(root, job.ticker, UP_TO_DATE)  # today's bar not published yet
+        return _stored_summary(root, ticker, UP_TO_DATE)  # today's bar not published yet
     if fetched.bars.empty:
-        if job.since is not None:
-            return _stored_summary(root, job.ticker, UP_TO_DATE, fetched.layout)
+        return _stored_summary(root, ticker, UP_TO_DATE, fetched.layout)
+    fresh, report = validate_bars(ticker, fetched.bars, cfg)
+    drift = adjustment_drift(overlap, fresh)
+    if drift is not None and drift.size > cfg.overlap_tolerance:
+        return _refetch(ticker, source, cfg, root, drift)
+    new = fresh[fresh["date"] > stored["date"].iloc[-1]]
+    if new.empty:
+        return _stored_summary(root, ticker, UP_TO_DATE, fetched.layout)
+    bars = pd.concat([stored, new], ignore_index=True)
+    check_calendar(bars.iloc[len(stored) - 1 :], cfg, report)  # across the seam too
+    return _store(root, ticker, bars, source, fetched.layout, report, len(new))
+
+
+def _ingest_full(
+    ticker: str, source: Source, cfg: IngestSettings, root: DataRoot
+) -> dict[str, Any]:
+    """Fetch and store the whole history; ``unchanged`` when it equals the stored bars."""
+    fetched = source.fetch(ticker, cfg.start, cfg.end)
+    if fetched.bars.empty:
         span = f"{cfg.start or 'the first bar'} to {cfg.end or 'today'}"
-        raise TickerError(f"{job.ticker}: no bars from {span}")
-    new, report = validate_bars(job.ticker, fetched.bars, cfg)
-    bars = new
-    if job.since is not None:
-        stored = read_bars(root, job.ticker)
-        new = new[new["date"] > stored["date"].iloc[-1]]
-        if new.empty:
-            return _stored_summary(root, job.ticker, UP_TO_DATE, fetched.layout)
-        bars = pd.concat([stored, new], ignore_index=True)
-        check_calendar(bars.iloc[len(stored) - 1 :], cfg, report)  # across the seam too
-    digest = frame_hash(bars)
-    status = OK
-    if job.since is None and stored_hash(root, job.ticker) == digest:
-        status = UNCHANGED
-    else:
-        metadata = {"ray_app.hash": digest, "ray_app.source": source.name}
-        root.write_parquet(bars, *partition(job.ticker), metadata=metadata)
+        raise TickerError(f"{ticker}: no bars from {span}")
+    bars, report = validate_bars(ticker, fetched.bars, cfg)
+    return _store(root, ticker, bars, source, fetched.layout, report, len(bars))
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far the source moved a stored bar's adjusted close: ``ratio`` = now / stored."""
+
+    ratio: float
+    date: dt.date
+
+    @property
+    def size(self) -> float:
+        return abs(self.ratio - 1.0)
+
+
+def adjustment_drift(stored: pd.DataFrame, fetched: pd.DataFrame) -> Drift | None:
+    """The largest change of the adjusted close between stored and refetched bars of a date.
+
+    A split or a dividend re-adjusts every earlier adjusted close (splits also the raw
+    prices of sources that adjust them), so comparing ``adj_close`` on the overlap catches
+    both. None when the two share no date.
+    """
+    both = stored[["date", "adj_close"]].merge(
+        fetched[["date", "adj_close"]], on="date", suffixes=("_stored", "")
+    )
+    if both.empty:
+        return None
+    ratios = both["adj_close"] / both["adj_close_stored"]
+    worst = int((ratios - 1.0).abs().to_numpy().argmax())
+    return Drift(float(ratios.iloc[worst]), both["date"].iloc[worst].date())
+
+
+def _refetch(
+    ticker: str, source: Source, cfg: IngestSettings, root: DataRoot, drift: Drift
+) -> dict[str, Any]:
+    """The full history again: the stored one no longer matches the source's adjustment."""
+    row = _ingest_full(ticker, source, cfg, root)
+    note = f"history re-adjusted (adj_close x{drift.ratio:.4f} on {drift.date}): refetched"
     return {
-        **_summary(bars, status, digest, fetched.layout),
-        "new_rows": 0 if status == UNCHANGED else len(new),
+        **row,
+        "status": REFETCHED if row["status"] == OK else row["status"],
+        "warnings": "; ".join(filter(None, [note, row["warnings"]])),
+    }
+
+
+def _store(
+    root: DataRoot,
+    ticker: str,
+    bars: pd.DataFrame,
+    source: Source,
+    layout: str,
+    report: ValidationReport,
+    new_rows: int,
+) -> dict[str, Any]:
+    """Write ``bars`` as the ticker's partition unless it holds them already; summarise them."""
+    digest = frame_hash(bars)
+    status = UNCHANGED if stored_hash(root, ticker) == digest else OK
+    if status == OK:
+        metadata = {"ray_app.hash": digest, "ray_app.source": source.name}
+        root.write_parquet(bars, *partition(ticker), metadata=metadata)
+    return {
+        **_summary(bars, status, digest, layout),
+        "new_rows": new_rows if status == OK else 0,
         "warnings": "; ".join(report.warnings()),
     }
 
@@ -223,11 +309,22 @@ def stream_ingest(
 def record_manifest(
     root: DataRoot, source: Source, rows: list[dict[str, Any]]
 ) -> tuple[dict[str, Any] | None, bool]:
-    """Write the manifest of what is stored now; (manifest, whether the version changed)."""
+    """Write the manifest of what is stored now; (manifest, whether the version changed).
+
+    The latest manifest is read, extended and written back under the root's manifest lock,
+    so that concurrent ingests of other tickers keep each other's entries.
+    """
+    with root.lock(MANIFEST_LOCK, MANIFEST_LOCK_TIMEOUT_S):
+        return _extend_manifest(root, source, rows)
+
+
+def _extend_manifest(
+    root: DataRoot, source: Source, rows: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, bool]:
     previous = latest_manifest(root)
     entries = dict((previous or {}).get("tickers", {}))
     for row in rows:
-        if row["status"] in (OK, UNCHANGED) or (
+        if row["status"] in (OK, UNCHANGED, REFETCHED) or (
             row["status"] == UP_TO_DATE and row["ticker"] not in entries
         ):
             entries[row["ticker"]] = {

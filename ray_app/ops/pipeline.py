@@ -20,6 +20,7 @@ from ray_app.core.storage import DataRoot
 from ray_app.registry.tracking import code_version
 
 STATE = ("pipeline", "state.json")
+LOCK = "pipeline"
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
 
@@ -214,19 +215,26 @@ def run_pipeline(
     *,
     force: bool = False,
     on_step: Callable[[StepResult], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> PipelineRun:
-    """Run ``steps`` (default: ``plan``) in order; a failed step stops the ones after it."""
+    """Run ``steps`` (default: ``plan``) in order; a failed step stops the ones after it.
+
+    One pipeline at a time per data root: the run holds the root's pipeline lock from reading
+    the state file to its last write. A second run calls ``on_wait`` with the holder, waits
+    up to ``pipeline.lock_timeout_s``, then fails naming the root and the holder.
+    """
     root = DataRoot(settings.data_root)
-    state: dict[str, Any] = root.read_json(*STATE) or {}
-    run = PipelineRun()
-    for step in steps or plan(settings):
-        result = _run_step(settings, step, state, run.context, force)
-        run.steps.append(result)
-        if on_step:
-            on_step(result)
-        if result.status == FAILED:
-            break
-        root.write_json(state, *STATE)
+    with root.lock(LOCK, settings.pipeline.lock_timeout_s, on_wait):
+        state: dict[str, Any] = root.read_json(*STATE) or {}
+        run = PipelineRun()
+        for step in steps or plan(settings):
+            result = _run_step(settings, step, state, run.context, force)
+            run.steps.append(result)
+            if on_step:
+                on_step(result)
+            if result.status == FAILED:
+                break
+            root.write_json(state, *STATE)
     return run
 
 

@@ -104,9 +104,11 @@ def test_yahoo_source_on_ray_retries_and_reports(ray_address: str, tmp_path: Pat
     fake.script = {}
     settings.ingest.tickers = ["AAA", "BBB"]
     daily = run_ingest(settings, source=YahooSource(yahoo, fake))
-    last = dt.date.fromisoformat(rows["AAA"]["last_date"])
     asked = {line.split()[1] for line in calls.read_text().splitlines()}
-    assert asked == {(last + dt.timedelta(days=1)).isoformat()}  # only bars after the stored ones
+    overlap = pd.bdate_range("2024-01-02", periods=60)[-settings.ingest.overlap_days]
+    assert asked == {
+        overlap.date().isoformat()
+    }  # the stored tail again, to check it, then new bars
     assert {r["new_rows"] for r in daily.rows} == {5} and daily.changed
 
     # The next runs find nothing new: not a failure, whatever the calendar says.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ import pandas as pd
 import pytest
 
 from ray_app.core.storage import DataRoot
-from ray_app.data.ingest import stored_hash
+from ray_app.data.ingest import latest_manifest, read_manifest, stored_hash
 from tests.integration.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -194,6 +197,64 @@ def test_a_broken_refresh_never_loses_stored_bars(
     assert broken.returncode == 1 and "GOOD.csv: file is empty" in broken.stdout
     assert stored_hash(DataRoot(root), "GOOD") == before
     assert len(pd.read_parquet(Path(root) / "raw" / "ticker=GOOD")) == 80
+
+
+def test_two_ingests_at_once_keep_both_tickers(ray_address: str, tmp_path: Path) -> None:
+    root = str(tmp_path / "data")
+
+    def ingest(ticker: str) -> subprocess.CompletedProcess[str]:
+        args = ["ingest", "--source", "sample", "--tickers", ticker, "--data-root", root]
+        return run_cli(args, ray_address, tmp_path)
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(ingest, ["AAPL", "IBM"]))
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    latest = latest_manifest(DataRoot(root))
+    assert latest is not None and sorted(latest["tickers"]) == ["AAPL", "IBM"]
+    parent = read_manifest(DataRoot(root), latest["parent"])  # the run that recorded first
+    assert len(parent["tickers"]) == 1 and parent["parent"] is None
+
+
+def test_a_second_pipeline_on_a_busy_root_is_one_line(ray_address: str, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    with DataRoot(str(root)).lock("pipeline", 0):  # a first pipeline, as far as the CLI can tell
+        second = run_cli(
+            ["pipeline", "--data-root", str(root)],
+            ray_address,
+            tmp_path,
+            env={"RAY_APP_PIPELINE__LOCK_TIMEOUT_S": "0"},
+        )
+    assert second.returncode == 2, second.stderr
+    busy = f"error: data root {root} is busy: its pipeline lock is held by pid {os.getpid()} on "
+    assert busy in second.stderr and "Traceback" not in second.stderr
+
+
+def test_a_re_adjusted_history_is_refetched(ray_address: str, tmp_path: Path) -> None:
+    folder = tmp_path / "bars"
+    folder.mkdir()
+    write_bars(folder / "SPLIT.csv", seed=3)
+    write_bars(folder / "STEADY.csv", seed=4)
+    root = str(tmp_path / "data")
+    args = ["ingest", "--source", "csv", "--path", str(folder), "--data-root", root]
+    first = run_cli([*args, "--end", "2023-03-31"], ray_address, tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = latest_manifest(DataRoot(root))
+    split = pd.read_csv(folder / "SPLIT.csv")
+    split[["Open", "High", "Low", "Close", "Adj Close"]] *= 0.5  # the source after a 2:1 split
+    split.to_csv(folder / "SPLIT.csv", index=False)
+
+    second = run_cli(args, ray_address, tmp_path)
+    assert second.returncode == 0, second.stderr
+    rows = summary(second.stdout)
+    assert (
+        " refetched " in rows["SPLIT"] and "history re-adjusted (adj_close x0.5000" in rows["SPLIT"]
+    )
+    assert " ok " in rows["STEADY"]
+    after = latest_manifest(DataRoot(root))
+    assert before and after and after["parent"] == before["version"]
+    assert after["tickers"]["SPLIT"]["rows"] == 80
+    stored = pd.read_parquet(Path(root) / "raw" / "ticker=SPLIT")
+    assert np.allclose(stored["adj_close"], split["Adj Close"])
 
 
 def test_a_date_range_without_bars_is_named(

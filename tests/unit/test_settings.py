@@ -54,6 +54,15 @@ def test_wrong_types_are_refused(tmp_path: Path) -> None:
     assert "features.rsi_window" in message and "features.lags" in message
 
 
+def test_overlap_and_lock_settings_refuse_out_of_range_values(tmp_path: Path) -> None:
+    text = "ingest:\n  overlap_days: -1\n  overlap_tolerance: 0\npipeline:\n  lock_timeout_s: -5\n"
+    with pytest.raises(SettingsError) as info:
+        load_settings(write(tmp_path, text))
+    message = str(info.value)
+    for key in ("ingest.overlap_days", "ingest.overlap_tolerance", "pipeline.lock_timeout_s"):
+        assert key in message and "\n" not in message
+
+
 def test_bad_override_names_the_option() -> None:
     with pytest.raises(SettingsError, match=r"ingest\.source"):
         load_settings(ingest__source="nope")
