@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import CONFIG_ENV, Settings, load_settings
@@ -29,9 +30,18 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect stored data and feature sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-# Wide tables when piped (CI logs, `| less`); the terminal's width otherwise.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# Wide tables when piped (CI logs, `| less`); the terminal's width otherwise. Markup is off:
+# tickers, file names and error text are printed as they are (a ticker "[/x]" would
+# otherwise be read as a closing tag and crash the command after its work is done);
+# colour comes only from ``styled`` and ``Text`` styles.
+out = Console(width=None if sys.stdout.isatty() else 160, markup=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, markup=False)
+
+
+def styled(style: str, label: str, rest: str = "") -> Text:
+    """``label`` in ``style`` followed by plain ``rest``: user data is never markup."""
+    return Text.assemble((label, style), rest)
+
 
 ConfigOption = Annotated[
     Path | None,
@@ -64,7 +74,7 @@ def parse_tickers(values: list[str] | None) -> list[str] | None:
         looks_like_file = "/" in value or path.suffix.lower() in {".txt", ".csv", ".lst"}
         if value.startswith("@") or looks_like_file:
             if not path.is_file():
-                raise RayAppError(f"--tickers file {path} does not exist")
+                raise RayAppError(f"--tickers {value}: no such file, and not a ticker either")
             text = path.read_text(encoding="utf-8")
             found += [
                 t
@@ -79,7 +89,7 @@ def parse_tickers(values: list[str] | None) -> list[str] | None:
 @contextmanager
 def _progress(label: str, total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
     with Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -107,7 +117,7 @@ def _ticker_table(title: str, rows: list[dict[str, Any]], extra: list[str]) -> T
     colours = {"failed": "red", "ok": "green"}
     for row in rows:
         note = row.get("reason") or row.get("warnings", "")
-        status = f"[{colours.get(row['status'], 'cyan')}]{row['status']}[/]"
+        status = Text(row["status"], style=colours.get(row["status"], "cyan"))
         table.add_row(
             row["ticker"],
             status,
@@ -172,13 +182,19 @@ def ingest(
     out.print(_ticker_table(f"ingest from {chosen.name}", result.rows, ["new_rows"]))
     version = result.version or "none"
     out.print(
-        f"data version [bold]{version}[/] ({'new' if result.changed else 'unchanged'}) "
-        f"under {settings.data_root}"
+        Text.assemble(
+            "data version ",
+            (version, "bold"),
+            f" ({'new' if result.changed else 'unchanged'}) under {settings.data_root}",
+        )
     )
     if result.failed:
         err.print(
-            f"[red]{len(result.failed)} of {len(result.rows)} ticker(s) failed:[/] "
-            + ", ".join(result.failed)
+            styled(
+                "red",
+                f"{len(result.failed)} of {len(result.rows)} ticker(s) failed: ",
+                ", ".join(result.failed),
+            )
         )
         if not settings.ingest.allow_partial:
             raise typer.Exit(1)
@@ -206,8 +222,11 @@ def features(
         build = build_features(settings, data_version=data_version, force=force, on_row=advance)
     if build.reused:
         out.print(
-            f"feature set [bold]{build.version}[/] is up to date "
-            f"(data version {build.data_version})"
+            Text.assemble(
+                "feature set ",
+                (build.version, "bold"),
+                f" is up to date (data version {build.data_version})",
+            )
         )
     else:
         out.print(
@@ -216,14 +235,18 @@ def features(
             )
         )
         out.print(
-            f"feature set [bold]{build.version}[/]: {build.manifest['rows']} rows, "
-            f"{len(build.manifest['columns'])} features at {build.manifest['path']}"
+            Text.assemble(
+                "feature set ",
+                (build.version, "bold"),
+                f": {build.manifest['rows']} rows, "
+                f"{len(build.manifest['columns'])} features at {build.manifest['path']}",
+            )
         )
     if settings.online.backend == "redis":
         written = materialize_redis(settings, build.version)
         out.print(f"online store: {written} rows in Redis at {settings.online.redis_url}")
     if build.failed and not settings.ingest.allow_partial:
-        err.print(f"[red]{len(build.failed)} ticker(s) failed:[/] {', '.join(build.failed)}")
+        err.print(styled("red", f"{len(build.failed)} ticker(s) failed: ", ", ".join(build.failed)))
         raise typer.Exit(1)
 
 
@@ -293,11 +316,15 @@ def _release_summary(release: Any) -> None:
         table.add_row(name, *("-" if v is None else f"{v:.4g}" for v in cells))
     out.print(table)
     for warning in release.report.get("warnings", []):
-        err.print(f"[yellow]warning:[/] {warning.get('message', warning)}", soft_wrap=True)
+        err.print(
+            styled("yellow", "warning: ", str(warning.get("message", warning))), soft_wrap=True
+        )
     if release.promoted:
-        out.print(f"[green]promoted[/]: version {release.version} is the champion")
+        out.print(styled("green", "promoted", f": version {release.version} is the champion"))
     else:
-        out.print(f"[yellow]kept the champion[/]: version {release.version} stays challenger")
+        out.print(
+            styled("yellow", "kept the champion", f": version {release.version} stays challenger")
+        )
         for reason in release.decision.reasons:
             out.print(f"  - {reason}", soft_wrap=True)
     if release.champion_note:
@@ -441,7 +468,9 @@ def evaluate(
             table.add_row(name, *("-" if v is None else f"{v:.4g}" for v in cells))
         out.print(table)
     for warning in report.get("warnings", []):
-        err.print(f"[yellow]warning:[/] {warning.get('message', warning)}", soft_wrap=True)
+        err.print(
+            styled("yellow", "warning: ", str(warning.get("message", warning))), soft_wrap=True
+        )
 
 
 @app.command()
@@ -527,7 +556,7 @@ def pipeline(
     def show(step: Any) -> None:
         colour = {OK: "green", FAILED: "red"}.get(step.status, "cyan")
         err.print(
-            f"[{colour}]{step.name}: {step.status}[/] ({step.seconds:.1f}s) {step.detail}",
+            styled(colour, f"{step.name}: {step.status}", f" ({step.seconds:.1f}s) {step.detail}"),
             soft_wrap=True,
         )
 
@@ -696,7 +725,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="ray-app")
     except RayAppError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(styled("red", "error: ", str(exc)), highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -705,8 +734,11 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("RAY_APP_DEBUG"):
             raise
         err.print(
-            f"[red]unexpected error:[/] {type(exc).__name__}: {exc} "
-            "(set RAY_APP_DEBUG=1 for the traceback)",
+            styled(
+                "red",
+                "unexpected error: ",
+                f"{type(exc).__name__}: {exc} (set RAY_APP_DEBUG=1 for the traceback)",
+            ),
             highlight=False,
             soft_wrap=True,
         )

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings import SettingsError as SourceError
 
 from ray_app.core.errors import RayAppError
+from ray_app.core.identifiers import check_ticker
 
 ENV_PREFIX = "RAY_APP_"
 CONFIG_ENV = "RAY_APP_CONFIG_FILE"
@@ -89,8 +90,9 @@ class IngestSettings(_Section):
 
     @field_validator("tickers")
     @classmethod
-    def _upper(cls, tickers: list[str]) -> list[str]:
-        return [t.strip().upper() for t in tickers if t.strip()]
+    def _tickers(cls, tickers: list[str]) -> list[str]:
+        """Upper-cased, and each one a ticker: they name folders under the data root."""
+        return [check_ticker(t) for t in tickers if t.strip()]
 
 
 class FeatureSettings(_Section):
@@ -106,6 +108,11 @@ class FeatureSettings(_Section):
     volume_window: int = 20
     beta_window: int = 60
     index_ticker: str = Field("SPY", description="Market index for relative features, if present")
+
+    @field_validator("index_ticker")
+    @classmethod
+    def _index_ticker(cls, ticker: str) -> str:
+        return check_ticker(ticker)
 
     @field_validator("return_horizons", "volatility_windows", "lags")
     @classmethod

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import socket
 import sys
 import uuid
@@ -35,6 +36,10 @@ from ray_app.core.errors import RayAppError
 LOCKS = "_locks"
 
 logger = logging.getLogger(__name__)
+
+
+class PathEscapeError(RayAppError, ValueError):
+    """A path below the data root that would resolve outside it."""
 
 
 class LockBusyError(RayAppError):
@@ -66,9 +71,19 @@ class DataRoot:
         return self._fs
 
     def path(self, *parts: str) -> str:
-        """The filesystem path of ``parts`` below the root."""
+        """The filesystem path of ``parts`` below the root; PathEscapeError for one that
+        resolves outside it (``..`` or an absolute part), whatever produced the parts."""
         _ = self.fs
-        return "/".join([self._base.rstrip("/"), *parts])
+        base = self._base.rstrip("/")
+        joined = "/".join([base, *parts])
+        normal = posixpath.normpath(joined)
+        if any(p.startswith("/") for p in parts) or not (
+            normal == base or normal.startswith(f"{base}/")
+        ):
+            raise PathEscapeError(
+                f"refused a path outside the data root {self.uri}: {'/'.join(parts)!r}"
+            )
+        return joined
 
     def display(self, *parts: str) -> str:
         """A path users can paste: the URI form for remote roots, a plain path locally."""

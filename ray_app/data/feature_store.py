@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ray_app.core.errors import RayAppError
+from ray_app.core.identifiers import check_version
 from ray_app.core.settings import FeatureSettings, Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.features import TARGET, TARGET_DIR, compute_features, feature_names, spec_hash
@@ -48,7 +49,7 @@ def feature_manifest(root: DataRoot, version: str | None = None) -> dict[str, An
                 f"no feature set under {root.display(FEATURES)}: run `ray-app features`"
             )
         version = pointer["version"]
-    manifest = root.read_json(FEATURES, version, MANIFEST)
+    manifest = root.read_json(FEATURES, check_version(version, "feature version"), MANIFEST)
     if manifest is None:
         raise FeatureSetError(
             f"feature set version {version} does not exist under {root.display(FEATURES)}"

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from ray_app.core.identifiers import InvalidIdentifierError, check_ticker, check_version
 from ray_app.core.settings import IngestSettings, Settings
 from ray_app.core.storage import DataRoot, combine_hashes, frame_hash
 from ray_app.data.sources import BAR_COLUMNS, Fetched, NoBarsError, Source, TickerError, make_source
@@ -51,7 +52,7 @@ def latest_manifest(root: DataRoot) -> dict[str, Any] | None:
 
 
 def read_manifest(root: DataRoot, version: str) -> dict[str, Any]:
-    manifest = root.read_json(RAW, MANIFESTS, f"{version}.json")
+    manifest = root.read_json(RAW, MANIFESTS, f"{check_version(version, 'data version')}.json")
     if manifest is None:
         raise KeyError(f"data version {version} does not exist under {root.display(RAW)}")
     return manifest
@@ -96,6 +97,10 @@ def ingest_ticker(
 
 
 def _ingest(job: TickerJob, source: Source, cfg: IngestSettings, root: DataRoot) -> dict[str, Any]:
+    try:  # a source may list a name (a csv file's) that cannot name a partition folder
+        check_ticker(job.ticker)
+    except InvalidIdentifierError as exc:
+        raise TickerError(str(exc)) from None
     if job.since is None:
         return _ingest_full(job.ticker, source, cfg, root)
     return _ingest_incremental(job.ticker, job.since, source, cfg, root)

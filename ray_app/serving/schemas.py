@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-TICKER = r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,15}$"
+from ray_app.core.identifiers import TICKER_PATTERN
+
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 SCORE_DOC = (
@@ -18,7 +19,7 @@ SCORE_DOC = (
     "(+0.1 is a tenth of a typical day's move up); null when the feature set has no vol_20d."
 )
 
-Ticker = Annotated[str, Field(pattern=TICKER, examples=["AAPL"])]
+Ticker = Annotated[str, Field(pattern=TICKER_PATTERN, examples=["AAPL"])]
 Direction = Literal["up", "down", "flat"]
 
 
