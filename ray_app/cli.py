@@ -125,23 +125,27 @@ def ingest(
     config: ConfigOption = None,
     data_root: DataRootOption = None,
     source: Annotated[
-        Literal["sample", "csv", "yahoo"] | None, typer.Option(help="Where bars come from")
+        Literal["sample", "csv", "yahoo"] | None,
+        typer.Option(help="Where bars come from (default: ingest.source)"),
     ] = None,
     path: Annotated[
         Path | None, typer.Option(help="Folder of per-ticker files (--source csv)")
     ] = None,
     tickers: Annotated[
-        list[str] | None, typer.Option(help="Tickers: AAPL,MSFT or a file of them (@file)")
+        list[str] | None,
+        typer.Option(help="Tickers: AAPL,MSFT or a file of them (@file); repeatable"),
     ] = None,
     start: Annotated[
-        dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First date (YYYY-MM-DD)")
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="First date, inclusive (YYYY-MM-DD)"),
     ] = None,
     end: Annotated[
         dt.datetime | None,
         typer.Option(formats=["%Y-%m-%d"], help="Last date, inclusive (default: today)"),
     ] = None,
     bad_rows: Annotated[
-        Literal["drop", "fail"] | None, typer.Option(help="Drop invalid bars or fail the ticker")
+        Literal["drop", "fail"] | None,
+        typer.Option(help="Drop invalid bars or fail the ticker (default: ingest.bad_rows)"),
     ] = None,
     allow_partial: AllowPartialOption = None,
     full_refresh: Annotated[
@@ -346,7 +350,9 @@ def train(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Ray Train workers (default: train.num_workers)")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Maximum epochs (default: train.hparams.epochs)")
+    ] = None,
 ) -> None:
     """Train with Ray Train, evaluate walk-forward, register the challenger, apply the gate.
 
@@ -445,7 +451,7 @@ def evaluate(
         typer.Option(help="Feature set version (default: the one the model was trained on)"),
     ] = None,
     report_dir: Annotated[
-        Path | None, typer.Option(help="Also write report.json/.md and plots here")
+        Path | None, typer.Option(help="Also write report.json, report.md and the plots here")
     ] = None,
 ) -> None:
     """Evaluate a registered model walk-forward and on the holdout against the baselines.
@@ -608,7 +614,7 @@ def rollout_command(
     no_shadow: Annotated[bool, typer.Option("--no-shadow", help="Stop mirroring")] = False,
     pin: Annotated[
         list[str] | None,
-        typer.Option(help="VARIANT=VERSION (or alias): the model a variant serves"),
+        typer.Option(help="VARIANT=VERSION (or alias): the model a variant serves; repeatable"),
     ] = None,
     promote: Annotated[
         bool, typer.Option(help="Make the challenger the champion, then serve it")
