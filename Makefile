@@ -9,7 +9,7 @@ SERVE_URL ?= http://127.0.0.1:8000
 # Ray's CLIs (ray job submit, serve deploy) send the head's token only in token mode.
 export RAY_AUTH_MODE := token
 
-.PHONY: install run cluster-up cluster-down test test-unit lint manifests bench clean
+.PHONY: install run cluster-up cluster-down test test-unit lint manifests docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,10 +52,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m tests.infra.serve_config_sync --check
+	$(BIN)/python -m tests.infra.docs_sync --check
 
 ## manifests: copy serve_config.yaml into cluster/ray-service.yaml (serveConfigV2)
 manifests: $(STAMP)
 	$(BIN)/python -m tests.infra.serve_config_sync
+
+## docs: regenerate the settings, Serve config and CLI references in docs/ from the code
+docs: $(STAMP)
+	$(BIN)/python -m tests.infra.docs_sync
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py

@@ -135,30 +135,41 @@ def ingest(
     config: ConfigOption = None,
     data_root: DataRootOption = None,
     source: Annotated[
-        Literal["sample", "csv", "yahoo"] | None, typer.Option(help="Where bars come from")
+        Literal["sample", "csv", "yahoo"] | None,
+        typer.Option(help="Where bars come from (default: ingest.source)"),
     ] = None,
     path: Annotated[
         Path | None, typer.Option(help="Folder of per-ticker files (--source csv)")
     ] = None,
     tickers: Annotated[
-        list[str] | None, typer.Option(help="Tickers: AAPL,MSFT or a file of them (@file)")
+        list[str] | None,
+        typer.Option(help="Tickers: AAPL,MSFT or a file of them (@file); repeatable"),
     ] = None,
     start: Annotated[
-        dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First date (YYYY-MM-DD)")
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="First date, inclusive (YYYY-MM-DD)"),
     ] = None,
     end: Annotated[
         dt.datetime | None,
         typer.Option(formats=["%Y-%m-%d"], help="Last date, inclusive (default: today)"),
     ] = None,
     bad_rows: Annotated[
-        Literal["drop", "fail"] | None, typer.Option(help="Drop invalid bars or fail the ticker")
+        Literal["drop", "fail"] | None,
+        typer.Option(help="Drop invalid bars or fail the ticker (default: ingest.bad_rows)"),
     ] = None,
     allow_partial: AllowPartialOption = None,
     full_refresh: Annotated[
-        bool, typer.Option(help="Refetch all history, not only new bars")
+        bool, typer.Option(help="Refetch all history, not only new bars and the overlap")
     ] = False,
 ) -> None:
-    """Fetch, validate and store daily bars per ticker, in parallel on Ray."""
+    """Fetch, validate and store daily bars per ticker, in parallel on Ray.
+
+    Prints a per-ticker table (status, rows, new rows, date range, reason or warnings) and the
+    data version, marked new or unchanged.
+
+    A ticker file holds tickers separated by spaces, commas or new lines; # starts a comment.
+    A value that contains / or ends in .txt, .csv or .lst is read as a file even without @.
+    """
     from ray_app.data.ingest import run_ingest
     from ray_app.data.sources import make_source
     from ray_app.ops.runtime import connect
@@ -210,7 +221,12 @@ def features(
     force: Annotated[bool, typer.Option(help="Rebuild even when the feature set exists")] = False,
     allow_partial: AllowPartialOption = None,
 ) -> None:
-    """Compute the point-in-time feature set of a data version with Ray Data."""
+    """Compute the point-in-time feature set of a data version with Ray Data.
+
+    Prints a per-ticker table (status, rows, training rows, date range, reason) and the feature
+    version, or that the set is up to date. With online.backend redis it also loads the set
+    into Redis. The feature spec is set only through configuration (features.*).
+    """
     from ray_app.data.feature_store import build_features, plan_build
     from ray_app.data.online import materialize_redis
     from ray_app.ops.runtime import connect
@@ -256,7 +272,14 @@ def data_status_command(
     data_root: DataRootOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")] = False,
 ) -> None:
-    """Raw data and feature set versions, paths, tickers, date ranges, rows and freshness."""
+    """Raw data and feature set versions, paths, tickers, date ranges, rows and freshness.
+
+    Shows the latest raw data version and every complete feature set: versions, ticker counts,
+    rows, first and last date, days since the last bar, paths. A feature set is marked
+    (latest) when _latest.json points at it and (stale) when it was built from another data
+    version than the current one. With --json: {"data_root", "raw", "features"}, where raw is
+    null before the first ingest. It does not start Ray.
+    """
     from ray_app.data.catalog import data_status
 
     status = data_status(_settings(config, data_root=data_root))
@@ -354,9 +377,15 @@ def train(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Ray Train workers (default: train.num_workers)")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Maximum epochs (default: train.hparams.epochs)")
+    ] = None,
 ) -> None:
-    """Train with Ray Train, evaluate walk-forward, register the challenger, apply the gate."""
+    """Train with Ray Train, evaluate walk-forward, register the challenger, apply the gate.
+
+    Prints each epoch's losses, the holdout table (model and baselines: RMSE, directional
+    accuracy, IC, IC t-stat, Sharpe), any leak warning, the gate's verdict and the MLflow run id.
+    """
     from ray_app.ops.runtime import connect
     from ray_app.training.release import train_and_release
 
@@ -389,7 +418,12 @@ def tune(
         bool, typer.Option(help="Train the best trial's model and register it")
     ] = True,
 ) -> None:
-    """Search hyperparameters with Ray Tune + Optuna, then release the best configuration."""
+    """Search hyperparameters with Ray Tune + Optuna, then release the best configuration.
+
+    Prints the search name first (what --resume takes), then the ten best trials, the number
+    of failed trials and the best hyperparameters, then (with --release) the release summary
+    of train.
+    """
     from ray_app.ops.runtime import connect
     from ray_app.training.release import train_and_release
     from ray_app.training.train import load_training_data
@@ -444,10 +478,14 @@ def evaluate(
         typer.Option(help="Feature set version (default: the one the model was trained on)"),
     ] = None,
     report_dir: Annotated[
-        Path | None, typer.Option(help="Also write report.json/.md and plots here")
+        Path | None, typer.Option(help="Also write report.json, report.md and the plots here")
     ] = None,
 ) -> None:
-    """Evaluate a registered model walk-forward and on the holdout against the baselines."""
+    """Evaluate a registered model walk-forward and on the holdout against the baselines.
+
+    Runs in a new MLflow run (evaluate-vN) and prints the walk-forward and holdout tables and
+    any leak warning. The registry is not changed.
+    """
     from ray_app.ops.runtime import connect
     from ray_app.training.evaluate import write_report
     from ray_app.training.release import evaluate_version
@@ -479,7 +517,12 @@ def models(
     data_root: DataRootOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
-    """Registered model versions with their aliases, lineage and holdout metrics."""
+    """Registered model versions with their aliases, lineage and holdout metrics.
+
+    A table of every version with its aliases, creation time, feature version and holdout IC,
+    Sharpe and RMSE. With --json, per version: version, aliases, run_id, created, lineage,
+    holdout.
+    """
     from ray_app.registry.versions import list_versions
 
     settings = _settings(config, data_root=data_root)
@@ -518,7 +561,10 @@ def promote_command(
     config: ConfigOption = None,
     data_root: DataRootOption = None,
 ) -> None:
-    """Make a version the champion by hand (recorded with who, when and why)."""
+    """Make a version the champion by hand (recorded with who, when and why).
+
+    The actor recorded is the OS user.
+    """
     from ray_app.registry.versions import promote
 
     settings = _settings(config, data_root=data_root)
@@ -532,7 +578,11 @@ def rollback(
     config: ConfigOption = None,
     data_root: DataRootOption = None,
 ) -> None:
-    """Point the champion back at the previous champion."""
+    """Point the champion back at the previous champion.
+
+    Repeated rollbacks walk further back through the promotions. The actor recorded is the OS
+    user.
+    """
     from ray_app.registry.versions import rollback as roll_back
 
     settings = _settings(config, data_root=data_root)
@@ -546,7 +596,12 @@ def pipeline(
     data_root: DataRootOption = None,
     force: Annotated[bool, typer.Option(help="Run every step, even those up to date")] = False,
 ) -> None:
-    """The daily pipeline: ingest, features, search, release, deploy, smoke request."""
+    """The daily pipeline: ingest, features, search, release, deploy, smoke request.
+
+    Steps whose inputs are unchanged since their last success are skipped. Prints each step as
+    it ends, then a summary table (step, status, seconds, versions, detail); exits 1 when a
+    step failed.
+    """
     from ray_app.ops.pipeline import FAILED, OK, run_pipeline
     from ray_app.ops.runtime import connect
 
@@ -592,10 +647,10 @@ def rollout_command(
     shadow_fraction: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Share of requests mirrored")
     ] = None,
-    no_shadow: Annotated[bool, typer.Option(help="Stop mirroring")] = False,
+    no_shadow: Annotated[bool, typer.Option("--no-shadow", help="Stop mirroring")] = False,
     pin: Annotated[
         list[str] | None,
-        typer.Option(help="VARIANT=VERSION (or alias): the model a variant serves"),
+        typer.Option(help="VARIANT=VERSION (or alias): the model a variant serves; repeatable"),
     ] = None,
     promote: Annotated[
         bool, typer.Option(help="Make the challenger the champion, then serve it")
@@ -609,10 +664,20 @@ def rollout_command(
     feature_version: Annotated[
         str | None, typer.Option(help="Feature set the ingress serves (default: the newest)")
     ] = None,
-    address: Annotated[str | None, typer.Option(help="Ray dashboard URL for serve deploy")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray dashboard URL for serve deploy (default: RAY_DASHBOARD_ADDRESS, "
+            "else http://localhost:8265)"
+        ),
+    ] = None,
     apply: Annotated[bool, typer.Option(help="Run serve deploy after writing the file")] = True,
 ) -> None:
-    """Change A/B weights, the shadow or pinned versions; write serve_config.yaml and deploy it."""
+    """Change A/B weights, the shadow or pinned versions; write serve_config.yaml and deploy it.
+
+    Prints the registry event (if any), the new weights and shadow, and "deployed FILE" or
+    "wrote FILE".
+    """
     from ray_app.serving.rollout import Change, RolloutError, rollout
 
     pins: dict[str, str] = {}
@@ -663,7 +728,10 @@ def cluster_env(settings: Settings) -> dict[str, str]:
 
 @cluster_app.command("up")
 def cluster_up(config: ConfigOption = None) -> None:
-    """Start a local Ray head with token authentication (nothing if one is running)."""
+    """Start a local Ray head with token authentication (nothing if one is running).
+
+    Prints the head, the dashboard, the token file, the Serve ingress and a ray job submit hint.
+    """
     from ray_app.ops.cluster import up
 
     settings = _settings(config)
@@ -689,7 +757,10 @@ def cluster_status(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")] = False,
 ) -> None:
-    """Nodes, resources, jobs, Serve applications and the dashboard URL."""
+    """Nodes, resources, jobs, Serve applications and the dashboard URL.
+
+    Exits 2 when no head is running.
+    """
     from ray_app.ops.cluster import ClusterError, running, status
     from ray_app.ops.runtime import connect
 

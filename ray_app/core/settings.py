@@ -45,12 +45,16 @@ class YahooSettings(_Section):
     """How politely we ask Yahoo: it rate-limits aggressive clients."""
 
     auto_adjust: bool = Field(
-        False, description="Adjust OHLC in yfinance (we keep raw + Adj Close)"
+        False,
+        description="Ask yfinance to adjust OHLC (by default raw OHLC and `Adj Close` are kept)",
     )
     actions: bool = Field(False, description="Ask yfinance for dividends and splits columns")
     max_concurrency: int = Field(4, ge=1, description="Concurrent requests across all Ray workers")
     max_attempts: int = Field(
-        5, ge=1, description="Attempts per ticker on rate limits and timeouts"
+        5,
+        ge=1,
+        description="Attempts per ticker on rate limits, timeouts, connection errors and empty "
+        "answers",
     )
     backoff_initial_s: float = Field(
         1.0, gt=0, description="Scale of the retry delay: exponential with full jitter"
@@ -62,24 +66,30 @@ class YahooSettings(_Section):
 class IngestSettings(_Section):
     """Where bars come from and how strictly they are checked."""
 
-    source: Literal["sample", "csv", "yahoo"] = "sample"
+    source: Literal["sample", "csv", "yahoo"] = Field("sample", description="Where bars come from")
     path: Path | None = Field(None, description="Folder of per-ticker files for the csv source")
     tickers: list[str] = Field(
-        default_factory=list, description="Empty: every ticker the source has"
+        default_factory=list,
+        description="Tickers (stripped, upper-cased). Empty: every ticker the source has; yahoo "
+        "needs them listed",
     )
-    start: dt.date | None = None
-    end: dt.date | None = None
+    start: dt.date | None = Field(None, description="First date to fetch, inclusive")
+    end: dt.date | None = Field(None, description="Last date to fetch, inclusive (null: today)")
     bad_rows: Literal["drop", "fail"] = Field(
         "drop", description="Drop invalid bars and report them, or fail the whole ticker"
     )
     max_daily_move: float = Field(
-        0.5, gt=0, description="Flag |log return| above this as an implausible one-day jump"
+        0.5, gt=0, description="Flag an absolute daily log return above this as an implausible jump"
     )
-    exchange: str = Field("XNYS", description="exchange_calendars code used for gap checks")
+    exchange: str = Field("XNYS", description="`exchange_calendars` code for the calendar checks")
     column_map: dict[str, str] = Field(
         default_factory=dict, description="Extra file column -> bar field mapping for odd layouts"
     )
-    allow_partial: bool = Field(False, description="Exit 0 even when some tickers failed")
+    allow_partial: bool = Field(
+        False,
+        description="Exit 0 from `ingest` and `features` (and let the pipeline go on) when some "
+        "tickers failed",
+    )
     overlap_days: int = Field(
         5, ge=0, description="Stored bars an incremental run fetches again to catch re-adjustments"
     )
@@ -98,16 +108,29 @@ class IngestSettings(_Section):
 class FeatureSettings(_Section):
     """The feature specification; its hash versions every feature set."""
 
-    return_horizons: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
-    volatility_windows: list[int] = Field(default_factory=lambda: [5, 20, 60])
-    lags: list[int] = Field(default_factory=lambda: [1, 2, 3, 5])
-    rsi_window: int = 14
-    macd: tuple[int, int, int] = (12, 26, 9)
-    bollinger_window: int = 20
-    atr_window: int = 14
-    volume_window: int = 20
-    beta_window: int = 60
-    index_ticker: str = Field("SPY", description="Market index for relative features, if present")
+    return_horizons: list[int] = Field(
+        default_factory=lambda: [1, 5, 10, 20],
+        description="Horizons of `ret_{h}d` and `excess_ret_{h}d` (non-empty, each >= 1); "
+        "deduplicated and sorted",
+    )
+    volatility_windows: list[int] = Field(
+        default_factory=lambda: [5, 20, 60],
+        description="Windows of `vol_{w}d` (non-empty, each >= 1)",
+    )
+    lags: list[int] = Field(
+        default_factory=lambda: [1, 2, 3, 5],
+        description="Lags of `lag_ret_{k}` (non-empty, each >= 1)",
+    )
+    rsi_window: int = Field(14, description="RSI window")
+    macd: tuple[int, int, int] = Field((12, 26, 9), description="MACD fast, slow and signal spans")
+    bollinger_window: int = Field(20, description="Window of `bb_pos_{w}`")
+    atr_window: int = Field(14, description="Window of `atr_{w}`")
+    volume_window: int = Field(20, description="Window of `volume_z_{w}`")
+    beta_window: int = Field(60, description="Window of `beta_{w}d`")
+    index_ticker: str = Field(
+        "SPY",
+        description="Market index for the relative features, used when it is in the data version",
+    )
 
     @field_validator("index_ticker")
     @classmethod
@@ -125,9 +148,11 @@ class FeatureSettings(_Section):
 class OnlineSettings(_Section):
     """The online feature lookup (`get_online_features`): Parquet, or Redis in front of it."""
 
-    backend: Literal["offline", "redis"] = "offline"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_days: int = Field(400, ge=1, description="Trailing days of rows kept per ticker in Redis")
+    backend: Literal["offline", "redis"] = Field(
+        "offline", description="Where `open_lookup` answers from"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the `redis` backend")
+    redis_days: int = Field(400, ge=1, description="Trailing rows per ticker kept in Redis")
 
 
 ModelKind = Literal["mlp", "gru"]
@@ -138,53 +163,69 @@ class HParams(_Section):
 
     hidden_size: int = Field(64, ge=1, description="Width of every hidden layer / GRU state")
     num_layers: int = Field(2, ge=1, description="Hidden layers of the MLP, stacked GRU layers")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout")
     lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay")
-    batch_size: int = Field(256, ge=1)
-    epochs: int = Field(10, ge=1, description="Upper bound; early stopping usually ends sooner")
+    batch_size: int = Field(256, ge=1, description="Batch size")
+    epochs: int = Field(
+        10,
+        ge=1,
+        description="Upper bound on epochs (and ASHA's `max_t`); early stopping usually ends "
+        "sooner",
+    )
     window: int = Field(20, ge=1, description="GRU only: past feature rows per ticker in one input")
 
 
 class SplitSettings(_Section):
     """Walk-forward evaluation windows; the holdout is split off first and never searched."""
 
-    mode: Literal["expanding", "rolling"] = "expanding"
-    n_folds: int = Field(3, ge=1)
+    mode: Literal["expanding", "rolling"] = Field(
+        "expanding", description="Walk-forward training window"
+    )
+    n_folds: int = Field(3, ge=1, description="Walk-forward folds")
     test_days: int = Field(126, ge=5, description="Trading days in each walk-forward test window")
     train_days: int = Field(
         756, ge=20, description="Rolling: the training window; expanding: the shortest one"
     )
     embargo_days: int | None = Field(
-        None, ge=1, description="Gap between training labels and test rows; None: the minimum safe"
+        None,
+        ge=1,
+        description="Gap between training labels and test rows; null: the minimum safe gap",
     )
     holdout_months: int = Field(
-        6, ge=0, description="Most recent months kept for the final verdict"
+        6,
+        ge=0,
+        description="Most recent calendar months kept for the final verdict; 0: no holdout "
+        "(and no gate)",
     )
 
 
 class TrainSettings(_Section):
     """One training run with Ray Train."""
 
-    model: ModelKind = "mlp"
+    model: ModelKind = Field("mlp", description="Model kind")
     hparams: HParams = Field(default_factory=HParams)
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
-    use_gpu: bool | None = Field(None, description="None: use a GPU when the cluster has one")
-    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool | None = Field(None, description="null: use a GPU when the cluster has one")
+    cpus_per_worker: float = Field(
+        1.0, gt=0, description="CPUs per Ray Train worker (and per evaluation refit task)"
+    )
     patience: int = Field(
         3, ge=1, description="Epochs without validation improvement before stopping"
     )
-    seed: int = 0
+    seed: int = Field(0, description="Seed of weights, shuffling and dropout")
     torch_threads: int = Field(1, ge=1, description="Intra-op threads per worker")
 
 
 class SearchDimension(_Section):
     """One hyperparameter's range: uniform/loguniform (low, high), int (low, high), choice."""
 
-    type: Literal["uniform", "loguniform", "int", "choice"]
-    low: float | None = None
-    high: float | None = None
-    values: list[Any] | None = None
+    type: Literal["uniform", "loguniform", "int", "choice"] = Field(
+        description="uniform, loguniform (low > 0), int (both bounds inclusive) or choice"
+    )
+    low: float | None = Field(None, description="Lower bound (uniform, loguniform, int)")
+    high: float | None = Field(None, description="Upper bound, > low (uniform, loguniform, int)")
+    values: list[Any] | None = Field(None, description="choice: the non-empty list to pick from")
 
     @model_validator(mode="after")
     def _complete(self) -> SearchDimension:
@@ -212,17 +253,20 @@ class TuneSettings(_Section):
 
     num_samples: int = Field(8, ge=1, description="Trials in the search")
     max_concurrent: int = Field(2, ge=1, description="Trials running at once")
-    search_space: dict[str, SearchDimension] = Field(default_factory=_default_space)
-    scheduler: Literal["asha", "none"] = "asha"
+    search_space: dict[str, SearchDimension] = Field(
+        default_factory=_default_space,
+        description="One entry per `train.hparams` key to search",
+    )
+    scheduler: Literal["asha", "none"] = Field("asha", description="Trial scheduler")
     grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped")
-    cpus_per_trial: float = Field(1.0, gt=0)
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs per trial")
     checkpoint_every: int = Field(
         0,
         ge=0,
         description="Epochs between a trial's checkpoints; 0: none. An interrupted search "
         "keeps its finished trials and reruns the others from their last checkpoint",
     )
-    seed: int = 0
+    seed: int = Field(0, description="Seed of Optuna's TPE sampler")
 
     @field_validator("search_space")
     @classmethod
@@ -242,54 +286,75 @@ class MlflowSettings(_Section):
     reaches, since a SQLite file exists on one machine only.
     """
 
-    tracking_uri: str | None = Field(None, description="None: sqlite:///<data_root>/mlflow.db")
-    artifact_location: str | None = Field(None, description="None: <data_root>/mlartifacts")
-    experiment: str = "ray-app"
+    tracking_uri: str | None = Field(None, description="null: sqlite:///<data_root>/mlflow.db")
+    artifact_location: str | None = Field(
+        None,
+        description="Artifact location of new experiments; null: <data_root>/mlartifacts (with "
+        "an `http` tracking URI: the server decides)",
+    )
+    experiment: str = Field("ray-app", description="Experiment name")
     model_name: str = Field("ray-app-daily-return", description="Registered model name")
 
 
 class EvaluateSettings(_Section):
     """How predictions are scored: the long-short backtest's book and costs."""
 
-    quantile: float = Field(0.2, gt=0, le=0.5, description="Fraction of tickers long and short")
-    cost_bps: float = Field(5.0, ge=0, description="Transaction cost per unit of turnover, in bps")
+    quantile: float = Field(
+        0.2, gt=0, le=0.5, description="Fraction of tickers held long and short"
+    )
+    cost_bps: float = Field(
+        5.0, ge=0, description="Transaction cost per unit of turnover, in basis points"
+    )
 
 
 class GateSettings(_Section):
     """The quality gate: margins a challenger must beat every baseline and the champion by."""
 
-    ic_margin: float = Field(0.0, description="Challenger IC must exceed others' IC + this")
-    sharpe_margin: float = Field(0.0, description="Challenger Sharpe must exceed others' + this")
+    ic_margin: float = Field(
+        0.0, description="The challenger's IC must exceed every other's IC plus this"
+    )
+    sharpe_margin: float = Field(
+        0.0, description="The challenger's Sharpe must exceed every other's plus this"
+    )
     rmse_margin: float = Field(
-        0.0, ge=0, lt=1, description="Challenger RMSE must be <= others' RMSE * (1 - this)"
+        0.0,
+        ge=0,
+        lt=1,
+        description="The challenger's RMSE must be <= every other's RMSE x (1 - this)",
     )
 
 
 class ClusterSettings(_Section):
     """The local Ray head that `ray-app cluster up` starts (KubeRay manages remote ones)."""
 
-    state_dir: Path = Field(Path("~/.ray-app"), description="Where the head's address is kept")
+    state_dir: Path = Field(
+        Path("~/.ray-app"), description="Where `cluster.json` (the head's address) is kept"
+    )
     gcs_port: int | None = Field(
         None,
         ge=1024,
         le=65535,
-        description="Head port; None: the first free from 6380 (Redis has 6379)",
+        description="Head port; null: the first free from 6380 (Redis has 6379)",
     )
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = Field(8265, ge=1024, le=65535)
-    metrics_port: int = Field(8080, ge=1024, le=65535, description="Prometheus metrics export")
-    num_cpus: int | None = Field(None, ge=1, description="None: every CPU of the machine")
-    token_path: Path = Field(Path("~/.ray/auth_token"), description="Ray token (mode 0600)")
-    haproxy: bool | None = Field(None, description="Serve behind HAProxy; None: when available")
+    dashboard_host: str = Field("127.0.0.1", description="Dashboard bind address")
+    dashboard_port: int = Field(8265, ge=1024, le=65535, description="Dashboard and job API port")
+    metrics_port: int = Field(8080, ge=1024, le=65535, description="Prometheus metrics export port")
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of the head; null: every CPU of the machine"
+    )
+    token_path: Path = Field(Path("~/.ray/auth_token"), description="Ray token file (mode 0600)")
+    haproxy: bool | None = Field(None, description="Serve behind HAProxy; null: when available")
 
 
 class PipelineSettings(_Section):
     """The daily pipeline's serving steps."""
 
-    deploy: bool = Field(True, description="Deploy the Serve app and send a smoke request")
-    serve_config: Path = Field(Path("serve_config.yaml"), description="Serve config to deploy")
+    deploy: bool = Field(True, description="Run the deploy and smoke steps")
+    serve_config: Path = Field(
+        Path("serve_config.yaml"), description="Serve config the deploy step rewrites and deploys"
+    )
     serve_url: str = Field("http://127.0.0.1:8000", description="Where the smoke request goes")
-    smoke_timeout_s: float = Field(180.0, gt=0)
+    smoke_timeout_s: float = Field(180.0, gt=0, description="How long the smoke step retries")
     lock_timeout_s: float = Field(
         600.0, ge=0, description="Seconds a second pipeline on the root waits (0: fails at once)"
     )
@@ -298,8 +363,12 @@ class PipelineSettings(_Section):
 class RaySettings(_Section):
     """How entrypoints reach Ray; None starts or joins a local instance."""
 
-    address: str | None = None
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local instance")
+    address: str | None = Field(
+        None, description="Ray cluster to join; wins over `RAY_ADDRESS` and the local head"
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="Start a private local Ray instance with this many CPUs"
+    )
 
 
 class Settings(BaseSettings):

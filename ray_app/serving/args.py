@@ -42,20 +42,26 @@ class VariantSpec(_Strict):
 
     name: str = Field(pattern=VARIANT_NAME, description="Deployment name and routing label")
     ref: Ref
-    weight: float = Field(ge=0.0, le=1.0, description="Share of primary traffic")
+    weight: float = Field(
+        ge=0.0, le=1.0, description="Share of primary traffic; the variants' weights sum to 1"
+    )
 
 
 class ShadowSpec(_Strict):
     """A fraction of requests mirrored to ``variant``; its answers are logged, never returned."""
 
-    variant: str = Field(pattern=VARIANT_NAME)
-    fraction: float = Field(gt=0.0, le=1.0)
+    variant: str = Field(pattern=VARIANT_NAME, description="The variant that gets the mirrors")
+    fraction: float = Field(gt=0.0, le=1.0, description="Share of requests mirrored")
 
 
 class CacheSpec(_Strict):
     """The ingress's prediction cache, keyed by (model, version, ticker, feature date)."""
 
-    max_size: int = Field(10_000, ge=0, description="Entries kept (least recently used go); 0: off")
+    max_size: int = Field(
+        10_000,
+        ge=0,
+        description="Entries per ingress replica (least recently used go); 0: off",
+    )
     ttl_s: float = Field(300.0, gt=0, description="Seconds an entry is served")
 
 
@@ -63,23 +69,25 @@ class CpuSpec(_Strict):
     """CPUs reserved per replica: the defaults fit the whole graph on 2 CPUs with room for
     the Serve controller, the proxy and a driver."""
 
-    ingress: float = Field(0.25, gt=0)
-    variant: float = Field(0.25, gt=0)
+    ingress: float = Field(0.25, gt=0, description="CPUs per ingress replica")
+    variant: float = Field(0.25, gt=0, description="CPUs per variant replica")
 
 
 class BatchSpec(_Strict):
     """``@serve.batch`` of the variants: requests that arrive together share one forward pass."""
 
-    max_batch_size: int = Field(32, ge=1)
+    max_batch_size: int = Field(32, ge=1, description="`@serve.batch` size of the variants")
     batch_wait_timeout_s: float = Field(
-        0.0, ge=0, description="0: take what is queued; waiting only adds latency on CPU"
+        0.0,
+        ge=0,
+        description="Batch wait; 0: take what is queued (waiting only adds latency on CPU)",
     )
 
 
 class ShadowLimits(_Strict):
     """Bounds that keep a slow or dead shadow away from the primary path."""
 
-    max_in_flight: int = Field(4, ge=1, description="Mirrored requests pending per ingress")
+    max_in_flight: int = Field(4, ge=1, description="Mirrored requests pending per ingress replica")
     timeout_s: float = Field(2.0, gt=0, description="A mirrored request older than this is cut")
 
 
@@ -87,16 +95,21 @@ class VariantConfig(_Strict):
     """``user_config`` of a variant deployment: which model it serves, how it batches."""
 
     ref: Ref
-    max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.0, ge=0)
+    max_batch_size: int = Field(32, ge=1, description="`@serve.batch` size")
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description="Batch wait; 0: take what is queued")
 
 
 class IngressConfig(_Strict):
     """``user_config`` of the ingress: the traffic split, the shadow and the feature set."""
 
-    weights: dict[str, float]
-    shadow: ShadowSpec | None = None
-    feature_version: str | None = Field(None, description="None: the newest feature set")
+    weights: dict[str, float] = Field(
+        description="Variant name -> share of traffic, in [0, 1], summing to 1; names exactly the "
+        "deployed variants"
+    )
+    shadow: ShadowSpec | None = Field(
+        None, description="Mirror `fraction` of requests to `variant`; null: no shadow"
+    )
+    feature_version: str | None = Field(None, description="null: the newest feature set")
 
     @model_validator(mode="after")
     def _consistent(self) -> IngressConfig:
@@ -133,13 +146,25 @@ def _default_variants() -> list[VariantSpec]:
 class ServeArgs(_Strict):
     """The typed ``args`` of ``build_app``: settings, variants, limits and resources."""
 
-    config: str | None = Field(None, description="ray-app settings YAML (RAY_APP_* env applies)")
-    data_root: str | None = Field(None, description="Overrides data_root of the settings")
-    mlflow_tracking_uri: str | None = Field(None, description="Overrides mlflow.tracking_uri")
-    model_name: str | None = Field(None, description="Overrides mlflow.model_name")
-    feature_version: str | None = Field(None, description="None: the newest feature set")
-    variants: list[VariantSpec] = Field(default_factory=_default_variants, min_length=1)
-    shadow: ShadowSpec | None = None
+    config: str | None = Field(
+        None,
+        description="ray-app settings YAML to load on each replica (`RAY_APP_*` variables apply)",
+    )
+    data_root: str | None = Field(None, description="Overrides `data_root` of the settings")
+    mlflow_tracking_uri: str | None = Field(None, description="Overrides `mlflow.tracking_uri`")
+    model_name: str | None = Field(None, description="Overrides `mlflow.model_name`")
+    feature_version: str | None = Field(
+        None,
+        description="Feature set to serve; null: the newest (seeds the ingress `user_config`)",
+    )
+    variants: list[VariantSpec] = Field(
+        default_factory=_default_variants,
+        min_length=1,
+        description="One deployment each; the first is the primary. Names unique",
+    )
+    shadow: ShadowSpec | None = Field(
+        None, description="Mirror `fraction` of requests to `variant`; null: no shadow"
+    )
     cache: CacheSpec = Field(default_factory=CacheSpec)
     batch: BatchSpec = Field(default_factory=BatchSpec)
     shadow_limits: ShadowLimits = Field(default_factory=ShadowLimits)
@@ -149,9 +174,13 @@ class ServeArgs(_Strict):
     api_keys_env: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Environment variable holding comma-separated API keys; None: no auth",
+        description="Environment variable holding comma-separated API keys; null: no auth",
     )
-    refresh_s: float = Field(1.0, gt=0, description="How often the ingress rereads variants")
+    refresh_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the ingress re-asks the variants what they serve",
+    )
     precompute: bool = Field(
         True,
         description="Have each variant predict every feature row once per model version and "
@@ -160,7 +189,8 @@ class ServeArgs(_Strict):
     loader: str = Field(
         DEFAULT_LOADER,
         pattern=r"^[\w.]+:\w+$",
-        description="module:callable taking ServeArgs and returning the model loader",
+        description="`module:callable`: a factory taking `ServeArgs` and returning the model "
+        "loader (tests inject fakes)",
     )
 
     @model_validator(mode="after")
