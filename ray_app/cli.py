@@ -548,10 +548,19 @@ def models(
     out.print(table)
 
 
-def _actor() -> str:
-    import getpass
+def _actor(claimed: str | None = None) -> str:
+    from ray_app.registry.audit import checked_actor
 
-    return getpass.getuser()
+    return checked_actor(claimed)
+
+
+ActorOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Who acts, recorded in the audit trail; must be the OS user running the command "
+        "(default: that user, read from the process's uid, not from LOGNAME)"
+    ),
+]
 
 
 @app.command("promote")
@@ -560,6 +569,7 @@ def promote_command(
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit log)")],
     config: ConfigOption = None,
     data_root: DataRootOption = None,
+    actor: ActorOption = None,
 ) -> None:
     """Make a version the champion by hand (recorded with who, when and why).
 
@@ -568,7 +578,7 @@ def promote_command(
     from ray_app.registry.versions import promote
 
     settings = _settings(config, data_root=data_root)
-    promote(settings, version, _actor(), reason)
+    promote(settings, version, _actor(actor), reason)
     out.print(f"version {version} of {settings.mlflow.model_name} is the champion")
 
 
@@ -577,6 +587,7 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit log)")],
     config: ConfigOption = None,
     data_root: DataRootOption = None,
+    actor: ActorOption = None,
 ) -> None:
     """Point the champion back at the previous champion.
 
@@ -586,7 +597,7 @@ def rollback(
     from ray_app.registry.versions import rollback as roll_back
 
     settings = _settings(config, data_root=data_root)
-    restored = roll_back(settings, _actor(), reason)
+    restored = roll_back(settings, _actor(actor), reason)
     out.print(f"rolled back: version {restored} of {settings.mlflow.model_name} is the champion")
 
 
@@ -710,6 +721,30 @@ def rollout_command(
     weights = ", ".join(f"{k} {v:g}" for k, v in result.state.ingress.weights.items())
     out.print(f"weights: {weights}; shadow: {result.state.ingress.shadow or 'none'}")
     out.print(f"{'deployed' if result.deployed else 'wrote'} {result.path}")
+
+
+audit_app = typer.Typer(help="The hash-chained audit trail of the registry.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None, data_root: DataRootOption = None) -> None:
+    """Recompute the audit trail's hash chain: finds an edited, deleted or reordered entry.
+
+    Exits 0 when the chain is intact, 1 with one line per problem otherwise. Entries written
+    before the chain existed are counted as legacy: they cannot be checked.
+    """
+    from ray_app.registry.audit import verify
+
+    settings = _settings(config, data_root=data_root)
+    report = verify(settings)
+    for problem in report.problems:
+        err.print(styled("red", "broken: ", problem), soft_wrap=True)
+    legacy = f", {report.legacy} from before the chain (unchecked)" if report.legacy else ""
+    verdict = styled("green", "intact") if report.intact else styled("red", "BROKEN")
+    out.print(Text.assemble("audit trail ", verdict, f": {report.entries} entries{legacy}"))
+    if not report.intact:
+        raise typer.Exit(1)
 
 
 cluster_app = typer.Typer(help="The local Ray head (token auth, dashboard, Serve ingress).")

@@ -5,9 +5,8 @@ MLflow deprecated. A new version becomes the challenger; it becomes the champion
 through ``promote``, normally after the quality gate (``ray_app.training.gate``) finds it
 beats every baseline and the current champion on the holdout; this module records the
 gate's verdict (``GateDecision``) but never scores a model. Each promotion, rollback and
-gate rejection is recorded twice: as tags on the model version (visible in the MLflow UI)
-and as one JSON file per event under ``<data_root>/registry/audit``, which is append-only
-by construction (a new file per event, never a rewrite) and works on object stores too.
+gate rejection is recorded twice: as an entry of the hash-chained audit trail (``audit``),
+written before the alias moves, and as tags on the model version (visible in the MLflow UI).
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ import datetime as dt
 import json
 import math
 import tempfile
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -31,14 +29,13 @@ from mlflow.pyfunc import PythonModel
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
-from ray_app.core.storage import DataRoot
 from ray_app.models.networks import TrainedModel
+from ray_app.registry import audit
 from ray_app.registry.tracking import connect_mlflow
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 KEY_COLUMNS = ["ticker", "date"]
-AUDIT = ("registry", "audit")
 LINEAGE_KEYS = ("data_version", "feature_version", "code_version", "git_commit")
 HOLDOUT_PREFIX = "holdout."
 PREVIOUS_CHAMPION = "previous_champion"
@@ -77,10 +74,6 @@ class DailyReturnModel(PythonModel):
 def _client(settings: Settings) -> Any:
     connect_mlflow(settings)
     return mlflow.MlflowClient()
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
 def _missing(exc: MlflowException) -> bool:
@@ -229,20 +222,30 @@ class GateDecision:
     comparisons: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
-def _record(
-    settings: Settings, client: Any, event: str, tagged: int, payload: dict[str, Any]
+def _audited(
+    settings: Settings,
+    client: Any,
+    event: str,
+    tagged: int,
+    payload: dict[str, Any],
+    move: Callable[[], None] = lambda: None,
 ) -> None:
-    """Tag version ``tagged`` with the event and append it to the audit log."""
-    name = settings.mlflow.model_name
-    at = _now()
-    tags = {"by": payload["actor"], "at": at, "reason": payload["reason"]}
+    """Append the event to the audit trail, then ``move`` the alias, then tag version
+    ``tagged`` with the event. The entry comes first so that no move goes unrecorded; a move
+    that fails is recorded by a second entry (``<event>_failed``) and re-raised."""
+    entry = audit.append(settings, event, payload["actor"], payload)
+    try:
+        move()
+    except Exception as exc:
+        failure = {"version": payload.get("version"), "failed_seq": entry["seq"]}
+        audit.append(settings, f"{event}_failed", payload["actor"], {**failure, "reason": str(exc)})
+        raise
+    tags = {"by": payload["actor"], "at": entry["at"], "reason": payload["reason"]}
     if payload.get("metrics"):
         tags["metrics"] = json.dumps(payload["metrics"], sort_keys=True)
+    name = settings.mlflow.model_name
     for key, value in tags.items():
         client.set_model_version_tag(name, str(tagged), f"{event}.{key}", value[:MAX_TAG_CHARS])
-    entry = {"event": event, "model": name, "at": at, **payload}
-    stamp = dt.datetime.fromisoformat(at).strftime("%Y%m%dT%H%M%S%fZ")
-    DataRoot(settings.data_root).write_json(entry, *AUDIT, f"{stamp}-{uuid.uuid4().hex}.json")
 
 
 def promote(
@@ -254,7 +257,8 @@ def promote(
 ) -> None:
     """Point ``champion`` at ``version``, remembering the champion it replaces for rollback.
 
-    The version is checked first, so a bad number leaves the registry as it was.
+    The version is checked first, so a bad number leaves the registry and the trail as they
+    were.
     """
     client = _client(settings)
     name = settings.mlflow.model_name
@@ -262,8 +266,11 @@ def promote(
     previous = (_aliases(client, name) or {}).get(CHAMPION)
     if previous == version:
         raise RegistryError(f"version {version} is already the champion of {name!r}")
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    client.set_model_version_tag(name, str(version), PREVIOUS_CHAMPION, str(previous or ""))
+
+    def move() -> None:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+        client.set_model_version_tag(name, str(version), PREVIOUS_CHAMPION, str(previous or ""))
+
     payload = {
         "version": version,
         "from_version": previous,
@@ -271,7 +278,7 @@ def promote(
         "reason": reason,
         "metrics": dict(metrics or {}),
     }
-    _record(settings, client, "promote", version, payload)
+    _audited(settings, client, "promote", version, payload, move)
 
 
 def rollback(settings: Settings, actor: str, reason: str) -> int:
@@ -290,9 +297,15 @@ def rollback(settings: Settings, actor: str, reason: str) -> int:
             f"champion v{current} of {name!r} replaced no earlier champion: nothing to roll back to"
         )
     restored = int(_version(client, name, previous).version)
-    client.set_registered_model_alias(name, CHAMPION, str(restored))
     payload = {"version": restored, "from_version": current, "actor": actor, "reason": reason}
-    _record(settings, client, "rollback", current, payload)
+    _audited(
+        settings,
+        client,
+        "rollback",
+        current,
+        payload,
+        lambda: client.set_registered_model_alias(name, CHAMPION, str(restored)),
+    )
     return restored
 
 
@@ -306,14 +319,7 @@ def record_rejection(settings: Settings, version: int, actor: str, decision: Gat
         "reason": "; ".join(decision.reasons),
         "comparisons": decision.comparisons,
     }
-    _record(settings, client, "gate_rejected", version, payload)
-
-
-def audit_log(settings: Settings) -> list[dict[str, Any]]:
-    """Every recorded event, oldest first (file names start with their UTC timestamp)."""
-    root = DataRoot(settings.data_root)
-    names = [n for n in root.list_files(*AUDIT) if n.endswith(".json")]
-    return [entry for n in names if (entry := root.read_json(*AUDIT, n)) is not None]
+    _audited(settings, client, "gate_rejected", version, payload)
 
 
 def list_versions(settings: Settings) -> list[dict[str, Any]]:

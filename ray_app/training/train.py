@@ -135,6 +135,13 @@ class LoopSession:
         return model
 
 
+def load_state(folder: Path) -> dict[str, Any]:
+    """A training checkpoint's state: tensors, numbers, lists and dicts only, loaded with
+    ``weights_only=True`` so that a checkpoint can never run code when it is read."""
+    state: dict[str, Any] = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    return state
+
+
 class RaySession(LoopSession):
     """Reports through ``ray.train`` or ``ray.tune`` (their APIs are the same shape), with a
     checkpoint every ``checkpoint_every`` epochs (0: none)."""
@@ -161,8 +168,7 @@ class RaySession(LoopSession):
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as folder:
-            state: dict[str, Any] = torch.load(Path(folder) / "state.pt", weights_only=False)
-        return state
+            return load_state(Path(folder))
 
     def prepare(self, model: nn.Module) -> nn.Module:
         if not self.distributed or self.world == 1:
@@ -356,7 +362,7 @@ def run_training(
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / "state.pt", weights_only=False)
+        state = load_state(Path(folder))
     history = pd.DataFrame(state["history"])  # every epoch, also those before a resume
     if on_epoch is not None:
         for row in state["history"]:

@@ -18,10 +18,10 @@ import torch
 from ray_app.core.settings import HParams, Settings
 from ray_app.data.features import TARGET
 from ray_app.models.networks import TrainedModel
+from ray_app.registry.audit import audit_log
 from ray_app.registry.tracking import connect_mlflow, lineage_tags
 from ray_app.registry.versions import (
     RegistryError,
-    audit_log,
     champion_version,
     list_versions,
     load_version,
