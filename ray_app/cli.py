@@ -511,8 +511,13 @@ def evaluate(
         )
 
 
-@app.command()
+models_app = typer.Typer()
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
 def models(
+    context: typer.Context,
     config: ConfigOption = None,
     data_root: DataRootOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
@@ -521,10 +526,12 @@ def models(
 
     A table of every version with its aliases, creation time, feature version and holdout IC,
     Sharpe and RMSE. With --json, per version: version, aliases, run_id, created, lineage,
-    holdout.
+    holdout. `ray-app models verify` checks the versions' files against their recorded hashes.
     """
     from ray_app.registry.versions import list_versions
 
+    if context.invoked_subcommand is not None:
+        return
     settings = _settings(config, data_root=data_root)
     rows = list_versions(settings)
     if as_json:
@@ -546,6 +553,37 @@ def models(
             *(f"{hold[k]:.4g}" if k in hold else "-" for k in ("ic_mean", "sharpe", "rmse")),
         )
     out.print(table)
+
+
+@models_app.command("verify")
+def models_verify(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    backfill: Annotated[
+        bool,
+        typer.Option(
+            help="Record the files' hashes for versions registered before hashes were recorded "
+            "(trusts their files as they are now; each one goes to the audit trail)"
+        ),
+    ] = False,
+    actor: ActorOption = None,
+) -> None:
+    """Check every version's model files against the sha256 hashes recorded at registration.
+
+    Serving refuses a version whose files do not match, or that has no hashes. Exits 1 when a
+    version does not match or, without --backfill, has no hashes.
+    """
+    from ray_app.registry.versions import verify_versions
+
+    settings = _settings(config, data_root=data_root)
+    checks = verify_versions(settings, backfill, _actor(actor))
+    colours = {"ok": "green", "backfilled": "cyan"}
+    for check in checks:
+        label = f"version {check.version}: {check.status}"
+        note = f" ({check.detail})" if check.detail else ""
+        out.print(styled(colours.get(check.status, "red"), label, note), soft_wrap=True)
+    if any(check.status in ("mismatch", "untagged") for check in checks):
+        raise typer.Exit(1)
 
 
 def _actor(claimed: str | None = None) -> str:

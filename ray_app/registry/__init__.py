@@ -11,9 +11,9 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     """``ray_app.registry.DailyReturnModel``: the path under which every version registered
-    before the package was split into layers pickled its pyfunc class. Loading such a
-    version looks the class up here, so this alias stays until serving loads models from
-    weights and JSON instead of unpickling them. Imported lazily: nothing happens on import.
+    before the package was split into layers pickled its pyfunc class, so that
+    ``mlflow.pyfunc.load_model`` of such a version still finds it. The platform itself never
+    unpickles a model (``versions.load_version`` reads weights and JSON). Imported lazily.
     """
     if name == "DailyReturnModel":
         from ray_app.registry.versions import DailyReturnModel

@@ -12,6 +12,7 @@ written before the alias moves, and as tags on the model version (visible in the
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import tempfile
@@ -42,10 +43,15 @@ PREVIOUS_CHAMPION = "previous_champion"
 # Packages the pyfunc needs besides ray_app itself, which the serving image provides.
 REQUIREMENTS = ("mlflow", "torch", "pandas", "numpy", "pydantic")
 MAX_TAG_CHARS = 5000
+HASH_TAG = "sha256."
 
 
 class RegistryError(RayAppError, LookupError):
     """A registered model, version or alias that does not exist, or a move that makes no sense."""
+
+
+class ModelIntegrityError(RegistryError):
+    """A version whose files are not those recorded at registration, or were never recorded."""
 
 
 class DailyReturnModel(PythonModel):
@@ -149,8 +155,14 @@ def register_challenger(
         if not _missing(exc):
             raise
         client.create_registered_model(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        hashes = file_hashes(_model_files(model_uri, Path(tmp)))
     created = client.create_model_version(
-        name, source=model_uri, run_id=run_id, tags=tags, model_id=_model_id(model_uri)
+        name,
+        source=model_uri,
+        run_id=run_id,
+        tags={**tags, **hashes},
+        model_id=_model_id(model_uri),
     )
     client.set_registered_model_alias(name, CHALLENGER, str(created.version))
     return int(created.version)
@@ -197,13 +209,106 @@ def resolve_version(settings: Settings, ref: str | int) -> int:
     return aliases[ref]
 
 
+def _model_files(model_uri: str, into: Path) -> Path:
+    """The folder of a logged model's weights and JSON description (``TrainedModel.save``)."""
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(into)))
+    return root / "artifacts" / "model"
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """``sha256.<file>`` -> hex digest of every file of a model folder: the version tags a
+    load checks, so a file changed in the artifact store is refused, not served."""
+    return {
+        f"{HASH_TAG}{path.name}": hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.iterdir())
+        if path.is_file()
+    }
+
+
+def _check_files(name: str, version: int, tags: Mapping[str, str], folder: Path) -> None:
+    recorded = {k: v for k, v in tags.items() if k.startswith(HASH_TAG)}
+    if not recorded:
+        raise ModelIntegrityError(
+            f"version {version} of {name!r} has no file hashes (registered before they were "
+            "recorded): an operator checks it and runs `ray-app models verify --backfill`"
+        )
+    found = file_hashes(folder)
+    if found != recorded:
+        changed = sorted(
+            k.removeprefix(HASH_TAG)
+            for k in recorded.keys() | found.keys()
+            if recorded.get(k) != found.get(k)
+        )
+        raise ModelIntegrityError(
+            f"version {version} of {name!r}: file(s) {', '.join(changed)} do not match the "
+            "sha256 recorded at registration; refusing to load it"
+        )
+
+
 def load_version(settings: Settings, ref: str | int) -> TrainedModel:
-    """The model behind an alias or version number, loaded through its pyfunc, so what loads
-    here is exactly what serving loads."""
+    """The model behind an alias or version number, loaded from its weights and JSON
+    description (``weights_only``: nothing is unpickled) after its files are checked against
+    the hashes recorded at registration. Serving and evaluation load models only here."""
+    client = _client(settings)
+    name = settings.mlflow.model_name
     version = resolve_version(settings, ref)
-    uri = f"models:/{settings.mlflow.model_name}/{version}"
-    wrapper: DailyReturnModel = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    return wrapper.model
+    tags = dict(_version(client, name, version).tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _model_files(f"models:/{name}/{version}", Path(tmp))
+        _check_files(name, version, tags, folder)
+        return TrainedModel.load(folder)
+
+
+@dataclass
+class VersionCheck:
+    """One version's files against its recorded hashes: ``ok``, ``mismatch``, ``untagged``
+    (registered before hashes were recorded) or ``backfilled`` (just recorded)."""
+
+    version: int
+    status: str
+    detail: str = ""
+
+
+def verify_versions(settings: Settings, backfill: bool, actor: str) -> list[VersionCheck]:
+    """Check every version's files; with ``backfill``, record hashes for untagged versions.
+
+    Backfilling trusts the files as they are now, so it is a deliberate operator action: each
+    one is written to the audit trail with the actor before its tags are set.
+    """
+    client = _client(settings)
+    name = settings.mlflow.model_name
+    checks = []
+    for row in list_versions(settings):
+        version = int(row["version"])
+        tags = dict(_version(client, name, version).tags)
+        untagged = not any(k.startswith(HASH_TAG) for k in tags)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = _model_files(f"models:/{name}/{version}", Path(tmp))
+            if untagged and backfill:
+                _backfill(settings, client, version, file_hashes(folder), actor)
+                checks.append(VersionCheck(version, "backfilled"))
+                continue
+            try:
+                _check_files(name, version, tags, folder)
+                checks.append(VersionCheck(version, "ok"))
+            except ModelIntegrityError as exc:
+                checks.append(
+                    VersionCheck(version, "untagged" if untagged else "mismatch", str(exc))
+                )
+    return checks
+
+
+def _backfill(
+    settings: Settings, client: Any, version: int, hashes: dict[str, str], actor: str
+) -> None:
+    name = settings.mlflow.model_name
+
+    def tag() -> None:
+        for key, digest in hashes.items():
+            client.set_model_version_tag(name, str(version), key, digest)
+
+    payload = {"version": version, "actor": actor, "reason": "file hashes backfilled"}
+    _audited(settings, client, "hashes_backfilled", version, {**payload, "hashes": hashes}, tag)
 
 
 def champion_version(settings: Settings) -> int | None:

@@ -106,10 +106,17 @@ def test_train_registers_and_people_promote_and_roll_back(config: Path, ray_addr
 
 def test_bad_training_input_is_one_line(config: Path, ray_address: str) -> None:
     cwd = config.parent
+    absent = run_cli(
+        ["train", "--feature-version", "0123456789abcdef", "--config", str(config)],
+        ray_address,
+        cwd,
+    )
+    assert absent.returncode == 2
+    assert "feature set version 0123456789abcdef does not exist" in absent.stderr
     nope = run_cli(
         ["train", "--feature-version", "nope", "--config", str(config)], ray_address, cwd
     )
-    assert nope.returncode == 2 and "feature set version nope does not exist" in nope.stderr
+    assert nope.returncode == 2 and "feature version 'nope' is not a version" in nope.stderr
     bad = cwd / "bad.yaml"
     bad.write_text(
         yaml.safe_dump(

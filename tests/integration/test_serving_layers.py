@@ -1,10 +1,11 @@
 """Serving after the package was split into layers.
 
 A version registered before the split pickled its pyfunc class as
-``ray_app.registry.DailyReturnModel``; it must still load and serve. And a Serve replica
-that has loaded a model through the registry holds none of the training modules: measured
-inside the running replicas, where an import test in this process could not fail (the
-registry is imported lazily, by the variant, only when it loads a model).
+``ray_app.registry.DailyReturnModel``; it must still serve (from its weights and JSON) and
+still load as a pyfunc for users of ``mlflow.pyfunc.load_model`` (through the alias). And a
+Serve replica that has loaded a model through the registry holds none of the training
+modules: measured inside the running replicas, where an import test in this process could
+not fail (the registry is imported lazily, by the variant, only when it loads a model).
 """
 
 from __future__ import annotations
@@ -70,7 +71,12 @@ def replica_modules(prefix: str) -> dict[str, list[str]]:
 def test_a_version_pickled_under_the_old_path_loads_and_serves(
     url: str,  # noqa: F811
     versions: list[int],
+    settings: registry.Settings,  # noqa: F811
 ) -> None:
+    uri = f"models:/{settings.mlflow.model_name}/{versions[0]}"
+    assert isinstance(
+        mlflow.pyfunc.load_model(uri).unwrap_python_model(), registry.DailyReturnModel
+    )
     wait_until(lambda: requests.get(f"{url}/readyz", timeout=10).status_code == 200, 90)
     answer = requests.post(f"{url}/v1/predict", json={"tickers": ["AAPL", "MSFT"]}, timeout=10)
     assert answer.status_code == 200, answer.text
