@@ -34,12 +34,13 @@ variable "cluster_endpoint_public_access" {
 }
 
 variable "cluster_endpoint_public_access_cidrs" {
-  description = "CIDR blocks allowed to reach the public EKS API endpoint (your office, VPN or CI egress); required, never 0.0.0.0/0"
+  description = "CIDR blocks allowed to reach the public EKS API endpoint (your office, VPN or CI egress); required, never 0.0.0.0/0; [] when cluster_endpoint_public_access is false"
   type        = list(string)
 
   validation {
-    condition     = length(var.cluster_endpoint_public_access_cidrs) > 0 && alltrue([for c in var.cluster_endpoint_public_access_cidrs : can(cidrhost(c, 0))])
-    error_message = "cluster_endpoint_public_access_cidrs must hold at least one CIDR block, such as 203.0.113.0/24."
+    # Referring to another variable here needs Terraform >= 1.9 (versions.tf asks 1.10).
+    condition     = (length(var.cluster_endpoint_public_access_cidrs) > 0 || !var.cluster_endpoint_public_access) && alltrue([for c in var.cluster_endpoint_public_access_cidrs : can(cidrhost(c, 0))])
+    error_message = "cluster_endpoint_public_access_cidrs must hold CIDR blocks, such as 203.0.113.0/24, at least one while the endpoint is public."
   }
 
   validation {

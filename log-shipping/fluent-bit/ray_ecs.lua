@@ -109,7 +109,8 @@ function ray_to_ecs(tag, timestamp, record)
 
   if type(out["log.level"]) == "string" then out["log.level"] = string.lower(out["log.level"]) end
   out["ecs.version"] = out["ecs.version"] or ECS_VERSION
-  out["service.name"] = out["service.name"] or "ray"
+  -- Serve names the application inside a request (ray-app's is "ray-app"); else it is Ray.
+  out["service.name"] = out["service.name"] or out["ray.serve.application"] or "ray"
   out["event.dataset"] = out["event.dataset"] or tag
   local path = out["log.file.path"]
   if type(path) == "string" then

@@ -287,21 +287,23 @@ def _plan_variables(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[s
     return run([terraform, "plan", "-input=false", "-no-color", "-refresh=false", *args])  # type: ignore[no-any-return]
 
 
+def _cidrs(value: str, *more: str) -> list[str]:
+    return ["-var", f"cluster_endpoint_public_access_cidrs={value}", *more]
+
+
 @pytest.mark.parametrize(
-    ("cidrs", "error"),
+    ("args", "error"),
     [
-        (None, "has no default value"),
-        ('["0.0.0.0/0"]', "may not open the API to every address"),
-        ('["10.0.0.0/8", "::/0"]', "may not open the API to every address"),
-        ("[]", "must hold at least one CIDR block"),
-        ('["my-office"]', "must hold at least one CIDR block"),
-        ('["203.0.113.0/24"]', None),
+        ([], "has no default value"),
+        (_cidrs('["0.0.0.0/0"]'), "may not open the API to every address"),
+        (_cidrs('["10.0.0.0/8", "::/0"]'), "may not open the API to every address"),
+        (_cidrs("[]"), "at least one while the endpoint is public"),
+        (_cidrs('["my-office"]'), "must hold CIDR blocks"),
+        (_cidrs('["203.0.113.0/24"]'), None),
+        (_cidrs("[]", "-var", "cluster_endpoint_public_access=false"), None),
     ],
 )
-def test_api_endpoint_cidrs_validation(
-    tmp_path: Path, cidrs: str | None, error: str | None
-) -> None:
-    args = [] if cidrs is None else ["-var", f"cluster_endpoint_public_access_cidrs={cidrs}"]
+def test_api_endpoint_cidrs_validation(tmp_path: Path, args: list[str], error: str | None) -> None:
     plan = _plan_variables(tmp_path, *args)
     out = " ".join((plan.stdout + plan.stderr).split())
     if error is None:
