@@ -9,7 +9,8 @@ SERVE_URL ?= http://127.0.0.1:8000
 # Ray's CLIs (ray job submit, serve deploy) send the head's token only in token mode.
 export RAY_AUTH_MODE := token
 
-.PHONY: install run cluster-up cluster-down test test-unit lint manifests docs bench clean tools-checkov
+.PHONY: install run cluster-up cluster-down test test-unit lint manifests docs bench clean
+.PHONY: tools-checkov
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,21 +20,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Tools the tests need, each in a gitignored .tools/ folder of its own (idempotent).
-## checkov has a venv of its own: its pins conflict with ray's.
-CHECKOV := .tools/checkov/bin/checkov
-tools-checkov: $(CHECKOV)
-$(CHECKOV):
-	python3 -m venv .tools/checkov
-	.tools/checkov/bin/pip install --quiet checkov
-
 ## run: the daily pipeline as a Ray job on a local head (sample data, SQLite MLflow), then
 ## a prediction from the Serve app. A second run reuses everything that is up to date.
 run: cluster-up
-	$(BIN)/ray job submit --address $(DASHBOARD) --working-dir .
+	$(BIN)/ray job submit --address $(DASHBOARD) --working-dir . \
 	  -- $(CURDIR)/$(BIN)/python jobs/pipeline.py --config $(CONFIG)
 	@echo "--- prediction from $(SERVE_URL)/v1/predict"
-	@curl -fsS -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json'
+	@curl -fsS -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' \
 	  -d '{"tickers": ["AAPL", "MSFT"]}' && echo
 	@echo "--- next"
 	@echo "dashboard:  $(DASHBOARD)  (token: ~/.ray/auth_token)"
@@ -77,4 +70,15 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_serve.py
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tools
+
+## Tools in venvs of their own under .tools/ (gitignored), each made once per version.
+TOOLS := .tools
+CHECKOV_VERSION := 3.3.30
+
+## tools-checkov: .tools/checkov/bin/checkov (its own venv: its pins conflict with Ray's)
+tools-checkov: $(TOOLS)/checkov/.version-$(CHECKOV_VERSION)
+$(TOOLS)/checkov/.version-$(CHECKOV_VERSION):
+	rm -rf $(TOOLS)/checkov && $(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
