@@ -654,6 +654,16 @@ def test_objects_are_valid_kubernetes(doc: dict[str, Any]) -> None:
     k8s_validate(doc, project.KUBERNETES_VERSION, strict=True)
 
 
+def test_daemonset_runs_a_pinned_fluent_bit_4() -> None:
+    """The YAML configuration format with parsers in it needs Fluent Bit 3 or later; the
+    config is written and checked for 4.0."""
+    (container,) = pod_spec()["containers"]
+    image, _, tag = container["image"].rpartition(":")
+    assert image == "cr.fluentbit.io/fluent/fluent-bit"
+    assert re.fullmatch(r"4\.0\.\d+", tag), f"{tag}: pin a 4.0.x release"
+    assert "Fluent Bit 4.0" in CONFIG.read_text()
+
+
 def test_daemonset_breaks_only_the_restricted_controls_it_documents() -> None:
     assert set(restricted_violations(pod_spec())) == DOCUMENTED_EXCEPTIONS
     text = DAEMONSET.read_text()
