@@ -10,6 +10,7 @@ SERVE_URL ?= http://127.0.0.1:8000
 export RAY_AUTH_MODE := token
 
 .PHONY: install run cluster-up cluster-down test test-unit lint manifests docs bench clean
+.PHONY: tools-checkov
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +41,7 @@ cluster-down: $(STAMP)
 	$(BIN)/ray-app cluster down --config $(CONFIG)
 
 ## test: the whole suite (unit, infra, integration and end-to-end on real Ray, MLflow, Redis)
-test: $(STAMP)
+test: $(STAMP) tools-checkov
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
@@ -69,4 +70,15 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_serve.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tools
+
+## Tools in venvs of their own under .tools/ (gitignored), each made once per version.
+TOOLS := .tools
+CHECKOV_VERSION := 3.3.30
+
+## tools-checkov: .tools/checkov/bin/checkov (its own venv: its pins conflict with Ray's)
+tools-checkov: $(TOOLS)/checkov/.version-$(CHECKOV_VERSION)
+$(TOOLS)/checkov/.version-$(CHECKOV_VERSION):
+	rm -rf $(TOOLS)/checkov && $(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@

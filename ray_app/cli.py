@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from ray_app.core import logs
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import CONFIG_ENV, Settings, load_settings
 
@@ -865,7 +866,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors as one line, never a traceback.
 
     ``argv`` lets the thin entrypoints in jobs/ run one command with their own arguments.
+    Log records go to stderr as ECS JSON lines (``RAY_APP_LOG_LEVEL``, default WARNING); the
+    command's own output stays on the console.
     """
+    logs.configure()
     try:
         app(args=argv, prog_name="ray-app")
     except RayAppError as exc:

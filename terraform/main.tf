@@ -39,6 +39,7 @@ provider "helm" {
 }
 
 data "aws_availability_zones" "available" {
+  #checkov:skip=CKV_AWS_394:Only the first three zones are used (local.azs slices them), so a zone AWS adds later never changes the subnets.
   # Exclude local zones
   filter {
     name   = "opt-in-status"
@@ -107,6 +108,7 @@ locals {
 ################################################################################
 
 module "vpc" {
+  #checkov:skip=CKV_TF_1:A registry module pinned by version constraint; registry releases are immutable tags, and a commit hash is not a registry source.
   source  = "terraform-aws-modules/vpc/aws"
   version = "~> 6.0"
 
@@ -137,6 +139,7 @@ module "vpc" {
 ################################################################################
 
 module "eks" {
+  #checkov:skip=CKV_TF_1:A registry module pinned by version constraint; registry releases are immutable tags, and a commit hash is not a registry source.
   source  = "terraform-aws-modules/eks/aws"
   version = "~> 21.0"
 
@@ -144,6 +147,8 @@ module "eks" {
   kubernetes_version = var.kubernetes_version
 
   endpoint_public_access                   = var.cluster_endpoint_public_access
+  endpoint_public_access_cidrs             = var.cluster_endpoint_public_access_cidrs
+  endpoint_private_access                  = true
   enable_cluster_creator_admin_permissions = true
 
   addons = {
@@ -185,6 +190,9 @@ module "eks" {
 ################################################################################
 
 resource "aws_s3_bucket" "data" {
+  #checkov:skip=CKV_AWS_18:Object access is audited with CloudTrail S3 data events (README.md), which name the IAM principal; server access logs would need a second bucket.
+  #checkov:skip=CKV2_AWS_62:Nothing consumes object events: the pipeline runs on a schedule (RayCronJob), not on uploads.
+  #checkov:skip=CKV_AWS_144:Versioning keeps 30 days of overwritten objects and the lake is rebuilt from its sources; a second region is a cost choice left to the operator.
   bucket        = local.data_bucket_name
   force_destroy = var.data_bucket_force_destroy
 }
@@ -215,6 +223,34 @@ resource "aws_s3_bucket_public_access_block" "data" {
   block_public_policy     = true
   ignore_public_acls      = true
   restrict_public_buckets = true
+}
+
+# TLS only: requests over plain HTTP are refused whoever makes them.
+data "aws_iam_policy_document" "data_bucket_tls_only" {
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [aws_s3_bucket.data.arn, "${aws_s3_bucket.data.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "data" {
+  bucket = aws_s3_bucket.data.id
+  policy = data.aws_iam_policy_document.data_bucket_tls_only.json
+
+  depends_on = [aws_s3_bucket_public_access_block.data]
 }
 
 resource "aws_s3_bucket_lifecycle_configuration" "data" {
@@ -307,6 +343,25 @@ module "redis" {
 }
 
 ################################################################################
+# RDS PostgreSQL: the MLflow tracking server's backend store
+################################################################################
+
+module "mlflow_db" {
+  source = "./modules/mlflow-db"
+  count  = var.enable_mlflow_db ? 1 : 0
+
+  name                       = "${var.name}-mlflow"
+  vpc_id                     = module.vpc.vpc_id
+  subnet_ids                 = module.vpc.private_subnets
+  allowed_security_group_ids = [module.eks.node_security_group_id]
+  instance_class             = var.mlflow_db_instance_class
+  multi_az                   = var.mlflow_db_multi_az
+  deletion_protection        = var.mlflow_db_deletion_protection
+
+  tags = local.tags
+}
+
+################################################################################
 # Kubernetes: KubeRay operator and the ray-app namespace's configuration
 ################################################################################
 
@@ -330,6 +385,9 @@ module "ray_platform" {
   redis_host     = var.enable_redis ? module.redis[0].primary_endpoint_address : ""
   redis_port     = var.enable_redis ? module.redis[0].port : 6379
   redis_password = var.enable_redis ? module.redis[0].auth_token : ""
+
+  enable_mlflow_db         = var.enable_mlflow_db
+  mlflow_backend_store_uri = var.enable_mlflow_db ? module.mlflow_db[0].backend_store_uri : ""
 
   enable_nvidia_device_plugin = var.enable_gpu_node_group
 

@@ -52,3 +52,14 @@ output "namespace" {
   description = "Kubernetes namespace to apply cluster/ray-cluster.yaml in"
   value       = module.ray_platform.namespace
 }
+
+output "mlflow_db_address" {
+  description = "Host name of the MLflow RDS PostgreSQL; null when enable_mlflow_db is false"
+  value       = var.enable_mlflow_db ? module.mlflow_db[0].address : null
+}
+
+output "mlflow_backend_store_uri" {
+  description = "mlflow server --backend-store-uri (postgresql://..., sslmode=require); also in the ray-app-mlflow-db Secret"
+  value       = var.enable_mlflow_db ? module.mlflow_db[0].backend_store_uri : null
+  sensitive   = true
+}

@@ -33,6 +33,22 @@ variable "cluster_endpoint_public_access" {
   default     = true
 }
 
+variable "cluster_endpoint_public_access_cidrs" {
+  description = "CIDR blocks allowed to reach the public EKS API endpoint (your office, VPN or CI egress); required, never 0.0.0.0/0; [] when cluster_endpoint_public_access is false"
+  type        = list(string)
+
+  validation {
+    # Referring to another variable here needs Terraform >= 1.9 (versions.tf asks 1.10).
+    condition     = (length(var.cluster_endpoint_public_access_cidrs) > 0 || !var.cluster_endpoint_public_access) && alltrue([for c in var.cluster_endpoint_public_access_cidrs : can(cidrhost(c, 0))])
+    error_message = "cluster_endpoint_public_access_cidrs must hold CIDR blocks, such as 203.0.113.0/24, at least one while the endpoint is public."
+  }
+
+  validation {
+    condition     = !anytrue([for c in var.cluster_endpoint_public_access_cidrs : endswith(c, "/0")])
+    error_message = "cluster_endpoint_public_access_cidrs may not open the API to every address (/0); name the networks that need it."
+  }
+}
+
 variable "cpu_node_instance_types" {
   description = "Instance types of the CPU managed node group (Ray head and CPU workers)"
   type        = list(string)
@@ -103,6 +119,30 @@ variable "redis_num_cache_clusters" {
   description = "Nodes in the Redis replication group: 1 primary plus replicas; 2 or more enables Multi-AZ failover"
   type        = number
   default     = 2
+}
+
+variable "enable_mlflow_db" {
+  description = "Create an RDS PostgreSQL for the MLflow tracking server's backend store (and the ray-app-mlflow-db Secret)"
+  type        = bool
+  default     = true
+}
+
+variable "mlflow_db_instance_class" {
+  description = "RDS instance class of the MLflow database"
+  type        = string
+  default     = "db.t4g.medium"
+}
+
+variable "mlflow_db_multi_az" {
+  description = "A standby of the MLflow database in another AZ with automatic failover"
+  type        = bool
+  default     = true
+}
+
+variable "mlflow_db_deletion_protection" {
+  description = "Refuse to delete the MLflow database (set false and apply before terraform destroy)"
+  type        = bool
+  default     = true
 }
 
 variable "kuberay_operator_version" {

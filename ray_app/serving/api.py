@@ -22,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ray_app.core.errors import RayAppError
+from ray_app.core.logs import access_fields
 from ray_app.serving.schemas import (
     SCORE_DOC,
     CacheStatus,
@@ -185,22 +186,21 @@ class AccessLog:
             return
         variant = state.get("variant", "none")
         self.metrics.request(variant, status, latency_ms)
-        record = {
-            "event": "request",
-            "method": scope["method"],
-            "path": path,
-            "status": status,
-            "latency_ms": round(latency_ms, 3),
-            "client_key": headers.get(b"x-client-id", b"").decode("latin-1")[:MAX_ID] or None,
-            "variant": variant,
-            "model_name": state.get("model_name"),
-            "model_version": state.get("model_version"),
-            "tickers": state.get("tickers"),
-            "cache_hits": state.get("cache_hits"),
-            "error": state.get("error"),
-        }
-        if state.get("shadow"):
-            record["shadow"] = state["shadow"]
+        record = access_fields(  # ECS names (ray_app/core/logs.py)
+            request_id=state["request_id"],
+            method=scope["method"],
+            path=path,
+            status=status,
+            latency_ms=latency_ms,
+            client_key=headers.get(b"x-client-id", b"").decode("latin-1")[:MAX_ID] or None,
+            variant=variant,
+            model_name=state.get("model_name"),
+            model_version=state.get("model_version"),
+            tickers=state.get("tickers"),
+            cache_hits=state.get("cache_hits"),
+            error=state.get("error"),
+            shadow=state.get("shadow") or None,
+        )
         logger.info(
             "%s %s %s %.1fms id=%s",
             scope["method"],

@@ -8,13 +8,18 @@ variables and child modules resolve, and versions agree with the rest of the rep
 from __future__ import annotations
 
 import functools
+import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.infra import project
+from tests.infra import crd, project
 
 pytestmark = pytest.mark.infra
 
@@ -90,7 +95,7 @@ def module(request: pytest.FixtureRequest) -> Path:
 
 def test_root_and_submodules_found() -> None:
     names = {p.relative_to(project.TERRAFORM).as_posix() for p in MODULE_DIRS}
-    assert names == {".", "modules/redis", "modules/ray-platform"}
+    assert names == {".", "modules/redis", "modules/ray-platform", "modules/mlflow-db"}
 
 
 def test_module_has_the_five_files(module: Path) -> None:
@@ -239,3 +244,183 @@ def test_objects_the_manifest_expects_are_created(ray_cluster: dict[str, Any]) -
         if "secretRef" in source:
             expected.add(("secret", source["secretRef"]["name"]))
     assert expected <= made, f"not created by terraform/modules/ray-platform: {expected - made}"
+
+
+# --- State, the API endpoint, the operator's feature gates --------------------------------------
+
+PLATFORM = project.TERRAFORM / "modules" / "ray-platform"
+KUBERAY_VALUES = PLATFORM / "kuberay-values.yaml"
+
+
+def test_state_is_kept_in_s3_encrypted_and_locked() -> None:
+    terraform = parse(project.TERRAFORM / "versions.tf")["terraform"][0]
+    backends = {name: body for b in terraform.get("backend", []) for name, body in b.items()}
+    assert set(backends) == {"s3"}, f"state backend: {set(backends) or 'local'}"
+    s3 = backends["s3"]
+    assert s3.get("encrypt") is True and s3.get("key")
+    # Native S3 locking (a .tflock object next to the state); DynamoDB locking is deprecated.
+    assert s3.get("use_lockfile") is True and "dynamodb_table" not in s3
+    version = re.match(r">=\s*(\d+)\.(\d+)", terraform["required_version"])
+    assert version and (int(version[1]), int(version[2])) >= (1, 10), "use_lockfile: >= 1.10"
+
+
+def test_api_endpoint_cidrs_are_required_and_passed_to_eks() -> None:
+    variable = blocks(project.TERRAFORM, "variable")["cluster_endpoint_public_access_cidrs"]
+    assert "default" not in variable, "no default: an open API endpoint is never implied"
+    eks = blocks(project.TERRAFORM, "module")["eks"]
+    assert eks["endpoint_public_access_cidrs"] == "${var.cluster_endpoint_public_access_cidrs}"
+
+
+def _plan_variables(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`terraform plan` of the root module's variables alone: evaluates their validation rules
+    offline (no providers, no resources, no backend)."""
+    terraform = project.find_tool("terraform")
+    if terraform is None:
+        pytest.skip("terraform not on PATH")
+    shutil.copy(project.TERRAFORM / "variables.tf", tmp_path)
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull}
+    run = functools.partial(
+        subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    init = run([terraform, "init", "-input=false", "-no-color"])
+    assert init.returncode == 0, init.stderr
+    return run([terraform, "plan", "-input=false", "-no-color", "-refresh=false", *args])  # type: ignore[no-any-return]
+
+
+def _cidrs(value: str, *more: str) -> list[str]:
+    return ["-var", f"cluster_endpoint_public_access_cidrs={value}", *more]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ([], "has no default value"),
+        (_cidrs('["0.0.0.0/0"]'), "may not open the API to every address"),
+        (_cidrs('["10.0.0.0/8", "::/0"]'), "may not open the API to every address"),
+        (_cidrs("[]"), "at least one while the endpoint is public"),
+        (_cidrs('["my-office"]'), "must hold CIDR blocks"),
+        (_cidrs('["203.0.113.0/24"]'), None),
+        (_cidrs("[]", "-var", "cluster_endpoint_public_access=false"), None),
+    ],
+)
+def test_api_endpoint_cidrs_validation(tmp_path: Path, args: list[str], error: str | None) -> None:
+    plan = _plan_variables(tmp_path, *args)
+    out = " ".join((plan.stdout + plan.stderr).split())
+    if error is None:
+        assert plan.returncode == 0, out
+    else:
+        assert plan.returncode != 0 and error in out, out
+
+
+def _feature_gates(values: dict[str, Any]) -> dict[str, bool]:
+    return {g["name"]: g["enabled"] for g in values["featureGates"]}
+
+
+def test_kuberay_operator_runs_the_raycronjob_controller() -> None:
+    """The daily pipeline is a RayCronJob: alpha in KubeRay v1.7.0, its controller off unless
+    the operator's RayCronJob feature gate is on."""
+    release = typed_blocks(PLATFORM, "resource")["helm_release.kuberay_operator"]
+    assert release["values"] == ['${file("${path.module}/kuberay-values.yaml")}']
+    gates = _feature_gates(yaml.safe_load(KUBERAY_VALUES.read_text()))
+    cron_jobs = [
+        path.name
+        for path in sorted(project.CLUSTER.glob("*.yaml"))
+        for doc in crd.load_yaml_documents(path)
+        if doc.get("kind") == "RayCronJob"
+    ]
+    assert cron_jobs, "no RayCronJob in cluster/ any more? then drop the gate"
+    assert gates.get("RayCronJob") is True, f"{cron_jobs} would never be scheduled"
+    # Turning a gate on must not turn the chart's defaults off: featureGates is one list.
+    assert gates.get("RayJobDeletionPolicy") is True, "deletionRules of the RayCronJob"
+
+
+def test_cluster_readme_installs_the_same_operator_values() -> None:
+    """cluster/README.md's `helm install` values (for clusters not made by terraform/) are the
+    ones terraform/ gives the helm_release."""
+    readme = (project.CLUSTER / "README.md").read_text()
+    match = re.search(r"<<'VALUES'\n(.*?)\nVALUES\n", readme, re.S)
+    assert match, "cluster/README.md has no kuberay-values.yaml heredoc"
+    assert _feature_gates(yaml.safe_load(match[1])) == _feature_gates(
+        yaml.safe_load(KUBERAY_VALUES.read_text())
+    )
+
+
+def test_mlflow_backend_store_secret_is_made_from_the_database() -> None:
+    root = blocks(project.TERRAFORM, "module")
+    assert root["ray_platform"]["mlflow_backend_store_uri"].startswith(
+        "${var.enable_mlflow_db ? module.mlflow_db[0].backend_store_uri"
+    )
+    secret = typed_blocks(PLATFORM, "resource")["kubernetes_secret_v1.mlflow_db"]
+    assert secret["metadata"][0]["name"] == "ray-app-mlflow-db"
+    assert set(secret["data"]) == {"MLFLOW_BACKEND_STORE_URI"}
+    uri = blocks(project.TERRAFORM / "modules" / "mlflow-db", "output")["backend_store_uri"]
+    assert uri["sensitive"] is True and "sslmode=require" in uri["value"]
+
+
+# --- checkov ------------------------------------------------------------------------------------
+
+CHECKOV = project.REPO / ".tools" / "checkov" / "bin" / "checkov"
+# A waiver: `#checkov:skip=CKV_AWS_18:why it does not apply here`.
+WAIVER = re.compile(r"#\s*checkov:skip=([A-Z0-9_]+)(?::(.*))?")
+
+
+def checkov(directory: Path) -> dict[str, Any]:
+    """checkov's report on a Terraform folder, offline (no Prisma Cloud, no module downloads:
+    the registry modules' insides are not scanned, only how they are called)."""
+    if not CHECKOV.is_file():
+        pytest.skip(f"{CHECKOV} not installed: make tools-checkov")
+    run = subprocess.run(
+        [CHECKOV, "-d", directory, "--framework", "terraform", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"},
+    )
+    assert run.returncode in (0, 1), run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    reports = report if isinstance(report, list) else [report]
+    (terraform,) = [r for r in reports if r["check_type"] == "terraform"]
+    return terraform  # type: ignore[no-any-return]
+
+
+def unreasoned_waivers(text: str) -> list[str]:
+    """The checks a file waives without saying why (a reason of fewer than three words)."""
+    return [m[1] for m in WAIVER.finditer(text) if len((m[2] or "").split()) < 3]
+
+
+def test_unreasoned_waivers_helper() -> None:
+    assert unreasoned_waivers("#checkov:skip=CKV_AWS_18:Audited with CloudTrail data events") == []
+    assert unreasoned_waivers("#checkov:skip=CKV_AWS_18\n# checkov:skip=CKV_TF_1:pinned") == [
+        "CKV_AWS_18",
+        "CKV_TF_1",
+    ]
+
+
+def test_checkov_passes_and_every_waiver_says_why() -> None:
+    report = checkov(project.TERRAFORM)
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}:{c['file_line_range'][0]}): "
+        f"{c['check_name']}"
+        for c in report["results"]["failed_checks"]
+    ]
+    assert not failed, "fix, or waive inline with a reason:\n" + "\n".join(failed)
+    assert report["summary"]["parsing_errors"] == 0, report["summary"]
+    assert report["summary"]["passed"] > 100, "checkov scanned next to nothing"
+    texts = {p.relative_to(project.REPO).as_posix(): module_text(p) for p in MODULE_DIRS}
+    unreasoned = {path: bad for path, text in texts.items() if (bad := unreasoned_waivers(text))}
+    assert not unreasoned, f"waivers without a reason: {unreasoned}"
+    written = {m[1] for text in texts.values() for m in WAIVER.finditer(text)}
+    applied = {c["check_id"] for c in report["results"]["skipped_checks"]}
+    assert applied == written, "a waiver that waives nothing: remove it"
+
+
+def test_checkov_fails_an_open_database(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(
+        'resource "aws_db_instance" "open" {\n'
+        '  engine              = "postgres"\n'
+        '  instance_class      = "db.t4g.micro"\n'
+        "  publicly_accessible = true\n"
+        "}\n"
+    )
+    failed = {c["check_id"] for c in checkov(tmp_path)["results"]["failed_checks"]}
+    assert {"CKV_AWS_17", "CKV_AWS_16"} <= failed  # public, unencrypted

@@ -521,15 +521,19 @@ def test_request_logs_are_json_lines_without_secrets(url: str, session: requests
             session.post(f"{url}/v1/predict", json={"tickers": ["AAPL"]})
         for path in logs.glob("replica_ray-app_Ingress_*.log"):
             for text in path.read_text().splitlines():
-                if '"request_id": "log-me"' in text and '"event": "request"' in text:
+                if '"trace.id": "log-me"' in text and '"event.dataset": "ray_app.access"' in text:
                     return json.loads(text)  # type: ignore[no-any-return]
         return None
 
     wait_until(lambda: line() is not None, 30)
     record = line()
     assert record is not None
-    assert (record["client_key"], record["status"], record["variant"]) == ("alice", 200, "champion")
-    assert record["model_name"] == "tiny" and record["latency_ms"] > 0
+    assert (
+        record["ray_app.client_key"],
+        record["http.response.status_code"],
+        record["ray_app.variant"],
+    ) == ("alice", 200, "champion")
+    assert record["ray_app.model.name"] == "tiny" and record["event.duration"] > 0
     text = "\n".join(p.read_text() for p in logs.glob("replica_ray-app_*.log"))
     assert KEY not in text and "Bearer" not in text
 
@@ -557,7 +561,10 @@ def test_precomputed_predictions_equal_the_per_request_ones(
         run_round(url)  # replicas write request logs in batches
         for path in logs.glob("replica_ray-app_Ingress_*.log"):
             for text in path.read_text().splitlines():
-                if '"event": "request"' in text and '"shadow_variant": "challenger"' in text:
+                if (
+                    '"event.dataset": "ray_app.access"' in text
+                    and '"shadow_variant": "challenger"' in text
+                ):
                     return True
         return False
 

@@ -10,7 +10,11 @@ resource "helm_release" "kuberay_operator" {
   namespace        = var.kuberay_operator_namespace
   create_namespace = true
 
-  # The chart installs the RayCluster, RayJob, RayService and RayCronJob CRDs.
+  # The chart installs the RayCluster, RayJob, RayService and RayCronJob CRDs. Its values
+  # turn on the RayCronJob feature gate (alpha, off by default in v1.7.0): without it the API
+  # server accepts cluster/ray-cronjob.pipeline.yaml but nothing ever runs the daily pipeline.
+  values = [file("${path.module}/kuberay-values.yaml")]
+
   wait    = true
   timeout = 600
 }
@@ -107,5 +111,20 @@ resource "kubernetes_service_v1" "redis" {
   spec {
     type          = "ExternalName"
     external_name = var.redis_host
+  }
+}
+
+# The MLflow tracking server's backend store (RDS), for its Deployment to read:
+#   mlflow server --backend-store-uri "$(MLFLOW_BACKEND_STORE_URI)" ...
+resource "kubernetes_secret_v1" "mlflow_db" {
+  count = var.enable_mlflow_db ? 1 : 0
+
+  metadata {
+    name      = "ray-app-mlflow-db"
+    namespace = kubernetes_namespace_v1.this.metadata[0].name
+  }
+
+  data = {
+    MLFLOW_BACKEND_STORE_URI = var.mlflow_backend_store_uri
   }
 }

@@ -52,6 +52,19 @@ variable "redis_password" {
   sensitive   = true
 }
 
+variable "enable_mlflow_db" {
+  description = "Create the ray-app-mlflow-db Secret holding the MLflow server's backend store URI"
+  type        = bool
+  default     = false
+}
+
+variable "mlflow_backend_store_uri" {
+  description = "MLflow backend store URI (postgresql://...) for the ray-app-mlflow-db Secret"
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
 variable "enable_nvidia_device_plugin" {
   description = "Install the NVIDIA device plugin so GPU nodes advertise nvidia.com/gpu"
   type        = bool

@@ -10,6 +10,29 @@ resource "random_password" "auth_token" {
   special = false
 }
 
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+
+resource "aws_kms_key" "this" {
+  description             = "${var.name}: Redis data at rest"
+  deletion_window_in_days = 30
+  enable_key_rotation     = true
+
+  # The account administers the key; ElastiCache uses it through grants made on its behalf.
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Sid       = "AccountAdministers"
+      Effect    = "Allow"
+      Principal = { AWS = "arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root" }
+      Action    = "kms:*"
+      Resource  = "*"
+    }]
+  })
+
+  tags = var.tags
+}
+
 resource "aws_elasticache_subnet_group" "this" {
   name       = var.name
   subnet_ids = var.subnet_ids
@@ -41,6 +64,7 @@ resource "aws_vpc_security_group_ingress_rule" "redis" {
 }
 
 resource "aws_elasticache_replication_group" "this" {
+  #checkov:skip=CKV2_AWS_50:Automatic Multi-AZ failover is on whenever num_cache_clusters >= 2 (the default is 2); a single node has nothing to fail over to.
   replication_group_id = var.name
   description          = "Redis for ${var.name}: Ray GCS fault tolerance and online features"
 
@@ -58,6 +82,7 @@ resource "aws_elasticache_replication_group" "this" {
   security_group_ids = [aws_security_group.this.id]
 
   at_rest_encryption_enabled = true
+  kms_key_id                 = aws_kms_key.this.arn
   transit_encryption_enabled = true
   auth_token                 = random_password.auth_token.result
 
