@@ -654,8 +654,9 @@ def cluster_down(config: ConfigOption = None) -> None:
     stopped = down(_settings(config).cluster)
     if stopped is None:
         out.print("no head recorded: nothing to stop")
-    else:
-        out.print(f"Ray head {stopped[0].gcs_address} stopped ({stopped[1]} process(es))")
+        return
+    state, count = stopped
+    out.print(f"Ray head {state.gcs_address} stopped ({count} process(es))")
 
 
 @cluster_app.command("status")

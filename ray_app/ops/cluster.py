@@ -118,12 +118,6 @@ def alive(state: ClusterState) -> bool:
     return _is_recorded(state, state.gcs_pid) and port_in_use(state.port, host)
 
 
-def running(cfg: ClusterSettings) -> ClusterState | None:
-    """The recorded head if it is alive."""
-    state = recorded(cfg)
-    return state if state is not None and alive(state) else None
-
-
 def _check_ports(cfg: ClusterSettings, gcs_port: int) -> None:
     wanted = {
         gcs_port: "cluster.gcs_port",
