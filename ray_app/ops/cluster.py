@@ -102,13 +102,28 @@ def recorded(cfg: ClusterSettings) -> ClusterState | None:
     path = _state_path(cfg)
     if not path.exists():
         return None
+    data: Any = None
     try:
-        return ClusterState(**json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        return ClusterState(**data)
     except (TypeError, ValueError) as exc:
-        raise ClusterError(
-            f"{path} is not a state file this ray-app wrote ({exc}): stop the head it names "
-            "(if any) and delete the file"
-        ) from None
+        return _upgrade(path, data, exc)
+
+
+def _upgrade(path: Path, data: Any, exc: Exception) -> ClusterState:
+    """A state file from before heads were recorded by session: the head it names is
+    identified again if it is still up, and the file rewritten."""
+    old = {"gcs_address", "dashboard_url", "token_path", "haproxy", "started_at"}
+    if isinstance(data, dict) and set(data) == old:
+        port = int(data.pop("gcs_address").rsplit(":", 1)[1])
+        if port_in_use(port):
+            state = _identify(port, **data)
+            path.write_text(json.dumps(asdict(state), indent=2))
+            return state
+    raise ClusterError(
+        f"{path} names no head this ray-app can find ({exc}): stop that head if it runs "
+        "and delete the file"
+    ) from None
 
 
 def alive(state: ClusterState) -> bool:
@@ -235,7 +250,7 @@ def _is_recorded(state: ClusterState, pid: int) -> bool:
         return False
 
 
-def _owns(state: ClusterState, info: dict[str, Any], raylet_pid: str | None) -> bool:
+def owns(state: ClusterState, info: dict[str, Any], raylet_pid: str | None) -> bool:
     """Whether a process (``psutil`` info) is this head's: a recorded daemon, one whose
     command line names its session or node, or one whose environment names its node or
     raylet (Ray renames workers `ray::...`, and HAProxy outlives them)."""
@@ -262,7 +277,7 @@ def head_processes(state: ClusterState) -> list[Any]:
     found: dict[int, Any] = {}
     attrs = ["pid", "cmdline", "environ", "create_time"]
     for proc in psutil.process_iter(attrs, ad_value=None):
-        if proc.pid != os.getpid() and _owns(state, proc.info, raylet_pid):
+        if proc.pid != os.getpid() and owns(state, proc.info, raylet_pid):
             found[proc.pid] = proc
             for child in _children(proc):
                 found[child.pid] = child
