@@ -5,9 +5,8 @@ tolerance on a local head), and the user's commands recover with no manual step:
 
 The head is this module's own (state folder and every port, HAProxy's included), all
 traffic is on 127.0.0.1, and every command runs from a plain shell: no RAY_AUTH_MODE, token
-path or address exported, except the RAY_AUTH_MODE that `make run` exports for
-`ray job submit`. The pipeline is submitted as `make run` does, not through `make run`
-itself, whose dashboard and Serve ports are fixed.
+path or address exported. The pipeline runs through `make run` itself, pointed at the
+test's ports (``DASHBOARD``, ``SERVE_URL``) and smoke configuration (``CONFIG``).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -26,13 +26,13 @@ import psutil
 import pytest
 
 from ray_app.ops.cluster import ClusterState, head_processes
-from tests.conftest import free_port, plain_shell, ray_app_command
-from tests.e2e.support import post, smoke_pipeline, submit_pipeline
+from tests.conftest import REPO, free_port, plain_shell, ray_app_command
+from tests.e2e.support import SmokePipeline, post, smoke_pipeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 NODE_DEATH_S = 180  # a raylet gives up on its lost GCS after about 60 s
-RECOVERY_S = 900  # cluster up, then the pipeline job (ingest to smoke request)
+RECOVERY_S = 900  # `make run`: cluster up, the pipeline job (ingest to smoke), a prediction
 FAIL_FAST_S = 60  # a command refused by a dead head: import time on a busy machine
 
 
@@ -87,6 +87,26 @@ def _up(env: dict[str, str]) -> str:
     return started.stdout
 
 
+def _make_run(env: dict[str, str], smoke: SmokePipeline) -> subprocess.CompletedProcess[str]:
+    """`make run` from a plain shell, on the test's head and ports, never reinstalling."""
+    dashboard = f"http://127.0.0.1:{env['RAY_APP_CLUSTER__DASHBOARD_PORT']}"
+    overrides = {"DASHBOARD": dashboard, "SERVE_URL": smoke.url, "CONFIG": smoke.config}
+    return subprocess.run(
+        [
+            "make",
+            "-o",
+            ".venv/.installed-stamp",
+            "run",
+            *(f"{k}={v}" for k, v in overrides.items()),
+        ],
+        cwd=REPO,
+        env=plain_shell(env),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
 def _wait_gone(pid: int, limit: float) -> float:
     """Seconds until ``pid`` exits; fails past ``limit``."""
     start = time.monotonic()
@@ -100,9 +120,8 @@ def test_a_killed_head_recovers_with_no_manual_step(
     own_head: dict[str, str], tmp_path: Path
 ) -> None:
     smoke = smoke_pipeline(tmp_path)
-    submit_env = plain_shell({**own_head, "RAY_AUTH_MODE": "token"})  # as `make run` has it
-    _up(own_head)
-    first = submit_pipeline(_state(own_head).dashboard_url, smoke.config, submit_env)
+    _up(own_head)  # as the issue had it: `ray-app cluster up`, then `make run`
+    first = _make_run(own_head, smoke)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
 
     dead = _state(own_head)
@@ -127,13 +146,13 @@ def test_a_killed_head_recovers_with_no_manual_step(
     assert refused.returncode == 2 and "is dead" in refused.stderr, refused.stderr
 
     recovery = time.monotonic()
-    assert "was dead" in _up(own_head)
-    new = _state(own_head)
-    second = submit_pipeline(new.dashboard_url, smoke.config, submit_env)
+    second = _make_run(own_head, smoke)
     recovered_s = time.monotonic() - recovery
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
+    assert "was dead" in second.stdout and '"predictions"' in second.stdout, second.stdout
     for step in ("deploy", "smoke"):
         assert f"{step}: ok" in second.stdout, second.stdout[-3000:]
+    new = _state(own_head)
     status, reply = post(smoke.url + "/v1/predict", {"tickers": ["IBM"]})
     assert status == 200, reply
     rollout = ["rollout", "--serve-config", str(smoke.serve_config), "--address"]
@@ -143,8 +162,8 @@ def test_a_killed_head_recovers_with_no_manual_step(
     print(
         f"\nhead recovery: {load.ok} predictions answered and {load.failed} failed after the "
         f"GCS kill; node dead after {node_died_s:.0f} s; {len(report['leftovers'])} leftover "
-        f"process(es); a command refused in {refused_s:.1f} s; recovered (cluster up + "
-        f"pipeline job) in {recovered_s:.0f} s"
+        f"process(es); a command refused in {refused_s:.1f} s; recovered (`make run`: "
+        f"cluster up, the pipeline job, a prediction) in {recovered_s:.0f} s"
     )
     assert load.ok > 0 and recovered_s < RECOVERY_S
 
