@@ -127,10 +127,12 @@ def _upgrade(path: Path, data: Any, exc: Exception) -> ClusterState:
 
 
 def alive(state: ClusterState) -> bool:
-    """Whether the head's GCS is the process `up` started and still answers. Without GCS
-    fault tolerance a head whose GCS died is lost, even while its raylet lingers."""
+    """Whether the GCS and raylet `up` started still run and the GCS answers. Without GCS
+    fault tolerance a head whose GCS died is lost, even while its raylet lingers; without
+    its raylet the head has no node."""
     host = state.gcs_address.rsplit(":", 1)[0]
-    return _is_recorded(state, state.gcs_pid) and port_in_use(state.port, host)
+    running = all(_is_recorded(state, pid) for pid in (state.gcs_pid, state.raylet_pid))
+    return running and port_in_use(state.port, host)
 
 
 def _check_ports(cfg: ClusterSettings, gcs_port: int) -> None:
