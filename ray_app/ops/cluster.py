@@ -80,6 +80,13 @@ def _free_gcs_port(cfg: ClusterSettings) -> int:
     raise ClusterError("no free port in 6380-6399 for the Ray head: set cluster.gcs_port")
 
 
+def _free_port() -> int:
+    """A port the system has free now, for a daemon nobody needs to find by a fixed number."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def ensure_token(cfg: ClusterSettings) -> Path:
     """The token file, created once with a random token, always readable by its owner only."""
     path = cfg.token_path.expanduser()
@@ -186,6 +193,9 @@ def up(cfg: ClusterSettings, shared_env: dict[str, str] | None = None) -> Starte
         f"--dashboard-host={cfg.dashboard_host}",
         f"--dashboard-port={cfg.dashboard_port}",
         f"--metrics-export-port={cfg.metrics_port}",
+        # Ray's fixed 52365 is taken by any other head on the machine, and without its
+        # agent a head accepts no job ("No available agent to submit job").
+        f"--dashboard-agent-listen-port={_free_port()}",
         "--include-dashboard=true",
         "--disable-usage-stats",
     ]

@@ -168,7 +168,7 @@ def test_a_killed_head_recovers_with_no_manual_step(
     assert load.ok > 0 and recovered_s < RECOVERY_S
 
 
-def test_cluster_down_leaves_nothing_that_makes_ray_wait(own_head: dict[str, str]) -> None:
+def test_down_leaves_nothing_that_makes_ray_wait(own_head: dict[str, str]) -> None:
     _up(own_head)
     state = _state(own_head)
     down = ray_app_command(["cluster", "down"], own_head, plain=True)
