@@ -80,11 +80,14 @@ def _free_gcs_port(cfg: ClusterSettings) -> int:
     raise ClusterError("no free port in 6380-6399 for the Ray head: set cluster.gcs_port")
 
 
-def _free_port() -> int:
-    """A port the system has free now, for a daemon nobody needs to find by a fixed number."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """Distinct ports the system has free now, for daemons found through the head, not by
+    a fixed number."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def ensure_token(cfg: ClusterSettings) -> Path:
@@ -184,6 +187,7 @@ def up(cfg: ClusterSettings, shared_env: dict[str, str] | None = None) -> Starte
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     if proxy:
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1")
+    agent_port, runtime_env_port = _free_ports(2)
     command = [
         ray_cli("ray"),
         "start",
@@ -194,8 +198,11 @@ def up(cfg: ClusterSettings, shared_env: dict[str, str] | None = None) -> Starte
         f"--dashboard-port={cfg.dashboard_port}",
         f"--metrics-export-port={cfg.metrics_port}",
         # Ray's fixed 52365 is taken by any other head on the machine, and without its
-        # agent a head accepts no job ("No available agent to submit job").
-        f"--dashboard-agent-listen-port={_free_port()}",
+        # agent a head accepts no job ("No available agent to submit job"). The runtime-env
+        # agent's port is chosen here too: left to Ray (0), it was seen shared with another
+        # head's agent, whose Ray then set up this head's job environments (and failed).
+        f"--dashboard-agent-listen-port={agent_port}",
+        f"--runtime-env-agent-port={runtime_env_port}",
         "--include-dashboard=true",
         "--disable-usage-stats",
     ]
