@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 CONFIG ?= ray_app/configs/local.yaml
 DASHBOARD ?= http://127.0.0.1:8265
 SERVE_URL ?= http://127.0.0.1:8000
-# Ray's CLIs (ray job submit, serve deploy) send the head's token only in token mode.
+# `ray job submit` sends the head's token only in token mode (ray-app's commands, and the
+# serve deploy they run, turn it on by themselves).
 export RAY_AUTH_MODE := token
 
 .PHONY: install run cluster-up cluster-down test test-unit lint manifests docs bench clean

@@ -804,14 +804,20 @@ def cluster_env(settings: Settings) -> dict[str, str]:
 def cluster_up(config: ConfigOption = None) -> None:
     """Start a local Ray head with token authentication (nothing if one is running).
 
-    Prints the head, the dashboard, the token file, the Serve ingress and a ray job submit hint.
+    A head that died is cleaned up first. Prints the head, the dashboard, the token file, the
+    Serve ingress and a ray job submit hint.
     """
     from ray_app.ops.cluster import up
 
     settings = _settings(config)
-    state, started = up(settings.cluster, cluster_env(settings))
-    verb = "started" if started else "already running"
-    out.print(f"Ray head {verb} at {state.gcs_address}")
+    done = up(settings.cluster, cluster_env(settings))
+    if done.replaced is not None:
+        out.print(
+            f"the head at {done.replaced.gcs_address} was dead: stopped its "
+            f"{done.stopped} leftover process(es)"
+        )
+    state = done.state
+    out.print(f"Ray head {'started' if done.started else 'already running'} at {state.gcs_address}")
     out.print(f"dashboard: {state.dashboard_url} (token in {state.token_path})")
     out.print(f"Serve ingress: {'HAProxy' if state.haproxy else 'Ray proxy'}")
     out.print(f"submit jobs with: ray job submit --address {state.dashboard_url} -- ...")
@@ -819,11 +825,16 @@ def cluster_up(config: ConfigOption = None) -> None:
 
 @cluster_app.command("down")
 def cluster_down(config: ConfigOption = None) -> None:
-    """Stop the local head and every process it started (other Ray clusters are left alone)."""
+    """Stop the local head, alive or dead, and every process it started or left behind
+    (other Ray clusters are left alone)."""
     from ray_app.ops.cluster import down
 
-    was_running = down(_settings(config).cluster)
-    out.print("Ray head stopped" if was_running else "no head recorded: nothing to stop")
+    stopped = down(_settings(config).cluster)
+    if stopped is None:
+        out.print("no head recorded: nothing to stop")
+        return
+    state, count = stopped
+    out.print(f"Ray head {state.gcs_address} stopped ({count} process(es))")
 
 
 @cluster_app.command("status")
@@ -833,15 +844,18 @@ def cluster_status(
 ) -> None:
     """Nodes, resources, jobs, Serve applications and the dashboard URL.
 
-    Exits 2 when no head is running.
+    For a dead head, its leftover processes (exit 1). Exits 2 when no head is recorded.
     """
-    from ray_app.ops.cluster import ClusterError, running, status
+    from ray_app.ops.cluster import ClusterError, alive, dead_status, recorded, status
     from ray_app.ops.runtime import connect
 
     settings = _settings(config)
-    state = running(settings.cluster)
+    state = recorded(settings.cluster)
     if state is None:
         raise ClusterError("no local Ray head is running: start one with `ray-app cluster up`")
+    if not alive(state):
+        _show_dead(dead_status(state), as_json)
+        raise typer.Exit(1)
     connect(settings)
     report = status(state)
     if as_json:
@@ -860,6 +874,20 @@ def cluster_status(
     out.print(jobs)
     for name, app_status in report["serve"].items():
         out.print(f"Serve application {name}: {app_status}")
+
+
+def _show_dead(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    err.print(
+        f"[red]the head at {report['address']} is dead[/] (its GCS is gone); "
+        f"{len(report['leftovers'])} leftover process(es) of {report['session_dir']}:",
+        highlight=False,
+    )
+    for proc in report["leftovers"]:
+        err.print(f"  {proc['pid']}  {proc['command']}", highlight=False, soft_wrap=True)
+    err.print("`ray-app cluster down` stops them; `ray-app cluster up` also starts a new head")
 
 
 def main(argv: list[str] | None = None) -> None:

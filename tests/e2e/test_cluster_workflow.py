@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -21,21 +20,9 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, Head, free_port, ray_app_command
+from tests.e2e.support import RAY, post, smoke_pipeline, submit_pipeline
 
 pytestmark = pytest.mark.e2e
-
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def post(url: str, payload: dict[str, Any], timeout: float = 10) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        url, json.dumps(payload).encode(), {"content-type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def get(url: str) -> dict[str, Any]:
@@ -47,47 +34,14 @@ def get(url: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def deployment(ray_head: Head, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The pipeline submitted as a Ray job with a smoke configuration on the sample data."""
-    folder = tmp_path_factory.mktemp("e2e")
-    port = free_port()
-    serve_config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    serve_config["http_options"]["port"] = port
-    serve_path = folder / "serve_config.yaml"
-    serve_path.write_text(yaml.safe_dump(serve_config, sort_keys=False))
-    config = {
-        "ingest": {"source": "sample", "tickers": ["AAPL", "GOOG", "IBM", "MSFT"]},
-        "split": {"n_folds": 2, "test_days": 60, "holdout_months": 3},
-        "train": {"hparams": {"hidden_size": 8, "epochs": 2, "batch_size": 512}},
-        "tune": {"num_samples": 2, "max_concurrent": 2, "scheduler": "none"},
-        "pipeline": {"serve_config": str(serve_path), "serve_url": f"http://127.0.0.1:{port}"},
-    }
-    config_path = folder / "smoke.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    submit = subprocess.run(
-        [
-            RAY,
-            "job",
-            "submit",
-            "--address",
-            ray_head.dashboard,
-            "--working-dir",
-            str(REPO),
-            "--",
-            sys.executable,  # the project's environment, as the head runs from it
-            "jobs/pipeline.py",
-            "--config",
-            str(config_path),
-        ],
-        env={**os.environ, **ray_head.env},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    smoke = smoke_pipeline(tmp_path_factory.mktemp("e2e"))
+    submit = submit_pipeline(ray_head.dashboard, smoke.config, {**os.environ, **ray_head.env})
     assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
     return {
-        "url": f"http://127.0.0.1:{port}",
-        "serve_config": serve_path,
+        "url": smoke.url,
+        "serve_config": smoke.serve_config,
         "log": submit.stdout,
-        "config": config_path,
+        "config": smoke.config,
     }
 
 
