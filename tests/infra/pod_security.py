@@ -182,3 +182,8 @@ def hardening_violations(pod: dict[str, Any]) -> list[str]:
         if (ctx.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
             errors.append(f"container {name}: seccompProfile is not RuntimeDefault")
     return errors
+
+
+def violations(pod: dict[str, Any]) -> list[str]:
+    """:func:`restricted_violations` and :func:`hardening_violations` together."""
+    return restricted_violations(pod) + hardening_violations(pod)
