@@ -30,8 +30,10 @@ _SOURCE = re.compile(r"^# Source: [^/]+/(?P<path>.+)$", re.MULTILINE)
 
 
 def helm() -> str:
-    """The helm binary; skips the calling test where there is none."""
-    tool = project.find_tool("helm")
+    """The helm binary (``make tools-helm``'s first, else PATH's); skips the calling test where
+    there is none."""
+    pinned = project.TOOLS_BIN / "helm"
+    tool = str(pinned) if pinned.is_file() else project.find_tool("helm")
     if tool is None:
         pytest.skip(HELM_MISSING)
     return tool

