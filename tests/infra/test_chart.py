@@ -729,3 +729,31 @@ def test_project_allows_exactly_the_kinds_the_chart_renders() -> None:
     }
     assert rendered == allowed
     assert project_.get("clusterResourceWhitelist") == [], "nothing cluster-wide"
+
+
+# --- GitOps: a rollout's commit is what Argo CD renders ----------------------------------------
+
+
+def test_a_committed_serving_change_reaches_the_rendered_ray_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ray_app.serving.gitops writes and commits a change; helm (as Argo CD) renders it."""
+    from ray_app.serving import gitops
+
+    for who in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{who}_NAME", "CI")
+        monkeypatch.setenv(f"GIT_{who}_EMAIL", "ci@example.com")
+    checkout = tmp_path / "repo"
+    shutil.copytree(project.CHART, checkout / "charts" / "ray-app")
+    shutil.copyfile(project.REPO / gitops.SERVE_CONFIG, checkout / gitops.SERVE_CONFIG)
+    for args in (["init", "--quiet"], ["add", "."], ["commit", "--quiet", "-m", "start"]):
+        subprocess.run(["git", "-C", str(checkout), *args], check=True, capture_output=True)
+    ingress = {"weights": {"champion": 0.8, "challenger": 0.2}, "shadow": None}
+    result = gitops.apply_serving_change(checkout, {"Ingress": ingress}, commit=True)
+    assert result.commit
+    text = chart.template_text(*chart.env_args("dev"), chart=checkout / "charts" / "ray-app")
+    (service,) = [d for _, d in chart.parse(text) if d["kind"] == "RayService"]
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    assert deployments["Ingress"]["user_config"] == ingress
+    assert service["spec"]["serveConfigV2"] == (checkout / gitops.SERVE_CONFIG).read_text()
