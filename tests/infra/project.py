@@ -20,6 +20,9 @@ from tests.infra.crd import REPO, SCHEMAS
 
 PYPROJECT = REPO / "pyproject.toml"
 CLUSTER = REPO / "cluster"
+ARGOCD = CLUSTER / "argocd"
+CHART = REPO / "charts" / "ray-app"
+TOOLS_BIN = REPO / ".tools" / "bin"
 DOCKER = REPO / "docker"
 TERRAFORM = REPO / "terraform"
 MONITORING = REPO / "monitoring"
@@ -54,6 +57,8 @@ def ray_version() -> str:
 
 
 def find_tool(name: str) -> str | None:
-    """An executable on PATH or next to this interpreter (a venv's bin/), else None."""
+    """An executable on PATH, next to this interpreter (a venv's bin/) or in .tools/bin (the
+    Makefile's tools-* targets), else None."""
     here = str(Path(sys.executable).parent)
-    return shutil.which(name) or shutil.which(name, path=here + os.pathsep + os.defpath)
+    path = os.pathsep.join([here, str(TOOLS_BIN), os.defpath])
+    return shutil.which(name) or shutil.which(name, path=path)

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.infra
 
 KUBERNETES_VERSION = project.KUBERNETES_VERSION
 
-# kustomization.yaml is kustomize input, not a Kubernetes object.
-MANIFESTS = sorted(p for p in project.CLUSTER.glob("*.yaml") if p.name != "kustomization.yaml")
+# The KubeRay objects applied by hand (the chart's are checked in test_chart/test_kuberay_workloads;
+# the Argo CD objects in cluster/argocd/ in test_chart).
+MANIFESTS = sorted(project.CLUSTER.glob("*.yaml"))
 DOCS = [
     (path, index, doc)
     for path in MANIFESTS

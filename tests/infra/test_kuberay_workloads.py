@@ -1,4 +1,4 @@
-"""cluster/: the RayJob, RayCronJob and RayService manifests and their kustomization, offline.
+"""The RayJob (cluster/), the RayCronJob and RayService (charts/ray-app, rendered), offline.
 
 Three layers, each with mutated copies that must fail so that a check cannot pass vacuously:
 
@@ -9,6 +9,9 @@ Three layers, each with mutated copies that must fail so that a check cannot pas
 - what this project needs: the pinned Ray everywhere, the same cluster as ray-cluster.yaml,
   entrypoints that exist in the image with a settings file the pods mount, serveConfigV2 equal
   to serve_config.yaml and valid for Serve, a schedule after the US close.
+
+The chart's objects are those ``helm template`` renders with values-dev.yaml (tests/infra/chart.py;
+skipped with the reason where helm is absent: ``make tools-helm`` installs it).
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ import os
 import posixpath
 import re
 import shlex
-import shutil
-import subprocess
 import zoneinfo
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,21 +30,21 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes_validate import validate as k8s_validate
-from kubernetes_validate.utils import ValidationError as K8sValidationError
 
-from tests.infra import crd, project, serve_config_sync
+from tests.infra import chart, crd, project, serve_config_sync
 from tests.infra.test_cluster import quantity
 from tests.infra.test_docker import flags_and_args, parse_dockerfile
 
 pytestmark = pytest.mark.infra
 
-KUSTOMIZATION = project.CLUSTER / "kustomization.yaml"
 WORKLOADS = {
     "ray-job.tune.yaml": "RayJob",
     "ray-cronjob.pipeline.yaml": "RayCronJob",
     "ray-service.yaml": "RayService",
 }
+# Rendered from charts/ray-app/templates/<name>; the others are files in cluster/.
+CHART_WORKLOADS = {"ray-cronjob.pipeline.yaml", "ray-service.yaml"}
+SETTINGS_FILE = project.CHART / "files" / "cluster.yaml"
 NAMESPACE = "ray-app"
 HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 SERVE_PORT = 8000
@@ -53,7 +54,10 @@ MARKET_CLOSE = dt.time(16, 0)
 
 
 def load(name: str) -> dict[str, Any]:
-    docs = crd.load_yaml_documents(project.CLUSTER / name)
+    if name in CHART_WORKLOADS:
+        docs = copy.deepcopy(chart.rendered_from(f"templates/{name}"))
+    else:
+        docs = crd.load_yaml_documents(project.CLUSTER / name)
     assert len(docs) == 1, f"{name} must hold exactly one document"
     assert docs[0].get("kind") == WORKLOADS[name], f"{name} must hold a {WORKLOADS[name]}"
     return docs[0]
@@ -75,9 +79,8 @@ def ray_service() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def kustomization() -> dict[str, Any]:
-    (doc,) = crd.load_yaml_documents(KUSTOMIZATION)
-    return doc
+def config_maps() -> dict[str, dict[str, Path]]:
+    return chart_config_maps()
 
 
 @pytest.fixture()
@@ -122,6 +125,15 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 
 def ports_of(container: dict[str, Any]) -> dict[str, int]:
     return {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+
+
+def image_parts(image: str) -> tuple[str, str, str]:
+    """(repository, tag, digest) of ``repo:tag``, ``repo@sha256:...`` or ``repo:tag@sha256:...``."""
+    name, _, digest = image.partition("@")
+    repo, _, tag = name.rpartition(":")
+    if not repo or "/" in tag:
+        repo, tag = name, ""
+    return repo, tag, digest
 
 
 def all_images(doc: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -533,7 +545,7 @@ def test_ray_version_and_image_tags_are_the_pin(name: str, ray_version: str) -> 
     images = dict(all_images(doc))
     assert any(w.startswith("submitter") for w in images) or doc["kind"] == "RayService"
     for where, image in images.items():
-        repo, _, tag = image.rpartition(":")
+        repo, tag, _ = image_parts(image)
         assert repo.endswith("/ray-app"), f"{where}: {image!r} is not the ray-app image"
         assert tag == ray_version or tag.startswith(f"{ray_version}-"), (
             f"{where}: image tag {tag!r} is not Ray {ray_version}"
@@ -556,8 +568,10 @@ def test_cluster_is_the_one_of_ray_cluster_yaml(name: str, ray_cluster: dict[str
         for key in ("serviceAccountName", "securityContext"):
             assert pod.get(key) == reference.get(key), f"{where}: {key}"
         mine, base = pod["containers"][0], reference["containers"][0]
-        for key in ("name", "image", "imagePullPolicy", "envFrom", "securityContext"):
+        for key in ("name", "imagePullPolicy", "envFrom", "securityContext"):
             assert mine.get(key) == base.get(key), f"{where}: container {key}"
+        # The chart may pin the same image by digest (repository:tag@sha256:...).
+        assert image_parts(mine["image"])[:2] == image_parts(base["image"])[:2], where
         for port_name, number in ports_of(mine).items():
             assert their_ports.get(port_name) == number, f"{where}: port {port_name}"
         assert {"name": "ray-logs", "mountPath": "/tmp/ray"} in mine["volumeMounts"], where
@@ -613,20 +627,24 @@ def image_layout() -> tuple[str, dict[str, str]]:
     return workdir, copies
 
 
-def generated_config_maps(kustomization: dict[str, Any]) -> dict[str, dict[str, Path]]:
-    """{ConfigMap name: {key: file}} of the kustomization's configMapGenerator."""
+def chart_config_maps() -> dict[str, dict[str, Path]]:
+    """{ConfigMap name: {key: file}} of the ConfigMaps the chart renders from its files/."""
     maps: dict[str, dict[str, Path]] = {}
-    for gen in kustomization.get("configMapGenerator", []):
+    for config_map in chart.find("ConfigMap"):
         files = {}
-        for entry in gen.get("files", []):
-            key, _, source = entry.rpartition("=")
-            files[key or Path(source).name] = project.CLUSTER / source
-        maps[gen["name"]] = files
+        for key, text in config_map.get("data", {}).items():
+            source = project.CHART / "files" / key
+            assert source.is_file(), f"{config_map['metadata']['name']}: no files/{key}"
+            assert source.read_text(encoding="utf-8") == text, f"{key} is not files/{key}"
+            files[key] = source
+        maps[config_map["metadata"]["name"]] = files
     return maps
 
 
-def mounted_file(pod: dict[str, Any], path: str, kustomization: dict[str, Any]) -> Path | None:
-    """The repository file a pod sees at ``path`` through a generated ConfigMap, if any."""
+def mounted_file(
+    pod: dict[str, Any], path: str, config_maps: dict[str, dict[str, Path]]
+) -> Path | None:
+    """The repository file a pod sees at ``path`` through a ConfigMap of the chart, if any."""
     directory, key = posixpath.split(path)
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for mount in pod["containers"][0].get("volumeMounts", []):
@@ -635,7 +653,7 @@ def mounted_file(pod: dict[str, Any], path: str, kustomization: dict[str, Any]) 
         source = volumes[mount["name"]].get("configMap")
         if not source or source.get("optional"):
             continue
-        files = generated_config_maps(kustomization).get(source["name"], {})
+        files = config_maps.get(source["name"], {})
         items = {i["path"]: i["key"] for i in source.get("items", [])} or {k: k for k in files}
         if key in items and items[key] in files:
             return files[items[key]]
@@ -679,7 +697,7 @@ def test_entrypoint_runs_a_job_script_of_the_image(name: str, script: str) -> No
 
 @pytest.mark.parametrize("name", JOB_PARAMS)
 def test_entrypoint_config_is_a_mounted_settings_file(
-    name: str, kustomization: dict[str, Any], clean_env: None
+    name: str, config_maps: dict[str, dict[str, Path]], clean_env: None
 ) -> None:
     from ray_app.core.settings import load_settings
 
@@ -687,8 +705,8 @@ def test_entrypoint_config_is_a_mounted_settings_file(
     _, args = entrypoint_parts(spec)
     config = option(args, "--config")
     for where, pod in pod_specs(spec["rayClusterSpec"]):
-        source = mounted_file(pod, config, kustomization)
-        assert source is not None, f"{where}: {config} is not mounted from a generated ConfigMap"
+        source = mounted_file(pod, config, config_maps)
+        assert source is not None, f"{where}: {config} is not mounted from the chart's ConfigMap"
         assert source.is_file(), f"{source} does not exist"
     settings = load_settings(source)
     assert "://" in settings.data_root, "a cluster needs a data root every node reaches"
@@ -697,26 +715,26 @@ def test_entrypoint_config_is_a_mounted_settings_file(
 
 
 def test_mounted_file_finds_nothing_where_nothing_is_mounted(
-    ray_job: dict[str, Any], kustomization: dict[str, Any]
+    ray_job: dict[str, Any], config_maps: dict[str, dict[str, Path]]
 ) -> None:
     pod = dict(pod_specs(job_spec(ray_job)["rayClusterSpec"]))["head"]
     _, args = entrypoint_parts(job_spec(ray_job))
     config = option(args, "--config")
-    assert mounted_file(pod, config, kustomization) is not None
-    assert mounted_file(pod, config.replace("configs", "config"), kustomization) is None
-    assert mounted_file(pod, config, {"configMapGenerator": []}) is None
+    assert mounted_file(pod, config, config_maps) is not None
+    assert mounted_file(pod, config.replace("configs", "config"), config_maps) is None
+    assert mounted_file(pod, config, {}) is None
     unmounted = copy.deepcopy(pod)
     unmounted["containers"][0]["volumeMounts"] = [
         m for m in unmounted["containers"][0]["volumeMounts"] if m["name"] == "ray-logs"
     ]
-    assert mounted_file(unmounted, config, kustomization) is None
+    assert mounted_file(unmounted, config, config_maps) is None
 
 
 def test_cluster_settings_file_is_rejected_when_invalid(tmp_path: Path, clean_env: None) -> None:
     """The settings check above can fail: an unknown key is an error, as on the cluster."""
     from ray_app.core.settings import SettingsError, load_settings
 
-    text = (project.CLUSTER / "configs" / "cluster.yaml").read_text()
+    text = SETTINGS_FILE.read_text()
     bad = tmp_path / "cluster.yaml"
     bad.write_text(text.replace("tracking_uri:", "tracking_url:"))
     with pytest.raises(SettingsError, match="tracking_url"):
@@ -896,39 +914,27 @@ def test_serve_config_v2_is_serve_config_yaml(
     embedded = ray_service["spec"]["serveConfigV2"]
     assert yaml.safe_load(embedded) == yaml.safe_load(serve_config_text)
     assert embedded == serve_config_text, (
-        "serveConfigV2 is not a verbatim copy: python -m tests.infra.serve_config_sync"
+        "serveConfigV2 is not a verbatim copy of serve_config.yaml: run make manifests"
     )
-    manifest = serve_config_sync.RAY_SERVICE.read_text(encoding="utf-8")
-    assert serve_config_sync.render(manifest, serve_config_text) == manifest
 
 
-def test_sync_detects_and_repairs_a_stale_copy(serve_config_text: str) -> None:
-    manifest = serve_config_sync.RAY_SERVICE.read_text(encoding="utf-8")
-    changed = serve_config_text.replace("port: 8000", "port: 8001")
-    assert changed != serve_config_text
-    rendered = serve_config_sync.render(manifest, changed)
-    assert rendered != manifest
-    (doc,) = yaml.safe_load_all(rendered)
-    assert doc["spec"]["serveConfigV2"] == changed
-    assert {k: v for k, v in doc["spec"].items() if k != "serveConfigV2"} == {
-        k: v for k, v in yaml.safe_load(manifest)["spec"].items() if k != "serveConfigV2"
-    }
-    assert serve_config_sync.render(rendered, serve_config_text) == manifest
+def test_sync_detects_and_repairs_a_stale_copy(tmp_path: Path, serve_config_text: str) -> None:
+    source, copy_ = tmp_path / "serve_config.yaml", tmp_path / "chart" / "serve_config.yaml"
+    source.write_text(serve_config_text)
+    copies = {source: copy_}
+    assert serve_config_sync.stale(copies) == [copy_], "a missing copy is stale"
+    assert serve_config_sync.sync(copies) == [copy_]
+    assert serve_config_sync.stale(copies) == []
+    source.write_text(serve_config_text.replace("port: 8000", "port: 8001"))
+    assert serve_config_sync.stale(copies) == [copy_]
+    serve_config_sync.sync(copies)
+    assert copy_.read_text() == source.read_text()
 
 
-@pytest.mark.parametrize(
-    ("text", "indicator"),
-    [("a: 1\n", "|"), ("a: 1", "|-"), ("a: 1\n\n", "|+"), ("# c\n\nb:\n  - 1\n", "|")],
-)
-def test_literal_block_round_trips(text: str, indicator: str) -> None:
-    header, body = serve_config_sync.literal_block(text, "  ")
-    assert header == indicator
-    assert yaml.safe_load(f"k: {header}\n{''.join(body)}")["k"] == text
-
-
-def test_literal_block_refuses_an_indented_first_line() -> None:
-    with pytest.raises(ValueError, match="flush left"):
-        serve_config_sync.literal_block("  a: 1\n", "  ")
+def test_chart_copies_are_current() -> None:
+    stale = [p.relative_to(project.REPO).as_posix() for p in serve_config_sync.stale()]
+    assert stale == [], f"stale: {stale}; run make manifests"
+    assert serve_config_sync.main(["--check"]) == 0
 
 
 def _serve_schema() -> Any:
@@ -991,7 +997,7 @@ def test_serve_replicas_use_the_clusters_registry(
 ) -> None:
     from ray_app.core.settings import load_settings
 
-    wanted = load_settings(project.CLUSTER / "configs" / "cluster.yaml").mlflow.tracking_uri
+    wanted = load_settings(SETTINGS_FILE).mlflow.tracking_uri
     for where, container in ray_containers(cluster_spec(ray_service)):
         assert env_of(container).get("RAY_APP_MLFLOW__TRACKING_URI") == wanted, where
 
@@ -1009,7 +1015,7 @@ def test_service_upgrades_without_downtime_and_survives_a_head_restart(
 def test_kuberay_generated_names_do_not_collide(ray_service: dict[str, Any]) -> None:
     """KubeRay names Services after the CR: RayService X makes X-head-svc and X-serve-svc, and
     RayClusters X-<5 chars>; none may clash with ray-cluster.yaml's or the Services we write."""
-    docs = [d for p in manifests() for d in crd.load_yaml_documents(p)]
+    docs = [d for p in cluster_files() for d in crd.load_yaml_documents(p)] + chart.rendered()
     clusters = [d["metadata"]["name"] for d in docs if d["kind"] == "RayCluster"]
     services = [d["metadata"]["name"] for d in docs if d["kind"] == "Service"]
     made = [f"{c}-head-svc" for c in clusters]
@@ -1021,182 +1027,34 @@ def test_kuberay_generated_names_do_not_collide(ray_service: dict[str, Any]) -> 
         assert not re.fullmatch(rf"{re.escape(rs)}-[a-z0-9]{{5}}", cluster)
 
 
-# --- The kustomization --------------------------------------------------------------------------
-
-KUSTOMIZE_FIELDS = {
-    "apiVersion",
-    "kind",
-    "metadata",
-    "resources",
-    "components",
-    "namespace",
-    "namePrefix",
-    "nameSuffix",
-    "labels",
-    "commonLabels",
-    "commonAnnotations",
-    "patches",
-    "images",
-    "replacements",
-    "replicas",
-    "configMapGenerator",
-    "secretGenerator",
-    "generatorOptions",
-    "generators",
-    "transformers",
-    "validators",
-    "helmCharts",
-    "openapi",
-    "crds",
-    "configurations",
-    "buildMetadata",
-    "sortOptions",
-}
+# --- cluster/ and the chart together ----------------------------------------------------------
 
 
-def manifests() -> list[Path]:
-    return sorted(p for p in project.CLUSTER.glob("*.yaml") if p != KUSTOMIZATION)
+def cluster_files() -> list[Path]:
+    return sorted(project.CLUSTER.glob("*.yaml"))
 
 
-def kustomization_errors(k: dict[str, Any]) -> list[str]:
-    errors = [f"unknown field {key!r}" for key in sorted(set(k) - KUSTOMIZE_FIELDS)]
-    if (k.get("apiVersion"), k.get("kind")) != ("kustomize.config.k8s.io/v1beta1", "Kustomization"):
-        errors.append("not a kustomize.config.k8s.io/v1beta1 Kustomization")
-    if "commonLabels" in k:
-        errors.append("commonLabels rewrites selectors: use labels with includeSelectors: false")
-    for entry in k.get("labels", []):
-        if entry.get("includeSelectors"):
-            errors.append("labels must not include selectors")
-    for resource in k.get("resources", []):
-        if not (project.CLUSTER / resource).is_file():
-            errors.append(f"resource {resource} does not exist")
-    for name, files in generated_config_maps(k).items():
-        errors += [f"{name}: {f} does not exist" for f in files.values() if not f.is_file()]
-    return errors
-
-
-def test_kustomization_is_valid(kustomization: dict[str, Any]) -> None:
-    assert kustomization_errors(kustomization) == []
-    assert kustomization["namespace"] == NAMESPACE
-
-
-@pytest.mark.parametrize(
-    ("mutate", "expected"),
-    [
-        pytest.param(
-            lambda k: k.update(resource=["x.yaml"]), "unknown field 'resource'", id="typo"
-        ),
-        pytest.param(
-            lambda k: k["resources"].append("ray-job.train.yaml"), "does not exist", id="missing"
-        ),
-        pytest.param(
-            lambda k: k.update(commonLabels={"a": "b"}), "commonLabels", id="common-labels"
-        ),
-        pytest.param(
-            lambda k: k["configMapGenerator"][0]["files"].append("configs/nope.yaml"),
-            "does not exist",
-            id="missing-generator-file",
-        ),
-    ],
-)
-def test_kustomization_check_rejects(
-    mutate: Callable[[dict[str, Any]], None], expected: str, kustomization: dict[str, Any]
-) -> None:
-    k = copy.deepcopy(kustomization)
-    mutate(k)
-    assert any(expected in e for e in kustomization_errors(k)), kustomization_errors(k)
-
-
-def test_every_manifest_is_in_the_kustomization_or_one_shot(kustomization: dict[str, Any]) -> None:
-    listed = set(kustomization["resources"])
-    for path in manifests():
-        one_shot = path.name.startswith("ray-job.")
-        assert (path.name in listed) != one_shot, (
-            f"{path.name}: list long-lived manifests; leave RayJobs (one-shot) out"
-        )
+def test_cluster_folder_holds_only_the_ad_hoc_cluster_and_one_shot_jobs() -> None:
+    """Long-lived objects come from the chart (Argo CD); cluster/ keeps what people apply by
+    hand: the ad-hoc RayCluster (and its Service) and one-shot RayJobs."""
+    for path in cluster_files():
         for doc in crd.load_yaml_documents(path):
-            assert doc["metadata"].get("namespace") == kustomization["namespace"], path.name
+            assert doc["kind"] in {"RayCluster", "Service", "RayJob"}, f"{path.name}: {doc['kind']}"
+            assert doc["metadata"].get("namespace") == NAMESPACE, path.name
+    for doc in chart.rendered():
+        assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
 
 
-def test_jobs_mount_a_config_map_the_kustomization_makes(kustomization: dict[str, Any]) -> None:
-    generated = generated_config_maps(kustomization)
-    assert kustomization.get("generatorOptions", {}).get("disableNameSuffixHash") is True, (
-        "kustomize cannot rename references inside Ray custom resources to a hashed name"
-    )
+def test_jobs_mount_a_config_map_the_chart_makes(config_maps: dict[str, dict[str, Path]]) -> None:
+    assert config_maps, "the chart renders no ConfigMap"
     for name in ("ray-job.tune.yaml", "ray-cronjob.pipeline.yaml"):
         for where, pod in pod_specs(cluster_spec(load(name))):
             maps = [v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v]
-            assert maps and set(maps) <= set(generated), f"{name} {where}: {maps}"
+            assert maps and set(maps) <= set(config_maps), f"{name} {where}: {maps}"
 
 
-def _kustomize() -> list[str] | None:
-    if tool := project.find_tool("kustomize"):
-        return [tool, "build"]
-    if tool := project.find_tool("kubectl"):
-        return [tool, "kustomize"]
-    return None
-
-
-def kustomize_build(folder: Path) -> list[dict[str, Any]]:
-    command = _kustomize()
-    if command is None:
-        pytest.skip("neither kustomize nor kubectl is installed")
-    done = subprocess.run(
-        [*command, str(folder)], capture_output=True, text=True, timeout=60, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr.strip())
-    return [d for d in yaml.safe_load_all(done.stdout) if d]
-
-
-@pytest.fixture(scope="module")
-def built() -> list[dict[str, Any]]:
-    return kustomize_build(project.CLUSTER)
-
-
-def test_kustomize_build_validates(
-    built: list[dict[str, Any]], kuberay_crds: Path, serve_config_text: str
-) -> None:
-    kinds = sorted(d["kind"] for d in built)
-    assert kinds == ["ConfigMap", "RayCluster", "RayCronJob", "RayService", "Service"], kinds
-    for doc in built:
-        where = f"{doc['kind']}/{doc['metadata']['name']}"
-        assert doc["metadata"]["namespace"] == NAMESPACE, where
-        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ray-app", where
-        if doc["apiVersion"].startswith("ray.io/"):
-            errors = crd.validation_errors(doc)
-            assert not errors, f"{where}: " + "\n".join(errors)
-        else:
-            try:
-                k8s_validate(doc, project.KUBERNETES_VERSION, strict=True)
-            except K8sValidationError as exc:
-                pytest.fail(f"{where}: {exc.json_path}: {exc.message}")
-    (config_map,) = [d for d in built if d["kind"] == "ConfigMap"]
-    assert (
-        config_map["data"]["cluster.yaml"]
-        == (project.CLUSTER / "configs" / "cluster.yaml").read_text()
-    )
-    (service,) = [d for d in built if d["kind"] == "RayService"]
-    assert service["spec"]["serveConfigV2"] == serve_config_text
-    (selector,) = [d["spec"]["selector"] for d in built if d["kind"] == "Service"]
-    assert selector == {"ray.io/cluster": "ray-app"}, "kustomize must leave selectors alone"
-
-
-def test_kustomize_build_fails_on_a_broken_kustomization(tmp_path: Path) -> None:
-    folder = tmp_path / "cluster"
-    shutil.copytree(project.CLUSTER, folder)
-    text = (folder / "kustomization.yaml").read_text()
-    (folder / "kustomization.yaml").write_text(text.replace("ray-service.yaml", "ray-servic.yaml"))
-    with pytest.raises(RuntimeError, match=r"ray-servic\.yaml"):
-        kustomize_build(folder)
-
-
-def test_configmap_validation_is_strict() -> None:
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "x"},
-        "dataa": {"cluster.yaml": ""},
-    }
-    with pytest.raises(K8sValidationError, match="dataa"):
-        k8s_validate(config_map, project.KUBERNETES_VERSION, strict=True)
+def test_config_map_check_can_fail(config_maps: dict[str, dict[str, Path]]) -> None:
+    pod = dict(pod_specs(cluster_spec(load("ray-job.tune.yaml"))))["head"]
+    renamed = {f"{k}-old": v for k, v in config_maps.items()}
+    maps = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
+    assert not set(maps) <= set(renamed)
