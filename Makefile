@@ -10,6 +10,7 @@ SERVE_URL ?= http://127.0.0.1:8000
 export RAY_AUTH_MODE := token
 
 .PHONY: install run cluster-up cluster-down test test-unit lint manifests docs bench clean
+.PHONY: lock tools-uv tools-checkov bump-image tf-fmt tf-validate tf-plan tf-apply
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +41,7 @@ cluster-down: $(STAMP)
 	$(BIN)/ray-app cluster down --config $(CONFIG)
 
 ## test: the whole suite (unit, infra, integration and end-to-end on real Ray, MLflow, Redis)
-test: $(STAMP)
+test: $(STAMP) tools-checkov
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
@@ -69,4 +70,52 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_serve.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tools
+
+## Tools in venvs of their own under .tools/ (gitignored), each made once per version.
+TOOLS := .tools
+UV_VERSION := 0.13.9
+CHECKOV_VERSION := 3.3.30
+UV := $(TOOLS)/uv/bin/uv
+
+## tools-uv: uv, which `make lock` runs
+tools-uv: $(TOOLS)/uv/.version-$(UV_VERSION)
+$(TOOLS)/uv/.version-$(UV_VERSION):
+	rm -rf $(TOOLS)/uv && $(PYTHON) -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/pip install --quiet uv==$(UV_VERSION)
+	touch $@
+
+## tools-checkov: .tools/checkov/bin/checkov (its own venv: its pins conflict with Ray's)
+tools-checkov: $(TOOLS)/checkov/.version-$(CHECKOV_VERSION)
+$(TOOLS)/checkov/.version-$(CHECKOV_VERSION):
+	rm -rf $(TOOLS)/checkov && $(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
+
+## lock: the images' hashed locks in locks/ from pyproject.toml (scripts/lock.py). Where
+## download.pytorch.org is out of reach: make lock TORCH_CPU_FIND_LINKS=<folder with the wheel>
+lock: tools-uv
+	$(PYTHON) scripts/lock.py --uv $(UV) \
+	  $(if $(TORCH_CPU_FIND_LINKS),--torch-cpu-find-links $(TORCH_CPU_FIND_LINKS))
+
+## bump-image: pin an image digest in the GitOps manifests (.github/workflows/deploy.yml)
+## make bump-image IMAGE=ghcr.io/ray-app/ray-app DIGEST=sha256:...
+bump-image:
+	$(PYTHON) scripts/bump_image.py --image $(IMAGE) --digest $(DIGEST)
+
+## tf-*: what .github/workflows/infra.yml runs on terraform/ (TF_DIR)
+TF_DIR ?= terraform
+TERRAFORM ?= terraform
+tf-fmt:
+	$(TERRAFORM) -chdir=$(TF_DIR) fmt -check -recursive -diff
+
+tf-validate:
+	$(TERRAFORM) -chdir=$(TF_DIR) init -input=false -backend=false
+	$(TERRAFORM) -chdir=$(TF_DIR) validate
+
+tf-plan:
+	$(TERRAFORM) -chdir=$(TF_DIR) init -input=false
+	$(TERRAFORM) -chdir=$(TF_DIR) plan -input=false -lock-timeout=5m -out=tfplan
+
+tf-apply:
+	$(TERRAFORM) -chdir=$(TF_DIR) apply -input=false -lock-timeout=5m tfplan
