@@ -118,4 +118,5 @@ tf-plan:
 	$(TERRAFORM) -chdir=$(TF_DIR) plan -input=false -lock-timeout=5m -out=tfplan
 
 tf-apply:
+	$(TERRAFORM) -chdir=$(TF_DIR) init -input=false
 	$(TERRAFORM) -chdir=$(TF_DIR) apply -input=false -lock-timeout=5m tfplan

@@ -66,9 +66,9 @@ LOCKS_BY_NAME = {
     for lock in (
         Lock("inference", (), "cpu"),
         Lock("data", ("data",), "cpu"),
-        Lock("train", ("data", "train"), "cpu"),
+        Lock("train", ("data", "train", "postgres"), "cpu"),
         Lock("dev", ("dev",), "cpu"),
-        Lock("gpu", ("data", "train"), "cuda"),
+        Lock("gpu", ("data", "train", "postgres"), "cuda"),
     )
 }
 
