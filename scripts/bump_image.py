@@ -4,8 +4,9 @@
 
 Two forms are rewritten in place, line by line, so comments and layout stay as they are:
 - an image reference `repository:tag` or `repository:tag@sha256:...` anywhere in a YAML file
-  (a manifest named on the command line, an Argo CD or kustomize image list) becomes `repository:tag@<digest>`; the
-  same repository with another tag (`...:2.60.0-gpu`) is left alone;
+  (a manifest named on the command line, an Argo CD or kustomize image list) becomes
+  `repository:tag@<digest>`; the same repository with another tag (`...:2.60.0-gpu`) is left
+  alone;
 - a Helm values block with `repository: <repository>` and `tag: <tag>` gets `digest: <digest>`
   (charts/*/values*.yaml: `image.digest`).
 
