@@ -91,6 +91,16 @@ def test_schema_check_can_fail(tmp_path: Path) -> None:
     assert tools.check_jsonschema("vendor.github-workflows", bad).returncode != 0
 
 
+def test_checkov_finds_nothing_in_the_workflows() -> None:
+    """checkov's GitHub Actions checks: 0 findings, or each waived inline with a reason."""
+    result = tools.checkov("--framework", "github_actions", "-d", str(GITHUB))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Failed checks: 0" in result.stdout, result.stdout
+    text = "\n".join(p.read_text() for p in WORKFLOWS + ACTIONS)
+    waivers = re.findall(r"checkov:skip=(\w+):?(.*)", text)
+    assert all(reason.strip() for _, reason in waivers), "a waiver gives its reason"
+
+
 def test_the_workflows() -> None:
     assert {p.stem for p in WORKFLOWS} == {"test", "images", "infra", "deploy"}
 
@@ -230,3 +240,16 @@ def test_bump_finds_the_real_manifests() -> None:
         bump_image.bump_helm_values(p.read_text(), repository, tag, DIGEST) != p.read_text()
         for p in files
     )
+
+
+# --- the tools make test installs ---------------------------------------------------------------
+
+
+def test_make_test_installs_checkov_where_the_tests_look() -> None:
+    prerequisites = re.search(r"^test:(.*)$", MAKEFILE.read_text(), re.MULTILINE)
+    assert prerequisites and "tools-checkov" in prerequisites[1].split()
+    dry_run = tools.run(["make", "-n", "-B", "-C", str(project.REPO), "tools-checkov"])
+    assert dry_run.returncode == 0, dry_run.stderr
+    venv = tools.CHECKOV.parent.parent.relative_to(project.REPO)
+    assert f"{venv}/bin/pip install --quiet checkov==" in dry_run.stdout
+    assert ".tools/" in (project.REPO / ".gitignore").read_text().splitlines()
