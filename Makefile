@@ -11,7 +11,7 @@ SERVE_URL ?= http://127.0.0.1:8000
 export RAY_AUTH_MODE := token
 
 .PHONY: install run cluster-up cluster-down test test-unit lint manifests docs bench clean
-.PHONY: tools-checkov tools-helm
+.PHONY: tools-checkov tools-helm tools-uv lock bump-image tf-fmt tf-validate tf-plan tf-apply
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,7 +83,16 @@ clean:
 
 ## Tools in venvs of their own under .tools/ (gitignored), each made once per version.
 TOOLS := .tools
+UV_VERSION := 0.13.9
 CHECKOV_VERSION := 3.3.30
+UV := $(TOOLS)/uv/bin/uv
+
+## tools-uv: uv, which `make lock` runs
+tools-uv: $(TOOLS)/uv/.version-$(UV_VERSION)
+$(TOOLS)/uv/.version-$(UV_VERSION):
+	rm -rf $(TOOLS)/uv && $(PYTHON) -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/pip install --quiet uv==$(UV_VERSION)
+	touch $@
 
 ## tools-checkov: .tools/checkov/bin/checkov (its own venv: its pins conflict with Ray's)
 tools-checkov: $(TOOLS)/checkov/.version-$(CHECKOV_VERSION)
@@ -91,3 +100,32 @@ $(TOOLS)/checkov/.version-$(CHECKOV_VERSION):
 	rm -rf $(TOOLS)/checkov && $(PYTHON) -m venv $(TOOLS)/checkov
 	$(TOOLS)/checkov/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 	touch $@
+
+## lock: the images' hashed locks in locks/ from pyproject.toml (scripts/lock.py). Where
+## download.pytorch.org is out of reach: make lock TORCH_CPU_FIND_LINKS=<folder with the wheel>
+lock: tools-uv
+	$(PYTHON) scripts/lock.py --uv $(UV) \
+	  $(if $(TORCH_CPU_FIND_LINKS),--torch-cpu-find-links $(TORCH_CPU_FIND_LINKS))
+
+## bump-image: pin an image digest in the GitOps manifests (.github/workflows/deploy.yml)
+## make bump-image IMAGE=ghcr.io/ray-app/ray-app DIGEST=sha256:...
+bump-image:
+	$(PYTHON) scripts/bump_image.py --image $(IMAGE) --digest $(DIGEST)
+
+## tf-*: what .github/workflows/infra.yml runs on terraform/ (TF_DIR)
+TF_DIR ?= terraform
+TERRAFORM ?= terraform
+tf-fmt:
+	$(TERRAFORM) -chdir=$(TF_DIR) fmt -check -recursive -diff
+
+tf-validate:
+	$(TERRAFORM) -chdir=$(TF_DIR) init -input=false -backend=false
+	$(TERRAFORM) -chdir=$(TF_DIR) validate
+
+tf-plan:
+	$(TERRAFORM) -chdir=$(TF_DIR) init -input=false
+	$(TERRAFORM) -chdir=$(TF_DIR) plan -input=false -lock-timeout=5m -out=tfplan
+
+tf-apply:
+	$(TERRAFORM) -chdir=$(TF_DIR) init -input=false
+	$(TERRAFORM) -chdir=$(TF_DIR) apply -input=false -lock-timeout=5m tfplan

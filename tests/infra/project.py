@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import os
 import shutil
@@ -54,6 +55,17 @@ def pinned_version(package: str) -> str:
 
 def ray_version() -> str:
     return pinned_version("ray")
+
+
+def repository_files(pattern: str) -> list[Path]:
+    """Files under the repository whose name matches ``pattern`` (fnmatch), outside hidden and
+    generated folders (.venv, .tools, .git, data)."""
+    skip = {"data", "node_modules", "__pycache__"}
+    found = []
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in skip]
+        found += [Path(root) / f for f in fnmatch.filter(files, pattern)]
+    return sorted(found)
 
 
 def find_tool(name: str) -> str | None:
