@@ -252,4 +252,4 @@ def test_make_test_installs_checkov_where_the_tests_look() -> None:
     assert dry_run.returncode == 0, dry_run.stderr
     venv = tools.CHECKOV.parent.parent.relative_to(project.REPO)
     assert f"{venv}/bin/pip install --quiet checkov==" in dry_run.stdout
-    assert ".tools/" in (project.REPO / ".gitignore").read_text().splitlines()
+    assert "/.tools/" in (project.REPO / ".gitignore").read_text().splitlines()
