@@ -546,9 +546,10 @@ def pipeline(
 @app.command("rollout")
 def rollout_command(
     config: ConfigOption = None,
-    serve_config: Annotated[Path, typer.Option(help="Serve config to rewrite and deploy")] = Path(
-        "serve_config.yaml"
-    ),
+    serve_config: Annotated[
+        Path,
+        typer.Option(help="Desired Serve config: the start when the cluster runs no ray-app yet"),
+    ] = Path("serve_config.yaml"),
     challenger_weight: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Share of traffic for the challenger")
     ] = None,
@@ -571,12 +572,21 @@ def rollout_command(
         str, typer.Option(help="Why (audit log, with --promote/--rollback)")
     ] = "rollout",
     feature_version: Annotated[
-        str | None, typer.Option(help="Feature set the ingress serves (default: the newest)")
+        str | None, typer.Option(help="Pin the feature set the ingress serves (default: as it is)")
     ] = None,
+    follow_features: Annotated[
+        bool, typer.Option(help="Serve the newest feature set again (unpin it)")
+    ] = False,
     address: Annotated[str | None, typer.Option(help="Ray dashboard URL for serve deploy")] = None,
-    apply: Annotated[bool, typer.Option(help="Run serve deploy after writing the file")] = True,
+    apply: Annotated[
+        bool, typer.Option(help="Run serve deploy; --no-apply prints the config instead")
+    ] = True,
 ) -> None:
-    """Change A/B weights, the shadow or pinned versions; write serve_config.yaml and deploy it."""
+    """Change A/B weights, the shadow or pinned versions of what the cluster runs, and deploy it.
+
+    The desired serve_config.yaml is read, never rewritten."""
+    import yaml
+
     from ray_app.serving.rollout import Change, RolloutError, rollout
 
     pins: dict[str, str] = {}
@@ -594,6 +604,7 @@ def rollout_command(
         promote=promote,
         rollback=rollback,
         feature_version=feature_version,
+        follow_features=follow_features,
     )
     result = rollout(
         _settings(config),
@@ -608,7 +619,12 @@ def rollout_command(
         out.print(result.registry_event)
     weights = ", ".join(f"{k} {v:g}" for k, v in result.state.ingress.weights.items())
     out.print(f"weights: {weights}; shadow: {result.state.ingress.shadow or 'none'}")
-    out.print(f"{'deployed' if result.deployed else 'wrote'} {result.path}")
+    refs = ", ".join(f"{name}={cfg.ref}" for name, cfg in result.state.variants.items())
+    out.print(f"models: {refs}; features: {result.state.ingress.feature_version or 'newest'}")
+    if result.deployed:
+        out.print(f"deployed (started from {result.source})")
+    else:
+        out.print(yaml.safe_dump(result.config, sort_keys=False), soft_wrap=True, markup=False)
 
 
 cluster_app = typer.Typer(help="The local Ray head (token auth, dashboard, Serve ingress).")

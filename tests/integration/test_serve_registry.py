@@ -4,8 +4,9 @@ Two tiny MLPs are fitted and registered (the second becomes the challenger); the
 is the repository's serve_config.yaml pointed at this module's data root. It starts before
 any champion exists, is made ready by a promotion plus a rollout, and then goes through a
 canary split with a shadow, a promotion and a rollback while clients keep sending requests.
-Every change goes through ``ray-app rollout``'s function, which rewrites the file and runs
-`serve deploy` against the session head's dashboard, as a user's rollout does.
+Every change goes through ``ray-app rollout``'s function, which reads what the cluster runs
+through Serve's REST API and runs `serve deploy` against the session head's dashboard, as a
+user's rollout does; the desired file is never rewritten.
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ from ray_app.registry.versions import (
     promote,
     register_challenger,
 )
-from ray_app.serving.rollout import Change, deploy, load_config, rollout
+from ray_app.serving.rollout import (
+    Change,
+    RolloutError,
+    auth_headers,
+    deploy,
+    rollout,
+    running_config,
+    serving_state,
+)
 from ray_app.training.train import TrainingData, fit_in_process, load_training_data
 from tests.conftest import Head, sample_feature_set
 from tests.integration.test_serve_app import (
@@ -101,6 +110,11 @@ def url(versions: list[int], config_path: Path, ray_head: Head) -> Iterator[str]
     serve.shutdown()
 
 
+def signed(head: Head) -> dict[str, str]:
+    """How these tests sign their rollouts and where they send them."""
+    return {"actor": "tester", "reason": "test", "address": head.dashboard}
+
+
 def served(url: str) -> dict[str, Any]:
     variants = requests.get(f"{url}/v1/models", timeout=10).json()["variants"]
     return {v["name"]: v["model_version"] for v in variants}
@@ -116,20 +130,25 @@ def test_without_a_champion_nothing_is_served_until_one_is_promoted(
 ) -> None:
     wait_until(lambda: served(url)["challenger"] == versions[1], 90)
     ready = requests.get(f"{url}/readyz", timeout=10)
-    assert ready.status_code == 503
-    assert "has no alias 'champion'" in ready.json()["reasons"][0]
+    assert ready.status_code == 503 and ready.json()["reasons"] == ["no_model:champion"]
     refused = requests.post(f"{url}/v1/predict", json={"tickers": ["AAPL"]}, timeout=10)
     assert refused.status_code == 503 and "no model to serve" in refused.json()["detail"]
 
-    promote(settings, versions[0], "tester", "first champion")
-    result = rollout(
-        settings, config_path, Change(), actor="tester", reason="pin", address=ray_head.dashboard
+    desired = config_path.read_text()
+    with pytest.raises(RolloutError) as no_champion:  # the reproduction: nothing moves
+        rollout(settings, config_path, Change(challenger_weight=0.2), **signed(ray_head))
+    assert "variant 'champion': model reference 'champion' does not resolve" in str(
+        no_champion.value
     )
-    assert result.deployed
+    promote(settings, versions[0], "tester", "first champion")
+    pin = Change(pins={"champion": str(versions[0])})
+    result = rollout(settings, config_path, pin, **signed(ray_head))
+    assert result.deployed and result.source == "cluster"
     assert {n: v.ref for n, v in result.state.variants.items()} == {
         "champion": str(versions[0]),
-        "challenger": str(versions[1]),
+        "challenger": "challenger",  # not asked: left as it runs
     }
+    assert config_path.read_text() == desired  # the desired config is never rewritten
     wait_until(lambda: requests.get(f"{url}/readyz", timeout=10).status_code == 200, 60)
 
     body = requests.post(
@@ -167,7 +186,7 @@ def test_canary_promotion_and_rollback_under_load(
     champions = []
     try:
         for step in steps:
-            rollout(settings, config_path, step, actor="t", reason="t", address=ray_head.dashboard)
+            rollout(settings, config_path, step, **signed(ray_head))
             wanted = champion_version(settings)
             wait_until(lambda: served(url)["champion"] == wanted, 60)  # noqa: B023
             champions.append(wanted)
@@ -180,5 +199,6 @@ def test_canary_promotion_and_rollback_under_load(
     statuses = [status for status, _ in outcomes]
     assert len(statuses) > 50 and set(statuses) == {200}
     assert {version for _, version in outcomes} == set(versions)
-    state = load_config(config_path)["applications"][0]["deployments"]
-    assert state[0]["user_config"]["weights"] == {"champion": 1.0, "challenger": 0.0}
+    running = running_config(ray_head.dashboard, auth_headers(settings))
+    assert running is not None
+    assert serving_state(running).ingress.weights == {"champion": 1.0, "challenger": 0.0}
