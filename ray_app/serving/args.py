@@ -96,7 +96,9 @@ class IngressConfig(_Strict):
 
     weights: dict[str, float]
     shadow: ShadowSpec | None = None
-    feature_version: str | None = Field(None, description="None: the newest feature set")
+    feature_version: str | None = Field(
+        None, description="None: follow the newest feature set, without a redeploy"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> IngressConfig:
@@ -152,6 +154,13 @@ class ServeArgs(_Strict):
         description="Environment variable holding comma-separated API keys; None: no auth",
     )
     refresh_s: float = Field(1.0, gt=0, description="How often the ingress rereads variants")
+    features_poll_s: float = Field(
+        30.0,
+        gt=0,
+        description="While feature_version is null: how often the ingress reads the feature "
+        "store's latest pointer; a new set is served within this plus the time to read it and "
+        "precompute its predictions",
+    )
     precompute: bool = Field(
         True,
         description="Have each variant predict every feature row once per model version and "
