@@ -274,7 +274,10 @@ class PipelineSettings(_Section):
     """The daily pipeline's serving steps."""
 
     deploy: bool = Field(True, description="Deploy the Serve app and send a smoke request")
-    serve_config: Path = Field(Path("serve_config.yaml"), description="Serve config to deploy")
+    serve_config: Path = Field(
+        Path("serve_config.yaml"),
+        description="Desired Serve config: the start when the cluster runs no ray-app yet",
+    )
     serve_url: str = Field("http://127.0.0.1:8000", description="Where the smoke request goes")
     smoke_timeout_s: float = Field(180.0, gt=0)
 

@@ -59,7 +59,12 @@ def test_the_shipped_config_is_a_serve_config_for_build_app() -> None:
         ("champion", "champion", 1.0),
         ("challenger", "challenger", 0.0),
     ]
-    assert args.num_cpus.ingress + len(args.variants) * args.num_cpus.variant <= 1.0
+    replicas = {
+        d["name"]: d.get("num_replicas", 1) for d in config["applications"][0]["deployments"]
+    }
+    assert replicas["Ingress"] >= 2  # no single point of failure
+    cpus = replicas["Ingress"] * args.num_cpus.ingress + len(args.variants) * args.num_cpus.variant
+    assert cpus <= 1.0  # half of a 2-CPU node
     state = serving_state(config)
     assert state.ingress == args.ingress_config()
     assert {n: v.ref for n, v in state.variants.items()} == {
