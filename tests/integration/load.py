@@ -25,14 +25,15 @@ TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class Answer:
-    """One request: when it ended, its status (0: connection error, -1: timeout) and what
-    served it."""
+    """One request: when it ended, its status (0: connection error, -1: timeout), what served
+    it, and why it failed."""
 
     at: float
     status: int
     variant: str | None = None
     version: int | None = None
     feature_date: str | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -63,12 +64,12 @@ class Load:
 def _ask(session: requests.Session, url: str, body: dict[str, Any]) -> Answer:
     try:
         reply = session.post(f"{url}/v1/predict", json=body, timeout=TIMEOUT_S)
-    except requests.Timeout:
-        return Answer(time.monotonic(), -1)
-    except requests.ConnectionError:
-        return Answer(time.monotonic(), 0)
+    except requests.Timeout as exc:
+        return Answer(time.monotonic(), -1, error=repr(exc))
+    except requests.RequestException as exc:  # refused, reset, or cut in the middle
+        return Answer(time.monotonic(), 0, error=repr(exc))
     if reply.status_code != 200:
-        return Answer(time.monotonic(), reply.status_code)
+        return Answer(time.monotonic(), reply.status_code, error=reply.text[:200])
     data = reply.json()
     first = data["predictions"][0]["feature_date"]
     return Answer(time.monotonic(), 200, data["variant"], data["model_version"], first)
@@ -127,12 +128,14 @@ def all_running(expected: dict[str, int], app: str = "ray-app") -> bool:
 def recovery_s(
     dashboard: str, expected: dict[str, int], killed: int, since: float, timeout_s: float = 60.0
 ) -> float:
-    """Seconds from ``since`` (monotonic) until process ``killed`` is gone and every replica
-    is RUNNING again."""
+    """Seconds from ``since`` (monotonic) until process ``killed`` is replaced: every
+    deployment has its number of live replica processes, none of them ``killed``, and all
+    RUNNING in ``serve status`` (which says RUNNING for a dead one until Serve notices)."""
     deadline = since + timeout_s
     while time.monotonic() < deadline:
-        alive = [pid for name in expected for pid in replica_pids(dashboard, name)]
-        if killed not in alive and all_running(expected):
+        alive = {name: replica_pids(dashboard, name) for name in expected}
+        replaced = all(len(pids) == expected[n] and killed not in pids for n, pids in alive.items())
+        if replaced and all_running(expected):
             return time.monotonic() - since
         time.sleep(0.1)
     raise TimeoutError(f"replicas not all RUNNING within {timeout_s}s: {expected}")

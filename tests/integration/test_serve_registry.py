@@ -51,7 +51,7 @@ from ray_app.serving.rollout import (
     running_config,
     serving_state,
 )
-from ray_app.training.release import train_and_release
+from ray_app.training.release import release
 from ray_app.training.train import TrainingData, fit_in_process, load_training_data
 from tests.conftest import Head, sample_feature_set
 from tests.integration.load import Load, all_running, kill_replica, load, recovery_s
@@ -188,8 +188,11 @@ def history(i: int) -> dict[str, Any]:
 
 
 def report(name: str, got: Load, **figures: float) -> None:
+    """The counts and figures of a run under load, and why the first lost requests were."""
     extra = ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
     print(f"\n{name}: {got.counts()}{', ' if extra else ''}{extra}")
+    for lost in got.lost[:5]:
+        print(f"  lost: {lost.status} {lost.error}")
 
 
 def test_rollouts_under_load_lose_no_request(
@@ -285,20 +288,27 @@ def test_served_features_follow_a_new_day_without_a_redeploy(
 def test_every_model_family_trains_registers_serves_and_predicts_over_http(
     url: str, settings: Settings, config_path: Path, ray_head: Head, kind: ModelKind
 ) -> None:
-    """``ray-app train --model KIND``'s path (Ray Train, evaluation, registration, the gate),
-    then served by the challenger variant and asked over HTTP."""
+    """``ray-app train --model KIND``'s path: the training loop (in process: Ray Train's
+    placement-group cleaner may look at another cluster on a shared machine), then ``release``
+    (evaluation, the logged model with its input example, registration, the gate); then served
+    by the challenger variant and asked over HTTP."""
     family = settings.model_copy(deep=True)
     family.train.model = kind
-    version = train_and_release(family, origin="test").version
+    data = load_training_data(family)
+    assert data.split.holdout is not None
+    model = fit_in_process(data, family, data.split.holdout.train_mask, None)
+    with mlflow.start_run(experiment_id=connect_mlflow(family)) as run:
+        version = release(family, data, model, run.info.run_id, {}).version
     pin = Change(pins={"challenger": str(version)}, challenger_weight=1.0)
     rollout(settings, config_path, pin, **signed(ray_head))
-    try:
-        wait_until(lambda: served(url)["challenger"] == version, 90)
-        body = requests.post(
-            f"{url}/v1/predict",
-            json={"tickers": ["AAPL", "MSFT"], "as_of": "2012-06-01"},
-            timeout=10,
-        ).json()
+
+    def ask() -> dict[str, Any]:
+        question = {"tickers": ["AAPL", "MSFT"], "as_of": "2012-06-01"}
+        return dict(requests.post(f"{url}/v1/predict", json=question, timeout=10).json())
+
+    try:  # each ingress replica notices the new model within refresh_s
+        wait_until(lambda: {ask()["model_version"] for _ in range(8)} == {version}, 90)
+        body = ask()
     finally:
         rollout(settings, config_path, Change(challenger_weight=0.0), **signed(ray_head))
     assert (body["variant"], body["model_version"]) == ("challenger", version)
