@@ -16,8 +16,12 @@ and counted.
 
 Serving never falls back to an unvetted model: a request routed to a variant without a model
 goes to the primary variant (the first, by convention the champion), and without a champion
-nothing is served (503; ``/readyz`` gives the reason code) until one is promoted, which the champion
-variant notices by itself within a minute, or a rollout pins a version.
+nothing is served (503; ``/readyz`` gives the reason code) until one is promoted, which the
+champion variant notices by itself within a minute, or a rollout pins a version.
+
+With ``feature_version`` null the ingress follows the newest feature set: it polls the feature
+store's latest pointer, prepares a new set (the table and every variant's precomputed
+predictions for it) in the background, and swaps it in at once.
 """
 
 from __future__ import annotations
@@ -296,6 +300,7 @@ class PredictionService:
         self._scoring[name] = asyncio.create_task(self._fetch_scores(name, info, table))
 
     async def _fetch_scores(self, name: str, info: VariantInfo, table: FeatureTable) -> None:
+        """Keep the predictions only while ``table`` is still the one served."""
         held = await self._scores_for(name, info, table)
         if held is not None and table is self.table:
             self.scores[name] = held
