@@ -29,7 +29,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -209,11 +209,16 @@ def plan(state: ServingState, change: Change) -> ServingState:
     return ServingState(state.args, checked, variants)
 
 
-def check_refs(state: ServingState, resolve: Callable[[str], int]) -> dict[str, int]:
-    """The version every variant's reference names now; refuses, naming the variant and the
-    reference, when one does not resolve (``resolve`` raises LookupError)."""
+def check_refs(
+    state: ServingState, resolve: Callable[[str], int], ignore: Collection[str] = ()
+) -> dict[str, int]:
+    """The version every variant's reference names now (but those in ``ignore``); refuses,
+    naming the variant and the reference, when one does not resolve (``resolve`` raises
+    LookupError)."""
     versions = {}
     for name, cfg in state.variants.items():
+        if name in ignore:
+            continue
         try:
             versions[name] = resolve(cfg.ref)
         except LookupError as exc:
@@ -369,7 +374,10 @@ def rollout(
     state = serving_state(config)
     resolve = _resolver(settings)
     try:
-        check_refs(plan(state, change), resolve)  # refuse a bad change before the registry moves
+        # Refuse a bad change before the registry moves; a promotion or rollback pins the
+        # primary to the version it moves the champion to, so the primary's ref is moot.
+        moving = {state.args.primary} if change.promote or change.rollback else set()
+        check_refs(plan(state, change), resolve, moving)
         change, event = _registry_move(settings, state, change, actor, reason)
         new = plan(state, change)
         check_refs(new, resolve)

@@ -159,6 +159,7 @@ def test_a_reference_that_does_not_resolve_is_refused_in_one_line_naming_it() ->
         check_refs(unset, resolve)
     assert "variant 'challenger': model reference '7' does not resolve" in str(refused.value)
     assert "\n" not in str(refused.value)
+    assert check_refs(unset, resolve, ignore={"challenger"}) == {"champion": 3}
 
 
 @pytest.mark.parametrize(
