@@ -69,7 +69,7 @@ DAY_BEFORE, LAST_DAY = dt.date(2013, 2, 28), "2013-03-01"  # the sample's last t
 FEATURES_POLL_S = 2.0
 FOLLOW_BOUND_S = 20.0  # the poll, then reading the new set and precomputing it
 REPLICAS = {"Ingress": 2, "champion": 1, "challenger": 1}  # the shipped serve_config.yaml
-CHAOS_S = float(os.environ.get("CHAOS_SECONDS", "15"))
+CHAOS_S = float(os.environ.get("CHAOS_SECONDS", "20"))
 
 
 @pytest.fixture(scope="module")
