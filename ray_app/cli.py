@@ -687,9 +687,10 @@ def pipeline(
 @app.command("rollout")
 def rollout_command(
     config: ConfigOption = None,
-    serve_config: Annotated[Path, typer.Option(help="Serve config to rewrite and deploy")] = Path(
-        "serve_config.yaml"
-    ),
+    serve_config: Annotated[
+        Path,
+        typer.Option(help="Desired Serve config: the start when the cluster runs no ray-app yet"),
+    ] = Path("serve_config.yaml"),
     challenger_weight: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Share of traffic for the challenger")
     ] = None,
@@ -712,8 +713,11 @@ def rollout_command(
         str, typer.Option(help="Why (audit log, with --promote/--rollback)")
     ] = "rollout",
     feature_version: Annotated[
-        str | None, typer.Option(help="Feature set the ingress serves (default: the newest)")
+        str | None, typer.Option(help="Pin the feature set the ingress serves (default: as it is)")
     ] = None,
+    follow_features: Annotated[
+        bool, typer.Option(help="Serve the newest feature set again (unpin it)")
+    ] = False,
     address: Annotated[
         str | None,
         typer.Option(
@@ -721,13 +725,19 @@ def rollout_command(
             "else http://localhost:8265)"
         ),
     ] = None,
-    apply: Annotated[bool, typer.Option(help="Run serve deploy after writing the file")] = True,
+    apply: Annotated[
+        bool, typer.Option(help="Run serve deploy; --no-apply prints the config instead")
+    ] = True,
 ) -> None:
-    """Change A/B weights, the shadow or pinned versions; write serve_config.yaml and deploy it.
+    """Change A/B weights, the shadow or pinned versions of what the cluster runs, and deploy it.
 
-    Prints the registry event (if any), the new weights and shadow, and "deployed FILE" or
-    "wrote FILE".
+    Starts from the Serve config the cluster runs now (its REST API) and changes only what
+    it is asked to; the desired serve_config.yaml is read, never rewritten. Every variant's
+    model reference must resolve in the registry, or nothing moves. Prints the registry event
+    (if any), the new weights and shadow, and what was deployed.
     """
+    import yaml
+
     from ray_app.serving.rollout import Change, RolloutError, rollout
 
     pins: dict[str, str] = {}
@@ -745,6 +755,7 @@ def rollout_command(
         promote=promote,
         rollback=rollback,
         feature_version=feature_version,
+        follow_features=follow_features,
     )
     result = rollout(
         _settings(config),
@@ -759,7 +770,12 @@ def rollout_command(
         out.print(result.registry_event)
     weights = ", ".join(f"{k} {v:g}" for k, v in result.state.ingress.weights.items())
     out.print(f"weights: {weights}; shadow: {result.state.ingress.shadow or 'none'}")
-    out.print(f"{'deployed' if result.deployed else 'wrote'} {result.path}")
+    refs = ", ".join(f"{name}={cfg.ref}" for name, cfg in result.state.variants.items())
+    out.print(f"models: {refs}; features: {result.state.ingress.feature_version or 'newest'}")
+    if result.deployed:
+        out.print(f"deployed (started from {result.source})")
+    else:
+        out.print(yaml.safe_dump(result.config, sort_keys=False), soft_wrap=True, markup=False)
 
 
 audit_app = typer.Typer(help="The hash-chained audit trail of the registry.", no_args_is_help=True)

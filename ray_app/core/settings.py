@@ -351,7 +351,8 @@ class PipelineSettings(_Section):
 
     deploy: bool = Field(True, description="Run the deploy and smoke steps")
     serve_config: Path = Field(
-        Path("serve_config.yaml"), description="Serve config the deploy step rewrites and deploys"
+        Path("serve_config.yaml"),
+        description="Desired Serve config: the start when the cluster runs no ray-app yet",
     )
     serve_url: str = Field("http://127.0.0.1:8000", description="Where the smoke request goes")
     smoke_timeout_s: float = Field(180.0, gt=0, description="How long the smoke step retries")

@@ -57,6 +57,13 @@ def feature_manifest(root: DataRoot, version: str | None = None) -> dict[str, An
     return manifest
 
 
+def latest_feature_version(root: DataRoot) -> str | None:
+    """The version the ``_latest`` pointer names, in one small read (serving polls it);
+    None before the first build."""
+    pointer = root.read_json(FEATURES, LATEST)
+    return None if pointer is None else str(pointer["version"])
+
+
 def _raw_manifest(root: DataRoot, data_version: str | None) -> dict[str, Any]:
     try:
         manifest = read_manifest(root, data_version) if data_version else latest_manifest(root)

@@ -110,30 +110,34 @@ def _dashboard(settings: Settings) -> str:
 
 
 def _deploy(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """``serve deploy`` with every variant pinned to the version its alias names now.
+    """``serve deploy`` with the variants pinned to the versions their aliases name now, so
+    every replica, restarted or not, loads the same model; the feature set is left to follow
+    the newest.
 
     Before any model has passed the gate there is no champion: the champion variant then
-    serves the newest challenger, and the step says so (the registry is not changed).
+    serves the newest challenger's version (a reference that resolves), and the step says so
+    (the registry is not changed).
     """
     from ray_app.registry.versions import champion_version, resolve_version
-    from ray_app.serving.rollout import Change, rollout
+    from ray_app.serving.rollout import CHALLENGER, Change, rollout
 
-    change, note = Change(), ""
-    if champion_version(settings) is None:
-        challenger = resolve_version(settings, "challenger")
-        change = Change(pins={"champion": str(challenger)})
+    challenger = resolve_version(settings, CHALLENGER)
+    champion, note = champion_version(settings), ""
+    if champion is None:
+        champion = challenger
         note = f" (no champion yet: serving challenger v{challenger}, not past the gate)"
+    pins = {"champion": str(champion), CHALLENGER: str(challenger)}
     result = rollout(
         settings,
         settings.pipeline.serve_config,
-        change,
+        Change(pins=pins),
         actor="pipeline",
         reason="daily pipeline",
         address=_dashboard(settings),
     )
-    pins = {name: cfg.ref for name, cfg in result.state.variants.items()}
-    ctx["serving"] = pins
-    return "serve deploy " + ", ".join(f"{k}={v}" for k, v in pins.items()) + note, pins
+    served = {name: cfg.ref for name, cfg in result.state.variants.items()}
+    ctx["serving"] = served
+    return "serve deploy " + ", ".join(f"{k}={v}" for k, v in served.items()) + note, served
 
 
 def _smoke(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:

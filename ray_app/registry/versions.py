@@ -86,27 +86,33 @@ def _missing(exc: MlflowException) -> bool:
     return exc.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
-def _input_sample(inputs: pd.DataFrame, trained: TrainedModel) -> pd.DataFrame:
-    """A few rows that the model can predict: the last rows of two tickers (a full window
-    each for the GRU)."""
+def _input_sample(example: pd.DataFrame, trained: TrainedModel) -> pd.DataFrame:
+    """A few rows that the model can predict: the last rows of two tickers that have enough
+    of them (a full window each for the GRU). Tickers with too short a history are passed
+    over, and only the key columns are sorted, so the whole training frame may be given."""
     rows = trained.hparams.window if trained.kind == "gru" else 2
-    tickers = sorted(inputs["ticker"].unique())[:2]
-    return inputs[inputs["ticker"].isin(tickers)].groupby("ticker").tail(rows)
+    keys = example[KEY_COLUMNS].reset_index(drop=True).sort_values(KEY_COLUMNS)
+    tails = keys.groupby("ticker").tail(rows)
+    counts = tails["ticker"].value_counts()
+    chosen = tails[tails["ticker"].isin(sorted(counts[counts >= rows].index)[:2])]
+    return example.iloc[chosen.index][[*KEY_COLUMNS, *trained.columns]].reset_index(drop=True)
 
 
 def log_model(trained: TrainedModel, example: pd.DataFrame) -> str:
     """Log ``trained`` as a pyfunc named ``model`` in the active run; the model URI.
 
     ``example`` holds feature rows (``ticker``, ``date`` and the model's columns) from which
-    the signature and input example are taken. Requirements are pinned to what is installed
-    rather than inferred, which would load the model in a subprocess.
+    the signature and input example are taken; it needs one ticker with a full window of
+    rows, so pass the training frame (only a few of its rows are kept). Requirements are
+    pinned to what is installed rather than inferred, which would load the model in a
+    subprocess.
     """
     if mlflow.active_run() is None:
         raise RegistryError("log_model needs an active MLflow run (mlflow.start_run)")
     missing = [c for c in (*KEY_COLUMNS, *trained.columns) if c not in example]
     if missing:
         raise RegistryError(f"the example rows lack column(s) {', '.join(missing)}")
-    sample = _input_sample(example[[*KEY_COLUMNS, *trained.columns]], trained)
+    sample = _input_sample(example, trained)
     output = trained.predict_frame(sample)
     if output.empty:
         raise RegistryError(

@@ -282,13 +282,14 @@ def make_api(
         "/readyz",
         response_model=Readiness,
         responses={503: {"model": Readiness}},
-        summary="Readiness: features loaded and the primary variant has a model",
+        summary="Readiness: features loaded and the primary variant has a model; reason codes "
+        "for every variant",
     )
     async def readyz() -> JSONResponse:
         await service.fresh()  # probes come often and must be quick: reask in the background
-        reasons = service.ready_reasons()
-        body = Readiness(ready=not reasons, reasons=reasons)
-        return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
+        ready, reasons = service.readiness()
+        body = Readiness(ready=ready, reasons=reasons)
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     return app
 

@@ -109,7 +109,9 @@ class IngressConfig(_Strict):
     shadow: ShadowSpec | None = Field(
         None, description="Mirror `fraction` of requests to `variant`; null: no shadow"
     )
-    feature_version: str | None = Field(None, description="null: the newest feature set")
+    feature_version: str | None = Field(
+        None, description="null: follow the newest feature set, without a redeploy"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> IngressConfig:
@@ -180,6 +182,13 @@ class ServeArgs(_Strict):
         1.0,
         gt=0,
         description="How often the ingress re-asks the variants what they serve",
+    )
+    features_poll_s: float = Field(
+        30.0,
+        gt=0,
+        description="While feature_version is null: how often the ingress reads the feature "
+        "store's latest pointer; a new set is served within this plus the time to read it and "
+        "precompute its predictions",
     )
     precompute: bool = Field(
         True,

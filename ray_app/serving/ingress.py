@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from ray_app.core.storage import DataRoot
+from ray_app.data.feature_store import latest_feature_version
 from ray_app.serving.api import make_api, read_api_keys
 from ray_app.serving.args import IngressConfig, ServeArgs
 from ray_app.serving.features import FeatureTable
@@ -66,8 +68,13 @@ class Ingress:
         clients: dict[str, VariantClient] = {n: HandleClient(h) for n, h in variants.items()}
         self.metrics = IngressMetrics()
         self.api_keys = read_api_keys(args.api_keys_env)
+        settings = args.settings()
         self.service = PredictionService(
-            args, clients, self.metrics, partial(FeatureTable.load, args.settings())
+            args,
+            clients,
+            self.metrics,
+            partial(FeatureTable.load, settings),
+            partial(latest_feature_version, DataRoot(settings.data_root)),
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -93,9 +93,14 @@ class IngressMetrics:
             self._diff.observe(diff, {"variant": variant})
 
 
-class ModelInfoGauge:
-    """``app_serve_model_info{variant, model, version}`` is 1 for the version a variant
-    replica serves and 0 for the one it replaced, so a dashboard shows rollouts as steps."""
+class VariantMetrics:
+    """What a variant replica reports about its model.
+
+    ``app_serve_model_info{variant, model, version}`` is 1 for the version a variant replica
+    serves and 0 for the one it replaced, so a dashboard shows rollouts as steps.
+    ``app_serve_model_load_failures{variant}`` counts loads that failed: the variant keeps
+    serving its old model (or none) and retries with backoff, so while a reference does not
+    load the counter keeps rising, and ``increase(...[10m]) > 0`` finds it."""
 
     def __init__(self) -> None:
         self._gauge = metrics.Gauge(
@@ -103,8 +108,16 @@ class ModelInfoGauge:
             description="1 for the model version a variant serves",
             tag_keys=_keys("variant", "model", "version"),
         )
+        self._failures = metrics.Counter(
+            "app_serve_model_load_failures",
+            description="Model loads that failed (the variant kept what it served)",
+            tag_keys=_keys("variant"),
+        )
 
     def swap(self, variant: str, new: tuple[str, int], old: tuple[str, int] | None) -> None:
         if old is not None and old != new:
             self._gauge.set(0, {"variant": variant, "model": old[0], "version": str(old[1])})
         self._gauge.set(1, {"variant": variant, "model": new[0], "version": str(new[1])})
+
+    def load_failed(self, variant: str) -> None:
+        self._failures.inc(1, {"variant": variant})

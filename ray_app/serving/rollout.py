@@ -1,11 +1,17 @@
-"""Rollouts: change weights, the shadow or a variant's model version, then ``serve deploy``.
+"""Rollouts: change weights, the shadow or a variant's model version of the running application.
 
-The file ``serve_config.yaml`` is the desired state of serving. A rollout edits only the
-deployments' ``user_config`` (never the application's ``args``, which Serve hashes into the
-code version: changing them would replace every replica), pins each variant to the version
-number its alias points at now, writes the file and applies it with ``serve deploy``. Serve
-then calls ``reconfigure()`` on the running replicas: the ingress switches weights at once,
-and a variant loads its new model before dropping the old one, so traffic never stops.
+What is deployed has one truth: the cluster. A rollout reads Serve's own config of the running
+applications through the dashboard's REST API (``GET /api/serve/applications/``), changes only
+what it was asked to, in the deployments' ``user_config`` (never the application's ``args``,
+which Serve hashes into the code version: changing them would replace every replica), and
+``serve deploy``s the result. Serve then calls ``reconfigure()`` on the running replicas: the
+ingress switches weights at once, and a variant loads its new model before dropping the old
+one, so traffic never stops. Only when the cluster runs no ``ray-app`` yet does a rollout start
+from the desired configuration, the repository's ``serve_config.yaml``, which it never
+rewrites: that file keeps aliases and follow-the-newest features for every cluster.
+
+Before anything moves, every variant's model reference must resolve in the registry: a
+reference that does not would load on no replica that restarts later.
 
 ``--promote`` and ``--rollback`` move the registry's ``champion`` alias first (the registry
 keeps the audit log) and then pin the champion variant to the version the alias now names,
@@ -16,9 +22,13 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import os
 import subprocess
-from collections.abc import Callable
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +39,6 @@ from pydantic import ValidationError
 from ray_app.core.errors import RayAppError
 from ray_app.core.raycli import failure, ray_cli, token_env
 from ray_app.core.settings import Settings
-from ray_app.core.storage import DataRoot
 from ray_app.serving.args import (
     INGRESS,
     IngressConfig,
@@ -41,20 +50,7 @@ from ray_app.serving.args import (
 APPLICATION = "ray-app"
 CHALLENGER = "challenger"
 DEFAULT_DASHBOARD = "http://localhost:8265"
-HEADER = """\
-# Ray Serve config of the prediction API (`serve run serve_config.yaml` locally,
-# `serve deploy serve_config.yaml` on a running cluster). Written by `ray-app rollout`:
-# `args` are what the application is built from (changing them restarts every replica);
-# `deployments[].user_config` is what serves now (weights, shadow, pinned model versions),
-# applied in place by reconfigure(). Edit the user_config, or run `ray-app rollout`.
-# controller_options: HAProxy in front of replicas that answer HTTP themselves, about 5x the
-# requests/s of Serve's Python proxy on 2 CPUs at a tenth of its p50. Read when the Serve
-# controller starts (the first `serve run`/`serve deploy` on a cluster); HAProxy also listens
-# on 8404 (stats) and 9101 (metrics) unless RAY_SERVE_HAPROXY_STATS_PORT/_METRICS_PORT say else.
-# Replicas then write request logs in batches of RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE lines.
-# Serve's own access log is off: the ingress writes one JSON line per request itself (request
-# id, client, variant, model version, latency, status), and the hops behind it need none.
-"""
+SERVE_API = "/api/serve/applications/"
 
 
 class RolloutError(RayAppError):
@@ -82,12 +78,17 @@ class Change:
     promote: bool = False
     rollback: bool = False
     feature_version: str | None = None
+    follow_features: bool = False  # back to null: the newest feature set
 
 
 @dataclass(frozen=True)
 class RolloutResult:
+    """The state deployed (or planned), the Serve config that holds it and where it came
+    from (``cluster`` or the desired file's path)."""
+
     state: ServingState
-    path: Path
+    config: dict[str, Any]
+    source: str
     registry_event: str | None
     deployed: bool
 
@@ -167,46 +168,65 @@ def _weights(state: ServingState, challenger: float) -> dict[str, float]:
     return {**weights, primary: round(1.0 - others, 12)}
 
 
-def plan(
-    state: ServingState,
-    change: Change,
-    resolve: Callable[[str], int | None],
-    latest_features: str | None = None,
-) -> ServingState:
-    """The state after ``change``: every variant pinned to the version number its ref names
-    now (``resolve`` returns None for an alias that points nowhere yet, left as it is) and,
-    unless the change names one, the ingress to the newest feature set, so that a rollout
-    after the daily feature build serves the new day."""
-    ingress = state.ingress
-    if change.challenger_weight is not None:
-        ingress = ingress.model_copy(update={"weights": _weights(state, change.challenger_weight)})
+def _shadow(ingress: IngressConfig, change: Change) -> ShadowSpec | None:
+    """The shadow after ``change``; the fraction defaults to the current one, else 1."""
+    current = ingress.shadow
     if change.no_shadow:
-        ingress = ingress.model_copy(update={"shadow": None})
-    elif change.shadow is not None or change.shadow_fraction is not None:
-        current = ingress.shadow
-        variant = change.shadow or (current.variant if current else None)
-        if variant is None:
-            raise RolloutError("--shadow-fraction needs a shadow variant (--shadow NAME)")
-        fraction = change.shadow_fraction or (current.fraction if current else 1.0)
-        shadow = ShadowSpec(variant=variant, fraction=fraction)
-        ingress = ingress.model_copy(update={"shadow": shadow})
-    features = change.feature_version or latest_features
-    if features is not None:
-        ingress = ingress.model_copy(update={"feature_version": features})
+        return None
+    if change.shadow is None and change.shadow_fraction is None:
+        return current
+    variant = change.shadow or (current.variant if current else None)
+    if variant is None:
+        raise RolloutError("--shadow-fraction needs a shadow variant (--shadow NAME)")
+    fraction = change.shadow_fraction or (current.fraction if current else 1.0)
+    return ShadowSpec(variant=variant, fraction=fraction)
+
+
+def plan(state: ServingState, change: Change) -> ServingState:
+    """The state after ``change`` and nothing else: what is not asked for stays as it is
+    (model references, and the feature set, which stays null, following the newest, unless
+    ``feature_version`` pins one)."""
+    update: dict[str, Any] = {"shadow": _shadow(state.ingress, change)}
+    if change.challenger_weight is not None:
+        update["weights"] = _weights(state, change.challenger_weight)
+    if change.feature_version is not None and change.follow_features:
+        raise RolloutError("--feature-version and --follow-features exclude each other")
+    if change.feature_version is not None or change.follow_features:
+        update["feature_version"] = change.feature_version
     unknown = sorted(set(change.pins) - set(state.variants))
     if unknown:
         raise RolloutError(f"no variant named {', '.join(unknown)} to pin")
-    variants = {}
-    for name, cfg in state.variants.items():
-        ref = change.pins.get(name, cfg.ref)
-        version = resolve(ref)
-        variants[name] = cfg.model_copy(update={"ref": ref if version is None else str(version)})
+    variants = {
+        name: cfg.model_copy(update={"ref": change.pins.get(name, cfg.ref)})
+        for name, cfg in state.variants.items()
+    }
     try:
-        checked = IngressConfig.model_validate(ingress.model_dump())
+        checked = IngressConfig.model_validate({**state.ingress.model_dump(), **update})
         checked.check_variants(list(variants))
+        variants = {n: VariantConfig.model_validate(v.model_dump()) for n, v in variants.items()}
     except (ValidationError, ValueError) as exc:
-        raise RolloutError(f"the new ingress config is invalid: {exc}") from None
+        raise RolloutError(f"the new config is invalid: {exc}") from None
     return ServingState(state.args, checked, variants)
+
+
+def check_refs(
+    state: ServingState, resolve: Callable[[str], int], ignore: Collection[str] = ()
+) -> dict[str, int]:
+    """The version every variant's reference names now (but those in ``ignore``); refuses,
+    naming the variant and the reference, when one does not resolve (``resolve`` raises
+    LookupError)."""
+    versions = {}
+    for name, cfg in state.variants.items():
+        if name in ignore:
+            continue
+        try:
+            versions[name] = resolve(cfg.ref)
+        except LookupError as exc:
+            raise RolloutError(
+                f"variant {name!r}: model reference {cfg.ref!r} does not resolve ({exc}); "
+                "nothing was changed"
+            ) from None
+    return versions
 
 
 def render(config: dict[str, Any], state: ServingState) -> dict[str, Any]:
@@ -222,11 +242,45 @@ def render(config: dict[str, Any], state: ServingState) -> dict[str, Any]:
     return out
 
 
-def write_config(path: Path, config: dict[str, Any]) -> None:
-    """Replace ``path`` in one rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(HEADER + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+def dashboard_address(address: str | None) -> str:
+    """``address``, else ``RAY_DASHBOARD_ADDRESS``, else the local default."""
+    return address or os.environ.get("RAY_DASHBOARD_ADDRESS", DEFAULT_DASHBOARD)
+
+
+def auth_headers(settings: Settings) -> dict[str, str]:
+    """Ray's token, where Ray's own clients look for it: ``RAY_AUTH_TOKEN``, the file
+    ``RAY_AUTH_TOKEN_PATH`` names, else the cluster settings' token file."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", settings.cluster.token_path)).expanduser()
+    if token is None and path.is_file():
+        token = path.read_text(encoding="utf-8").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def running_config(address: str, headers: dict[str, str]) -> dict[str, Any] | None:
+    """The Serve config the cluster runs now, from the dashboard's REST API: its HTTP options,
+    proxy location and every application's deployed config (``serve deploy`` replaces all
+    applications, so the others go back unchanged); None when no ``ray-app`` runs."""
+    request = urllib.request.Request(address.rstrip("/") + SERVE_API, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            details = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        raise RolloutError(
+            f"the Ray dashboard at {address} refused to show what Serve runs: HTTP {exc.code} "
+            f"{exc.reason} (token auth: set RAY_AUTH_TOKEN_PATH)"
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise RolloutError(
+            f"cannot reach the Ray dashboard at {address} ({exc}): start the cluster or pass "
+            "its address (--address / RAY_DASHBOARD_ADDRESS)"
+        ) from None
+    apps = [a["deployed_app_config"] for a in details.get("applications", {}).values()]
+    apps = [a for a in apps if a]
+    if not any(a.get("name") == APPLICATION for a in apps):
+        return None
+    kept = {k: details[k] for k in ("proxy_location", "http_options") if details.get(k)}
+    return {**kept, "applications": apps}
 
 
 def deploy(path: Path, address: str | None = None) -> None:
@@ -247,8 +301,8 @@ def deploy(path: Path, address: str | None = None) -> None:
         if "Connection refused" in output or "Failed to connect" in output:
             raise RolloutError(
                 f"cannot reach the Ray dashboard at {address}: start the cluster "
-                "(`ray start --head`) or pass its address (--address / RAY_DASHBOARD_ADDRESS);"
-                f" {path} is written and will apply on the next rollout"
+                "(`ray-app cluster up`) or pass its address (--address / RAY_DASHBOARD_ADDRESS);"
+                " nothing was deployed"
             )
         raise RolloutError(f"`serve deploy {path}` failed: {failure(done)}")
 
@@ -277,14 +331,21 @@ def _registry_move(
     return replace(change, pins=pins, challenger_weight=0.0, no_shadow=True), event
 
 
-def _latest_features(settings: Settings) -> str | None:
-    """The newest feature set's version; None when this machine cannot see the store."""
-    from ray_app.data.feature_store import FeatureSetError, feature_manifest
+def _resolver(settings: Settings) -> Callable[[str], int]:
+    def resolve(ref: str) -> int:
+        from ray_app.registry import versions as registry
 
-    try:
-        return str(feature_manifest(DataRoot(settings.data_root))["version"])
-    except (FeatureSetError, OSError):
-        return None
+        return registry.resolve_version(settings, ref)
+
+    return resolve
+
+
+def _deploy_config(config: dict[str, Any], address: str) -> None:
+    """``serve deploy`` ``config`` from a file of its own, which nothing else reads."""
+    with tempfile.TemporaryDirectory(prefix="ray-app-rollout-") as folder:
+        path = Path(folder) / "serve_config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        deploy(path, address)
 
 
 def rollout(
@@ -297,31 +358,35 @@ def rollout(
     address: str | None = None,
     apply: bool = True,
 ) -> RolloutResult:
-    """Plan ``change`` against ``path``, the registry and the feature store, write the file,
-    ``serve deploy`` it. Everything is checked before anything moves: the file, the weights,
-    every version.
+    """Plan ``change`` against what the cluster runs (or, when it runs no ``ray-app`` yet, the
+    desired config in ``path``), check every variant's model reference, move the registry if
+    asked, and ``serve deploy``. Everything is checked before anything moves. Without
+    ``apply``, a cluster that cannot be reached is no error: the plan starts from ``path``.
     """
     from ray_app.registry import versions as registry
 
-    config = load_config(path)
-    state = serving_state(config)
-
-    def resolve(ref: str) -> int | None:
-        try:
-            return registry.resolve_version(settings, ref)
-        except registry.RegistryError:
-            if ref.isdigit():
-                raise
-            return None  # an alias not set yet (no champion): left for a later rollout
-
-    latest = _latest_features(settings)
+    address = dashboard_address(address)
+    desired = load_config(path)
     try:
-        plan(state, change, resolve, latest)  # refuse a bad change before the registry moves
+        running = running_config(address, auth_headers(settings))
+    except RolloutError:
+        if apply:
+            raise
+        running = None
+    config = running or desired
+    state = serving_state(config)
+    resolve = _resolver(settings)
+    try:
+        # Refuse a bad change before the registry moves; a promotion or rollback pins the
+        # primary to the version it moves the champion to, so the primary's ref is moot.
+        moving = {state.args.primary} if change.promote or change.rollback else set()
+        check_refs(plan(state, change), resolve, moving)
         change, event = _registry_move(settings, state, change, actor, reason)
-        new = plan(state, change, resolve, latest)
+        new = plan(state, change)
+        check_refs(new, resolve)
     except registry.RegistryError as exc:
         raise RolloutError(str(exc)) from None
-    write_config(path, render(config, new))
+    rendered = render(config, new)
     if apply:
-        deploy(path, address)
-    return RolloutResult(new, path, event, apply)
+        _deploy_config(rendered, address)
+    return RolloutResult(new, rendered, "cluster" if running else str(path), event, apply)

@@ -132,7 +132,11 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-    reasons: list[str] = Field(description="What keeps it from serving; empty when ready")
+    reasons: list[str] = Field(
+        description="Reason codes, `code` or `code:variant`: features_not_loaded, "
+        "no_model, missing_columns (503 when they concern the primary), load_failed (a variant "
+        "that kept its model: 200); empty when all is well. Details: /v1/models"
+    )
 
 
 class ErrorBody(BaseModel):

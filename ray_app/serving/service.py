@@ -16,8 +16,12 @@ and counted.
 
 Serving never falls back to an unvetted model: a request routed to a variant without a model
 goes to the primary variant (the first, by convention the champion), and without a champion
-nothing is served (503; ``/readyz`` says why) until one is promoted, which the champion
-variant notices by itself within a minute, or a rollout pins a version.
+nothing is served (503; ``/readyz`` gives the reason code) until one is promoted, which the
+champion variant notices by itself within a minute, or a rollout pins a version.
+
+With ``feature_version`` null the ingress follows the newest feature set: it polls the feature
+store's latest pointer, prepares a new set (the table and every variant's precomputed
+predictions for it) in the background, and swaps it in at once.
 """
 
 from __future__ import annotations
@@ -136,6 +140,7 @@ class PredictionService:
         clients: dict[str, VariantClient],
         metrics: Metrics,
         load_table: Callable[[str | None], FeatureTable],
+        latest_features: Callable[[], str | None],
         today: Callable[[], dt.date] = utc_today,
     ) -> None:
         self.args = args
@@ -147,11 +152,13 @@ class PredictionService:
         self.gate: ShadowGate | None = None
         self.infos = {name: VariantInfo(name, None, error="not asked yet") for name in clients}
         self._load_table = load_table
+        self._latest_features = latest_features
         self._today = today
         self._order = [v.name for v in args.variants]
         self._refreshed_at = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
         self._freshness: asyncio.Task[None] | None = None
+        self._following: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self.scores: dict[str, Scores] = {}
         self.precomputed_answers = 0
@@ -174,6 +181,8 @@ class PredictionService:
         self.config = config
         if self._freshness is None or self._freshness.done():
             self._freshness = asyncio.create_task(self._report_freshness())
+        if self._following is None or self._following.done():
+            self._following = asyncio.create_task(self._follow_features())
 
     async def _report_freshness(self) -> None:
         """Keep exporting the newest bar's date, traffic or not: the staleness alert reads it."""
@@ -181,6 +190,48 @@ class PredictionService:
             await asyncio.sleep(FRESHNESS_EVERY_S)
             if self.table is not None:
                 self.metrics.latest_bar(self.table.last_date)
+
+    # -- following the newest feature set -----------------------------------------------
+
+    async def _follow_features(self) -> None:
+        """While ``feature_version`` is null, read the feature store's latest pointer every
+        ``features_poll_s`` seconds and move to a new set when one is published; a failed
+        read or switch is logged and tried again at the next poll."""
+        while True:
+            await asyncio.sleep(self.args.features_poll_s)
+            try:
+                await self.follow_once()
+            except Exception as exc:
+                logger.warning("feature set not followed: %s", repr(exc))
+
+    async def follow_once(self) -> None:
+        """Move to the newest feature set if it is not the one served and nothing pins one:
+        read it in a thread, have every variant's predictions for it, then swap the table,
+        the precomputed predictions and the cache in one step (requests in flight keep the
+        table they started with)."""
+        old, config = self.table, self.config
+        if old is None or config is None or config.feature_version is not None:
+            return
+        latest = await asyncio.to_thread(self._latest_features)
+        if latest is None or latest == old.feature_version:
+            return
+        new = await asyncio.to_thread(self._load_table, latest)
+        scores = await self._precompute(new)
+        if self.table is not old or self.config is None or self.config.feature_version:
+            return  # a reconfigure moved the features meanwhile: it wins
+        self.table, self.scores = new, scores
+        self.cache.clear()
+        self.metrics.latest_bar(new.last_date)
+        logger.info("serving feature set %s (newest bar %s)", new.feature_version, new.last_date)
+
+    async def _precompute(self, table: FeatureTable) -> dict[str, Scores]:
+        """Every servable variant's predictions for ``table`` (those that fail are left out:
+        their requests take the per-request path until the next refresh fetches them)."""
+        if not self.args.precompute:
+            return {}
+        names = [n for n in self.clients if self.infos[n].ready]
+        fetched = await asyncio.gather(*(self._scores_for(n, self.infos[n], table) for n in names))
+        return {n: held for n, held in zip(names, fetched, strict=True) if held is not None}
 
     def _gate(self, config: IngressConfig) -> ShadowGate | None:
         """The shadow's gate: kept (with its counts) while the shadow variant stays."""
@@ -249,8 +300,15 @@ class PredictionService:
         self._scoring[name] = asyncio.create_task(self._fetch_scores(name, info, table))
 
     async def _fetch_scores(self, name: str, info: VariantInfo, table: FeatureTable) -> None:
-        """Ask in calls of at most ``SCORES_ROWS_PER_CALL`` rows; keep the table only if the
-        variant served ``info``'s model throughout."""
+        """Keep the predictions only while ``table`` is still the one served."""
+        held = await self._scores_for(name, info, table)
+        if held is not None and table is self.table:
+            self.scores[name] = held
+
+    async def _scores_for(self, name: str, info: VariantInfo, table: FeatureTable) -> Scores | None:
+        """Variant ``name``'s predictions for every row of ``table``, asked in calls of at
+        most ``SCORES_ROWS_PER_CALL`` rows; None unless it served ``info``'s model
+        throughout."""
         preds: dict[str, np.ndarray] = {}
         try:
             for tickers in _chunks(table, SCORES_ROWS_PER_CALL):
@@ -258,31 +316,35 @@ class PredictionService:
                     table.feature_version, tickers, SCORES_TIMEOUT_S
                 )
                 if part is None or not part.serves(info.model, info.version, table.feature_version):
-                    return  # no model, or another one now: the next refresh starts again
+                    return None  # no model, or another one now: the next refresh starts again
                 preds.update(part.preds)
         except Exception as exc:
             self._scores_retry_at[name] = time.monotonic() + SCORES_RETRY_S
             logger.warning("variant %s: no precomputed predictions: %s", name, repr(exc))
-            return
-        if len(preds) == len(table.frames) and info.model and info.version:
-            self.scores[name] = Scores(info.model, info.version, table.feature_version, preds)
-            logger.info("variant %s: %s v%s precomputed", name, info.model, info.version)
+            return None
+        if len(preds) < len(table.frames) or not (info.model and info.version):
+            return None
+        logger.info("variant %s: %s v%s precomputed", name, info.model, info.version)
+        return Scores(info.model, info.version, table.feature_version, preds)
 
-    def _current_scores(self, name: str) -> Scores | None:
+    def _current_scores(self, name: str, table: FeatureTable | None) -> Scores | None:
         """Variant ``name``'s precomputed table when it is for the model the variant serves
-        and the feature set served now."""
-        held, info, table = self.scores.get(name), self.infos[name], self.table
+        and feature set ``table``."""
+        held, info = self.scores.get(name), self.infos[name]
         if held is None or table is None:
             return None
         return held if held.serves(info.model, info.version, table.feature_version) else None
 
     def precomputes(self, name: str) -> bool:
-        return self._current_scores(name) is not None
+        return self._current_scores(name, self.table) is not None
 
-    def precomputed(self, name: str, windows: list[Window]) -> list[float] | None:
-        """The predictions of variant ``name``'s current model for ``windows`` from its
-        precomputed table; None when the table is not there (yet)."""
-        held = self._current_scores(name)
+    def precomputed(
+        self, name: str, table: FeatureTable, windows: list[Window]
+    ) -> list[float] | None:
+        """The predictions of variant ``name``'s current model for ``windows`` (rows of
+        ``table``, the one the request started with) from its precomputed table; None when
+        that table is not there (yet, or any more)."""
+        held = self._current_scores(name, table)
         if held is None:
             return None
         return [float(held.preds[w.ticker][w.index]) for w in windows]
@@ -301,11 +363,28 @@ class PredictionService:
             f"{', '.join(missing)} that feature set {table.feature_version} lacks"
         )
 
-    def ready_reasons(self) -> list[str]:
-        """Why this replica cannot serve; empty when it can."""
-        reasons = [] if self.table is not None else ["the feature table is not loaded"]
-        primary = self.unservable(self.args.primary)
-        return reasons + ([f"primary {primary}"] if primary else [])
+    def variant_problem(self, name: str) -> str | None:
+        """A reason code for what is wrong with variant ``name``, None when nothing is:
+        ``no_model`` (nothing loaded or unreachable), ``missing_columns`` (its model needs
+        columns the feature set lacks), or ``load_failed`` (it keeps serving its model, but
+        could not load the one it was last asked for)."""
+        info = self.infos[name]
+        if not info.ready:
+            return "no_model"
+        if self.unservable(name) is not None:
+            return "missing_columns"
+        return "load_failed" if info.error else None
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Whether this replica can serve (features loaded, a primary that can answer) and a
+        generic reason code for everything wrong, for every variant (``load_failed:challenger``);
+        the details are for operators (``/v1/models``, the logs), not for an open probe."""
+        codes = [] if self.table is not None else ["features_not_loaded"]
+        for name in self._order:
+            problem = self.variant_problem(name)
+            codes += [f"{problem}:{name}"] if problem else []
+        ready = self.table is not None and self.unservable(self.args.primary) is None
+        return ready, codes
 
     # -- one request ---------------------------------------------------------------------
 
@@ -380,7 +459,7 @@ class PredictionService:
         for _ in range(ATTEMPTS):
             info = self.infos[name]
             windows = self._windows(table, request, info.window)
-            known = self.precomputed(name, windows)
+            known = self.precomputed(name, table, windows)
             if known is not None:
                 self.precomputed_answers += len(windows)
                 self.metrics.cache(0, 0, len(windows))
@@ -456,7 +535,7 @@ class PredictionService:
         name = config.shadow.variant
         if name == primary or self.unservable(name) is not None:
             return None
-        known = self.precomputed(name, windows)  # the rows the primary read: same indices
+        known = self.precomputed(name, table, windows)  # the rows the primary read
         admitted = gate.admit(precomputed=known is not None)
         if admitted != "skipped":
             self.metrics.shadow(name, admitted)

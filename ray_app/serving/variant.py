@@ -4,7 +4,8 @@
 starts and whenever ``serve deploy`` changes it. A new model is loaded in a thread while the
 old one keeps answering, then replaces it in one assignment: no request waits for a load or
 sees a half-swapped model. A load that fails keeps the old model and is reported through
-``info`` (and from there ``/v1/models``) and retried with backoff (1 s doubling to 60 s):
+``info`` (and from there ``/v1/models`` and a reason code in ``/readyz``), counted in
+``app_serve_model_load_failures`` and retried with backoff (1 s doubling to 60 s):
 an unreachable registry heals by itself, and a variant that follows an alias not set yet (no
 champion) starts anyway, says so rather than crash-looping, and loads it once it exists.
 """
@@ -23,7 +24,7 @@ from ray import serve
 from ray_app.serving.args import ServeArgs, VariantConfig
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.loader import import_loader
-from ray_app.serving.metrics import ModelInfoGauge
+from ray_app.serving.metrics import VariantMetrics
 from ray_app.serving.predictor import (
     ColumnSelector,
     Job,
@@ -50,7 +51,7 @@ class Variant:
         self.name = name
         self._args = args
         self._loader = import_loader(args.loader)(args)
-        self._gauge = ModelInfoGauge()
+        self._metrics = VariantMetrics()
         self._serving: tuple[ServingModel, ColumnSelector] | None = None
         self._ref: str | None = None
         self._loaded_ref: str | None = None
@@ -79,6 +80,7 @@ class Variant:
             self._error = f"cannot load {ref!r}: {str(exc).strip().splitlines()[0]}"
             self._retry_at = time.monotonic() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, RETRY_MAX_S)
+            self._metrics.load_failed(self.name)
             logger.warning("variant %s: %s", self.name, self._error)
             return
         if ref != self._ref:
@@ -86,7 +88,7 @@ class Variant:
         old = self._serving[0] if self._serving else None
         self._serving = (model, ColumnSelector(model.columns))
         self._loaded_ref, self._loaded_at, self._error = ref, dt.datetime.now(dt.timezone.utc), None
-        self._gauge.swap(
+        self._metrics.swap(
             self.name, (model.name, model.version), (old.name, old.version) if old else None
         )
         logger.info("variant %s serves %s v%s", self.name, model.name, model.version)

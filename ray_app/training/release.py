@@ -104,7 +104,7 @@ def release(
     with tempfile.TemporaryDirectory() as folder:
         write_report(report, Path(folder))
         log_evaluation(report, Path(folder))
-    model_uri = log_model(model, data.frame.tail(64))
+    model_uri = log_model(model, data.frame)
     challenger, others = gate_inputs(report)
     champion, note = champion_holdout_metrics(settings, data)
     if champion is not None:

@@ -7,8 +7,11 @@ running cluster), then against ``ServeArgs``.
 from __future__ import annotations
 
 import copy
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -17,15 +20,15 @@ from ray.serve.schema import ServeDeploySchema
 
 from ray_app.serving.args import ServeArgs
 from ray_app.serving.rollout import (
-    HEADER,
     Change,
     RolloutError,
+    check_refs,
     deploy,
     load_config,
     plan,
     render,
+    running_config,
     serving_state,
-    write_config,
 )
 from ray_app.serving.schemas import PredictRequest, limited_request
 
@@ -34,14 +37,14 @@ CONFIG = REPO / "serve_config.yaml"
 VERSIONS = {"champion": 3, "challenger": 5, "3": 3, "5": 5, "4": 4}
 
 
-def resolve(ref: str) -> int | None:
-    return VERSIONS.get(ref)
+def resolve(ref: str) -> int:
+    if ref not in VERSIONS:
+        raise LookupError(f"no alias {ref!r}")
+    return VERSIONS[ref]
 
 
 def test_the_shipped_config_is_a_serve_config_for_build_app() -> None:
-    text = CONFIG.read_text()
-    assert text.startswith(HEADER)  # what `ray-app rollout` writes back
-    config = yaml.safe_load(text)
+    config = yaml.safe_load(CONFIG.read_text())
     schema = ServeDeploySchema.model_validate(config)
     assert schema.controller_options is not None
     (app,) = schema.applications
@@ -56,7 +59,12 @@ def test_the_shipped_config_is_a_serve_config_for_build_app() -> None:
         ("champion", "champion", 1.0),
         ("challenger", "challenger", 0.0),
     ]
-    assert args.num_cpus.ingress + len(args.variants) * args.num_cpus.variant <= 1.0
+    replicas = {
+        d["name"]: d.get("num_replicas", 1) for d in config["applications"][0]["deployments"]
+    }
+    assert replicas["Ingress"] >= 2  # no single point of failure
+    cpus = replicas["Ingress"] * args.num_cpus.ingress + len(args.variants) * args.num_cpus.variant
+    assert cpus <= 1.0  # half of a 2-CPU node
     state = serving_state(config)
     assert state.ingress == args.ingress_config()
     assert {n: v.ref for n, v in state.variants.items()} == {
@@ -122,30 +130,36 @@ def state_of(config: dict[str, Any] | None = None) -> Any:
     return serving_state(config or yaml.safe_load(CONFIG.read_text()))
 
 
-def test_a_rollout_moves_weight_and_pins_versions() -> None:
-    new = plan(state_of(), Change(challenger_weight=0.1, shadow="challenger"), resolve)
+def test_a_rollout_changes_only_what_it_is_asked_to() -> None:
+    new = plan(state_of(), Change(challenger_weight=0.1, shadow="challenger"))
     assert new.ingress.weights == {"champion": 0.9, "challenger": 0.1}
     assert new.ingress.shadow is not None and new.ingress.shadow.fraction == 1.0
-    assert {n: v.ref for n, v in new.variants.items()} == {"champion": "3", "challenger": "5"}
-    later = plan(new, Change(shadow_fraction=0.25, pins={"challenger": "4"}), resolve)
-    assert later.ingress.shadow is not None and later.ingress.shadow.fraction == 0.25
-    assert later.variants["challenger"].ref == "4"
-    assert plan(later, Change(no_shadow=True), resolve).ingress.shadow is None
-
-
-def test_a_rollout_serves_the_newest_feature_set_unless_told_otherwise() -> None:
-    assert plan(state_of(), Change(), resolve, "fs-new").ingress.feature_version == "fs-new"
-    told = Change(feature_version="fs-old")
-    assert plan(state_of(), told, resolve, "fs-new").ingress.feature_version == "fs-old"
-    assert plan(state_of(), Change(), resolve).ingress.feature_version is None
-
-
-def test_an_alias_that_points_nowhere_stays_an_alias() -> None:
-    new = plan(state_of(), Change(), lambda ref: 5 if ref == "challenger" else None)
     assert {n: v.ref for n, v in new.variants.items()} == {
         "champion": "champion",
-        "challenger": "5",
+        "challenger": "challenger",
     }
+    assert new.ingress.feature_version is None  # still following the newest feature set
+    later = plan(new, Change(shadow_fraction=0.25, pins={"challenger": "4"}))
+    assert later.ingress.shadow is not None and later.ingress.shadow.fraction == 0.25
+    assert later.variants["challenger"].ref == "4" and later.variants["champion"].ref == "champion"
+    assert plan(later, Change(no_shadow=True)).ingress.shadow is None
+
+
+def test_features_are_pinned_only_when_asked_and_can_follow_the_newest_again() -> None:
+    pinned = plan(state_of(), Change(feature_version="fs-old"))
+    assert pinned.ingress.feature_version == "fs-old"
+    assert plan(pinned, Change(challenger_weight=0.2)).ingress.feature_version == "fs-old"
+    assert plan(pinned, Change(follow_features=True)).ingress.feature_version is None
+
+
+def test_a_reference_that_does_not_resolve_is_refused_in_one_line_naming_it() -> None:
+    assert check_refs(state_of(), resolve) == {"champion": 3, "challenger": 5}
+    unset = plan(state_of(), Change(pins={"challenger": "7"}))
+    with pytest.raises(RolloutError) as refused:
+        check_refs(unset, resolve)
+    assert "variant 'challenger': model reference '7' does not resolve" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert check_refs(unset, resolve, ignore={"challenger"}) == {"champion": 3}
 
 
 @pytest.mark.parametrize(
@@ -155,30 +169,69 @@ def test_an_alias_that_points_nowhere_stays_an_alias() -> None:
         (Change(shadow="nobody"), "not a variant"),
         (Change(shadow_fraction=0.5), "needs a shadow variant"),
         (Change(pins={"third": "4"}), "no variant named third"),
+        (Change(pins={"champion": "not an alias!"}), "pattern"),
+        (Change(feature_version="fs", follow_features=True), "exclude each other"),
     ],
 )
 def test_bad_rollouts_are_refused(change: Change, reason: str) -> None:
     with pytest.raises(RolloutError, match=reason):
-        plan(state_of(), change, resolve)
+        plan(state_of(), change)
 
 
-def test_the_rewritten_file_changes_user_config_only(tmp_path: Path) -> None:
+def test_a_rollout_changes_user_config_only() -> None:
     config = load_config(CONFIG)
     original = copy.deepcopy(config)
-    new = plan(serving_state(config), Change(challenger_weight=0.2), resolve)
-    path = tmp_path / "serve_config.yaml"
-    write_config(path, render(config, new))
+    new = plan(serving_state(config), Change(challenger_weight=0.2))
+    rendered = render(config, new)
     assert config == original
-    written = load_config(path)
-    assert path.read_text().startswith("# Ray Serve config")
-    app, before = written["applications"][0], original["applications"][0]
+    app, before = rendered["applications"][0], original["applications"][0]
     assert app["args"] == before["args"]  # args changes would restart every replica
     assert {k: v for k, v in app.items() if k != "deployments"} == {
         k: v for k, v in before.items() if k != "deployments"
     }
-    assert serving_state(written) == new
+    assert serving_state(rendered) == new
+    ServeDeploySchema.model_validate(rendered)
+
+
+class FakeDashboard(BaseHTTPRequestHandler):
+    """Serve's REST API as the dashboard answers it: two applications, one ours."""
+
+    seen: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization"))
+        ours = load_config(CONFIG)["applications"][0]
+        other = {"name": "other", "route_prefix": "/other", "import_path": "m:app"}
+        apps = {a["name"]: {"deployed_app_config": a} for a in (ours, other)}
+        apps["imperative"] = {"deployed_app_config": None}
+        body = {"proxy_location": "EveryNode", "http_options": {"port": 8123}, "applications": apps}
+        payload = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_running_config_comes_back_from_serves_rest_api() -> None:
+    server = HTTPServer(("127.0.0.1", 0), FakeDashboard)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"http://127.0.0.1:{server.server_port}"
+        config = running_config(address, {"Authorization": "Bearer t0ken"})
+    finally:
+        server.shutdown()
+    assert FakeDashboard.seen == ["Bearer t0ken"]
+    assert config is not None and config["http_options"] == {"port": 8123}
+    assert [a["name"] for a in config["applications"]] == ["ray-app", "other"]
+    assert serving_state(config) == serving_state(load_config(CONFIG))
 
 
 def test_deploying_without_a_cluster_says_so_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(RolloutError, match=r"cannot reach the Ray dashboard at http://127.0.0.1:9"):
         deploy(CONFIG, "http://127.0.0.1:9")
+    with pytest.raises(RolloutError, match=r"cannot reach the Ray dashboard at http://127.0.0.1:9"):
+        running_config("http://127.0.0.1:9", {})

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,8 +13,9 @@ import torch
 
 from ray_app.core.settings import HParams
 from ray_app.models.networks import StandardScaler, TrainedModel, build_model
+from ray_app.serving.args import ServeArgs
 from ray_app.serving.features import FeatureTable
-from ray_app.serving.loader import TorchModel, import_loader
+from ray_app.serving.loader import RegistryLoader, TorchModel, import_loader
 from ray_app.serving.predictor import ColumnSelector, Job, predict_jobs
 
 COLUMNS = ["ret_1d", "vol_20d", "rsi_14", "macd"]
@@ -85,3 +90,29 @@ def test_loader_paths_are_checked() -> None:
     assert import_loader("ray_app.serving.loader:RegistryLoader").__name__ == "RegistryLoader"
     with pytest.raises(ValueError, match="cannot import the model loader"):
         import_loader("ray_app.serving.loader:Nope")
+
+
+def test_a_loaded_version_comes_back_from_the_node_cache_without_the_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray_app.registry import versions as registry
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    asked: list[str] = []
+
+    def load_version(settings: Any, version: int) -> TrainedModel:
+        asked.append(f"load {version}")
+        return trained("gru")
+
+    monkeypatch.setattr(registry, "resolve_version", lambda settings, ref: {"champion": 7}[ref])
+    monkeypatch.setattr(registry, "load_version", load_version)
+    loader = RegistryLoader(ServeArgs(data_root=str(tmp_path / "data")))
+    first = loader("champion")
+    assert (first.version, asked) == (7, ["load 7"])
+    again = loader("7")  # a restarted replica, pinned to the version: no registry call
+    assert (again.version, asked) == (7, ["load 7"])
+    x = np.random.default_rng(0).normal(size=(3, first.window, len(first.columns)))
+    assert np.array_equal(again.predict(x), first.predict(x))
+    other = RegistryLoader(ServeArgs(data_root=str(tmp_path / "other")))
+    with pytest.raises(KeyError):
+        other("7")  # another registry's version 7 is another model: asked, not cached

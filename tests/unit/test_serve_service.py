@@ -36,14 +36,26 @@ TODAY = dt.date(2012, 6, 1)
 
 
 def table(version: str = "fs1") -> FeatureTable:
+    """Feature set ``version``; ``fs1+N`` holds N more days than ``fs1``."""
+    days = np.arange(DAYS[0], DAYS[-1] + 1 + int(version.partition("+")[2] or 0))
     rng = np.random.default_rng(0)
     frames = {}
     for ticker in ("AAPL", "MSFT", "IBM"):
-        values = rng.normal(size=(len(DAYS), len(COLUMNS)))
+        values = rng.normal(size=(len(days), len(COLUMNS)))
         values[:, 1] = np.abs(values[:, 1]) + 0.01
-        frames[ticker] = (DAYS.astype("datetime64[D]"), values)
+        frames[ticker] = (days.astype("datetime64[D]"), values)
     frames["IBM"][1][-1, 0] = np.nan  # its newest row is incomplete
     return FeatureTable(version, COLUMNS, frames)
+
+
+@dataclass
+class Store:
+    """The feature store as the ingress sees it: the latest pointer, and every set."""
+
+    latest: str = "fs1"
+
+    def load(self, version: str | None) -> FeatureTable:
+        return table(version or self.latest)
 
 
 @dataclass
@@ -67,6 +79,7 @@ class FakeVariant:
     def __init__(self, name: str, model: Linear | None, delay_s: float = 0.0) -> None:
         self.name, self.model, self.delay_s = name, model, delay_s
         self.fail = False
+        self.load_error: str | None = None  # a failed load that kept ``model``
         self.calls = 0
         self.score_calls = 0
 
@@ -81,7 +94,7 @@ class FakeVariant:
         return await asyncio.wait_for(self.predict(job), timeout_s)
 
     async def info(self, timeout_s: float) -> VariantInfo:
-        error = None if self.model else "no alias 'champion'"
+        error = self.load_error if self.model else "no alias 'champion'"
         return describe(self.name, self.name, self.model, None, error)
 
     async def scores(
@@ -121,6 +134,7 @@ def make(
     variants: dict[str, FakeVariant],
     weights: dict[str, float] | None = None,
     shadow: ShadowSpec | None = None,
+    store: Store | None = None,
     **limits: Any,
 ) -> tuple[PredictionService, Recorder]:
     specs = [
@@ -129,8 +143,9 @@ def make(
     limits.setdefault("precompute", False)  # the per-request path, unless a test asks
     args = ServeArgs(variants=specs, **limits)
     recorder = Recorder()
+    store = store or Store()
     service = PredictionService(
-        args, dict(variants), recorder, lambda v: table(v or "fs1"), lambda: TODAY
+        args, dict(variants), recorder, store.load, lambda: store.latest, lambda: TODAY
     )  # type: ignore[arg-type]
     config = args.ingress_config().model_copy(update={"shadow": shadow})
     if weights:
@@ -232,7 +247,7 @@ def test_traffic_to_a_variant_without_a_model_goes_to_the_primary() -> None:
         run(service.predict(ask(["AAPL"]), f"client-{i}", "r")).response.variant for i in range(20)
     }
     assert variants == {"champion"}
-    assert service.ready_reasons() == []
+    assert service.readiness() == (True, ["no_model:challenger"])
 
 
 def test_without_a_champion_nothing_is_served_and_readiness_says_why() -> None:
@@ -245,7 +260,8 @@ def test_without_a_champion_nothing_is_served_and_readiness_says_why() -> None:
     with pytest.raises(ApiError, match="no model to serve") as caught:
         run(service.predict(ask(["AAPL"]), None, "r"))
     assert caught.value.status == 503
-    assert "no alias 'champion'" in service.ready_reasons()[0]
+    assert service.readiness() == (False, ["no_model:champion"])  # details: /v1/models
+    assert "no alias 'champion'" in (service.infos["champion"].error or "")
 
 
 def test_a_model_needing_columns_the_features_lack_gets_no_traffic() -> None:
@@ -261,7 +277,17 @@ def test_a_model_needing_columns_the_features_lack_gets_no_traffic() -> None:
     lonely, _ = make({"champion": FakeVariant("champion", odd)})
     with pytest.raises(ApiError, match=r"needs column\(s\) beta_60d that feature set fs1 lacks"):
         run(lonely.predict(ask(["AAPL"]), None, "r"))
-    assert "beta_60d" in lonely.ready_reasons()[0]
+    assert lonely.readiness() == (False, ["missing_columns:champion"])
+
+
+@pytest.mark.parametrize("failing", ["champion", "challenger"])
+def test_a_variant_that_failed_to_load_keeps_serving_and_readiness_names_it(failing: str) -> None:
+    variants = {n: FakeVariant(n, Linear(v)) for n, v in (("champion", 1), ("challenger", 2))}
+    variants[failing].load_error = "cannot load '9': no version 9"
+    service, _ = make(variants, weights={"champion": 0.5, "challenger": 0.5})
+    answers = [run(service.predict(ask(["AAPL"]), f"c{i}", "r")).response for i in range(20)]
+    assert {(a.variant, a.model_version) for a in answers} == {("champion", 1), ("challenger", 2)}
+    assert service.readiness() == (True, [f"load_failed:{failing}"])
 
 
 def test_a_failing_shadow_changes_nothing_and_is_counted() -> None:
@@ -421,3 +447,43 @@ def test_a_precomputed_shadow_is_compared_without_a_call() -> None:
     assert (logged["shadow_variant"], logged["shadow_model_version"]) == ("challenger", 2)
     assert logged["abs_diff"]["AAPL"] == pytest.approx(abs(newest[2]) * 0.001)
     assert logged["primary_preds"]["AAPL"] == answers[1].response.predictions[0].predicted_return
+
+
+def test_following_the_newest_features_swaps_once_their_predictions_are_ready() -> None:
+    store, variant = Store(), FakeVariant("champion", Linear(1))
+    service, recorder = make({"champion": variant}, store=store, precompute=True)
+
+    async def across_a_new_day() -> list[Any]:
+        await settle(service)
+        before = await service.predict(ask(["AAPL"]), None, "r")
+        store.latest = "fs1+1"
+        await service.follow_once()
+        after = await service.predict(ask(["AAPL"]), None, "r")
+        return [answer.response.predictions[0].feature_date for answer in (before, after)]
+
+    assert run(across_a_new_day()) == [dt.date(2012, 1, 11), dt.date(2012, 1, 12)]
+    assert service.table is not None and service.table.feature_version == "fs1+1"
+    assert (variant.calls, variant.score_calls) == (0, 2)  # both days answered precomputed
+    assert ("latest_bar", dt.date(2012, 1, 12)) in recorder.events
+
+
+def test_a_request_in_flight_keeps_the_features_it_started_with() -> None:
+    store = Store()
+    service = precomputing({"champion": FakeVariant("champion", Linear(1))}, store=store)
+    run(settle(service))
+    old = service.table
+    assert old is not None
+    windows = [old.window("AAPL", None, 1)]
+    store.latest = "fs1+1"
+    run(service.follow_once())
+    assert service.precomputed("champion", old, windows) is None  # not the new set's rows
+    assert service.precomputed("champion", service.table, windows) is not None  # type: ignore[arg-type]
+
+
+def test_a_pinned_feature_set_stays_pinned() -> None:
+    store = Store()
+    service, _ = make({"champion": FakeVariant("champion", Linear(1))}, store=store)
+    run(service.reconfigure(IngressConfig(weights={"champion": 1.0}, feature_version="fs1")))
+    store.latest = "fs1+1"
+    run(service.follow_once())
+    assert service.table is not None and service.table.feature_version == "fs1"
