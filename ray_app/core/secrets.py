@@ -20,6 +20,7 @@ see ``ray_app.core.api_keys``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -126,7 +127,10 @@ class VaultBackend:
                 f"cannot read secret {name} from {self.where(name)}: {type(exc).__name__}"
             ) from None
         value = answer["data"]["data"].get(name)
-        return None if value is None else SecretStr(str(value))
+        if value is None:
+            return None
+        # KV v2 values are any JSON: a mapping such as api_key_hashes may be stored as one.
+        return SecretStr(value if isinstance(value, str) else json.dumps(value))
 
     def where(self, name: str) -> str:
         config = self.config

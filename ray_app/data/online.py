@@ -171,17 +171,22 @@ def _score(day: np.datetime64) -> int:
     return int(day.astype("datetime64[D]").astype("int64"))
 
 
-def _redis_lookup(settings: Settings, version: str | None) -> RedisFeatureLookup:
+def redis_client(settings: Settings) -> Any:
+    """A client of ``online.redis_url`` that authenticates with the secret ``redis_password``
+    (when set; a password in the URL, allowed in dev only, wins)."""
     import redis
 
-    offline = OfflineFeatureLookup(DataRoot(settings.data_root), version)
     password = open_secrets(settings).optional(REDIS_PASSWORD)
-    client = redis.Redis.from_url(
+    return redis.Redis.from_url(
         settings.online.redis_url,
         socket_timeout=5,
         password=None if password is None else password.get_secret_value(),
     )
-    return RedisFeatureLookup(client, offline, settings.online.redis_days)
+
+
+def _redis_lookup(settings: Settings, version: str | None) -> RedisFeatureLookup:
+    offline = OfflineFeatureLookup(DataRoot(settings.data_root), version)
+    return RedisFeatureLookup(redis_client(settings), offline, settings.online.redis_days)
 
 
 def materialize_redis(settings: Settings, version: str | None = None) -> int:

@@ -89,7 +89,7 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
         server.wait(timeout=30)
 
 
-def _write(bao: Bao, **values: str) -> None:
+def _write(bao: Bao, **values: object) -> None:
     bao.root.secrets.kv.v2.create_or_update_secret(path=PATH, secret=values, mount_point="secret")
 
 
@@ -122,7 +122,8 @@ def test_a_rotated_key_works_within_refresh_s_and_the_old_one_stops(
     keys = ApiKeys(open_secrets(_settings(bao, token_file=str(token_file))))
     assert keys.match(KEY_OLD) == "old" and keys.match(KEY_NEW) is None
 
-    _write(bao, api_key_hashes=json.dumps({"new": hash_api_key(KEY_NEW)}))
+    # As a JSON object this time: KV v2 values may be any JSON, not only strings.
+    _write(bao, api_key_hashes={"new": hash_api_key(KEY_NEW)})
     rotated = time.monotonic()
     while keys.match(KEY_NEW) is None:
         assert keys.match(KEY_OLD) == "old", "neither key worked during the rotation"

@@ -20,6 +20,7 @@ from ray_app.core.secrets import (
     redact_url,
 )
 from ray_app.core.settings import Settings, SettingsError, VaultSettings, load_settings
+from ray_app.data.online import redis_client
 from ray_app.registry.tracking import authenticate
 
 # A value no message, repr or log line may contain.
@@ -176,3 +177,13 @@ def test_mlflow_credentials_come_from_secrets(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("RAY_APP_SECRET_MLFLOW_PASSWORD")
     with pytest.raises(SecretError, match="secret mlflow_password is not set"):
         authenticate(server)
+
+
+def test_the_redis_client_authenticates_with_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(online={"redis_url": "rediss://redis:6379/1"})
+    monkeypatch.delenv("RAY_APP_SECRET_REDIS_PASSWORD", raising=False)
+    assert redis_client(settings).connection_pool.connection_kwargs.get("password") is None
+    monkeypatch.setenv("RAY_APP_SECRET_REDIS_PASSWORD", VALUE)
+    client = redis_client(settings)
+    assert client.connection_pool.connection_kwargs["password"] == VALUE
+    assert VALUE not in repr(client)
