@@ -23,6 +23,7 @@ from rich.text import Text
 
 from ray_app.core import logs
 from ray_app.core.errors import RayAppError
+from ray_app.core.secrets import redact_url
 from ray_app.core.settings import CONFIG_ENV, Settings, load_settings
 
 app = typer.Typer(
@@ -261,7 +262,9 @@ def features(
         )
     if settings.online.backend == "redis":
         written = materialize_redis(settings, build.version)
-        out.print(f"online store: {written} rows in Redis at {settings.online.redis_url}")
+        out.print(
+            f"online store: {written} rows in Redis at {redact_url(settings.online.redis_url)}"
+        )
     if build.failed and not settings.ingest.allow_partial:
         err.print(styled("red", f"{len(build.failed)} ticker(s) failed: ", ", ".join(build.failed)))
         raise typer.Exit(1)

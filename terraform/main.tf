@@ -374,8 +374,10 @@ module "ray_platform" {
 
   config = merge(
     {
+      # RAY_APP_ENVIRONMENT=prod: placeholder secrets and passwords in settings' URLs are refused.
       RAY_APP_DATA_ROOT       = local.data_root_uri
       RAY_APP_ONLINE__BACKEND = var.enable_redis ? "redis" : "offline"
+      RAY_APP_ENVIRONMENT     = "prod"
       AWS_DEFAULT_REGION      = var.region
     },
     var.mlflow_tracking_uri == "" ? {} : { RAY_APP_MLFLOW__TRACKING_URI = var.mlflow_tracking_uri },

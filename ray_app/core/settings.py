@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -31,6 +32,8 @@ from ray_app.core.identifiers import check_ticker
 
 ENV_PREFIX = "RAY_APP_"
 CONFIG_ENV = "RAY_APP_CONFIG_FILE"
+# The env secrets backend's variables (``RAY_APP_SECRET_<NAME>``): secrets, not settings.
+SECRET_ENV_PREFIX = "RAY_APP_SECRET_"
 
 
 class SettingsError(RayAppError, ValueError):
@@ -151,7 +154,11 @@ class OnlineSettings(_Section):
     backend: Literal["offline", "redis"] = Field(
         "offline", description="Where `open_lookup` answers from"
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the `redis` backend")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for the `redis` backend, without a password: that is the secret "
+        "`redis_password`",
+    )
     redis_days: int = Field(400, ge=1, description="Trailing rows per ticker kept in Redis")
 
 
@@ -294,6 +301,11 @@ class MlflowSettings(_Section):
     )
     experiment: str = Field("ray-app", description="Experiment name")
     model_name: str = Field("ray-app-daily-return", description="Registered model name")
+    username: str | None = Field(
+        None,
+        description="Basic-auth user at an `http(s)` tracking server; its password is the secret "
+        "`mlflow_password`. null: no authentication",
+    )
 
 
 class EvaluateSettings(_Section):
@@ -346,6 +358,48 @@ class ClusterSettings(_Section):
     haproxy: bool | None = Field(None, description="Serve behind HAProxy; null: when available")
 
 
+class VaultSettings(_Section):
+    """Where the `vault` secrets backend reads: one KV v2 secret whose keys are secret names."""
+
+    address: str = Field("http://127.0.0.1:8200", description="Vault or OpenBao server address")
+    mount: str = Field("secret", description="Mount point of the KV v2 secrets engine")
+    path: str = Field("ray-app", description="The secret, under the mount, holding every key")
+    token_env: str = Field(
+        "VAULT_TOKEN",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the Vault token",
+    )
+    token_file: Path | None = Field(
+        None,
+        description="File holding the token (a Vault Agent sink), read when `token_env` is "
+        "unset; re-read at every refresh, so a renewed token is picked up",
+    )
+    timeout_s: float = Field(5.0, gt=0, description="HTTP timeout of one read")
+
+
+class SecretsSettings(_Section):
+    """Where secrets come from. Never from settings: those are printed, logged and put in
+    the environment of every Ray process."""
+
+    backend: Literal["env", "file", "vault"] = Field(
+        "env",
+        description="env: `RAY_APP_SECRET_<NAME>` variables; file: one file per secret in "
+        "`dir`; vault: keys of one KV v2 secret in Vault or OpenBao",
+    )
+    dir: Path = Field(
+        Path("/run/secrets"),
+        description="Folder of the `file` backend (a mounted Kubernetes Secret): file name = "
+        "secret name",
+    )
+    vault: VaultSettings = Field(default_factory=VaultSettings)
+    refresh_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a value read is reused: a long-running process sees a rotated "
+        "secret within this",
+    )
+
+
 class PipelineSettings(_Section):
     """The daily pipeline's serving steps."""
 
@@ -382,6 +436,11 @@ class Settings(BaseSettings):
         validate_assignment=True,
     )
 
+    environment: Literal["dev", "prod"] = Field(
+        "dev",
+        description="Outside `dev`, placeholder or default secrets are refused and settings "
+        "may not carry passwords",
+    )
     data_root: str = Field("data", description="Local folder or pyarrow filesystem URI (s3://...)")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
@@ -395,6 +454,7 @@ class Settings(BaseSettings):
     ray: RaySettings = Field(default_factory=RaySettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -407,6 +467,27 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Environment first, then the YAML values passed as init arguments."""
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _no_passwords_outside_dev(self) -> Settings:
+        """Settings are printed and copied into every Ray process's environment, so outside
+        dev a password in a URL is refused; the secrets backend holds it instead."""
+        if self.environment == "dev":
+            return self
+        urls = {
+            "mlflow.tracking_uri": (
+                self.mlflow.tracking_uri,
+                "mlflow_password (a server) or mlflow_db_password (a database)",
+            ),
+            "online.redis_url": (self.online.redis_url, "redis_password"),
+        }
+        for key, (url, secret) in urls.items():
+            if url and urlsplit(url).password is not None:
+                raise ValueError(
+                    f"{key} carries a password: outside dev the secrets backend holds it, "
+                    f"as {secret}"
+                )
+        return self
 
 
 def _describe(error: ValidationError, origin: str) -> str:
@@ -463,14 +544,19 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     return settings
 
 
-# Variables with the prefix that are not settings: the config file path and debug output.
+# Variables with the prefix that are not settings: the config file path and debug output
+# (and the env secrets backend's ``RAY_APP_SECRET_*``).
 _NOT_SETTINGS = {CONFIG_ENV, "RAY_APP_DEBUG"}
 
 
 def check_environment(environ: Mapping[str, str]) -> None:
     """Refuse ``RAY_APP_*`` variables that name no setting, so a typo is never ignored."""
     for name in environ:
-        if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name in _NOT_SETTINGS
+            or name.startswith(SECRET_ENV_PREFIX)
+        ):
             continue
         model: Any = Settings
         for part in name[len(ENV_PREFIX) :].lower().split("__"):

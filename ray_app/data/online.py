@@ -3,7 +3,8 @@
 Two backends behind one interface: the offline store itself (Parquet, cached in memory per
 ticker) and Redis, which keeps the trailing ``online.redis_days`` rows of every ticker in a
 sorted set scored by date, so one ``ZREVRANGEBYSCORE`` answers "the last row on or before
-as_of". Dates older than what Redis keeps fall back to the offline store.
+as_of". Dates older than what Redis keeps fall back to the offline store. Redis's password
+is the secret ``redis_password`` (none: Redis without auth), never part of ``redis_url``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ray_app.core.errors import RayAppError
+from ray_app.core.secrets import REDIS_PASSWORD, open_secrets
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import feature_manifest, partition
@@ -169,12 +171,22 @@ def _score(day: np.datetime64) -> int:
     return int(day.astype("datetime64[D]").astype("int64"))
 
 
-def _redis_lookup(settings: Settings, version: str | None) -> RedisFeatureLookup:
+def redis_client(settings: Settings) -> Any:
+    """A client of ``online.redis_url`` that authenticates with the secret ``redis_password``
+    (when set; a password in the URL, allowed in dev only, wins)."""
     import redis
 
+    password = open_secrets(settings).optional(REDIS_PASSWORD)
+    return redis.Redis.from_url(
+        settings.online.redis_url,
+        socket_timeout=5,
+        password=None if password is None else password.get_secret_value(),
+    )
+
+
+def _redis_lookup(settings: Settings, version: str | None) -> RedisFeatureLookup:
     offline = OfflineFeatureLookup(DataRoot(settings.data_root), version)
-    client = redis.Redis.from_url(settings.online.redis_url, socket_timeout=5)
-    return RedisFeatureLookup(client, offline, settings.online.redis_days)
+    return RedisFeatureLookup(redis_client(settings), offline, settings.online.redis_days)
 
 
 def materialize_redis(settings: Settings, version: str | None = None) -> int:

@@ -4,6 +4,10 @@ Only the driver talks to MLflow (Ray workers report to Ray, the driver logs), so
 tracking server needs to be reachable from the head node only; but with several Ray nodes
 the embedded SQLite default does not work (evaluation and serving replicas elsewhere read
 the registry), which ``connect_mlflow`` refuses with a message saying so.
+
+Credentials come from the secrets backend, never from the tracking URI (which is a setting,
+printed and copied into every Ray process): ``mlflow_password`` with ``mlflow.username`` for
+a server running MLflow's basic-auth app, ``mlflow_db_password`` for a PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ray_app.core.errors import RayAppError
+from ray_app.core.secrets import (
+    MLFLOW_DB_PASSWORD,
+    MLFLOW_PASSWORD,
+    open_secrets,
+    redact_url,
+)
 from ray_app.core.settings import Settings
 
 PACKAGE = Path(__file__).resolve().parents[1]  # ray_app/, whose source code_version hashes
@@ -54,6 +64,23 @@ def is_shared(uri: str) -> bool:
     return uri.split(":", 1)[0] in {"http", "https", "databricks", "postgresql", "mysql"}
 
 
+def authenticate(settings: Settings) -> None:
+    """Hand MLflow the store's credentials through the environment, where MLflow's client
+    (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, read at every request) and libpq
+    (``PGPASSWORD``) look; the URI stays free of them."""
+    uri = tracking_uri(settings)
+    scheme = uri.split(":", 1)[0]
+    secrets = open_secrets(settings)
+    if scheme in {"http", "https"} and settings.mlflow.username:
+        password = secrets.get(MLFLOW_PASSWORD)
+        os.environ["MLFLOW_TRACKING_USERNAME"] = settings.mlflow.username
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password.get_secret_value()
+    elif scheme.startswith("postgresql"):
+        db_password = secrets.optional(MLFLOW_DB_PASSWORD)
+        if db_password is not None:
+            os.environ["PGPASSWORD"] = db_password.get_secret_value()
+
+
 def connect_mlflow(settings: Settings, nodes: int = 1) -> str:
     """Point MLflow at the configured store and return the experiment id.
 
@@ -72,6 +99,7 @@ def connect_mlflow(settings: Settings, nodes: int = 1) -> str:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    authenticate(settings)
     mlflow.set_tracking_uri(uri)
     try:
         experiment = mlflow.get_experiment_by_name(settings.mlflow.experiment)
@@ -84,7 +112,9 @@ def connect_mlflow(settings: Settings, nodes: int = 1) -> str:
         )
     except (MlflowException, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"MLflow at {uri} is unreachable or refused: {first_line}") from None
+        raise TrackingError(
+            f"MLflow at {redact_url(uri)} is unreachable or refused: {first_line}"
+        ) from None
 
 
 def code_version() -> str:

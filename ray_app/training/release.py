@@ -78,11 +78,12 @@ def train_and_release(
     """Train with Ray Train, then release the model (see ``release``) in one MLflow run."""
     import mlflow
 
-    connect_mlflow(settings, cluster_nodes())
+    experiment_id = connect_mlflow(settings, cluster_nodes())
     data = load_training_data(settings, feature_version)
     chosen = hparams or settings.train.hparams
     tags = {**lineage_tags(data.manifest), "origin": origin, **(extra_tags or {})}
-    with mlflow.start_run(run_name=f"{origin}-{settings.train.model}", tags=tags) as run:
+    run_name = f"{origin}-{settings.train.model}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params(_params(settings, chosen))
         outcome = run_training(settings, data, chosen, on_epoch)
         for row in outcome.history.to_dict("records"):
@@ -139,12 +140,12 @@ def evaluate_version(
 
     from ray_app.registry.versions import load_version, resolve_version
 
-    connect_mlflow(settings, cluster_nodes())
+    experiment_id = connect_mlflow(settings, cluster_nodes())
     version = resolve_version(settings, ref)
     model = load_version(settings, version)
     data = load_training_data(settings, feature_version or model.feature_version)
     tags = {**lineage_tags(data.manifest), "origin": "evaluate", "model_version": str(version)}
-    with mlflow.start_run(run_name=f"evaluate-v{version}", tags=tags):
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-v{version}", tags=tags):
         report = evaluate_model(settings, data, model)
         with tempfile.TemporaryDirectory() as folder:
             write_report(report, Path(folder))

@@ -220,7 +220,7 @@ def run_search(
     from ray import tune
 
     nodes = sum(1 for n in ray.nodes() if n["Alive"])
-    connect_mlflow(settings, nodes)
+    experiment_id = connect_mlflow(settings, nodes)
     name = name or new_search_name(data)
     state = _state(settings, name) if resume else None
     if resume and state is None:
@@ -242,7 +242,9 @@ def run_search(
     )
     tags = {**lineage_tags(data.manifest), "search": name}
     run_id = state["parent_run_id"] if state else None
-    with mlflow.start_run(run_id=run_id, run_name=name, tags=tags) as parent:
+    with mlflow.start_run(
+        run_id=run_id, experiment_id=experiment_id, run_name=name, tags=tags
+    ) as parent:
         if state is None:
             _save_state(settings, name, {"parent_run_id": parent.info.run_id})
             mlflow.log_params(_search_params(settings))

@@ -6,10 +6,13 @@ import fnmatch
 import functools
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
 from packaging.requirements import Requirement
 
 try:
@@ -74,3 +77,16 @@ def find_tool(name: str) -> str | None:
     here = str(Path(sys.executable).parent)
     path = os.pathsep.join([here, str(TOOLS_BIN), os.defpath])
     return shutil.which(name) or shutil.which(name, path=path)
+
+
+def kustomize_build(folder: Path) -> list[dict[str, Any]]:
+    """``kustomize build`` (or ``kubectl kustomize``) of ``folder``, as Argo CD would."""
+    tool = find_tool("kustomize") or find_tool("kubectl")
+    if tool is None:
+        pytest.skip("neither kustomize nor kubectl is installed")
+    verb = "build" if Path(tool).name == "kustomize" else "kustomize"
+    done = subprocess.run(
+        [tool, verb, str(folder)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]

@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -709,21 +708,8 @@ def test_restricted_violations_helper() -> None:
     ]
 
 
-def kustomize_build(folder: Path) -> list[dict[str, Any]]:
-    """``kustomize build`` (or ``kubectl kustomize``) of ``folder``, as Argo CD would."""
-    tool = project.find_tool("kustomize") or project.find_tool("kubectl")
-    if tool is None:
-        pytest.skip("neither kustomize nor kubectl is installed")
-    verb = "build" if Path(tool).name == "kustomize" else "kustomize"
-    done = subprocess.run(
-        [tool, verb, str(folder)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return [d for d in yaml.safe_load_all(done.stdout) if d]
-
-
 def test_kustomization_builds_and_mounts_the_generated_config_map() -> None:
-    built = kustomize_build(LOG_SHIPPING)
+    built = project.kustomize_build(LOG_SHIPPING)
     kinds = {d["kind"]: d for d in built}
     assert set(kinds) == {"Namespace", "ServiceAccount", "DaemonSet", "ConfigMap"}
     config_map = kinds["ConfigMap"]

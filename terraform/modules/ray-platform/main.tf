@@ -85,7 +85,9 @@ resource "kubernetes_secret_v1" "redis" {
   }
 }
 
-# RAY_APP_ONLINE__REDIS_URL for the online feature store (database 1; the GCS uses 0).
+# RAY_APP_ONLINE__REDIS_URL for the online feature store (database 1; the GCS uses 0), and
+# its password apart, for ray-app's env secrets backend: with RAY_APP_ENVIRONMENT=prod a
+# password inside a setting's URL is refused.
 resource "kubernetes_secret_v1" "env" {
   count = var.enable_redis ? 1 : 0
 
@@ -95,7 +97,8 @@ resource "kubernetes_secret_v1" "env" {
   }
 
   data = {
-    RAY_APP_ONLINE__REDIS_URL = "rediss://:${var.redis_password}@${var.redis_host}:${var.redis_port}/1"
+    RAY_APP_ONLINE__REDIS_URL     = "rediss://${var.redis_host}:${var.redis_port}/1"
+    RAY_APP_SECRET_REDIS_PASSWORD = var.redis_password
   }
 }
 

