@@ -731,13 +731,24 @@ def rollout_command(
     apply: Annotated[
         bool, typer.Option(help="Run serve deploy; --no-apply prints the config instead")
     ] = True,
+    gitops: Annotated[
+        Path | None,
+        typer.Option(
+            help="A git checkout of the repository Argo CD syncs to a RayService: commit the "
+            "change to its serve_config.yaml and the chart's copy instead of serve deploy "
+            "(push it yourself)"
+        ),
+    ] = None,
+    actor: ActorOption = None,
 ) -> None:
     """Change A/B weights, the shadow or pinned versions of what the cluster runs, and deploy it.
 
     Starts from the Serve config the cluster runs now (its REST API) and changes only what
     it is asked to; the desired serve_config.yaml is read, never rewritten. Every variant's
     model reference must resolve in the registry, or nothing moves. Prints the registry event
-    (if any), the new weights and shadow, and what was deployed.
+    (if any), the new weights and shadow, and what was deployed. On Kubernetes git owns what
+    serves: --gitops CHECKOUT commits the change for Argo CD instead. Each rollout is an entry
+    of the audit trail.
     """
     import yaml
 
@@ -764,10 +775,11 @@ def rollout_command(
         _settings(config),
         serve_config,
         change,
-        actor=_actor(),
+        actor=_actor(actor),
         reason=reason,
         address=address,
         apply=apply,
+        gitops=gitops,
     )
     if result.registry_event:
         out.print(result.registry_event)
@@ -775,7 +787,9 @@ def rollout_command(
     out.print(f"weights: {weights}; shadow: {result.state.ingress.shadow or 'none'}")
     refs = ", ".join(f"{name}={cfg.ref}" for name, cfg in result.state.variants.items())
     out.print(f"models: {refs}; features: {result.state.ingress.feature_version or 'newest'}")
-    if result.deployed:
+    if result.deployed and gitops:
+        out.print(f"committed in {gitops} (push it for Argo CD to sync)")
+    elif result.deployed:
         out.print(f"deployed (started from {result.source})")
     else:
         out.print(yaml.safe_dump(result.config, sort_keys=False), soft_wrap=True, markup=False)

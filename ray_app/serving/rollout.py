@@ -46,6 +46,7 @@ from ray_app.serving.args import (
     ShadowSpec,
     VariantConfig,
 )
+from ray_app.serving.gitops import SERVE_CONFIG, GitOpsError, apply_serving_change
 
 APPLICATION = "ray-app"
 CHALLENGER = "challenger"
@@ -340,12 +341,14 @@ def _resolver(settings: Settings) -> Callable[[str], int]:
     return resolve
 
 
-def _deploy_config(config: dict[str, Any], address: str) -> None:
-    """``serve deploy`` ``config`` from a file of its own, which nothing else reads."""
+def _deploy_config(config: dict[str, Any], address: str) -> str:
+    """``serve deploy`` ``config`` from a file of its own, which nothing else reads; where
+    it went, for the audit trail."""
     with tempfile.TemporaryDirectory(prefix="ray-app-rollout-") as folder:
         path = Path(folder) / "serve_config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         deploy(path, address)
+    return f"serve deploy to {address}"
 
 
 def rollout(
@@ -357,22 +360,31 @@ def rollout(
     reason: str,
     address: str | None = None,
     apply: bool = True,
+    gitops: Path | None = None,
 ) -> RolloutResult:
     """Plan ``change`` against what the cluster runs (or, when it runs no ``ray-app`` yet, the
     desired config in ``path``), check every variant's model reference, move the registry if
     asked, and ``serve deploy``. Everything is checked before anything moves. Without
     ``apply``, a cluster that cannot be reached is no error: the plan starts from ``path``.
+
+    With ``gitops`` (a git checkout of the repository Argo CD syncs to a RayService), git owns
+    what serves: the plan starts from that checkout's ``serve_config.yaml``, and the change is
+    committed there (``gitops.apply_serving_change``) instead of deployed; pushing is the
+    caller's. Every rollout that moves something is an entry of the audit trail.
     """
     from ray_app.registry import versions as registry
 
     address = dashboard_address(address)
-    desired = load_config(path)
-    try:
-        running = running_config(address, auth_headers(settings))
-    except RolloutError:
-        if apply:
-            raise
-        running = None
+    if gitops is not None:
+        running, desired = None, load_config(gitops / SERVE_CONFIG)
+    else:
+        desired = load_config(path)
+        try:
+            running = running_config(address, auth_headers(settings))
+        except RolloutError:
+            if apply:
+                raise
+            running = None
     config = running or desired
     state = serving_state(config)
     resolve = _resolver(settings)
@@ -388,5 +400,32 @@ def rollout(
         raise RolloutError(str(exc)) from None
     rendered = render(config, new)
     if apply:
-        _deploy_config(rendered, address)
-    return RolloutResult(new, rendered, "cluster" if running else str(path), event, apply)
+        where = _commit(gitops, new, reason) if gitops else _deploy_config(rendered, address)
+        _audit(settings, new, actor, reason, where)
+    source = str(gitops) if gitops else "cluster" if running else str(path)
+    return RolloutResult(new, rendered, source, event, apply)
+
+
+def _commit(checkout: Path, state: ServingState, reason: str) -> str:
+    """Commit ``state``'s user_config to ``checkout``; where it went, for the audit trail."""
+    configs = {INGRESS: state.ingress.model_dump(mode="json")}
+    configs |= {name: v.model_dump(mode="json") for name, v in state.variants.items()}
+    try:
+        done = apply_serving_change(checkout, configs, commit=True, message=f"rollout: {reason}")
+    except GitOpsError as exc:
+        raise RolloutError(str(exc)) from None
+    return f"git commit {done.commit} in {checkout}" if done.commit else f"no change in {checkout}"
+
+
+def _audit(settings: Settings, state: ServingState, actor: str, reason: str, where: str) -> None:
+    from ray_app.registry import audit
+
+    payload = {
+        "reason": reason,
+        "applied": where,
+        "weights": state.ingress.weights,
+        "shadow": state.ingress.shadow.model_dump() if state.ingress.shadow else None,
+        "feature_version": state.ingress.feature_version,
+        "refs": {name: v.ref for name, v in state.variants.items()},
+    }
+    audit.append(settings, "rollout", actor, payload)

@@ -121,3 +121,33 @@ def test_missing_serve_config_is_refused(tmp_path: Path) -> None:
 )
 def test_split_header(text: str, header: str) -> None:
     assert gitops.split_header(text) == (header, text[len(header) :])
+
+
+def test_a_rollout_with_gitops_commits_instead_of_deploying(
+    checkout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ray-app rollout --gitops CHECKOUT``: the change starts from the checkout's desired
+    config, lands in one commit of both files, talks to no cluster, and is audited."""
+    from ray_app.core.settings import Settings
+    from ray_app.registry.audit import audit_log
+    from ray_app.serving import rollout
+
+    monkeypatch.setattr(rollout, "_resolver", lambda settings: lambda ref: 1)  # registry: elsewhere
+    monkeypatch.setattr(rollout, "running_config", pytest.fail)  # must not ask a cluster
+    monkeypatch.setattr(rollout, "deploy", pytest.fail)  # nor serve deploy
+    settings = Settings(data_root=str(tmp_path / "data"))
+    change = rollout.Change(challenger_weight=0.2, shadow="challenger", shadow_fraction=0.5)
+    before = git(checkout, "rev-parse", "HEAD")
+    result = rollout.rollout(
+        settings, Path("unused.yaml"), change, actor="alice", reason="canary", gitops=checkout
+    )
+    assert result.deployed and result.source == str(checkout)
+    assert git(checkout, "rev-parse", "HEAD~1") == before
+    assert git(checkout, "log", "-1", "--format=%s") == "rollout: canary"
+    ingress = deployments(checkout / gitops.SERVE_CONFIG)["Ingress"]["user_config"]
+    assert ingress["weights"] == {"champion": 0.8, "challenger": 0.2}
+    assert ingress["shadow"] == {"variant": "challenger", "fraction": 0.5}
+    assert gitops.chart_copy_is_current(checkout)
+    (entry,) = audit_log(settings)
+    assert (entry["event"], entry["actor"], entry["reason"]) == ("rollout", "alice", "canary")
+    assert entry["applied"].startswith("git commit ") and entry["weights"] == ingress["weights"]
