@@ -294,9 +294,9 @@ def test_bad_options_are_one_line_errors(ray_address: str, tmp_path: Path) -> No
     )
     missing = run_cli(["features", "--data-root", str(tmp_path / "empty")], ray_address, tmp_path)
     assert missing.returncode == 2 and "run `ray-app ingest` first" in missing.stderr
-    version = run_cli(
-        ["features", "--data-root", str(tmp_path / "empty"), "--data-version", "abc"],
-        ray_address,
-        tmp_path,
-    )
-    assert version.returncode == 2 and "data version abc does not exist" in version.stderr
+    empty = ["features", "--data-root", str(tmp_path / "empty"), "--data-version"]
+    version = run_cli([*empty, "0123456789abcdef"], ray_address, tmp_path)
+    assert version.returncode == 2
+    assert "data version 0123456789abcdef does not exist" in version.stderr
+    malformed = run_cli([*empty, "abc"], ray_address, tmp_path)
+    assert malformed.returncode == 2 and "data version 'abc' is not a version" in malformed.stderr
