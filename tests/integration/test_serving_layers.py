@@ -77,8 +77,13 @@ def test_a_version_pickled_under_the_old_path_loads_and_serves(
     assert isinstance(
         mlflow.pyfunc.load_model(uri).unwrap_python_model(), registry.DailyReturnModel
     )
-    wait_until(lambda: requests.get(f"{url}/readyz", timeout=10).status_code == 200, 90)
-    answer = requests.post(f"{url}/v1/predict", json={"tickers": ["AAPL", "MSFT"]}, timeout=10)
+
+    def ask() -> requests.Response:
+        return requests.post(f"{url}/v1/predict", json={"tickers": ["AAPL", "MSFT"]}, timeout=10)
+
+    # every ingress replica (two, HAProxy picks one per request) has seen the model
+    wait_until(lambda: all(ask().status_code == 200 for _ in range(8)), 90)
+    answer = ask()
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == versions[0]
     assert len(answer.json()["predictions"]) == 2

@@ -29,6 +29,8 @@ def test_every_family_logs_an_example_it_can_predict(
 ) -> None:
     from ray_app.registry.versions import log_model
 
+    # set, not only the variable: another test may have set the process's URI already
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("log", artifact_location=str(tmp_path / "artifacts"))
     frame = panel(n_days=60)  # sorted by date: its last rows hold one row per ticker and day
