@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,8 +79,9 @@ class RegistryLoader:
     def __call__(self, ref: str) -> TorchModel:
         settings = self.args.settings()
         name = settings.mlflow.model_name
-        if ref.isdigit() and (self._cached(ref) / MODEL_FILE).is_file():
-            return TorchModel(name, int(ref), TrainedModel.load(self._cached(ref)))
+        cached = self._cached(ref) if ref.isdigit() else None
+        if cached is not None and (cached / MODEL_FILE).is_file():
+            return TorchModel(name, int(ref), TrainedModel.load(cached))
         from ray_app.registry import versions as registry  # MLflow: variants only
 
         version = registry.resolve_version(settings, ref)
@@ -86,25 +89,41 @@ class RegistryLoader:
         self._keep(str(version), trained)
         return TorchModel(name, version, trained)
 
-    def _cached(self, version: str) -> Path:
+    def _cached(self, version: str) -> Path | None:
         """The cache folder of ``version`` of this registry's model (the data root and the
-        tracking URI tell registries apart: two may number their versions alike)."""
+        tracking URI tell registries apart: two may number their versions alike); None when
+        the cache cannot be trusted (see ``private_folder``)."""
         settings = self.args.settings()
         where = f"{settings.data_root}|{settings.mlflow.tracking_uri}|{settings.mlflow.model_name}"
         digest = hashlib.sha256(where.encode()).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / "ray-app-models" / digest / version
+        root = private_folder(Path(tempfile.gettempdir()) / f"ray-app-models-{os.getuid()}")
+        return None if root is None else root / digest / version
 
     def _keep(self, version: str, trained: TrainedModel) -> None:
         """Write the folder beside its place, then rename it there: a reader never sees half
         of one, and of two replicas writing the same version one simply wins."""
         final = self._cached(version)
-        if final.exists():
+        if final is None or final.exists():
             return
         final.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
             trained.save(Path(tmp) / "model")
             with contextlib.suppress(OSError):  # another replica got there first
                 (Path(tmp) / "model").rename(final)
+
+
+def private_folder(path: Path) -> Path | None:
+    """``path``, made if missing, when only this user can write in it; else None.
+
+    The cache skips the registry's file-hash check (the files were checked when they were
+    cached), so it is trusted only as far as this process's own files: a folder in the shared
+    temp directory that another user made, or may write into, is not used.
+    """
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = path.lstat()
+    private = stat.S_ISDIR(info.st_mode) and not info.st_mode & 0o077
+    return path if private and info.st_uid == os.getuid() else None
 
 
 def import_loader(path: str) -> Callable[[ServeArgs], ModelLoader]:

@@ -116,3 +116,21 @@ def test_a_loaded_version_comes_back_from_the_node_cache_without_the_registry(
     other = RegistryLoader(ServeArgs(data_root=str(tmp_path / "other")))
     with pytest.raises(KeyError):
         other("7")  # another registry's version 7 is another model: asked, not cached
+
+
+def test_the_model_cache_is_used_only_when_it_is_this_users_private_folder(
+    tmp_path: Path,
+) -> None:
+    """Cached models skip the registry's hash check, so a folder others can write is not
+    trusted: made private when missing, refused when group- or world-writable."""
+    from ray_app.serving.loader import private_folder
+
+    fresh = tmp_path / "cache"
+    assert private_folder(fresh) == fresh and (fresh.stat().st_mode & 0o777) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert private_folder(shared) is None
+    link = tmp_path / "link"
+    link.symlink_to(fresh)
+    assert private_folder(link) is None  # a planted symlink is no folder of ours
