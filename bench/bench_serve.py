@@ -108,6 +108,7 @@ THROUGHPUT_TARGET = 0.5  # (b) / (a) requests/s, at least
 P50_TARGET_MS = 5.0  # (b) at concurrency 2, at most
 SHADOW_TARGET = 0.9  # (c) / (b) requests/s, at least
 READY_TIMEOUT_S = 180.0
+REPLICA_ANSWERS = 6  # /v1/models answers in a row that must agree (2 ingress replicas)
 LOG_FLUSH_WAIT_S = 8.0  # more than the prediction log's flush interval (5 s)
 
 
@@ -333,7 +334,7 @@ def precompute(path: Path, dashboard: str, url: str) -> None:
     config["applications"][0]["args"]["precompute"] = True
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     deploy(path, dashboard)
-    wait_until(lambda: all(v["precomputed"] for v in models(url)["variants"]), READY_TIMEOUT_S)
+    wait_on_every_replica(lambda: all(v["precomputed"] for v in models(url)["variants"]))
 
 
 def apply(settings: Settings, path: Path, dashboard: str, url: str, change: Change) -> None:
@@ -355,9 +356,19 @@ def apply(settings: Settings, path: Path, dashboard: str, url: str, change: Chan
             and (change.prediction_log is None or log == change.prediction_log)
         )
 
-    # Each ingress replica answers /v1/models for itself: ask until a few answers agree.
-    for _ in range(4):
-        wait_until(applied, READY_TIMEOUT_S)
+    wait_on_every_replica(applied)
+
+
+def wait_on_every_replica(check: Callable[[], bool]) -> None:
+    """Until ``check`` (a question to /v1/models) holds on every ingress replica: each
+    answers for itself and HAProxy takes turns, so it must hold on several answers in a row.
+    A single answer could let a run start while the other replica still lacked a precomputed
+    table and so called the shadow once per request, which would weigh on (c) alone."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        wait_until(check, max(1.0, deadline - time.monotonic()))
+        if all(check() for _ in range(REPLICA_ANSWERS)):
+            return
 
 
 # --- loading ----------------------------------------------------------------------------

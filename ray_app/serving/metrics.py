@@ -113,8 +113,8 @@ class IngressMetrics:
         midnight = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
         self._latest_bar.set(midnight.timestamp())
 
-    def shadow(self, variant: str, outcome: str) -> None:
-        self._shadow.inc(1, {"variant": variant, "outcome": outcome})
+    def shadow(self, variant: str, outcome: str, count: int = 1) -> None:
+        self._shadow.inc(count, {"variant": variant, "outcome": outcome})
 
     def shadow_diff(self, variant: str, diffs: list[float]) -> None:
         for diff in diffs:

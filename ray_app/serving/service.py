@@ -85,7 +85,7 @@ class VariantClient(Protocol):
 class Metrics(Protocol):
     def cache(self, hits: int, misses: int, precomputed: int = 0) -> None: ...
 
-    def shadow(self, variant: str, outcome: str) -> None: ...
+    def shadow(self, variant: str, outcome: str, count: int = 1) -> None: ...
 
     def shadow_diff(self, variant: str, diffs: list[float]) -> None: ...
 
@@ -166,6 +166,7 @@ class PredictionService:
         self.table: FeatureTable | None = None
         self.config: IngressConfig | None = None
         self.gate: ShadowGate | None = None
+        self._exported_precomputed = 0
         self.infos = {name: VariantInfo(name, None, error="not asked yet") for name in clients}
         self._load_table = load_table
         self._latest_features = latest_features
@@ -207,6 +208,7 @@ class PredictionService:
             await asyncio.sleep(FRESHNESS_EVERY_S)
             if self.table is not None:
                 self.metrics.latest_bar(self.table.last_date)
+            self._export_shadow()
 
     # -- following the newest feature set -----------------------------------------------
 
@@ -253,12 +255,26 @@ class PredictionService:
     def _gate(self, config: IngressConfig) -> ShadowGate | None:
         """The shadow's gate: kept (with its counts) while the shadow variant stays."""
         shadow, old = config.shadow, self.config.shadow if self.config else None
-        if shadow is None:
-            return None
-        if self.gate is not None and old is not None and old.variant == shadow.variant:
+        if self.gate is not None and old is not None and shadow and old.variant == shadow.variant:
             self.gate.fraction = shadow.fraction
             return self.gate
+        self._export_shadow()  # the old gate's last counts
+        self._exported_precomputed = 0
+        if shadow is None:
+            return None
         return ShadowGate(shadow.fraction, self.args.shadow_limits.max_in_flight)
+
+    def _export_shadow(self) -> None:
+        """Export the comparisons with the shadow's precomputed predictions counted since the
+        last export: one metric call every few seconds instead of one per request (the other
+        outcomes, bounded by the in-flight limit, are exported as they happen)."""
+        gate, config = self.gate, self.config
+        if gate is None or config is None or config.shadow is None:
+            return
+        delta = gate.counts["precomputed"] - self._exported_precomputed
+        if delta > 0:
+            self.metrics.shadow(config.shadow.variant, "precomputed", delta)
+            self._exported_precomputed += delta
 
     # -- what the variants serve ---------------------------------------------------------
 
@@ -574,7 +590,7 @@ class PredictionService:
             return None
         known = self.precomputed(name, table, windows)  # the rows the primary read
         admitted = gate.admit(precomputed=known is not None)
-        if admitted != "skipped":
+        if admitted not in ("skipped", "precomputed"):  # precomputed: exported in bulk
             self.metrics.shadow(name, admitted)
         info = self.infos[name]
         if admitted == "precomputed" and known is not None:
@@ -626,29 +642,34 @@ class PredictionService:
         logged: LoggedRequest, info: VariantInfo, preds: list[float], source: str
     ) -> LoggedRequest:
         """The shadow's answer to the request the primary's ``logged`` records."""
-        return replace(
-            logged,
-            variant=info.name,
-            role="shadow",
-            model_name=info.model or "",
-            model_version=info.version or 0,
-            preds=preds,
-            sources=source,
+        return LoggedRequest(  # built directly: dataclasses.replace costs more per request
+            logged.request_id,
+            logged.ts_us,
+            logged.client,
+            info.name,
+            "shadow",
+            info.model or "",
+            info.version or 0,
+            logged.tickers,
+            logged.feature_dates,
+            preds,
+            source,
         )
 
     def _comparison(
         self, name: str, version: int, preds: list[float], primary: dict[str, float]
     ) -> dict[str, Any]:
-        """The shadow's predictions beside the primary's; their differences are recorded."""
-        shadow = dict(zip(primary, preds, strict=True))
-        diffs = {t: abs(shadow[t] - p) for t, p in primary.items() if math.isfinite(shadow[t])}
-        self.metrics.shadow_diff(name, list(diffs.values()))
+        """Record the differences between the shadow's predictions and the primary's (the
+        ``abs_diff`` histogram); returns a summary for the request's log line. The
+        predictions themselves are in the prediction log (role ``shadow``, same request id),
+        not on the line: three per-ticker maps on every line cost serialising for nothing."""
+        diffs = [abs(s - p) for s, p in zip(preds, primary.values(), strict=True)]
+        diffs = [d for d in diffs if math.isfinite(d)]
+        self.metrics.shadow_diff(name, diffs)
         return {
             "shadow_variant": name,
             "shadow_model_version": version,
-            "primary_preds": primary,
-            "shadow_preds": shadow,
-            "abs_diff": diffs,
+            "max_abs_diff": max(diffs, default=None),
         }
 
     def _compare(
@@ -660,7 +681,12 @@ class PredictionService:
         primary: dict[str, float],
     ) -> None:
         """Log a mirrored call's answer beside the primary's, on a line of its own."""
-        record = {"event": "shadow", **self._comparison(name, version, preds, primary)}
+        record = {
+            "event": "shadow",
+            **self._comparison(name, version, preds, primary),
+            "primary_preds": primary,
+            "shadow_preds": dict(zip(primary, preds, strict=True)),
+        }
         logger.info(
             "shadow %s v%s answered %s",
             name,

@@ -120,8 +120,8 @@ class Recorder:
     def cache(self, hits: int, misses: int, precomputed: int = 0) -> None:
         self.events.append(("cache", (hits, misses, precomputed)))
 
-    def shadow(self, variant: str, outcome: str) -> None:
-        self.events.append(("shadow", outcome))
+    def shadow(self, variant: str, outcome: str, count: int = 1) -> None:
+        self.events.extend([("shadow", outcome)] * count)
 
     def shadow_diff(self, variant: str, diffs: list[float]) -> None:
         self.events.append(("diff", diffs))
@@ -433,7 +433,9 @@ def test_a_variant_that_cannot_precompute_is_asked_per_request_and_retried_later
 def test_a_precomputed_shadow_is_compared_without_a_call() -> None:
     shadow = FakeVariant("challenger", Linear(2))
     variants = {"champion": FakeVariant("champion", Linear(1)), "challenger": shadow}
-    service = precomputing(variants, shadow=ShadowSpec(variant="challenger", fraction=1.0))
+    service, recorder = make(
+        variants, shadow=ShadowSpec(variant="challenger", fraction=1.0), precompute=True
+    )
 
     async def scenario() -> list[Any]:
         await settle(service)
@@ -443,10 +445,12 @@ def test_a_precomputed_shadow_is_compared_without_a_call() -> None:
     assert service.gate is not None and service.gate.counts["precomputed"] == 2
     assert service.gate.counts["sent"] == 0 and shadow.calls == 0 and not service._pending
     newest = service.table.frames["AAPL"][1][-1]  # type: ignore[union-attr]
-    logged = answers[1].shadow  # goes on the request's own log line
+    logged = answers[1].shadow  # a summary goes on the request's own log line
     assert (logged["shadow_variant"], logged["shadow_model_version"]) == ("challenger", 2)
-    assert logged["abs_diff"]["AAPL"] == pytest.approx(abs(newest[2]) * 0.001)
-    assert logged["primary_preds"]["AAPL"] == answers[1].response.predictions[0].predicted_return
+    assert logged["max_abs_diff"] == pytest.approx(abs(newest[2]) * 0.001)
+    assert [e for e in recorder.events if e[0] == "shadow"] == []  # counted, exported in bulk
+    service._export_shadow()
+    assert [e for e in recorder.events if e[0] == "shadow"] == [("shadow", "precomputed")] * 2
 
 
 def test_following_the_newest_features_swaps_once_their_predictions_are_ready() -> None:
