@@ -23,19 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 import torch
 import yaml
-from scipy.stats import binom
+from scipy.stats import binom, spearmanr
 
 from ray_app.core.settings import HParams, Settings
+from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import build_features
 from ray_app.data.ingest import run_ingest
+from ray_app.data.predictions import COLUMNS, read_predictions
 from ray_app.models.networks import StandardScaler, TrainedModel, build_model
 from ray_app.serving.args import ServeArgs
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.loader import TorchModel
+from tests.integration.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -120,6 +124,8 @@ def app_config(data_root: Path) -> dict[str, Any]:
         "shadow_limits": {"max_in_flight": 2, "timeout_s": 1.0},
         "num_cpus": {"ingress": 0.2, "variant": 0.2},
         "precompute": False,  # the per-request path; the last test turns it on
+        "prediction_log": {"flush_s": 0.5},
+        "live_metrics_poll_s": 1.0,
     }
     return {
         "name": "ray-app",
@@ -569,3 +575,131 @@ def test_precomputed_predictions_equal_the_per_request_ones(
         return False
 
     wait_until(compared_on_the_request_line, 30)
+
+
+def raw_returns(root: Path, ticker: str) -> pd.Series:
+    """The next-day log return of ``ticker`` per date, straight from its raw bars."""
+    bars = pd.read_parquet(root / "raw" / f"ticker={ticker}" / "bars.parquet")
+    close = bars["adj_close"].to_numpy()
+    nxt = np.append(close[1:], np.nan)
+    return pd.Series(np.log(nxt / close), index=pd.to_datetime(bars["date"]).dt.date)
+
+
+def test_the_log_signals_and_monitor_close_the_loop(
+    url: str,
+    config: dict[str, Any],
+    data_root: Path,
+    table: FeatureTable,
+    ray_address: str,
+    tmp_path: Path,
+) -> None:
+    """With the variants precomputing (the test before turned it on): every answer, the
+    shadow's too, lands in the prediction log; `ray-app signals` equals /v1/predict with
+    as_of for each variant; `ray-app monitor` scores the logged days exactly as the raw bars
+    say, leaves the newest day pending, and the ingress exports the live gauges."""
+    import ray
+
+    days = [table.last_date - dt.timedelta(days=k) for k in (40, 33, 26, 19, 12)]
+    days.append(table.last_date)  # no next bar yet: pending
+    answers: dict[str, dict[tuple[str, dt.date], Any]] = {}
+    ids = []
+    base = copy.deepcopy(config)
+    base["args"]["precompute"] = True
+    for variant in ("challenger", "champion"):  # the champion last: it keeps the traffic
+        apply(
+            with_ingress(
+                base,
+                weights=weights({variant: 1.0}),
+                shadow={"variant": "challenger", "fraction": 1.0},
+            )
+        )
+        wait_until(lambda v=variant: models(url)["variants"][VARIANTS.index(v)]["weight"] == 1, 30)
+        for day in days:
+            for tickers in (TICKERS[:2], TICKERS[2:]):
+                answer = requests.post(
+                    f"{url}/v1/predict",
+                    json={"tickers": tickers, "as_of": str(day)},
+                    headers={"Authorization": f"Bearer {KEY}", "X-Client-Id": "quant-7"},
+                    timeout=30,
+                ).json()
+                ids.append(answer["request_id"])
+                for p in answer["predictions"]:
+                    answers.setdefault(answer["variant"], {})[(p["ticker"], day)] = p
+
+    # the signals table equals what the API answered, for both variants
+    out = tmp_path / "signals.csv"
+    for day in days[:3]:
+        done = run_cli(
+            ["signals", "--date", str(day), "--data-root", str(data_root), "--out", str(out)],
+            ray_address,
+            tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        signals = pd.read_csv(out)
+        assert set(signals["variant"]) == {"champion", "challenger"}
+        for row in signals.to_dict("records"):
+            api = answers[row["variant"]][(row["ticker"], day)]
+            assert row["predicted_return"] == api["predicted_return"]
+            assert row["feature_date"] == api["feature_date"]
+        ranks = signals[signals["variant"] == "champion"].sort_values("rank")
+        assert ranks["predicted_return"].is_monotonic_decreasing
+    bad = run_cli(["signals", "--date", "yesterday"], ray_address, tmp_path)
+    assert bad.returncode == 2 and "--date 'yesterday'" in bad.stderr
+
+    # every answer in the prediction log, served and shadow, within a flush or two
+    root = DataRoot(str(data_root))
+
+    def logged() -> pd.DataFrame:
+        frame = read_predictions(root)
+        return frame[frame["request_id"].isin(ids)]
+
+    wait_until(lambda: len(logged()) == len(ids) * 3, 30)  # 2 tickers; half mirrored
+    frame = logged()
+    assert tuple(frame.columns) == COLUMNS
+    served = frame[frame["role"] == "served"]
+    assert set(served["source"]) == {"precomputed"} and len(served) == len(ids) * 2
+    assert "quant-7" not in set(frame["client"])
+    shadow = frame[frame["role"] == "shadow"]  # mirrored while the champion answered
+    assert set(shadow["variant"]) == {"challenger"} and len(shadow) == len(ids)
+    answered = {
+        (variant, p["ticker"], p["feature_date"]): p["predicted_return"]
+        for variant, preds in answers.items()
+        for p in preds.values()
+    }
+    for row in frame.to_dict("records"):
+        key = (row["variant"], row["ticker"], str(row["feature_date"]))
+        assert row["predicted_return"] == answered[key]
+
+    # the monitor scores the logged days as the raw bars say
+    done = run_cli(["monitor", "--data-root", str(data_root), "--no-mlflow"], ray_address, tmp_path)
+    assert done.returncode == 0, done.stderr
+    live = pd.read_parquet(data_root / "monitoring" / "live_metrics.parquet")
+    returns = {t: raw_returns(data_root, t) for t in TICKERS}
+    for day in days[:-1]:
+        preds = {t: answers["champion"][(t, day)] for t in TICKERS}
+        feature_date = dt.date.fromisoformat(preds[TICKERS[0]]["feature_date"])
+        p = np.array([preds[t]["predicted_return"] for t in TICKERS])
+        y = np.array([returns[t][dt.date.fromisoformat(preds[t]["feature_date"])] for t in TICKERS])
+        row = live[
+            (live["variant"] == "champion")
+            & (live["model_version"] == "1")
+            & (live["day"] == feature_date)
+            & (live["window"] == "1d")
+        ].iloc[0]
+        assert not row["pending"] and row["n"] == len(TICKERS)
+        assert row["directional_accuracy"] == pytest.approx(np.mean((y > 0) == (p > 0)))
+        assert row["mae"] == pytest.approx(np.mean(np.abs(y - p)))
+        assert row["rank_ic"] == pytest.approx(spearmanr(p, y)[0])
+        assert row["ic"] == pytest.approx(np.corrcoef(p, y)[0, 1])
+    newest = live[(live["day"] == table.last_date) & (live["variant"] == "champion")]
+    assert len(newest) == 1 and newest["pending"].all() and newest["rank_ic"].isna().all()
+
+    port = ray._private.worker._global_node.metrics_export_port
+    wanted = ["ray_app_live_rank_ic", "ray_app_live_pending_days"]
+    wanted += ["ray_app_prediction_log_written_total"]
+
+    def exported() -> bool:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return all(name in text for name in wanted)
+
+    wait_until(exported, 40)
