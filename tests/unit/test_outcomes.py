@@ -4,7 +4,9 @@ figures computed directly (scipy, numpy) on synthetic days; pending days stay pe
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -119,3 +121,28 @@ def test_nothing_logged_gives_an_empty_table() -> None:
     preds, realised = synthetic()
     table = live_metrics(preds.iloc[:0], realised, quantile=0.2)
     assert table.empty and tuple(table.columns) == COLUMNS
+
+
+def test_each_new_day_goes_once_onto_the_versions_mlflow_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray_app.core.settings import Settings
+    from ray_app.monitoring.outcomes import log_to_mlflow
+    from ray_app.registry.tracking import connect_mlflow
+
+    # set, not only through connect_mlflow: restore the process's URI for later tests
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
+    settings = Settings(data_root=str(tmp_path))
+    experiment = connect_mlflow(settings)
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(experiment).info.run_id
+    client.create_registered_model("m")
+    client.create_model_version("m", f"runs:/{run_id}/model", run_id)  # version 1
+    preds, realised = synthetic()
+    table = live_metrics(preds, realised, quantile=0.2)  # version 2 is not registered: skipped
+    assert log_to_mlflow(settings, table) == 24 * 3 * 5  # scored days x windows x metrics
+    history = client.get_metric_history(run_id, "live_champion_rank_ic_20d")
+    assert [p.step for p in history] == [d.toordinal() for d in DAYS[:-1]]
+    expected = table[(table["variant"] == "champion") & (table["window"] == "20d")]
+    assert [p.value for p in history] == pytest.approx(expected["rank_ic"].tolist())
+    assert log_to_mlflow(settings, table) == 0  # nothing new
