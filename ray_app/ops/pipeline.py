@@ -182,6 +182,32 @@ def _monitor(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, st
     )
 
 
+def _signals(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The day's signal file (every ticker's prediction from each served variant, as of the
+    newest feature date), once every variant has precomputed the new feature set; waits up
+    to ``pipeline.smoke_timeout_s`` for them."""
+    from ray_app.data.signals import daily_signals, read_scores, served_tables, write_daily
+
+    root, wanted = DataRoot(settings.data_root), ctx["feature_version"]
+    deadline = time.monotonic() + settings.pipeline.smoke_timeout_s
+    tables = served_tables(root)
+    while not tables or any(t.feature_version != wanted for t in tables):
+        if time.monotonic() > deadline:
+            raise RayAppError(
+                f"the variants have not precomputed feature set {wanted} within "
+                f"{settings.pipeline.smoke_timeout_s:.0f} s: no signal file (`ray-app signals "
+                "--date D` writes it once they have)"
+            )
+        time.sleep(2)
+        tables = served_tables(root)
+    day = max(
+        read_scores(root, t.model_name, t.model_version, wanted)["feature_date"].max()
+        for t in tables
+    )
+    frame = daily_signals(root, day)
+    return f"{len(frame)} signal(s) as of {day} in {write_daily(root, day, frame)}", {}
+
+
 @dataclass
 class PlannedStep:
     name: str
@@ -224,7 +250,9 @@ def plan(settings: Settings) -> list[PlannedStep]:
         PlannedStep("smoke", _smoke, None),
     ]
     monitor = PlannedStep("monitor", _monitor, None)
-    return [*(steps if settings.pipeline.deploy else steps[:-2]), monitor]
+    if not settings.pipeline.deploy:
+        return [*steps[:-2], monitor]
+    return [*steps, monitor, PlannedStep("signals", _signals, None)]
 
 
 def run_pipeline(
