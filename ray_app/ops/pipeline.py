@@ -189,22 +189,27 @@ def _signals(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, st
     from ray_app.data.signals import daily_signals, read_scores, served_tables, write_daily
 
     root, wanted = DataRoot(settings.data_root), ctx["feature_version"]
+    variants = sorted(ctx.get("serving") or [t.variant for t in served_tables(root)])
     deadline = time.monotonic() + settings.pipeline.smoke_timeout_s
-    tables = served_tables(root)
-    while not tables or any(t.feature_version != wanted for t in tables):
+
+    def ready() -> list[Any]:
+        tables = [t for t in served_tables(root) if t.variant in variants]
+        done = {t.variant for t in tables if t.feature_version == wanted}
+        return tables if variants and done == set(variants) else []
+
+    while not (tables := ready()):
         if time.monotonic() > deadline:
             raise RayAppError(
-                f"the variants have not precomputed feature set {wanted} within "
-                f"{settings.pipeline.smoke_timeout_s:.0f} s: no signal file (`ray-app signals "
-                "--date D` writes it once they have)"
+                f"variant(s) {', '.join(variants) or '(none served)'} have not precomputed "
+                f"feature set {wanted} within {settings.pipeline.smoke_timeout_s:.0f} s: no "
+                "signal file (`ray-app signals --date D` writes it once they have)"
             )
         time.sleep(2)
-        tables = served_tables(root)
     day = max(
         read_scores(root, t.model_name, t.model_version, wanted)["feature_date"].max()
         for t in tables
     )
-    frame = daily_signals(root, day)
+    frame = daily_signals(root, day, variants)
     return f"{len(frame)} signal(s) as of {day} in {write_daily(root, day, frame)}", {}
 
 

@@ -63,8 +63,11 @@ def test_the_pipeline_step_writes_the_days_file_once_the_variants_have_the_set(
 ) -> None:
     stored(tmp_path)
     settings = Settings(data_root=str(tmp_path), pipeline={"smoke_timeout_s": 0.1})
-    detail, _ = _signals(settings, {"feature_version": "fs1"})
+    serving = {"champion": "1", "challenger": "2"}
+    detail, _ = _signals(settings, {"feature_version": "fs1", "serving": serving})
     written = pd.read_parquet(tmp_path / "signals" / "daily" / "day=2024-01-05.parquet")
     assert len(written) == 6 and "6 signal(s) as of 2024-01-05" in detail
     with pytest.raises(RayAppError, match="not precomputed feature set fs2"):
-        _signals(settings, {"feature_version": "fs2"})
+        _signals(settings, {"feature_version": "fs2", "serving": serving})
+    with pytest.raises(RayAppError, match="shadow have not precomputed"):  # no table yet
+        _signals(settings, {"feature_version": "fs1", "serving": {**serving, "shadow": "2"}})
