@@ -2,6 +2,10 @@
 
 Owns the sources (sample, csv, yahoo), validation, ingest (raw Parquet + manifest, the data
 version), the per-ticker feature functions and their target, the offline feature store
-(feature sets per version), the online lookup (Parquet or Redis) and the catalog behind
-``ray-app data status``. May import only ``core``; training and serving read what it wrote.
+(feature sets per version), the online lookup (Parquet or Redis), the catalog behind
+``ray-app data status``, and the tables the serving loop leaves under the data root: the
+prediction log (``predictions``), the variants' precomputed signals (``signals``) and the
+monitor's live metrics (``live_metrics``), whose layouts live here so that serving and
+monitoring share them without importing each other. May import only ``core``; training,
+serving and monitoring read what it wrote.
 """
