@@ -819,6 +819,69 @@ def audit_verify(config: ConfigOption = None, data_root: DataRootOption = None) 
         raise typer.Exit(1)
 
 
+ab_app = typer.Typer(help="A/B evidence from realised returns.", no_args_is_help=True)
+app.add_typer(ab_app, name="ab")
+FromOption = Annotated[
+    dt.datetime | None,
+    typer.Option("--from", formats=["%Y-%m-%d"], help="First feature date, inclusive (YYYY-MM-DD)"),
+]
+ToOption = Annotated[
+    dt.datetime | None,
+    typer.Option("--to", formats=["%Y-%m-%d"], help="Last feature date, inclusive (YYYY-MM-DD)"),
+]
+
+
+def _day(value: dt.datetime | None) -> dt.date | None:
+    return value.date() if value else None
+
+
+def _rows_table(title: str, rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows[1:]:
+        table.add_row(*row)
+    return table
+
+
+@ab_app.command("report")
+def ab_report(
+    start: FromOption = None,
+    end: ToOption = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for the report (default: <data_root>/reports/ab/<day>)"),
+    ] = None,
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Is the challenger better? Live metrics per variant with intervals, and each variant
+    against the baseline (monitoring.baseline_variant): Diebold-Mariano on the loss, block
+    bootstrap on rank IC, verdict.
+
+    Twice: paired on every ticker-day of the days each variant served (its precomputed
+    predictions), and on served traffic (the prediction log). Prints the tables and writes
+    report.md, report.html (plots inline), evidence.json and the plots.
+    """
+    from ray_app.monitoring.report import build_report, comparison_rows, variant_rows, write_report
+
+    settings = _settings(config, data_root=data_root)
+    report = build_report(settings, _day(start), _day(end))
+    for part in report.sources:
+        ev = part.evidence
+        out.print(
+            _rows_table(f"{ev.source}: live metrics ({ev.start} to {ev.end})", variant_rows(ev))
+        )
+        if ev.comparisons:
+            out.print(
+                _rows_table(
+                    f"{ev.source}: against {settings.monitoring.baseline_variant}",
+                    comparison_rows(ev),
+                )
+            )
+    out.print(f"report: {write_report(settings, report, out_dir)}", soft_wrap=True)
+
+
 cluster_app = typer.Typer(help="The local Ray head (token auth, dashboard, Serve ingress).")
 app.add_typer(cluster_app, name="cluster")
 

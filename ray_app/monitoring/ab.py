@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -72,11 +72,6 @@ class Comparison:
     days_needed: float | None  # more days for a verdict at this effect; None: has one
     reasons: list[str] = field(default_factory=list)
 
-    @property
-    def figures(self) -> dict[str, Any]:
-        """What the audit trail records with an automatic promotion."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class Evidence:
@@ -86,6 +81,7 @@ class Evidence:
     start: dt.date | None
     end: dt.date | None
     level: float
+    loss: str
     variants: list[VariantLive]
     comparisons: list[Comparison]
 
@@ -305,4 +301,4 @@ def evidence(
     ]
     start = panel.days[0] if panel.days else None
     end = panel.days[-1] if panel.days else None
-    return Evidence(source, start, end, level, variants, comparisons)
+    return Evidence(source, start, end, level, loss, variants, comparisons)

@@ -1,4 +1,5 @@
-"""The daily pipeline as one Ray job: ingest, features, search, release, deploy, smoke test.
+"""The daily pipeline as one Ray job: ingest, features, search, release, (opt-in) promote on
+live evidence, deploy, smoke test.
 
 Every step records a fingerprint of its inputs (data, feature and code versions, the
 configuration it depends on) under the data root; a step whose fingerprint is unchanged
@@ -105,6 +106,15 @@ def _release(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, st
     return f"v{release.version} {verdict}{reasons}", {"model": str(release.version)}
 
 
+def _promote_live(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """Opt-in (``monitoring.auto_promote``): the challenger becomes the champion when its live
+    evidence is significant at ``monitoring.significance`` (``ray_app.monitoring.promotion``)."""
+    from ray_app.monitoring.promotion import promote_on_evidence
+
+    decision = promote_on_evidence(settings)
+    return decision.detail, {"champion": str(decision.challenger)} if decision.promoted else {}
+
+
 def _dashboard(settings: Settings) -> str:
     return f"http://{settings.cluster.dashboard_host}:{settings.cluster.dashboard_port}"
 
@@ -207,10 +217,12 @@ def plan(settings: Settings) -> list[PlannedStep]:
                 s.mlflow.model_dump(),
             ),
         ),
-        PlannedStep("deploy", _deploy, None),
-        PlannedStep("smoke", _smoke, None),
     ]
-    return steps if settings.pipeline.deploy else steps[:-2]
+    if settings.monitoring.auto_promote:
+        steps.append(PlannedStep("promote", _promote_live, None))
+    if settings.pipeline.deploy:
+        steps += [PlannedStep("deploy", _deploy, None), PlannedStep("smoke", _smoke, None)]
+    return steps
 
 
 def run_pipeline(
