@@ -929,7 +929,10 @@ def replay(
             soft_wrap=True,
         )
 
-    result = run_replay(settings, options, on_day=show)
+    def step(result: Any) -> None:
+        err.print(f"  {result.name}: {result.status} ({result.seconds:.1f}s) {result.detail}")
+
+    result = run_replay(settings, options, on_day=show, on_step=step)
     table = Table(title=f"replay {options.start} to {options.end}")
     for column in ("day", "requests", "predictions", "logged", "seconds", "pipeline"):
         table.add_column(column)
