@@ -24,9 +24,12 @@ What it does, in one run:
    - (b) the default, ``precompute: true``: each variant has predicted every feature row once
      for its model version, and the ingress answers from those tables;
    - (c) (b) after ``ray-app rollout --shadow challenger --shadow-fraction 1``: every request
-     the champion answers is mirrored to the challenger; (b) and (c) are measured in turn at
-     each mix and concurrency (``--no-shadow`` and back between them), so drift in what else
-     the machine does (Ray's own agents wake up every few seconds) weighs little on (c)/(b);
+     the champion answers is mirrored to the challenger;
+   - (d) (c) with the prediction log on (every answered prediction, the shadow's too, written
+     under the data root in batches); (b) and (c) run with the log off. (b), (c) and (d) are
+     measured in turn at each mix and concurrency (a rollout between them), so drift in what
+     else the machine does (Ray's own agents wake up every few seconds) weighs little on
+     their ratios;
 
 4. each target is loaded with ``wrk`` (one thread, ``bench/predict.lua``) at 2, 16 and 64
    connections, after a short warm-up at the same concurrency, with two request mixes:
@@ -42,9 +45,11 @@ What it does, in one run:
 Figures: requests/s, p50 and p99 latency (wrk's, in ms), errors (non-2xx answers, connect,
 read, write and timeout errors), where the Serve application's predictions came from during
 the run (precomputed tables / cache hits / cache misses, from ``/v1/models``), and the ratios
-(b)/(a), (b')/(a) and (c)/(b) of requests/s. Targets, per request mix: (b) at least 0.5x the
-requests/s of (a) with a p50 of at most 5 ms at concurrency 2; (c) at least 0.9x the
-requests/s of (b) at every concurrency; 0 errors. (b') has no target: it prices the hop to a
+(b)/(a), (b')/(a), (c)/(b) and (d)/(b) of requests/s. Targets, per request mix: (b) at least
+0.5x the requests/s of (a) with a p50 of at most 5 ms at concurrency 2; (c), and (d) (the
+shadow and the log together), at least 0.9x the requests/s of (b) at every concurrency; 0
+errors; and (d) wrote a log row for every prediction it answered (read back from the data
+root after the runs). (b') has no target: it prices the hop to a
 variant replica. The script exits 0 either way (it is a benchmark). wrk and the servers share
 the 2 cores; the 1-minute load average is printed before and after.
 
@@ -79,9 +84,11 @@ from bench_data import OUT, fresh_root, load_note, local_ray, write_universe
 from fastapi import FastAPI, HTTPException
 
 from ray_app.core.settings import ClusterSettings, Settings
+from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import build_features
 from ray_app.data.ingest import run_ingest
 from ray_app.data.online import NoFeaturesError, UnknownTickerError
+from ray_app.data.predictions import read_predictions
 from ray_app.ops import cluster
 from ray_app.registry import versions as registry
 from ray_app.registry.tracking import connect_mlflow, tracking_uri
@@ -101,6 +108,7 @@ THROUGHPUT_TARGET = 0.5  # (b) / (a) requests/s, at least
 P50_TARGET_MS = 5.0  # (b) at concurrency 2, at most
 SHADOW_TARGET = 0.9  # (c) / (b) requests/s, at least
 READY_TIMEOUT_S = 180.0
+LOG_FLUSH_WAIT_S = 8.0  # more than the prediction log's flush interval (5 s)
 
 
 @dataclass
@@ -305,8 +313,10 @@ def serve_app(settings: Settings, out: Path, ticker: str) -> Iterator[tuple[Path
         metrics_port=free_port(),
         num_cpus=2,
     )
-    state, _ = cluster.up(cfg)
-    os.environ.update(state.env)
+    state = cluster.up(cfg).state
+    os.environ.update(
+        RAY_ADDRESS=state.gcs_address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=state.token_path
+    )
     try:
         path, url = serve_config(settings, out)
         deploy(path, state.dashboard_url)
@@ -336,14 +346,18 @@ def apply(settings: Settings, path: Path, dashboard: str, url: str, change: Chan
         ready = all(v["ready"] for v in state["variants"])
         shadow = (state["shadow"] or {}).get("variant")
         wanted_weight = change.challenger_weight
+        log = state["prediction_log"]["enabled"]
         return (
             ready
             and (wanted_weight is None or weights["challenger"] == wanted_weight)
             and (change.shadow is None or shadow == change.shadow)
             and (not change.no_shadow or shadow is None)
+            and (change.prediction_log is None or log == change.prediction_log)
         )
 
-    wait_until(applied, READY_TIMEOUT_S)
+    # Each ingress replica answers /v1/models for itself: ask until a few answers agree.
+    for _ in range(4):
+        wait_until(applied, READY_TIMEOUT_S)
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -462,18 +476,20 @@ def print_table(targets: list[Target]) -> None:
         print()
 
 
-def verdict(a: Target, b: Target, c: Target) -> list[str]:
+def verdict(a: Target, b: Target, c: Target, d: Target) -> list[str]:
     lines = []
     for mix in MIXES:
         low = CONCURRENCY[0]
         ratio = b.runs[(mix, low)].rps / a.runs[(mix, low)].rps
         p50 = b.runs[(mix, low)].p50_ms
         shadow = min(c.runs[(mix, n)].rps / b.runs[(mix, n)].rps for n in CONCURRENCY)
-        errors = sum(t.runs[(mix, n)].errors for t in (a, b, c) for n in CONCURRENCY)
+        logged = min(d.runs[(mix, n)].rps / b.runs[(mix, n)].rps for n in CONCURRENCY)
+        errors = sum(t.runs[(mix, n)].errors for t in (a, b, c, d) for n in CONCURRENCY)
         checks = {
             f"(b)/(a) {ratio:.2f}x >= {THROUGHPUT_TARGET}x at c={low}": ratio >= THROUGHPUT_TARGET,
             f"p50 {p50:.2f} ms <= {P50_TARGET_MS} ms at c={low}": p50 <= P50_TARGET_MS,
             f"(c)/(b) min {shadow:.2f}x >= {SHADOW_TARGET}x": shadow >= SHADOW_TARGET,
+            f"(d)/(b) min {logged:.2f}x >= {SHADOW_TARGET}x": logged >= SHADOW_TARGET,
             f"{errors} errors": errors == 0,
         }
         marks = "; ".join(f"{text} {'PASS' if ok else 'FAIL'}" for text, ok in checks.items())
@@ -530,26 +546,45 @@ def main() -> None:
         per_request = Target("(b') per-request", url, lambda: sources(url), against=a)
         b = Target("(b) 90/10", url, lambda: sources(url), against=a)
         c = Target("(c) shadow", url, lambda: sources(url), against=b)
+        d = Target("(d) shadow+log", url, lambda: sources(url), against=b)
         offsets = Offsets()  # one app: no run repeats a history key another run asked
-        apply(settings, path, dashboard, url, Change(challenger_weight=0.1))
+        apply(settings, path, dashboard, url, Change(challenger_weight=0.1, prediction_log=False))
         measure([(per_request, None)], files, offsets, args)
         precompute(path, dashboard, url)
-        no_shadow, shadow = Change(no_shadow=True), Change(shadow="challenger", shadow_fraction=1.0)
+        steps = [
+            (b, Change(no_shadow=True, prediction_log=False)),
+            (c, Change(shadow="challenger", shadow_fraction=1.0, prediction_log=False)),
+            (d, Change(shadow="challenger", shadow_fraction=1.0, prediction_log=True)),
+        ]
         measure(
             [
-                (b, lambda: apply(settings, path, dashboard, url, no_shadow)),
-                (c, lambda: apply(settings, path, dashboard, url, shadow)),
+                (target, lambda change=change: apply(settings, path, dashboard, url, change))
+                for target, change in steps
             ],
             files,
             offsets,
             args,
         )
         shadow = models(url)["shadow"]
+        time.sleep(LOG_FLUSH_WAIT_S)  # the replicas' last batches reach the data root
     print(f"after the runs: {load_note()}; shadow counts: {shadow}")
+    print(log_note(settings, d))
     print()
-    print_table([a, per_request, b, c])
-    for line in verdict(a, b, c):
+    print_table([a, per_request, b, c, d])
+    for line in verdict(a, b, c, d):
         print(line)
+
+
+def log_note(settings: Settings, logged: Target) -> str:
+    """How many rows the prediction log holds against the predictions (d) answered: every
+    answer a row, and every mirrored one a shadow row."""
+    frame = read_predictions(DataRoot(settings.data_root))
+    answered = sum(run.requests for run in logged.runs.values())
+    roles = frame["role"].value_counts().to_dict()
+    return (
+        f"prediction log: {len(frame)} row(s) {roles} for {answered} request(s) answered in "
+        "(d)'s measured runs (its warm-ups and rollout probes add a few)"
+    )
 
 
 if __name__ == "__main__":

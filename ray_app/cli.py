@@ -687,6 +687,104 @@ def pipeline(
         raise typer.Exit(1)
 
 
+@app.command()
+def signals(
+    date: Annotated[
+        str,
+        typer.Option(
+            "--date", help="The day (YYYY-MM-DD): each ticker's newest row on or before it"
+        ),
+    ],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Export to this file (.parquet or .csv) instead of printing"),
+    ] = None,
+    variant: Annotated[
+        list[str] | None, typer.Option(help="Only this variant (repeatable); default: all")
+    ] = None,
+) -> None:
+    """A day's predictions for every ticker from the served variants, as one table.
+
+    Read from the tables the variants precomputed (what /v1/predict with as_of answers):
+    ticker, feature date, predicted return, rank within the variant (1: highest), model
+    name and version, variant. Also kept under <data_root>/signals/daily/.
+    """
+    import datetime as dt
+
+    from ray_app.core.storage import DataRoot
+    from ray_app.data.signals import daily_signals, write_daily
+
+    try:
+        day = dt.date.fromisoformat(date)
+    except ValueError:
+        raise RayAppError(f"--date {date!r} is not a date (YYYY-MM-DD)") from None
+    if out_file is not None and out_file.suffix not in (".parquet", ".csv"):
+        raise RayAppError(f"--out {out_file}: name a .parquet or .csv file")
+    root = DataRoot(_settings(config, data_root=data_root).data_root)
+    frame = daily_signals(root, day, variant or None)
+    kept = write_daily(root, day, frame)
+    if out_file is None:
+        table = Table(title=f"signals as of {day} ({len(frame)} rows; kept in {kept})")
+        for column in frame.columns:
+            table.add_column(column)
+        for row in frame.astype(str).itertuples(index=False):
+            table.add_row(*row)
+        out.print(table)
+        return
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    if out_file.suffix == ".csv":
+        frame.to_csv(out_file, index=False)
+    else:
+        frame.to_parquet(out_file, index=False)
+    out.print(f"{len(frame)} signal(s) as of {day} written to {out_file} (kept in {kept})")
+
+
+@app.command()
+def monitor(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    mlflow: Annotated[
+        bool, typer.Option(help="Log the new days onto each model version's MLflow run")
+    ] = True,
+) -> None:
+    """Score the logged predictions against the realised next-day returns.
+
+    Joins the prediction log with the returns of the ingested bars and writes, per variant,
+    model version and day (and over the trailing 20 and 60 scored days), directional accuracy,
+    IC, rank IC, MAE and the long-short return to <data_root>/monitoring/live_metrics.parquet,
+    and the new days to MLflow. Prints the newest scored day of each variant and version;
+    days whose next bar is not in yet are pending.
+    """
+    from ray_app.data.live_metrics import METRICS
+    from ray_app.monitoring.outcomes import run_monitor
+
+    settings = _settings(config, data_root=data_root)
+    result = run_monitor(settings, mlflow=mlflow)
+    table = Table(title=f"live metrics (newest scored day) in {result.path}")
+    for column in ("variant", "model", "version", "day", "window", "n", *METRICS):
+        table.add_column(column)
+    scored = result.table[~result.table["pending"]]
+    newest = scored.groupby(["variant", "model_version"])["day"].transform("max")
+    for row in scored[scored["day"] == newest].to_dict("records"):
+        values = [f"{row[c]:.4f}" for c in METRICS]
+        table.add_row(
+            row["variant"],
+            row["model_name"],
+            row["model_version"],
+            str(row["day"]),
+            row["window"],
+            str(row["n"]),
+            *values,
+        )
+    out.print(table)
+    out.print(
+        f"{result.predictions} distinct prediction(s): {result.scored_days} day(s) scored, "
+        f"{result.pending_days} pending; {result.mlflow_points} MLflow point(s) logged"
+    )
+
+
 @app.command("rollout")
 def rollout_command(
     config: ConfigOption = None,

@@ -128,7 +128,10 @@ class DataRoot:
             **(table.schema.metadata or {}),
             **{k.encode(): v.encode() for k, v in metadata.items()},
         }
-        table = table.replace_schema_metadata(merged)
+        self.write_table(table.replace_schema_metadata(merged), *parts)
+
+    def write_table(self, table: pa.Table, *parts: str) -> None:
+        """Atomically write an Arrow ``table`` as it is (its schema, its metadata)."""
         self._commit(self.path(*parts), lambda p: pq.write_table(table, p, filesystem=self.fs))
 
     def read_metadata(self, *parts: str) -> dict[str, str]:

@@ -1,5 +1,8 @@
-"""Monitoring: live quality from realised returns, paired A/B evidence, drift.
+"""The monitoring layer: how the served models do once the outcomes are known.
 
-It reads what training and serving wrote (the registry, the feature store, the prediction
-log) and never imports training; serving never imports it.
+Owns ``outcomes`` (served predictions joined with the realised next-day returns, scored per
+variant, model version and day, and over rolling windows: the ``monitor`` step), the A/B
+statistics (``ab``, ``stats``, ``report``, ``promotion``) and drift. Reads what serving logged
+and ingest stored through ``data``, and writes MLflow metrics through ``registry``; may import
+``registry``, ``models``, ``data`` and ``core``, never ``training``.
 """

@@ -18,6 +18,7 @@ import pandas as pd
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.monitoring import ab, sources
+from ray_app.monitoring.outcomes import realised_returns
 
 ACTOR = "live-evidence"
 CANDIDATE = "candidate"
@@ -60,7 +61,7 @@ def weigh(settings: Settings, challenger: int, log: pd.DataFrame) -> ab.Comparis
     if rows.empty or rows["variant"].nunique() < 2:
         return None
     predictions = sources.precomputed_predictions(settings, rows)
-    panel = ab.build_panel(predictions, sources.realised_returns(settings))
+    panel = ab.build_panel(predictions, realised_returns(settings))
     if {CANDIDATE, cfg.baseline_variant} - set(panel.preds):
         return None
     return ab.compare(

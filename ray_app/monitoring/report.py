@@ -23,6 +23,7 @@ from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.monitoring import ab, sources
+from ray_app.monitoring.outcomes import realised_returns
 
 REPORTS = ("reports", "ab")
 SOURCES = ("precomputed", "served")
@@ -64,7 +65,7 @@ def build_report(
         raise NoEvidenceError(
             f"no logged prediction from {period} under {root.display(sources.LOG)}"
         )
-    realised = sources.realised_returns(settings, start, end)
+    realised = realised_returns(settings, start, end)
     frames = {
         "precomputed": sources.precomputed_predictions(settings, log),
         "served": sources.served_predictions(log),

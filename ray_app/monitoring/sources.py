@@ -1,14 +1,14 @@
 """Where the A/B evidence reads from: the prediction log, the outcomes, the variants' scores.
 
-- The prediction log: ``<data_root>/predictions/day=YYYY-MM-DD/*.parquet``, one row per answered
-  ticker prediction (``LOG_COLUMNS``), written by the serving app.
-- Outcomes: the realised next-day return of each ticker-day, which is the training target
-  (``target_ret``, the next bar's log return) of the newest feature set, so a live loss is the
-  loss training minimised; a ticker-day whose next bar is not in yet is absent (pending).
-- Precomputed predictions: what each variant's model version predicts for every ticker on the
-  day it served, computed exactly as the variants precompute them (``score_frames`` over the
-  serving feature table), so champion, challenger and shadow are paired on every ticker-day,
-  not only on the ones clients asked for.
+- The prediction log (``data.predictions``): one row per answered ticker prediction, served
+  or shadow, written by the serving app; the A/B report selects by feature date.
+- Outcomes (``monitoring.outcomes.realised_returns``): the realised next-day return of each
+  ticker-day, the training target; NaN while the next bar is not in (pending).
+- Precomputed predictions (``data.signals``): what each variant's model version predicts for
+  every ticker on the day it served, as the variants persisted them when they precomputed
+  them, so champion, challenger and shadow are paired on every ticker-day, not only on the
+  ones clients asked for. A version whose table is missing (written by an older build, or
+  removed) is scored here the same way (``score_frames`` over the serving feature table).
 """
 
 from __future__ import annotations
@@ -16,71 +16,28 @@ from __future__ import annotations
 import datetime as dt
 from typing import cast
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.dataset as ds
 
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
-from ray_app.data.feature_store import load_feature_set
-from ray_app.data.features import TARGET
+from ray_app.data.predictions import PREDICTIONS, read_predictions
+from ray_app.data.signals import SIGNALS, read_scores
 from ray_app.monitoring.ab import FRAME_COLUMNS
 
-LOG = "predictions"
-LOG_SCHEMA = pa.schema(
-    [
-        ("request_id", pa.string()),
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("client", pa.string()),
-        ("variant", pa.string()),
-        ("role", pa.string()),
-        ("model_name", pa.string()),
-        ("model_version", pa.string()),
-        ("ticker", pa.string()),
-        ("feature_date", pa.date32()),
-        ("predicted_return", pa.float64()),
-        ("source", pa.string()),
-    ]
-)
-LOG_COLUMNS = LOG_SCHEMA.names
+LOG = PREDICTIONS
 
 
 def read_log(root: DataRoot, start: dt.date | None, end: dt.date | None) -> pd.DataFrame:
-    """The prediction log's rows whose feature date is in [start, end] (None: open), with
-    exactly ``LOG_COLUMNS``; an empty frame of that schema when there is none."""
-    if not root.exists(LOG):
-        return LOG_SCHEMA.empty_table().to_pandas()
-    dataset = ds.dataset(root.path(LOG), filesystem=root.fs, format="parquet", partitioning="hive")
-    where = None
-    if start is not None:
-        where = ds.field("feature_date") >= pa.scalar(start, pa.date32())
-    if end is not None:
-        upper = ds.field("feature_date") <= pa.scalar(end, pa.date32())
-        where = upper if where is None else where & upper
-    table = dataset.to_table(columns=LOG_COLUMNS, filter=where)
-    return table.cast(LOG_SCHEMA).to_pandas()
+    """The prediction log's rows whose feature date is in [start, end] (None: open).
 
-
-def realised_returns(
-    settings: Settings, start: dt.date | None = None, end: dt.date | None = None
-) -> pd.DataFrame:
-    """(ticker, feature_date, realised_return) of every ticker-day whose next bar is known,
-    from the newest feature set."""
-    frame, _ = load_feature_set(DataRoot(settings.data_root), training=True)
-    out = pd.DataFrame(
-        {
-            "ticker": frame["ticker"].astype(str),
-            "feature_date": pd.to_datetime(frame["date"]).dt.date,
-            "realised_return": frame[TARGET].astype(float),
-        }
-    )
-    keep = np.ones(len(out), dtype=bool)
+    The log is partitioned by request day: a replay asks about past feature dates today."""
+    log = read_predictions(root)
+    keep = pd.Series(True, index=log.index)
     if start is not None:
-        keep &= out["feature_date"] >= start
+        keep &= log["feature_date"] >= start
     if end is not None:
-        keep &= out["feature_date"] <= end
-    return out[keep].reset_index(drop=True)
+        keep &= log["feature_date"] <= end
+    return log[keep].reset_index(drop=True)
 
 
 def served_predictions(log: pd.DataFrame) -> pd.DataFrame:
@@ -117,8 +74,27 @@ def precomputed_predictions(settings: Settings, log: pd.DataFrame) -> pd.DataFra
 
 def version_scores(settings: Settings, version: str) -> pd.DataFrame:
     """(model_version, ticker, feature_date, predicted_return) of ``version`` for every row of
-    the newest feature set: features are point in time, so an older day's row is the row
-    the variant served that day."""
+    the feature sets its variants served (features are point in time: a day's row is the same
+    in every later set, so any one of them gives the day's prediction)."""
+    root = DataRoot(settings.data_root)
+    folder = (SIGNALS, f"model={settings.mlflow.model_name}", f"version={version}")
+    tables = [
+        read_scores(root, settings.mlflow.model_name, version, name.removesuffix(".parquet"))
+        for name in root.list_files(*folder)
+        if name.endswith(".parquet")
+    ]
+    frame = pd.concat(tables, ignore_index=True) if tables else scored_here(settings, version)
+    frame = frame.dropna(subset=["predicted_return"]).drop_duplicates(
+        ["ticker", "feature_date"], keep="last"
+    )
+    return frame.assign(model_version=str(version))[
+        ["model_version", "ticker", "feature_date", "predicted_return"]
+    ]
+
+
+def scored_here(settings: Settings, version: str) -> pd.DataFrame:
+    """``version``'s predictions for every row of the newest feature set, computed as a
+    variant precomputes them (the same model, scaler, columns and windows)."""
     from ray_app.registry.versions import load_version
     from ray_app.serving.features import FeatureTable
     from ray_app.serving.loader import TorchModel
@@ -128,16 +104,16 @@ def version_scores(settings: Settings, version: str) -> pd.DataFrame:
     model = cast(ServingModel, TorchModel(settings.mlflow.model_name, int(version), trained))
     table = FeatureTable.load(settings)
     preds = score_frames(model, ColumnSelector(model.columns), tuple(table.columns), table.frames)
-    parts = [
-        pd.DataFrame(
-            {
-                "ticker": ticker,
-                "feature_date": table.frames[ticker][0].astype("datetime64[D]").astype(object),
-                "predicted_return": values,
-            }
-        )
-        for ticker, values in preds.items()
-    ]
-    frame = pd.concat(parts, ignore_index=True).dropna(subset=["predicted_return"])
-    frame.insert(0, "model_version", str(version))
-    return frame
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "ticker": ticker,
+                    "feature_date": table.frames[ticker][0].astype("datetime64[D]").astype(object),
+                    "predicted_return": values,
+                }
+            )
+            for ticker, values in preds.items()
+        ],
+        ignore_index=True,
+    )

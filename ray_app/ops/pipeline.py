@@ -1,5 +1,6 @@
 """The daily pipeline as one Ray job: ingest, features, search, release, (opt-in) promote on
-live evidence, deploy, smoke test.
+live evidence, deploy, smoke test, and the monitor that scores yesterday's served predictions
+against today's bars.
 
 Every step records a fingerprint of its inputs (data, feature and code versions, the
 configuration it depends on) under the data root; a step whose fingerprint is unchanged
@@ -179,6 +180,18 @@ def _smoke(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]
     )
 
 
+def _monitor(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """Score the served predictions whose outcome the bars ingested today reveal."""
+    from ray_app.monitoring.outcomes import run_monitor
+
+    result = run_monitor(settings)
+    return (
+        f"{result.scored_days} day(s) scored, {result.pending_days} pending, "
+        f"{result.mlflow_points} MLflow point(s)",
+        {},
+    )
+
+
 @dataclass
 class PlannedStep:
     name: str
@@ -222,7 +235,7 @@ def plan(settings: Settings) -> list[PlannedStep]:
         steps.append(PlannedStep("promote", _promote_live, None))
     if settings.pipeline.deploy:
         steps += [PlannedStep("deploy", _deploy, None), PlannedStep("smoke", _smoke, None)]
-    return steps
+    return [*steps, PlannedStep("monitor", _monitor, None)]
 
 
 def run_pipeline(

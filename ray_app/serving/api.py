@@ -28,6 +28,7 @@ from ray_app.serving.schemas import (
     CacheStatus,
     Health,
     ModelsResponse,
+    PredictionLogStatus,
     PredictRequest,
     PredictResponse,
     Readiness,
@@ -359,4 +360,7 @@ def models_status(service: PredictionService) -> ModelsResponse:
             misses=stats.misses,
             precomputed=service.precomputed_answers,
         ),
+        prediction_log=None
+        if service.log is None
+        else PredictionLogStatus(enabled=config.prediction_log, **service.log.status()),
     )

@@ -91,6 +91,19 @@ class ShadowLimits(_Strict):
     timeout_s: float = Field(2.0, gt=0, description="A mirrored request older than this is cut")
 
 
+class PredictionLogSpec(_Strict):
+    """How each ingress replica batches the prediction log's rows off the request path: a
+    flush every ``flush_s`` seconds or ``flush_rows`` rows, whichever comes first; at most
+    ``max_rows`` wait in memory, and rows beyond that are dropped and counted, never waited
+    for. A crash loses at most the rows of one flush interval."""
+
+    flush_s: float = Field(5.0, gt=0, description="Seconds between flushes of the buffer")
+    flush_rows: int = Field(10_000, ge=1, description="Rows that trigger a flush before `flush_s`")
+    max_rows: int = Field(
+        100_000, ge=1, description="Rows the buffer holds; more are dropped and counted"
+    )
+
+
 class VariantConfig(_Strict):
     """``user_config`` of a variant deployment: which model it serves, how it batches."""
 
@@ -111,6 +124,9 @@ class IngressConfig(_Strict):
     )
     feature_version: str | None = Field(
         None, description="null: follow the newest feature set, without a redeploy"
+    )
+    prediction_log: bool = Field(
+        True, description="Record every answered prediction under <data_root>/predictions"
     )
 
     @model_validator(mode="after")
@@ -170,6 +186,7 @@ class ServeArgs(_Strict):
     cache: CacheSpec = Field(default_factory=CacheSpec)
     batch: BatchSpec = Field(default_factory=BatchSpec)
     shadow_limits: ShadowLimits = Field(default_factory=ShadowLimits)
+    prediction_log: PredictionLogSpec = Field(default_factory=PredictionLogSpec)
     num_cpus: CpuSpec = Field(default_factory=CpuSpec)
     max_tickers: int = Field(50, ge=1, le=1000, description="Tickers per request")
     max_body_bytes: int = Field(65_536, ge=1024, description="Larger request bodies get 413")
@@ -189,6 +206,12 @@ class ServeArgs(_Strict):
         description="While feature_version is null: how often the ingress reads the feature "
         "store's latest pointer; a new set is served within this plus the time to read it and "
         "precompute its predictions",
+    )
+    live_metrics_poll_s: float = Field(
+        60.0,
+        gt=0,
+        description="How often the ingress reads the monitor's live metrics "
+        "(<data_root>/monitoring/live_metrics.parquet) into its `app_live_*` gauges",
     )
     precompute: bool = Field(
         True,

@@ -8,6 +8,8 @@ app object is pickled with the deployment.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from functools import partial
 from typing import Any
 
@@ -17,12 +19,16 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import latest_feature_version
+from ray_app.data.live_metrics import LiveGauge, latest_gauges, read_live_metrics
 from ray_app.serving.api import make_api, read_api_keys
 from ray_app.serving.args import IngressConfig, ServeArgs
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.metrics import IngressMetrics
+from ray_app.serving.prediction_log import PredictionLog
 from ray_app.serving.predictor import Job, Result, Scores, VariantInfo
-from ray_app.serving.service import PredictionService, VariantClient
+from ray_app.serving.service import FRESHNESS_EVERY_S, PredictionService, VariantClient
+
+logger = logging.getLogger("ray.serve")
 
 
 class HandleClient:
@@ -69,16 +75,44 @@ class Ingress:
         self.metrics = IngressMetrics()
         self.api_keys = read_api_keys(args.api_keys_env)
         settings = args.settings()
+        self.root = DataRoot(settings.data_root)
+        self.log = PredictionLog(self.root, args.prediction_log, self.metrics)
         self.service = PredictionService(
             args,
             clients,
             self.metrics,
             partial(FeatureTable.load, settings),
-            partial(latest_feature_version, DataRoot(settings.data_root)),
+            partial(latest_feature_version, self.root),
+            log=self.log,
         )
+        self._live: asyncio.Task[None] | None = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_api(self.service, self.metrics, self.api_keys)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         await self.service.reconfigure(IngressConfig.model_validate(config))
+        self.log.start()
+        if self._live is None or self._live.done():
+            self._live = asyncio.create_task(self._export_live_metrics())
+
+    async def _export_live_metrics(self) -> None:
+        """Keep the ``app_live_*`` gauges set from the monitor's newest table: read every
+        ``live_metrics_poll_s`` seconds, set again every few seconds (Ray exports a gauge only
+        while it is set)."""
+        gauges: list[LiveGauge] = []
+        read_at = -float("inf")
+        while True:
+            if time.monotonic() - read_at >= self.service.args.live_metrics_poll_s:
+                read_at = time.monotonic()
+                try:
+                    frame = await asyncio.to_thread(read_live_metrics, self.root)
+                    gauges = latest_gauges(frame)
+                except Exception as exc:  # the next poll tries again; serving goes on
+                    logger.warning("live metrics not read: %s", repr(exc))
+            self.metrics.live(gauges)
+            await asyncio.sleep(FRESHNESS_EVERY_S)
+
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown: write what the prediction log still holds."""
+        await self.log.close()

@@ -9,9 +9,12 @@ Construct these only inside a replica (they need a connected Ray worker).
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from ray.serve import metrics
+
+from ray_app.data.live_metrics import METRICS, LiveGauge
 
 LATENCY_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]
 # Absolute differences of predicted daily log returns: 0.1 bp to 10%.
@@ -66,6 +69,31 @@ class IngressMetrics:
             tag_keys=_keys("variant"),
         )
 
+        self._log_written = metrics.Counter(
+            "app_prediction_log_written",
+            description="Prediction rows written to the prediction log",
+        )
+        self._log_dropped = metrics.Counter(
+            "app_prediction_log_dropped",
+            description="Prediction rows the log dropped (full: buffer at its bound; "
+            "write_error: a flush failed)",
+            tag_keys=_keys("reason"),
+        )
+        self._live = {
+            name: metrics.Gauge(
+                f"app_live_{name}",
+                description=f"Live {name.replace('_', ' ')} of the served predictions against "
+                "realised next-day returns (the monitor's newest scored day)",
+                tag_keys=_keys("variant", "window"),
+            )
+            for name in METRICS
+        }
+        self._pending = metrics.Gauge(
+            "app_live_pending_days",
+            description="Days of served predictions whose outcome is not known yet",
+            tag_keys=_keys("variant"),
+        )
+
     def request(self, variant: str, status: int, latency_ms: float) -> None:
         tags = {"variant": variant, "status": str(status)}
         self._requests.inc(1, tags)
@@ -91,6 +119,22 @@ class IngressMetrics:
     def shadow_diff(self, variant: str, diffs: list[float]) -> None:
         for diff in diffs:
             self._diff.observe(diff, {"variant": variant})
+
+    def log_written(self, rows: int) -> None:
+        self._log_written.inc(rows)
+
+    def log_dropped(self, rows: int, reason: str) -> None:
+        self._log_dropped.inc(rows, {"reason": reason})
+
+    def live(self, gauges: list[LiveGauge]) -> None:
+        """Set the live-quality gauges (NaN metrics, from days too thin to score, are left
+        unset rather than exported as a value)."""
+        for gauge in gauges:
+            self._pending.set(gauge.pending_days, {"variant": gauge.variant})
+            tags = {"variant": gauge.variant, "window": gauge.window}
+            for name, value in gauge.values.items():
+                if math.isfinite(value):
+                    self._live[name].set(value, tags)
 
 
 class VariantMetrics:

@@ -80,6 +80,7 @@ class Change:
     rollback: bool = False
     feature_version: str | None = None
     follow_features: bool = False  # back to null: the newest feature set
+    prediction_log: bool | None = None  # turn the prediction log on or off
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,8 @@ def plan(state: ServingState, change: Change) -> ServingState:
         raise RolloutError("--feature-version and --follow-features exclude each other")
     if change.feature_version is not None or change.follow_features:
         update["feature_version"] = change.feature_version
+    if change.prediction_log is not None:
+        update["prediction_log"] = change.prediction_log
     unknown = sorted(set(change.pins) - set(state.variants))
     if unknown:
         raise RolloutError(f"no variant named {', '.join(unknown)} to pin")

@@ -116,6 +116,13 @@ class CacheStatus(BaseModel):
     precomputed: int = Field(description="Predictions answered from precomputed tables instead")
 
 
+class PredictionLogStatus(BaseModel):
+    enabled: bool = Field(description="Whether answered predictions are being recorded")
+    buffered: int = Field(description="Rows waiting for the next flush")
+    written: int = Field(description="Rows this replica wrote since it started")
+    dropped: int = Field(description="Rows this replica dropped (buffer full or a failed write)")
+
+
 class ModelsResponse(BaseModel):
     primary: str = Field(description="Variant that traffic falls back to; readiness needs it")
     routing: str
@@ -124,6 +131,9 @@ class ModelsResponse(BaseModel):
     feature_version: str
     feature_dates: tuple[dt.date, dt.date] = Field(description="First and last feature date")
     cache: CacheStatus
+    prediction_log: PredictionLogStatus | None = Field(
+        None, description="This replica's prediction log; null where there is none"
+    )
 
 
 class Health(BaseModel):

@@ -39,6 +39,7 @@ import numpy as np
 
 from ray_app.core.errors import RayAppError
 from ray_app.data.online import NoFeaturesError, UnknownTickerError
+from ray_app.data.predictions import LoggedRequest, client_hash
 from ray_app.serving.args import IngressConfig, ServeArgs
 from ray_app.serving.cache import CacheKey, PredictionCache
 from ray_app.serving.features import FeatureTable, Window
@@ -101,6 +102,20 @@ class Answer:
     shadow: dict[str, Any] | None = None
 
 
+class PredictionRecorder(Protocol):
+    """Where answered predictions go (``PredictionLog`` in production): never blocks."""
+
+    def record(self, logged: LoggedRequest) -> None: ...
+
+    def status(self) -> dict[str, int]:
+        """Rows ``buffered``, ``written`` and ``dropped`` so far."""
+        ...
+
+
+Sources = str | list[str]
+"""Where a request's predictions came from: one source for all, or one per ticker."""
+
+
 def utc_today() -> dt.date:
     return dt.datetime.now(dt.timezone.utc).date()
 
@@ -142,6 +157,7 @@ class PredictionService:
         load_table: Callable[[str | None], FeatureTable],
         latest_features: Callable[[], str | None],
         today: Callable[[], dt.date] = utc_today,
+        log: PredictionRecorder | None = None,
     ) -> None:
         self.args = args
         self.clients = clients
@@ -154,6 +170,7 @@ class PredictionService:
         self._load_table = load_table
         self._latest_features = latest_features
         self._today = today
+        self.log = log
         self._order = [v.name for v in args.variants]
         self._refreshed_at = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
@@ -397,7 +414,7 @@ class PredictionService:
         self._check(request, table)
         await self.fresh()
         name = self._route(routing_key(client_id, request.tickers), config)
-        info, windows, preds, hits = await self._infer(name, table, request)
+        info, windows, preds, hits, sources = await self._infer(name, table, request)
         response = PredictResponse(
             request_id=request_id,
             variant=name,
@@ -414,8 +431,24 @@ class PredictionService:
                 for w, p in zip(windows, preds, strict=True)
             ],
         )
+        logged = None
+        if self.log is not None and config.prediction_log:
+            logged = LoggedRequest(
+                request_id,
+                time.time_ns() // 1000,
+                client_hash(client_id),
+                name,
+                "served",
+                info.model or "",
+                info.version or 0,
+                request.tickers,
+                [w.feature_date for w in windows],
+                preds,
+                sources,
+            )
+            self.log.record(logged)
         primary = dict(zip(request.tickers, preds, strict=True))
-        shadow = self._mirror(request_id, name, table, request, windows, primary)
+        shadow = self._mirror(request_id, name, table, request, windows, primary, logged)
         return Answer(response, hits, shadow)
 
     def _check(self, request: PredictRequest, table: FeatureTable) -> None:
@@ -451,7 +484,7 @@ class PredictionService:
 
     async def _infer(
         self, name: str, table: FeatureTable, request: PredictRequest
-    ) -> tuple[VariantInfo, list[Window], list[float], int]:
+    ) -> tuple[VariantInfo, list[Window], list[float], int, Sources]:
         """Predictions of one model version for every ticker, from the cache and the variant.
 
         A variant that swapped models since we last asked answers with its new version: a
@@ -463,13 +496,13 @@ class PredictionService:
             if known is not None:
                 self.precomputed_answers += len(windows)
                 self.metrics.cache(0, 0, len(windows))
-                return info, windows, self._finite(windows, known), len(windows)
+                return info, windows, self._finite(windows, known), len(windows), "precomputed"
             keys = [cache_key(info, w) for w in windows]
             values = [self.cache.get(k) for k in keys]
             missing = [i for i, value in enumerate(values) if value is None]
             if not missing:
                 self.metrics.cache(len(windows), 0)
-                return info, windows, self._finite(windows, values), len(windows)
+                return info, windows, self._finite(windows, values), len(windows), "cache"
             result = await self._call(name, table, [windows[i] for i in missing])
             swapped = (result.model, result.version) != (info.model, info.version)
             if swapped:
@@ -479,11 +512,13 @@ class PredictionService:
                 continue
             self.metrics.cache(len(windows) - len(missing), len(missing))
             served = replace(info, model=result.model, version=result.version)
+            sources = ["cache"] * len(windows)
             for i, pred in zip(missing, result.preds.tolist(), strict=True):
-                values[i] = pred
+                values[i], sources[i] = pred, "live"
                 if math.isfinite(pred):
                     self.cache.put(cache_key(served, windows[i]), pred)
-            return served, windows, self._finite(windows, values), len(windows) - len(missing)
+            preds = self._finite(windows, values)
+            return served, windows, preds, len(windows) - len(missing), sources
         raise ApiError(503, f"variant {name!r} changed models during the request; retry")
 
     def _windows(self, table: FeatureTable, request: PredictRequest, rows: int) -> list[Window]:
@@ -524,11 +559,13 @@ class PredictionService:
         request: PredictRequest,
         windows: list[Window],
         preds: dict[str, float],
+        logged: LoggedRequest | None,
     ) -> dict[str, Any] | None:
         """Compare with the shadow variant's precomputed predictions (the comparison is
         returned, for the request's own log line), or else send it the request, unless it is
         the one that answered, it has no model, or too many mirrors are pending; never waits
-        for it."""
+        for it. The shadow's predictions go to the prediction log beside the primary's
+        (``logged``), as ``role="shadow"``."""
         config, gate = self.config, self.gate
         if config is None or config.shadow is None or gate is None:
             return None
@@ -539,11 +576,16 @@ class PredictionService:
         admitted = gate.admit(precomputed=known is not None)
         if admitted != "skipped":
             self.metrics.shadow(name, admitted)
+        info = self.infos[name]
         if admitted == "precomputed" and known is not None:
-            return self._comparison(name, self.infos[name].version or 0, known, preds)
+            if logged is not None and self.log is not None:
+                self.log.record(self._as_shadow(logged, info, known, "precomputed"))
+            return self._comparison(name, info.version or 0, known, preds)
         if admitted != "sent":
             return None
-        task = asyncio.create_task(self._shadow(request_id, name, gate, table, request, preds))
+        task = asyncio.create_task(
+            self._shadow(request_id, name, gate, table, request, preds, logged)
+        )
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return None
@@ -556,15 +598,20 @@ class PredictionService:
         table: FeatureTable,
         request: PredictRequest,
         primary: dict[str, float],
+        logged: LoggedRequest | None,
     ) -> None:
         outcome = "error"
         try:
-            rows = self.infos[name].window
-            job = make_job(table, [table.window(t, request.as_of, rows) for t in request.tickers])
+            info = self.infos[name]
+            windows = [table.window(t, request.as_of, info.window) for t in request.tickers]
             timeout = self.args.shadow_limits.timeout_s
-            result = await self.clients[name].predict_within(job, timeout)
+            result = await self.clients[name].predict_within(make_job(table, windows), timeout)
             if result.preds is not None:
-                self._compare(request_id, name, result.version, result.preds.tolist(), primary)
+                preds = result.preds.tolist()
+                self._compare(request_id, name, result.version, preds, primary)
+                if logged is not None and self.log is not None:
+                    served = replace(info, model=result.model, version=result.version)
+                    self.log.record(self._as_shadow(logged, served, preds, "live"))
                 outcome = "ok"
         except TimeoutError:
             outcome = "timeout"
@@ -573,6 +620,21 @@ class PredictionService:
         finally:
             gate.finish(outcome)
             self.metrics.shadow(name, outcome)
+
+    @staticmethod
+    def _as_shadow(
+        logged: LoggedRequest, info: VariantInfo, preds: list[float], source: str
+    ) -> LoggedRequest:
+        """The shadow's answer to the request the primary's ``logged`` records."""
+        return replace(
+            logged,
+            variant=info.name,
+            role="shadow",
+            model_name=info.model or "",
+            model_version=info.version or 0,
+            preds=preds,
+            sources=source,
+        )
 
     def _comparison(
         self, name: str, version: int, preds: list[float], primary: dict[str, float]

@@ -18,9 +18,12 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from ray import serve
 
+from ray_app.core.storage import DataRoot
+from ray_app.data.signals import ServedTable, write_scores
 from ray_app.serving.args import ServeArgs, VariantConfig
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.loader import import_loader
@@ -62,6 +65,8 @@ class Variant:
         self._retry: asyncio.Task[None] | None = None
         self._table: FeatureTable | None = None
         self._table_lock = asyncio.Lock()
+        self._held: tuple[ServedTable, dict[str, np.ndarray]] | None = None
+        self._persisting: set[asyncio.Task[None]] = set()
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         cfg = VariantConfig.model_validate(config)
@@ -118,7 +123,44 @@ class Variant:
         frames = {t: table.frames[t] for t in tickers if t in table.frames}
         columns = tuple(table.columns)
         preds = await asyncio.to_thread(score_frames, model, select, columns, frames)
+        self._hold(ServedTable(self.name, model.name, str(model.version), table.feature_version))
+        self._collect(table, preds)
         return Scores(model.name, model.version, table.feature_version, preds)
+
+    def _hold(self, served: ServedTable) -> None:
+        if self._held is None or self._held[0] != served:
+            self._held = (served, {})
+
+    def _collect(self, table: FeatureTable, preds: dict[str, np.ndarray]) -> None:
+        """Gather the ingress's calls for one model and feature set; once every ticker is in,
+        persist the table as the variant's signals (in a thread, off the answer)."""
+        assert self._held is not None
+        served, held = self._held
+        complete = len(held) == len(table.frames)
+        held.update(preds)
+        if complete or len(held) < len(table.frames):
+            return  # written already, or more calls to come
+        frames = {t: (table.frames[t][0], held[t]) for t in table.frames}
+        task = asyncio.create_task(self._persist(served, frames))
+        self._persisting.add(task)
+        task.add_done_callback(self._persisting.discard)
+
+    async def _persist(
+        self, served: ServedTable, frames: dict[str, tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        root = DataRoot(self._args.settings().data_root)
+        try:
+            path = await asyncio.to_thread(write_scores, root, served, frames)
+        except Exception as exc:  # serving goes on; the next model or feature set tries again
+            logger.warning("variant %s: signals not written: %s", self.name, repr(exc))
+            return
+        logger.info(
+            "variant %s: signals of %s v%s in %s",
+            self.name,
+            served.model_name,
+            served.model_version,
+            path,
+        )
 
     async def _feature_table(self, version: str) -> FeatureTable:
         """The feature set the ingress serves, read once (the newest version asked for)."""

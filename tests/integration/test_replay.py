@@ -18,6 +18,7 @@ import yaml
 
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
+from ray_app.data.live_metrics import read_live_metrics
 from ray_app.data.sources import SampleSource
 from ray_app.monitoring import sources
 from ray_app.registry.tracking import tracking_uri
@@ -39,6 +40,7 @@ def replay_config(folder: Path, root: Path) -> Path:
     serve["controller_options"]["runtime_env"]["env_vars"] = fast_serve_env()
     args = serve["applications"][0]["args"]
     args.update(data_root=str(root), mlflow_tracking_uri=tracking_uri(settings), features_poll_s=1)
+    args["prediction_log"] = {"flush_s": 0.5}
     weights = {"champion": 0.5, "challenger": 0.5}
     for variant in args["variants"]:
         variant["weight"] = weights[variant["name"]]
@@ -96,27 +98,20 @@ def day_metrics(day: pd.DataFrame) -> pd.Series:
     )
 
 
-def direct_metrics(log: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per variant, the mean over days of each day's metric (a ticker-day answered twice,
-    served and shadowed, counts once)."""
+def direct_daily(log: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
+    """Per (variant, feature_date): the day's metrics (a ticker-day answered twice, served and
+    shadowed, counts once)."""
     rows = log.groupby(["variant", "ticker", "feature_date"], as_index=False)[
         "predicted_return"
     ].mean()
     rows = rows.merge(outcomes.dropna(), on=["ticker", "feature_date"])
-    result: dict[str, dict[str, float]] = {}
-    for variant, part in rows.groupby("variant"):
-        daily = part.groupby("feature_date")[["predicted_return", "realised_return"]].apply(
-            day_metrics
-        )
-        result[str(variant)] = {**daily.mean().to_dict(), "days": float(len(daily))}
-    return result
+    return rows.groupby(["variant", "feature_date"])[["predicted_return", "realised_return"]].apply(
+        day_metrics
+    )
 
 
 @pytest.fixture(scope="module")
 def replayed(ray_head: Head, ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    pytest.importorskip(
-        "ray_app.data.predictions", reason="this build's serving app has no prediction log"
-    )
     from ray import serve
 
     folder = tmp_path_factory.mktemp("replay")
@@ -145,15 +140,25 @@ def test_replay_runs_each_day_and_ends_with_the_report(replayed: Any) -> None:
 
 
 def test_live_metrics_equal_metrics_from_the_raw_bars(replayed: Any) -> None:
+    """The A/B report's per-variant figures (means of daily metrics) and the monitor's daily
+    live metrics both equal what pandas computes from the raw bars and the logged answers."""
     done, root = replayed
     assert done.returncode == 0, done.stderr[-4000:]
     log = sources.read_log(DataRoot(str(root)), None, None)
-    expected = direct_metrics(log, raw_outcomes())
+    daily = direct_daily(log, raw_outcomes())
+    assert set(daily.index.get_level_values("variant")) == {"champion", "challenger"}
     evidence = json.loads((root / "reports" / "ab" / DAYS[-2] / "evidence.json").read_text())
     served = next(s for s in evidence["sources"] if s["source"] == "served")
     live = {v["variant"]: v for v in served["variants"]}
-    assert set(live) == set(expected) == {"champion", "challenger"}
-    for variant, metrics in expected.items():
-        assert live[variant]["days"] == metrics["days"] == len(DAYS) - 1  # the last is pending
+    assert set(live) == {"champion", "challenger"}
+    for variant, days in daily.groupby(level="variant"):
+        assert live[str(variant)]["days"] == len(days) == len(DAYS) - 1  # the last is pending
         for name in ("rank_ic", "ic", "mae", "directional_accuracy"):
-            assert live[variant][name]["estimate"] == pytest.approx(metrics[name], abs=1e-9)
+            assert live[str(variant)][name]["estimate"] == pytest.approx(days[name].mean())
+    monitored = read_live_metrics(DataRoot(str(root)))
+    scored = monitored[(monitored["window"] == "1d") & ~monitored["pending"]]
+    assert len(scored) >= 2  # the monitor of the last day scored the days before it
+    for row in scored.itertuples():
+        expected = daily.loc[(row.variant, row.day)]
+        for name in ("rank_ic", "ic", "mae", "directional_accuracy"):
+            assert getattr(row, name) == pytest.approx(expected[name], abs=1e-9), (row, name)

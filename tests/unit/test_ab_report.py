@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
+from ray_app.data.predictions import COLUMNS, SCHEMA
 from ray_app.monitoring import ab, report, sources
 from ray_app.monitoring.promotion import CANDIDATE, candidate_log
 from tests.unit.test_ab_stats import frame
@@ -38,7 +39,7 @@ def log_rows(rows: list[tuple[str, str, str, str, dt.date, float]]) -> pa.Table:
         "predicted_return": [r[5] for r in rows],
         "source": ["precomputed"] * len(rows),
     }
-    return pa.table(data, schema=sources.LOG_SCHEMA)
+    return pa.table(data, schema=SCHEMA)
 
 
 def write_log(root: Path, table: pa.Table, name: str) -> None:
@@ -50,12 +51,12 @@ def write_log(root: Path, table: pa.Table, name: str) -> None:
 def test_the_log_is_read_in_its_schema_and_filtered_by_feature_date(tmp_path: Path) -> None:
     root = DataRoot(str(tmp_path))
     empty = sources.read_log(root, None, None)
-    assert list(empty.columns) == sources.LOG_COLUMNS and empty.empty
+    assert list(empty.columns) == list(COLUMNS) and empty.empty
     before = DAY - dt.timedelta(days=1)
     write_log(tmp_path, log_rows([("r1", "champion", "served", "3", before, 0.01)]), "a-1")
     write_log(tmp_path, log_rows([("r2", "challenger", "shadow", "4", DAY, -0.02)]), "b-1")
     both = sources.read_log(root, None, None)
-    assert list(both.columns) == sources.LOG_COLUMNS
+    assert list(both.columns) == list(COLUMNS)
     assert sorted(both["request_id"]) == ["r1", "r2"]
     only = sources.read_log(root, DAY, DAY)
     assert list(only["request_id"]) == ["r2"]
