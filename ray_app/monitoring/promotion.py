@@ -40,8 +40,8 @@ class LiveDecision:
         c = self.comparison
         verdict = "promoted to champion" if self.promoted else "kept the champion"
         return (
-            f"v{self.challenger} {c.verdict} than v{self.champion} over {c.days} day(s), "
-            f"{c.ticker_days} ticker-days: {verdict}"
+            f"v{self.challenger} against v{self.champion}: {c.verdict} over {c.days} day(s), "
+            f"{c.ticker_days} ticker-days; {verdict}"
         )
 
 
@@ -54,14 +54,17 @@ def candidate_log(log: pd.DataFrame, version: int, baseline: str) -> pd.DataFram
     return kept.assign(variant=kept["variant"].where(kept["variant"] == baseline, CANDIDATE))
 
 
-def weigh(settings: Settings, challenger: int, log: pd.DataFrame) -> ab.Comparison | None:
-    """The paired comparison of ``challenger`` with the baseline variant; None without rows."""
+def weigh(
+    settings: Settings, challenger: int, log: pd.DataFrame, realised: pd.DataFrame
+) -> ab.Comparison | None:
+    """The paired comparison of ``challenger``'s precomputed predictions with the baseline
+    variant's on the days it served; None without rows of both."""
     cfg = settings.monitoring
     rows = candidate_log(log, challenger, cfg.baseline_variant)
     if rows.empty or rows["variant"].nunique() < 2:
         return None
     predictions = sources.precomputed_predictions(settings, rows)
-    panel = ab.build_panel(predictions, realised_returns(settings))
+    panel = ab.build_panel(predictions, realised)
     if {CANDIDATE, cfg.baseline_variant} - set(panel.preds):
         return None
     return ab.compare(
@@ -83,13 +86,24 @@ def promote_on_evidence(settings: Settings) -> LiveDecision:
     if champion is None or challenger == champion:
         return LiveDecision(challenger, champion, None, False)
     log = sources.read_log(DataRoot(settings.data_root), None, None)
-    comparison = weigh(settings, challenger, log)
+    comparison = weigh(settings, challenger, log, realised_returns(settings))
     if comparison is None or comparison.verdict != ab.BETTER:
         return LiveDecision(challenger, champion, comparison, False)
-    figures: dict[str, float | None] = {
+    level = settings.monitoring.significance
+    reason = (
+        f"live evidence against v{champion} ({comparison.loss} loss, level {level}): "
+        + "; ".join(comparison.reasons)
+    )
+    promote(settings, challenger, ACTOR, reason, audit_figures(comparison, level))
+    return LiveDecision(challenger, champion, comparison, True)
+
+
+def audit_figures(comparison: ab.Comparison, level: float) -> dict[str, float | None]:
+    """What the audit trail records with a promotion on live evidence."""
+    return {
         "days": comparison.days,
         "ticker_days": comparison.ticker_days,
-        "significance": settings.monitoring.significance,
+        "significance": level,
         "loss_diff": comparison.loss_diff,
         "dm_statistic": comparison.dm_statistic,
         "dm_p_value": comparison.dm_p_value,
@@ -97,9 +111,3 @@ def promote_on_evidence(settings: Settings) -> LiveDecision:
         "rank_ic_diff_low": comparison.rank_ic_diff.low,
         "rank_ic_diff_high": comparison.rank_ic_diff.high,
     }
-    reason = (
-        f"live evidence against v{champion} ({comparison.loss} loss, level "
-        f"{settings.monitoring.significance}): {'; '.join(comparison.reasons)}"
-    )
-    promote(settings, challenger, ACTOR, reason, figures)
-    return LiveDecision(challenger, champion, comparison, True)

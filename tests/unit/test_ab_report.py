@@ -1,6 +1,6 @@
-"""The A/B report's inputs and outputs without Ray: the prediction log read in its documented
-schema (files written here in exactly that schema), the version each variant served, the
-rows a live promotion weighs, and the report's files."""
+"""The A/B report's inputs and outputs without Ray: the prediction log read in its schema,
+the version each variant served, the evidence a live promotion weighs (the variants'
+persisted predictions for every ticker-day), and the report's files."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.predictions import COLUMNS, SCHEMA
+from ray_app.data.signals import ServedTable, write_scores
 from ray_app.monitoring import ab, report, sources
-from ray_app.monitoring.promotion import CANDIDATE, candidate_log
+from ray_app.monitoring.promotion import CANDIDATE, audit_figures, candidate_log, weigh
 from tests.unit.test_ab_stats import frame
 
 DAY = dt.date(2024, 3, 4)
@@ -137,3 +138,43 @@ def panel_rank_ic(predictions: pd.DataFrame, outcomes: pd.DataFrame, variant: st
         lambda g: g["predicted_return"].corr(g["realised_return"], method="spearman")
     )
     return float(daily.mean())
+
+
+def scored_root(tmp_path: Path, noise: float) -> tuple[Settings, pd.DataFrame, pd.DataFrame]:
+    """A data root where v3 (champion) and v4 (challenger) persisted their predictions for
+    every ticker-day, as the variants do, a log of the days each served, and the outcomes."""
+    predictions, outcomes = frame(60, 20, noise=noise)
+    settings = Settings(data_root=str(tmp_path / "data"))
+    root = DataRoot(settings.data_root)
+    for variant, version in (("champion", "3"), ("challenger", "4")):
+        rows = predictions[predictions["variant"] == variant]
+        frames = {
+            ticker: (
+                np.array(part["feature_date"].tolist(), dtype="datetime64[D]"),
+                part["predicted_return"].to_numpy(),
+            )
+            for ticker, part in rows.groupby("ticker")
+        }
+        table = ServedTable(variant, settings.mlflow.model_name, version, "fs1")
+        write_scores(root, table, frames)
+    asked = predictions[predictions["ticker"] == "T00"]  # clients asked about one ticker
+    log = asked.assign(role="served")
+    return settings, log, outcomes
+
+
+def test_a_better_challenger_is_weighed_on_every_ticker_day_it_served(tmp_path: Path) -> None:
+    settings, log, outcomes = scored_root(tmp_path, noise=0.4)
+    comparison = weigh(settings, 4, log, outcomes)
+    assert comparison is not None and comparison.verdict == ab.BETTER, comparison
+    assert comparison.days == 60 and comparison.ticker_days == 60 * 20  # not just T00's
+    figures = audit_figures(comparison, 0.05)
+    assert figures["dm_p_value"] is not None and figures["dm_p_value"] < 0.05
+    assert figures["rank_ic_diff_low"] is not None and figures["rank_ic_diff_low"] > 0
+    json.dumps(figures, allow_nan=False)  # recordable in the audit trail as it is
+
+
+def test_without_an_effect_nothing_is_promoted(tmp_path: Path) -> None:
+    settings, log, outcomes = scored_root(tmp_path, noise=1.0)
+    comparison = weigh(settings, 4, log, outcomes)
+    assert comparison is not None and comparison.verdict != ab.BETTER
+    assert weigh(settings, 7, log, outcomes) is None  # a version that never served
