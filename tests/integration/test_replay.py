@@ -139,6 +139,21 @@ def test_replay_runs_each_day_and_ends_with_the_report(replayed: Any) -> None:
     assert {"report.md", "report.html", "evidence.json"} <= {p.name for p in report.iterdir()}
 
 
+def test_ab_report_over_part_of_the_period(replayed: Any, tmp_path: Path) -> None:
+    done, root = replayed
+    assert done.returncode == 0, done.stderr[-4000:]
+    command = ["ab", "report", "--from", DAYS[1], "--to", DAYS[-1], "--out", str(tmp_path)]
+    report = ray_app_command([*command, "--data-root", str(root)], {})
+    assert report.returncode == 0, report.stderr
+    assert "served: live metrics" in report.stdout and "precomputed: against" in report.stdout
+    figures = json.loads((tmp_path / "evidence.json").read_text())
+    assert {v["days"] for s in figures["sources"] for v in s["variants"]} == {1}
+    empty = ray_app_command(
+        ["ab", "report", "--from", "2001-01-01", "--to", "2001-01-31", "--data-root", str(root)], {}
+    )
+    assert empty.returncode == 2 and "no logged prediction" in empty.stderr
+
+
 def test_live_metrics_equal_metrics_from_the_raw_bars(replayed: Any) -> None:
     """The A/B report's per-variant figures (means of daily metrics) and the monitor's daily
     live metrics both equal what pandas computes from the raw bars and the logged answers."""
