@@ -207,16 +207,18 @@ def replay(
             on_day(record)
     report = build_report(settings, days[0], days[-1])
     result.report = write_report(settings, report)
-    result.drift_report = drift_report(settings, days[0], days[-1])
+    result.drift_report = drift_report(settings, days[-1])
     return result
 
 
-def drift_report(settings: Settings, start: dt.date, end: dt.date) -> str | None:
-    """Where the drift report over the period was written: the one place the replay calls
-    ``ray_app.monitoring.drift`` (its ``write_drift_report(settings, start, end)``); None in
-    a build without that module."""
+def drift_report(settings: Settings, day: dt.date) -> str | None:
+    """Where the drift report of the replay's last ``day`` (over the drift window before it)
+    was written: the one place the replay calls the drift monitor
+    (``ray_app.monitoring.drift.run_drift``), reading the log by feature date since a replay
+    asks about past days today; None in a build without it."""
     try:
         drift = importlib.import_module("ray_app.monitoring.drift")
     except ModuleNotFoundError:
         return None
-    return str(drift.write_drift_report(settings, start, end))
+    result = drift.run_drift(settings, day, read_log=sources.read_log)
+    return str(result.report)
