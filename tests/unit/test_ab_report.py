@@ -178,3 +178,12 @@ def test_without_an_effect_nothing_is_promoted(tmp_path: Path) -> None:
     comparison = weigh(settings, 4, log, outcomes)
     assert comparison is not None and comparison.verdict != ab.BETTER
     assert weigh(settings, 7, log, outcomes) is None  # a version that never served
+
+
+def test_the_pipeline_weighs_live_evidence_only_when_asked_before_it_deploys() -> None:
+    from ray_app.ops.pipeline import plan
+
+    names = [step.name for step in plan(Settings())]
+    assert "promote" not in names
+    names = [step.name for step in plan(Settings(monitoring={"auto_promote": True}))]
+    assert names.index("release") < names.index("promote") < names.index("deploy")
