@@ -269,12 +269,26 @@ def render(report: ABReport) -> tuple[str, str, dict[str, bytes]]:
     return "\n".join(md), page, images
 
 
-def evidence_json(report: ABReport) -> dict[str, object]:
-    return {
-        "start": report.start,
-        "end": report.end,
-        "sources": [asdict(s.evidence) for s in report.sources],
-    }
+def _finite(value: object) -> object:
+    """``value`` with NaN and infinities as None, so the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def evidence_json(report: ABReport) -> object:
+    """Every figure of the report; undefined ones (too few days, no effect) as null."""
+    return _finite(
+        {
+            "start": report.start,
+            "end": report.end,
+            "sources": [asdict(s.evidence) for s in report.sources],
+        }
+    )
 
 
 def write_report(settings: Settings, report: ABReport, out: Path | None = None) -> str:
@@ -283,7 +297,9 @@ def write_report(settings: Settings, report: ABReport, out: Path | None = None) 
     files: dict[str, bytes] = {
         "report.md": markdown.encode(),
         "report.html": page.encode(),
-        "evidence.json": json.dumps(evidence_json(report), indent=2, default=str).encode(),
+        "evidence.json": json.dumps(
+            evidence_json(report), indent=2, default=str, allow_nan=False
+        ).encode(),
         **images,
     }
     if out is not None:
