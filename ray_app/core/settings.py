@@ -415,6 +415,31 @@ class PipelineSettings(_Section):
     )
 
 
+class MonitoringSettings(_Section):
+    """Live evidence from realised returns: the A/B tests and what the pipeline does with
+    them."""
+
+    significance: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Level of the A/B tests: Diebold-Mariano p-value and (1 - level) bootstrap "
+        "interval of the rank-IC difference",
+    )
+    loss: Literal["squared", "absolute"] = Field(
+        "squared", description="Loss of the Diebold-Mariano test: squared or absolute error"
+    )
+    baseline_variant: str = Field(
+        "champion", description="The variant every other variant is compared with"
+    )
+    bootstrap_reps: int = Field(2000, ge=100, description="Stationary-bootstrap resamples")
+    auto_promote: bool = Field(
+        False,
+        description="The pipeline's promote step makes a challenger the champion when its "
+        "paired live evidence (precomputed predictions) is `better` at `significance`",
+    )
+
+
 class RaySettings(_Section):
     """How entrypoints reach Ray; None starts or joins a local instance."""
 
@@ -454,6 +479,7 @@ class Settings(BaseSettings):
     ray: RaySettings = Field(default_factory=RaySettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
 
     @classmethod

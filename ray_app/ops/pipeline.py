@@ -1,5 +1,6 @@
-"""The daily pipeline as one Ray job: ingest, features, search, release, deploy, smoke test,
-and the monitor that scores yesterday's served predictions against today's bars.
+"""The daily pipeline as one Ray job: ingest, features, search, release, (opt-in) promote on
+live evidence, deploy, smoke test, and the monitor that scores yesterday's served predictions
+against today's bars.
 
 Every step records a fingerprint of its inputs (data, feature and code versions, the
 configuration it depends on) under the data root; a step whose fingerprint is unchanged
@@ -104,6 +105,15 @@ def _release(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, st
     verdict = "promoted to champion" if release.promoted else "kept the champion"
     reasons = "" if release.promoted else f" ({'; '.join(release.decision.reasons[:2])})"
     return f"v{release.version} {verdict}{reasons}", {"model": str(release.version)}
+
+
+def _promote_live(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """Opt-in (``monitoring.auto_promote``): the challenger becomes the champion when its live
+    evidence is significant at ``monitoring.significance`` (``ray_app.monitoring.promotion``)."""
+    from ray_app.monitoring.promotion import promote_on_evidence
+
+    decision = promote_on_evidence(settings)
+    return decision.detail, {"champion": str(decision.challenger)} if decision.promoted else {}
 
 
 def _dashboard(settings: Settings) -> str:
@@ -251,13 +261,14 @@ def plan(settings: Settings) -> list[PlannedStep]:
                 s.mlflow.model_dump(),
             ),
         ),
-        PlannedStep("deploy", _deploy, None),
-        PlannedStep("smoke", _smoke, None),
     ]
+    if settings.monitoring.auto_promote:
+        steps.append(PlannedStep("promote", _promote_live, None))
     monitor = PlannedStep("monitor", _monitor, None)
     if not settings.pipeline.deploy:
-        return [*steps[:-2], monitor]
-    return [*steps, monitor, PlannedStep("signals", _signals, None)]
+        return [*steps, monitor]
+    deploy = [PlannedStep("deploy", _deploy, None), PlannedStep("smoke", _smoke, None)]
+    return [*steps, *deploy, monitor, PlannedStep("signals", _signals, None)]
 
 
 def run_pipeline(
