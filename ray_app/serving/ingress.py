@@ -22,6 +22,7 @@ from ray_app.serving.args import IngressConfig, ServeArgs
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.metrics import IngressMetrics
 from ray_app.serving.predictor import Job, Result, Scores, VariantInfo
+from ray_app.serving.quality import QualityGauges
 from ray_app.serving.service import PredictionService, VariantClient
 
 
@@ -76,9 +77,12 @@ class Ingress:
             partial(FeatureTable.load, settings),
             partial(latest_feature_version, DataRoot(settings.data_root)),
         )
+        # The daily jobs' drift and last run, exported from here: they end, this does not.
+        self.quality = QualityGauges(DataRoot(settings.data_root))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_api(self.service, self.metrics, self.api_keys)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         await self.service.reconfigure(IngressConfig.model_validate(config))
+        self.quality.start()
