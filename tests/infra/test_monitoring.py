@@ -356,6 +356,25 @@ def test_dashboard_queries_use_known_metrics() -> None:
     assert not unknown, f"metrics neither Ray nor the platform exports: {unknown}"
 
 
+def test_dashboard_shows_live_quality_ab_evidence_drift_and_the_prediction_log() -> None:
+    shown = {name for expr in dashboard_exprs() for name in metric_names(expr)}
+    wanted = {
+        "ray_app_live_directional_accuracy",
+        "ray_app_live_ic",
+        "ray_app_live_rank_ic",
+        "ray_app_ab_rank_ic_diff",
+        "ray_app_ab_rank_ic_diff_lower",
+        "ray_app_ab_rank_ic_diff_upper",
+        "ray_app_drift_psi",
+        "ray_app_drift_ks",
+        "ray_app_prediction_drift_psi",
+        "ray_app_prediction_log_written_total",
+        "ray_app_prediction_log_dropped_total",
+        "ray_app_pipeline_last_success_timestamp_seconds",
+    }
+    assert wanted <= shown, sorted(wanted - shown)
+
+
 def test_dashboard_variables_are_defined_and_datasource_is_templated() -> None:
     defined = {v["name"] for v in dashboard()["templating"]["list"]}
     for expr in dashboard_exprs():
