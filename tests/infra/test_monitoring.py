@@ -167,12 +167,20 @@ def test_prometheus_scrapes_ray_nodes_and_head(ray_cluster: dict[str, Any]) -> N
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     files = [f for sd in jobs["ray"]["file_sd_configs"] for f in sd["files"]]
     assert files == ["/tmp/ray/prom_metrics_service_discovery.json"]
-    (target,) = [t for sc in jobs["ray-head"]["static_configs"] for t in sc["targets"]]
+    targets = [t for sc in jobs["ray-head"]["static_configs"] for t in sc["targets"]]
     meta = ray_cluster["metadata"]
     head = ray_cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     metrics_port = {p["name"]: p["containerPort"] for p in head["ports"]}["metrics"]
-    # KubeRay names the head Service <RayCluster name>-head-svc.
-    assert target == f"{meta['name']}-head-svc.{meta['namespace']}.svc.cluster.local:{metrics_port}"
+    # KubeRay names the head Service <RayCluster or RayService name>-head-svc: the ad-hoc
+    # cluster's, and the chart's prediction API (which exports the daily jobs' gauges).
+    values = load_yaml(project.CHART / "values.yaml")
+    assert targets == [
+        f"{name}-head-svc.{namespace}.svc.cluster.local:{metrics_port}"
+        for name, namespace in [
+            (meta["name"], meta["namespace"]),
+            (values["serve"]["name"], values["namespace"]),
+        ]
+    ]
     for rule_file in config["rule_files"]:
         assert (PROMETHEUS / rule_file).is_file(), rule_file
 
