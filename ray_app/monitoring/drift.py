@@ -186,8 +186,8 @@ def _served_groups(log: pd.DataFrame, features: pd.DataFrame) -> list[Served]:
 def _day_rows(settings: Settings, features: pd.DataFrame, day: dt.date) -> Served:
     """The feature rows of the newest ``window_days`` feature dates on or before ``day``,
     for the champion (the challenger before there is one), whose predictions are computed."""
-    dates = np.sort(features["date"].unique())
-    dates = dates[dates <= np.datetime64(day)]
+    dates = _dates(features)
+    dates = dates[dates <= pd.Timestamp(day)]
     if not len(dates):
         raise DriftError(f"no feature rows on or before {day}: nothing to measure")
     chosen = dates[-settings.drift.window_days :]
@@ -238,14 +238,19 @@ def _with_predictions(
     joined = rows.merge(features, on=["ticker", "date"], how="inner")
     missing = joined["predicted_return"].isna()
     if missing.any():
-        dates = np.sort(features["date"].unique())
-        first = np.searchsorted(dates, joined.loc[missing, "date"].min())
+        dates = _dates(features)
+        first = dates.searchsorted(joined.loc[missing, "date"].min())
         since = dates[max(0, first - model.hparams.window)]
         wanted = features["ticker"].isin(joined.loc[missing, "ticker"].unique())
         preds = _predict(model, features[wanted & (features["date"] >= since)])
         found = joined[["ticker", "date"]].merge(preds, on=["ticker", "date"], how="left")["pred"]
         joined.loc[missing, "predicted_return"] = found[missing].to_numpy()
     return joined
+
+
+def _dates(features: pd.DataFrame) -> pd.DatetimeIndex:
+    """The feature dates, sorted (an index: numpy cannot search datetime64[ns] by Timestamp)."""
+    return pd.DatetimeIndex(features["date"].unique()).sort_values()
 
 
 def _predict(model: TrainedModel, frame: pd.DataFrame) -> pd.DataFrame:
