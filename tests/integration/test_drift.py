@@ -63,7 +63,7 @@ def settings(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Sett
 def test_cli_measures_the_days_feature_rows_without_a_prediction_log(settings: Settings) -> None:
     done = ray_app_command(
         ["drift", "--date", DAY.isoformat()],
-        {"RAY_APP_DATA_ROOT": settings.data_root, "RAY_APP_DRIFT__WINDOW_DAYS": "20", "RAY_APP_DEBUG": "1"},
+        {"RAY_APP_DATA_ROOT": settings.data_root, "RAY_APP_DRIFT__WINDOW_DAYS": "20"},
     )
     assert done.returncode == 0, done.stderr + done.stdout
     assert f"drift on {DAY} (feature_rows)" in done.stdout
@@ -77,8 +77,6 @@ def test_cli_measures_the_days_feature_rows_without_a_prediction_log(settings: S
     assert prediction["n_reference"] > 1000  # the model's predictions over its window
     report = Path(done.stdout.split("report: ")[1].split()[0])
     assert report.is_file() and "<h2>champion: ray-app-daily-return v" in report.read_text()
-    bad = ray_app_command(["drift", "--date", "2013-02-30"], {})
-    assert bad.returncode == 2 and "2013-02-30" in bad.stderr
 
 
 def test_served_rows_come_from_the_log_per_variant_and_shifted_predictions_drift(
