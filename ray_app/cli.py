@@ -785,6 +785,52 @@ def monitor(
     )
 
 
+DRIFT_ROWS = 15  # rows `ray-app drift` prints, most drifted first
+
+
+@app.command()
+def drift(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    date: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            "--date", formats=["%Y-%m-%d"], help="Day measured (YYYY-MM-DD; default: today, UTC)"
+        ),
+    ] = None,
+) -> None:
+    """Drift of the day's served feature rows and predictions against each serving model's
+    training window: PSI and the Kolmogorov-Smirnov statistic per feature.
+
+    Served rows come from the prediction log (the day's feature rows and the champion when the
+    log has none that day). Writes the table and an HTML report under the data root (the
+    prediction API exports the table as gauges), prints the statistics over their threshold
+    (drift.* settings) and the report's path. Exits 0 whether or not anything drifted.
+    """
+    from ray_app.monitoring.drift import run_drift
+
+    settings = _settings(config, data_root=data_root)
+    result = run_drift(settings, date.date() if date else None)
+    table = Table(title=f"drift on {result.day} ({result.source})")
+    for column in ("variant", "version", "name", "psi", "ks", "n current", "drifted"):
+        table.add_column(column)
+    shown = result.table.sort_values(["drifted", "psi"], ascending=False).head(DRIFT_ROWS)
+    for row in shown.to_dict("records"):
+        table.add_row(
+            str(row["variant"]),
+            str(row["model_version"]),
+            str(row["name"]),
+            f"{row['psi']:.4f}",
+            f"{row['ks']:.4f}",
+            str(row["n_current"]),
+            "yes" if row["drifted"] else "",
+        )
+    out.print(table)
+    drifted = len(result.drifted)
+    out.print(f"{drifted} of {len(result.table)} statistics over their threshold")
+    out.print(f"report: {result.report}")
+
+
 @app.command("rollout")
 def rollout_command(
     config: ConfigOption = None,

@@ -440,6 +440,43 @@ class MonitoringSettings(_Section):
     )
 
 
+class DriftSettings(_Section):
+    """Daily drift of the served feature rows and predictions against the serving model's
+    training window (`ray-app drift`). A statistic above its threshold marks the feature as
+    drifted in the table and the report, and the thresholds are exported beside the values, so
+    the Prometheus alerts compare against these settings."""
+
+    psi_threshold: float = Field(
+        0.2, gt=0, description="Population stability index above which a feature has drifted"
+    )
+    ks_threshold: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Two-sample Kolmogorov-Smirnov statistic above which a feature has drifted",
+    )
+    prediction_psi_threshold: float = Field(
+        0.2, gt=0, description="PSI of the predicted returns above which predictions have drifted"
+    )
+    bins: int = Field(
+        10, ge=2, le=100, description="PSI bins: quantiles of the training window's values"
+    )
+    window_days: int = Field(
+        1,
+        ge=1,
+        description="Days of served rows (ending at the day measured) compared with the "
+        "training window",
+    )
+    min_rows: int = Field(
+        20, ge=2, description="Fewer current rows than this: the statistic is not computed"
+    )
+    reference_max_rows: int = Field(
+        200_000,
+        ge=100,
+        description="Training-window rows kept for the comparison (a seeded sample beyond this)",
+    )
+
+
 class RaySettings(_Section):
     """How entrypoints reach Ray; None starts or joins a local instance."""
 
@@ -480,6 +517,7 @@ class Settings(BaseSettings):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
 
     @classmethod

@@ -19,6 +19,7 @@ from typing import Any
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
+from ray_app.data.pipeline_runs import record_run
 from ray_app.registry.tracking import code_version
 
 STATE = ("pipeline", "state.json")
@@ -284,6 +285,9 @@ def run_pipeline(
     One pipeline at a time per data root: the run holds the root's pipeline lock from reading
     the state file to its last write. A second run calls ``on_wait`` with the holder, waits
     up to ``pipeline.lock_timeout_s``, then fails naming the root and the holder.
+
+    Each run's end is recorded (``ray_app.data.pipeline_runs``): the prediction API exports
+    the last run and the last success, which the failed- and missing-run alerts read.
     """
     root = DataRoot(settings.data_root)
     with root.lock(LOCK, settings.pipeline.lock_timeout_s, on_wait):
@@ -297,6 +301,8 @@ def run_pipeline(
             if result.status == FAILED:
                 break
             root.write_json(state, *STATE)
+        failed = next((step.name for step in run.steps if step.status == FAILED), None)
+        record_run(root, ok=failed is None, failed_step=failed)
     return run
 
 

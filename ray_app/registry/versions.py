@@ -37,7 +37,16 @@ from ray_app.registry.tracking import connect_mlflow
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 KEY_COLUMNS = ["ticker", "date"]
-LINEAGE_KEYS = ("data_version", "feature_version", "code_version", "git_commit")
+# The first and last feature date of the rows a version was fitted on (drift's reference).
+TRAIN_START, TRAIN_END = "train_start", "train_end"
+LINEAGE_KEYS = (
+    "data_version",
+    "feature_version",
+    "code_version",
+    "git_commit",
+    TRAIN_START,
+    TRAIN_END,
+)
 HOLDOUT_PREFIX = "holdout."
 PREVIOUS_CHAMPION = "previous_champion"
 # Packages the pyfunc needs besides ray_app itself, which the serving image provides.
@@ -431,6 +440,15 @@ def record_rejection(settings: Settings, version: int, actor: str, decision: Gat
         "comparisons": decision.comparisons,
     }
     _audited(settings, client, "gate_rejected", version, payload)
+
+
+def version_lineage(settings: Settings, ref: str | int) -> tuple[int, dict[str, str]]:
+    """The version ``ref`` names and its lineage tags (feature version, training window...);
+    a version registered before a tag existed lacks that key."""
+    client = _client(settings)
+    version = resolve_version(settings, ref)
+    tags = dict(_version(client, settings.mlflow.model_name, version).tags)
+    return version, {k: tags[k] for k in LINEAGE_KEYS if k in tags}
 
 
 def list_versions(settings: Settings) -> list[dict[str, Any]]:

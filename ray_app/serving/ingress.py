@@ -26,6 +26,7 @@ from ray_app.serving.features import FeatureTable
 from ray_app.serving.metrics import IngressMetrics
 from ray_app.serving.prediction_log import PredictionLog
 from ray_app.serving.predictor import Job, Result, Scores, VariantInfo
+from ray_app.serving.quality import QualityGauges
 from ray_app.serving.service import FRESHNESS_EVERY_S, PredictionService, VariantClient
 
 logger = logging.getLogger("ray.serve")
@@ -86,6 +87,8 @@ class Ingress:
             log=self.log,
         )
         self._live: asyncio.Task[None] | None = None
+        # The daily jobs' drift and last run, exported from here: they end, this does not.
+        self.quality = QualityGauges(self.root)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_api(self.service, self.metrics, self.api_keys)
@@ -93,6 +96,7 @@ class Ingress:
     async def reconfigure(self, config: dict[str, Any]) -> None:
         await self.service.reconfigure(IngressConfig.model_validate(config))
         self.log.start()
+        self.quality.start()
         if self._live is None or self._live.done():
             self._live = asyncio.create_task(self._export_live_metrics())
 

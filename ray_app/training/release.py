@@ -17,6 +17,8 @@ from ray_app.core.settings import HParams, Settings
 from ray_app.models.networks import TrainedModel
 from ray_app.registry.tracking import connect_mlflow, lineage_tags
 from ray_app.registry.versions import (
+    TRAIN_END,
+    TRAIN_START,
     GateDecision,
     log_model,
     metric_tags,
@@ -81,7 +83,14 @@ def train_and_release(
     experiment_id = connect_mlflow(settings, cluster_nodes())
     data = load_training_data(settings, feature_version)
     chosen = hparams or settings.train.hparams
-    tags = {**lineage_tags(data.manifest), "origin": origin, **(extra_tags or {})}
+    window = data.tune_fold.train  # the rows the model is fitted on: drift's reference
+    tags = {
+        **lineage_tags(data.manifest),
+        TRAIN_START: window.start.date().isoformat(),
+        TRAIN_END: window.end.date().isoformat(),
+        "origin": origin,
+        **(extra_tags or {}),
+    }
     run_name = f"{origin}-{settings.train.model}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params(_params(settings, chosen))

@@ -8,7 +8,34 @@ import re
 from pathlib import Path
 
 # The platform's own metrics (documented in monitoring/README.md); Ray prefixes them "ray_".
-APP_METRICS = frozenset({"ray_app_data_latest_bar_timestamp_seconds"})
+APP_METRICS = frozenset(
+    {
+        # the ingress (ray_app/serving/metrics.py)
+        "ray_app_data_latest_bar_timestamp_seconds",
+        "ray_app_serve_requests_total",
+        "ray_app_serve_shadow_abs_diff_bucket",
+        # the daily jobs' tables, exported by the ingress (ray_app/serving/quality.py)
+        "ray_app_drift_psi",
+        "ray_app_drift_ks",
+        "ray_app_prediction_drift_psi",
+        "ray_app_drift_threshold",
+        "ray_app_pipeline_last_run_timestamp_seconds",
+        "ray_app_pipeline_last_success_timestamp_seconds",
+        "ray_app_pipeline_last_run_failed",
+        # the monitor step's live metrics and the prediction log's counters
+        "ray_app_live_directional_accuracy",
+        "ray_app_live_ic",
+        "ray_app_live_rank_ic",
+        "ray_app_live_mae",
+        "ray_app_live_pending_days",
+        "ray_app_prediction_log_written_total",
+        "ray_app_prediction_log_dropped_total",
+        # the A/B report's paired rank-IC difference against the champion, with its interval
+        "ray_app_ab_rank_ic_diff",
+        "ray_app_ab_rank_ic_diff_lower",
+        "ray_app_ab_rank_ic_diff_upper",
+    }
+)
 # Series Prometheus itself writes for every scrape target.
 PROMETHEUS_METRICS = frozenset({"up"})
 

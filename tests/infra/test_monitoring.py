@@ -122,6 +122,39 @@ def test_the_required_alerts_exist() -> None:
     assert by_metric.get("ray_serve_num_http_error_requests_total"), "a Serve 5xx rate alert"
     assert by_metric.get("ray_serve_http_request_latency_ms_bucket"), "a Serve latency alert"
     assert by_metric.get("ray_app_data_latest_bar_timestamp_seconds"), "a data staleness alert"
+    assert by_metric.get("ray_app_live_directional_accuracy"), "a live accuracy alert"
+    assert by_metric.get("ray_app_live_rank_ic"), "a live IC alert"
+    assert by_metric.get("ray_app_drift_psi"), "a feature drift alert"
+    assert by_metric.get("ray_app_prediction_drift_psi"), "a prediction drift alert"
+    assert by_metric.get("ray_app_serve_shadow_abs_diff_bucket"), "a shadow disagreement alert"
+    assert by_metric.get("ray_app_prediction_log_dropped_total"), "a prediction-log drop alert"
+    assert by_metric.get("ray_app_pipeline_last_run_failed"), "a failed pipeline alert"
+    assert by_metric.get("ray_app_pipeline_last_success_timestamp_seconds"), "a missing run alert"
+
+
+def test_every_alert_has_a_promtool_case_where_it_fires() -> None:
+    tests = load_yaml(PROMETHEUS / "alerts_test.yml")["tests"]
+    fired = {
+        case["alertname"]
+        for test in tests
+        for case in test["alert_rule_test"]
+        if case.get("exp_alerts")
+    }
+    missing = {rule["alert"] for rule in alert_rules()} - fired
+    assert not missing, f"alerts without a promtool case that fires them: {sorted(missing)}"
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        "ray_app_data_latest_bar_timestamp_seconds",
+        "ray_app_pipeline_last_success_timestamp_seconds",
+    ],
+)
+def test_freshness_alerts_fire_when_their_gauge_is_absent(metric: str) -> None:
+    """Nothing reporting freshness is no evidence of freshness: absent() is part of the rule."""
+    (rule,) = [r for r in alert_rules() if f"absent({metric})" in r["expr"].replace(" ", "")]
+    assert metric in metric_names(rule["expr"])
 
 
 def test_alerts_use_metrics_ray_exports() -> None:
@@ -134,12 +167,20 @@ def test_prometheus_scrapes_ray_nodes_and_head(ray_cluster: dict[str, Any]) -> N
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     files = [f for sd in jobs["ray"]["file_sd_configs"] for f in sd["files"]]
     assert files == ["/tmp/ray/prom_metrics_service_discovery.json"]
-    (target,) = [t for sc in jobs["ray-head"]["static_configs"] for t in sc["targets"]]
+    targets = [t for sc in jobs["ray-head"]["static_configs"] for t in sc["targets"]]
     meta = ray_cluster["metadata"]
     head = ray_cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     metrics_port = {p["name"]: p["containerPort"] for p in head["ports"]}["metrics"]
-    # KubeRay names the head Service <RayCluster name>-head-svc.
-    assert target == f"{meta['name']}-head-svc.{meta['namespace']}.svc.cluster.local:{metrics_port}"
+    # KubeRay names the head Service <RayCluster or RayService name>-head-svc: the ad-hoc
+    # cluster's, and the chart's prediction API (which exports the daily jobs' gauges).
+    values = load_yaml(project.CHART / "values.yaml")
+    assert targets == [
+        f"{name}-head-svc.{namespace}.svc.cluster.local:{metrics_port}"
+        for name, namespace in [
+            (meta["name"], meta["namespace"]),
+            (values["serve"]["name"], values["namespace"]),
+        ]
+    ]
     for rule_file in config["rule_files"]:
         assert (PROMETHEUS / rule_file).is_file(), rule_file
 
@@ -188,6 +229,18 @@ def test_promtool_alert_unit_tests_pass() -> None:
         ('{error_code=~"5.."}[5m])', '{error_code=~"4.."}[5m])', "5xx"),  # counts 4xx instead
         ("[5m])) > 0.05", "[5m])) > 0.5", "5xx"),  # 5xx threshold 50%
         ("> 4 * 86400", "> 6 * 86400", "data"),  # stale only after six days
+        # no series is no longer stale
+        ("absent(ray_app_data_latest_bar_timestamp_seconds)", "vector(1) < 0", "absent"),
+        ("max(ray_app_pipeline_last_run_failed) == 1", "max(x) == 1", "pipeline run"),
+        ("> 100 * 3600", "> 200 * 3600", "pipeline late"),
+        (
+            'ray_app_live_rank_ic{window="20d"}) < 0',
+            'ray_app_live_rank_ic{window="20d"}) < -0.1',
+            "live",
+        ),
+        ('> on() group_left() max(ray_app_drift_threshold{statistic="psi"})', "> 1", "drift"),
+        ("[30m]))) > 0.01", "[30m]))) > 0.05", "shadow"),
+        ("sum(increase(ray_app_prediction_log_dropped_total[15m])) > 0", "sum(x) > 0", "drops"),
     ],
 )
 def test_promtool_alert_unit_tests_catch_a_broken_rule(
@@ -311,6 +364,25 @@ def test_dashboard_queries_use_known_metrics() -> None:
     assert not unknown, f"metrics neither Ray nor the platform exports: {unknown}"
 
 
+def test_dashboard_shows_live_quality_ab_evidence_drift_and_the_prediction_log() -> None:
+    shown = {name for expr in dashboard_exprs() for name in metric_names(expr)}
+    wanted = {
+        "ray_app_live_directional_accuracy",
+        "ray_app_live_ic",
+        "ray_app_live_rank_ic",
+        "ray_app_ab_rank_ic_diff",
+        "ray_app_ab_rank_ic_diff_lower",
+        "ray_app_ab_rank_ic_diff_upper",
+        "ray_app_drift_psi",
+        "ray_app_drift_ks",
+        "ray_app_prediction_drift_psi",
+        "ray_app_prediction_log_written_total",
+        "ray_app_prediction_log_dropped_total",
+        "ray_app_pipeline_last_success_timestamp_seconds",
+    }
+    assert wanted <= shown, sorted(wanted - shown)
+
+
 def test_dashboard_variables_are_defined_and_datasource_is_templated() -> None:
     defined = {v["name"] for v in dashboard()["templating"]["list"]}
     for expr in dashboard_exprs():
@@ -330,3 +402,42 @@ def test_provisioning_matches_the_dashboard() -> None:
     assert var["current"]["value"] == source["uid"]
     (provider,) = load_yaml(GRAFANA / "provisioning" / "dashboards" / "ray-app.yml")["providers"]
     assert provider["type"] == "file" and provider["options"]["path"]
+
+
+# --- Alertmanager ----------------------------------------------------------------------------
+
+ALERTMANAGER = project.MONITORING / "alertmanager.yml"
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["alertname=RayHeadDown", "severity=critical"], "critical"),
+        (["alertname=RayAppFeatureDrift", "severity=warning"], "warning"),
+        (["alertname=Other"], "warning"),
+    ],
+)
+def test_alertmanager_routes_by_severity(labels: list[str], receiver: str) -> None:
+    amtool = project.find_tool("amtool")
+    if amtool is None:
+        pytest.skip("amtool not installed (apt-get install prometheus-alertmanager)")
+    done = subprocess.run(
+        [amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}", *labels],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [receiver]
+
+
+def test_every_alertmanager_receiver_is_a_webhook_and_every_severity_is_routed() -> None:
+    config = load_yaml(ALERTMANAGER)
+    for receiver in config["receivers"]:
+        (hook,) = receiver["webhook_configs"]
+        assert hook["url"].startswith("http") and hook["send_resolved"] is True
+    routed = {m for r in config["route"]["routes"] for m in r["matchers"]}
+    severities = {r["labels"]["severity"] for r in alert_rules()}
+    for severity in severities:
+        assert any(severity in matcher for matcher in routed), severity

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ray_app.core.settings import Settings
-from ray_app.core.storage import LockBusyError
+from ray_app.core.storage import DataRoot, LockBusyError
+from ray_app.data.pipeline_runs import read_run_record
 from ray_app.ops.pipeline import SKIPPED, PlannedStep, run_pipeline
 
 
@@ -63,3 +64,25 @@ def test_a_second_pipeline_waits_for_the_first_then_reads_its_state(tmp_path: Pa
     first.join()
     assert [s.status for s in second.steps] == [SKIPPED]
     assert len(waited) == 1 and f"pid {os.getpid()}" in waited[0]
+
+
+def test_every_run_records_its_end_and_the_last_success(tmp_path: Path) -> None:
+    """What the failed- and missing-run alerts read (exported by the prediction API)."""
+    settings = Settings(data_root=str(tmp_path))
+
+    def ok(_s: Settings, _ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        return "", {}
+
+    def broken(_s: Settings, _ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        raise RuntimeError("no bars")
+
+    run_pipeline(settings, [PlannedStep("ingest", ok, None)])
+    first = read_run_record(DataRoot(str(tmp_path)))
+    assert first is not None and first.last_run_ok and first.last_success_at == first.last_run_at
+    run = run_pipeline(
+        settings, [PlannedStep("ingest", ok, None), PlannedStep("train", broken, None)]
+    )
+    assert run.failed
+    second = read_run_record(DataRoot(str(tmp_path)))
+    assert second is not None and not second.last_run_ok and second.failed_step == "train"
+    assert second.last_success_at == first.last_run_at < second.last_run_at
