@@ -7,6 +7,7 @@ a stage that ran but left tickers failed exits with status 1.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import os
 import sys
@@ -15,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -40,6 +40,10 @@ app.add_typer(data_app, name="data")
 # colour comes only from ``styled`` and ``Text`` styles.
 out = Console(width=None if sys.stdout.isatty() else 160, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, markup=False)
+
+
+# The command line's choices of model family: the modules of ray_app/models/families.
+FamilyName = enum.Enum("FamilyName", {name: name for name in family_names()}, type=str)  # type: ignore[misc]
 
 
 def styled(style: str, label: str, rest: str = "") -> Text:
@@ -378,10 +382,7 @@ def train(
     data_root: DataRootOption = None,
     feature_version: FeatureVersionOption = None,
     model: Annotated[
-        str | None,
-        typer.Option(
-            click_type=click.Choice(family_names()), help="Model family (default: train.model)"
-        ),
+        FamilyName | None, typer.Option(help="Model family (default: train.model)")
     ] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Ray Train workers (default: train.num_workers)")
@@ -403,7 +404,7 @@ def train(
     settings = _settings(
         config,
         data_root=data_root,
-        train__model=model,
+        train__model=model.value if model else None,
         train__num_workers=workers,
         train__hparams__epochs=epochs,
     )

@@ -74,16 +74,18 @@ def check_space(settings: Settings) -> None:
                     raise SearchError(f"search space {family}.{name}={cast!r}: {exc}") from None
 
 
-def define_space(spaces: dict[str, dict[str, SearchDimension]]) -> Any:
+@dataclass(frozen=True)
+class DefineSpace:
     """Optuna's define-by-run space: a family, then that family's hyperparameters, named
-    ``<family>/<name>`` (Tune nests them: ``config[family][name]``)."""
+    ``<family>/<name>`` (Tune nests them: ``config[family][name]``). A class, not a closure:
+    Tune pickles the searcher with the search's state."""
 
-    def define(trial: Any) -> None:
-        family = trial.suggest_categorical(FAMILY_KEY, list(spaces))
-        for name, dim in spaces[family].items():
+    spaces: dict[str, dict[str, SearchDimension]]
+
+    def __call__(self, trial: Any) -> None:
+        family = trial.suggest_categorical(FAMILY_KEY, list(self.spaces))
+        for name, dim in self.spaces[family].items():
             _suggest(trial, f"{family}/{name}", dim)
-
-    return define
 
 
 def trial_spec(config: dict[str, Any], base: dict[str, Any]) -> ModelSpec:
@@ -146,7 +148,7 @@ def _tuner(
         return tune.Tuner.restore(
             _experiment_dir(settings, name), trainable, resume_unfinished=True, resume_errored=False
         )
-    space = define_space(search_spaces(settings))
+    space = DefineSpace(search_spaces(settings))
     searcher = ConcurrencyLimiter(
         OptunaSearch(space=space, metric=METRIC, mode=MODE, seed=cfg.seed),
         max_concurrent=cfg.max_concurrent,

@@ -107,6 +107,26 @@ def fit(
     return model, fitted.history
 
 
+def random_model(kind: str, columns: list[str], seed: int = 0, window: int = 3) -> TrainedModel:
+    """A ``kind`` model on ``columns`` that predicts something other than zero, made in
+    milliseconds: torch weights perturbed at random, or a few trees fitted to random rows;
+    for the registry's and serving's tests, which only need every family's predictions."""
+    family, rng = get(kind), np.random.default_rng(seed)
+    scaler = StandardScaler(rng.normal(size=len(columns)), rng.uniform(0.5, 2, len(columns)))
+    if isinstance(family, TorchFamily):
+        params = TorchParams(hidden_size=6, num_layers=1, window=window)
+        module = family.build(len(columns), params, seed=seed)
+        torch.manual_seed(seed)
+        weights = {k: v + 0.1 * torch.randn_like(v) for k, v in module.state_dict().items()}
+    else:
+        params = LightGBMParams(num_boost_round=5, min_data_in_leaf=2)
+        x = rng.normal(size=(200, 1, len(columns))).astype(np.float32)
+        y = (x[:, 0, 0] * 0.01).astype(np.float32)
+        arrays = Arrays(x, y, x[:0], y[:0], scaler)
+        weights = family.fit(arrays, params, FitConfig(seed=seed), LoopSession()).weights
+    return TrainedModel(kind, params, columns, scaler, weights, 1, "fs", "dv", seed)
+
+
 def test_models_module_never_imports_ray() -> None:
     code = (
         "import sys, ray_app.models.networks, ray_app.training.splits, ray_app.models.metrics; "
