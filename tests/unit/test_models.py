@@ -15,15 +15,18 @@ import pytest
 import torch
 from torch import nn
 
-from ray_app.core.settings import SettingsError
+from ray_app.core.settings import Settings, SettingsError, load_settings
 from ray_app.data.features import TARGET
 from ray_app.models.families import (
     Arrays,
     FitConfig,
     LoopSession,
     TrainedModel,
+    check_settings,
     get,
     names,
+    search_spaces,
+    spec,
 )
 from ray_app.models.families._torch import (
     TorchFamily,
@@ -393,3 +396,37 @@ def test_fit_epoch_and_evaluate_loss_report_per_sample_means() -> None:
         fit_epoch(model, train_loader, optimizer, loss_fn)
     assert evaluate_loss(model, eval_loader, loss_fn) < before
     assert not model.training  # evaluation leaves dropout off
+
+
+def test_settings_name_families_and_hyperparameters_from_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(
+        train={"model": "lightgbm", "hparams": {"num_leaves": 7}},
+        tune={
+            "families": ["mlp", "lightgbm"],
+            "search_space": {"lightgbm": {"num_leaves": {"type": "choice", "values": [7, 15]}}},
+        },
+    )
+    check_settings(settings)
+    assert spec(settings).hparams == LightGBMParams(num_leaves=7)
+    assert spec(settings, "mlp").hparams == TorchParams()  # not train.model: its defaults
+    spaces = search_spaces(settings)
+    assert list(spaces) == ["mlp", "lightgbm"] and spaces["mlp"] == get("mlp").default_space
+    assert list(spaces["lightgbm"]) == ["num_leaves"]
+    bad = {
+        "train": ({"model": "lstm"}, {}, "unknown model family 'lstm'"),
+        "hparams": ({"model": "lightgbm", "hparams": {"epochs": 3}}, {}, "epochs: unknown"),
+        "families": ({}, {"families": ["xgb"]}, "tune.families.*unknown model family 'xgb'"),
+        "space": (
+            {},
+            {"search_space": {"mlp": {"lrate": {"type": "uniform", "low": 0, "high": 1}}}},
+            "tune.search_space.mlp: unknown hyperparameter.*lrate",
+        ),
+    }
+    for train, tune, message in bad.values():
+        with pytest.raises(SettingsError, match=message):
+            check_settings(Settings(train=train, tune=tune))
+    monkeypatch.setenv("RAY_APP_TRAIN__HPARAMS__EPOCHS", "3")
+    assert spec(load_settings()).hparams.epochs == 3  # type: ignore[attr-defined]
+    assert spec(load_settings(train__hparams__epochs=4)).hparams.epochs == 4  # type: ignore[attr-defined]
