@@ -62,6 +62,9 @@ KEYS = ["date", "ticker"]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, help="YAML settings (default: the sample)")
+    parser.add_argument(
+        "--data-root", type=Path, help="Reuse the feature set a previous run built there"
+    )
     parser.add_argument("--threads", type=int, default=2, help="Threads of each fit")
     parser.add_argument("--repeats", type=int, default=5, help="Timed rounds of first tables")
     parser.add_argument("--families", nargs="+", default=["mlp", "lightgbm"], choices=names())
@@ -97,17 +100,19 @@ def fit(settings: Settings, data: TrainingData, kind: str) -> TrainedModel:
 
 def main() -> None:
     args = parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-families-"))
+    root = args.data_root or Path(tempfile.mkdtemp(prefix="bench-families-")) / "data"
     base = load_settings(args.config) if args.config else Settings(ingest={"source": "sample"})
-    settings = base.model_copy(update={"data_root": str(root / "data")})
+    settings = base.model_copy(update={"data_root": str(root)})
     settings.train.torch_threads = args.threads
     print(f"bench_families: {', '.join(args.families)}; {args.threads} threads; {load_note()}")
     trained: dict[str, TrainedModel] = {}
     quality: dict[str, dict[str, float]] = {}
     train_s: dict[str, float] = {}
-    failed = pandas_ingest(settings, make_source(settings.ingest)) + pandas_features(settings)
-    if failed:
-        raise SystemExit(f"feature set incomplete: {', '.join(failed)} failed")
+    if args.data_root is None:
+        source = make_source(settings.ingest)
+        failed = pandas_ingest(settings, source) + pandas_features(settings)
+        if failed:
+            raise SystemExit(f"feature set incomplete: {', '.join(failed)} failed")
     data = load_training_data(settings)
     print(
         f"feature set {data.manifest['version']}: {len(data.frame):,} rows, "
