@@ -93,7 +93,7 @@ from ray_app.ops import cluster
 from ray_app.registry import versions as registry
 from ray_app.registry.tracking import connect_mlflow, tracking_uri
 from ray_app.serving.features import FeatureTable
-from ray_app.serving.loader import TorchModel
+from ray_app.serving.loader import ServedModel
 from ray_app.serving.rollout import Change, deploy, rollout
 from ray_app.serving.schemas import PredictRequest, PredictResponse, TickerPrediction
 from ray_app.training.train import fit_in_process, load_training_data
@@ -195,7 +195,7 @@ def plain_api(settings: Settings) -> FastAPI:
     torch.set_num_threads(1)
     version = registry.resolve_version(settings, "champion")
     trained = registry.load_version(settings, version)
-    model = TorchModel(settings.mlflow.model_name, version, trained)
+    model = ServedModel(settings.mlflow.model_name, version, trained)
     table = FeatureTable.load(settings)
     app = FastAPI()
 

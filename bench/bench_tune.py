@@ -3,7 +3,7 @@ one epoch of Ray Train against the same PyTorch loop in this process.
 
 Why: the platform searches hyperparameters with Ray Tune (``ray_app.training.tune.run_search``:
 OptunaSearch's seeded TPE, two trials at once, MLflow child runs, per-epoch metrics)
-and trains with Ray Train (``ray_app.training.train.make_trainer``). On the machine we develop on
+and trains with Ray Train (``training.families.torch.make_trainer``). On the machine we develop on
 (2 cores) that only pays off if the search finishes clearly sooner than the obvious
 alternative, plain Optuna running the same trials one after the other in one process, and
 if Ray Train adds little to an epoch beyond the fixed cost of starting its worker group.
@@ -41,7 +41,7 @@ order of the space, so with the same seed both searches evaluate the same config
 the script checks that, and that they reach the same losses. Plain Optuna runs first, then
 Ray Tune, then the Ray Train comparison.
 
-Ray Train figures: the worker function is ``ray_train_loop`` with timing added (the same
+Ray Train figures: the worker function is ``families.torch.worker_loop`` with timing added (the same
 ``train_loop`` and ``RaySession``, its ``restore`` and ``report`` hooks marked; a worker
 returns nothing to ``fit()``, so the timings go to a file in the data root). Inside
 ``train_loop`` the script separates set-up (model, optimizer, validation loader: in a fresh
@@ -80,20 +80,19 @@ import numpy as np
 import optuna
 from bench_data import OUT, fresh_root, load_note, local_ray, write_universe
 
-from ray_app.core.settings import HParams, SearchDimension, Settings
+from ray_app.core.settings import SearchDimension, Settings
 from ray_app.data.feature_store import build_features
 from ray_app.data.ingest import run_ingest
+from ray_app.models.families import Arrays, LoopSession, get, search_spaces, spec
+from ray_app.models.families._torch import TorchFamily, TorchParams
+from ray_app.training.families.torch import make_trainer
 from ray_app.training.train import (
-    Arrays,
-    LoopSession,
     RaySession,
     TrainingData,
     build_arrays,
+    fit_config,
     load_training_data,
-    loop_config,
-    make_trainer,
     results_path,
-    train_loop,
 )
 from ray_app.training.tune import run_search
 
@@ -132,7 +131,7 @@ def bench_settings(root: Path, folder: Path, args: argparse.Namespace) -> Settin
 def with_epochs(settings: Settings, epochs: int, trials: int | None = None) -> Settings:
     """A copy of ``settings`` with ``epochs`` (and patience) and optionally ``trials``."""
     copy = settings.model_copy(deep=True)
-    copy.train.hparams.epochs = epochs
+    copy.train.hparams["epochs"] = epochs
     copy.train.patience = epochs
     if trials is not None:
         copy.tune.num_samples = trials
@@ -141,9 +140,21 @@ def with_epochs(settings: Settings, epochs: int, trials: int | None = None) -> S
 
 def tune_arrays(settings: Settings, data: TrainingData) -> Arrays:
     """The inputs every trial trains on: the tune fold, exactly as ``run_search`` builds them."""
-    base, fold = loop_config(settings), data.tune_fold
-    kind, window = base["kind"], base["hparams"]["window"]
-    return build_arrays(data.frame, data.columns, kind, window, fold.train_mask, fold.test_mask)
+    model, fold = spec(settings), data.tune_fold
+    window = model.family.window(model.hparams)
+    return build_arrays(data.frame, data.columns, window, fold.train_mask, fold.test_mask)
+
+
+def mlp() -> TorchFamily:
+    family = get("mlp")
+    assert isinstance(family, TorchFamily)
+    return family
+
+
+def mlp_loop(settings: Settings, arrays: Arrays, session: LoopSession, **params: Any) -> Any:
+    """The MLP's epoch loop (what its trials and Ray Train workers run) on ``arrays``."""
+    hparams = TorchParams(**{**spec(settings).hparams.model_dump(), **params})
+    return mlp().train_loop(arrays, hparams, fit_config(settings), session)
 
 
 def build_feature_set(settings: Settings) -> tuple[TrainingData, float]:
@@ -160,7 +171,7 @@ def build_feature_set(settings: Settings) -> tuple[TrainingData, float]:
 
 
 def suggest(trial: optuna.Trial, name: str, dim: SearchDimension) -> Any:
-    """The Optuna counterpart of ``tune._dimension`` (as Ray's OptunaSearch converts it)."""
+    """The Optuna counterpart of ``tune._suggest``."""
     if dim.type == "choice":
         return trial.suggest_categorical(name, dim.values or [])
     assert dim.low is not None and dim.high is not None
@@ -191,18 +202,16 @@ class SearchRun:
 
 
 def run_plain_optuna(settings: Settings, data: TrainingData) -> SearchRun:
-    """``study.optimize`` over ``train_loop``: what ``run_search`` does, without Ray."""
-    space = settings.tune.search_space
+    """``study.optimize`` over the MLP's loop: what ``run_search`` does, without Ray."""
+    space = search_spaces(settings)["mlp"]
     runs: list[TrialRun] = []
     t0 = time.perf_counter()
-    base = loop_config(settings)
     arrays = tune_arrays(settings, data)
 
     def objective(trial: optuna.Trial) -> float:
         start = time.perf_counter()
         params = {name: suggest(trial, name, dim) for name, dim in space.items()}
-        hparams = HParams(**{**base["hparams"], **params}).model_dump()
-        state = train_loop({**base, "hparams": hparams}, arrays, LoopSession())
+        state = mlp_loop(settings, arrays, LoopSession(), **params)
         runs.append(TrialRun(params, float(state["best_loss"]), time.perf_counter() - start))
         return float(state["best_loss"])
 
@@ -221,10 +230,10 @@ def tune_trials(settings: Settings, name: str) -> list[TrialRun]:
     from ray.tune import ExperimentAnalysis
 
     frame = ExperimentAnalysis(f"{results_path(settings)}/{name}").dataframe()
-    names = list(settings.tune.search_space)
+    names = list(search_spaces(settings)["mlp"])
     runs = []
     for row in frame.to_dict("records"):
-        params = {n: row[f"config/{n}"] for n in names}
+        params = {n: row[f"config/mlp/{n}"] for n in names}
         runs.append(TrialRun(params, float(row["best_val_loss"]), float(row["time_total_s"])))
     return runs
 
@@ -314,11 +323,11 @@ class TimedLoopSession(Timed):
 
 
 class TimedRaySession(Timed, RaySession):
-    """``RaySession`` as ``ray_train_loop`` builds it, with its phases marked."""
+    """``RaySession`` as ``families.torch.worker_loop`` builds it, with its phases marked."""
 
 
 def timed_worker_loop(timing_file: str) -> Callable[[dict[str, Any]], None]:
-    """``train.ray_train_loop`` with its timings written to ``timing_file`` (a worker
+    """``families.torch.worker_loop`` with its timings written to ``timing_file`` (a worker
     returns nothing to ``fit()``; the local instance shares this machine's disk)."""
 
     def loop(config: dict[str, Any]) -> None:
@@ -329,7 +338,8 @@ def timed_worker_loop(timing_file: str) -> Callable[[dict[str, Any]], None]:
         arrays = ray.get(config["arrays_ref"])
         session = TimedRaySession(ray.train, distributed=True)
         started = time.time()
-        train_loop(config, arrays, session)
+        params = TorchParams(**config["hparams"])
+        mlp().train_loop(arrays, params, config["fit"], session)
         timings = {
             "entered": entered,
             "started": started,
@@ -356,14 +366,15 @@ class EpochRun:
 
 def plain_epoch(settings: Settings, arrays: Arrays) -> dict[str, float]:
     session = TimedLoopSession()
-    train_loop(loop_config(settings), arrays, session)
+    mlp_loop(settings, arrays, session)
     return {**session.phases.as_dict(), "total_s": time.perf_counter() - session.phases.start}
 
 
 def ray_train_epoch(settings: Settings, arrays_ref: Any, label: str) -> EpochRun:
     timing_file = Path(settings.data_root) / f"train-timing-{label}.json"
     timing_file.unlink(missing_ok=True)
-    trainer = make_trainer(settings, arrays_ref, f"bench-epoch-{label}-{os.getpid()}")
+    name = f"bench-epoch-{label}-{os.getpid()}"
+    trainer = make_trainer(settings, spec(settings), arrays_ref, name)
     trainer.train_loop_per_worker = timed_worker_loop(str(timing_file))
     called = time.time()
     t0 = time.perf_counter()

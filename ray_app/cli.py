@@ -7,6 +7,7 @@ a stage that ran but left tickers failed exits with status 1.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from ray_app.core import logs
 from ray_app.core.errors import RayAppError
 from ray_app.core.secrets import redact_url
 from ray_app.core.settings import CONFIG_ENV, Settings, load_settings
+from ray_app.models import family_names
 
 app = typer.Typer(
     help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
@@ -38,6 +40,10 @@ app.add_typer(data_app, name="data")
 # colour comes only from ``styled`` and ``Text`` styles.
 out = Console(width=None if sys.stdout.isatty() else 160, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, markup=False)
+
+
+# The command line's choices of model family: the modules of ray_app/models/families.
+FamilyName = enum.Enum("FamilyName", {name: name for name in family_names()}, type=str)  # type: ignore[misc]
 
 
 def styled(style: str, label: str, rest: str = "") -> Text:
@@ -376,13 +382,14 @@ def train(
     data_root: DataRootOption = None,
     feature_version: FeatureVersionOption = None,
     model: Annotated[
-        Literal["mlp", "gru"] | None, typer.Option(help="Model family (default: train.model)")
+        FamilyName | None, typer.Option(help="Model family (default: train.model)")
     ] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Ray Train workers (default: train.num_workers)")
     ] = None,
     epochs: Annotated[
-        int | None, typer.Option(min=1, help="Maximum epochs (default: train.hparams.epochs)")
+        int | None,
+        typer.Option(min=1, help="Torch families: maximum epochs (default: train.hparams.epochs)"),
     ] = None,
 ) -> None:
     """Train with Ray Train, evaluate walk-forward, register the challenger, apply the gate.
@@ -390,16 +397,18 @@ def train(
     Prints each epoch's losses, the holdout table (model and baselines: RMSE, directional
     accuracy, IC, IC t-stat, Sharpe), any leak warning, the gate's verdict and the MLflow run id.
     """
+    from ray_app.models.families import check_settings
     from ray_app.ops.runtime import connect
     from ray_app.training.release import train_and_release
 
     settings = _settings(
         config,
         data_root=data_root,
-        train__model=model,
+        train__model=model.value if model else None,
         train__num_workers=workers,
         train__hparams__epochs=epochs,
     )
+    check_settings(settings)
     connect(settings)
     release = train_and_release(
         settings, feature_version=feature_version, on_epoch=_epoch_printer("train")
@@ -431,9 +440,10 @@ def tune(
     from ray_app.ops.runtime import connect
     from ray_app.training.release import train_and_release
     from ray_app.training.train import load_training_data
-    from ray_app.training.tune import new_search_name, run_search
+    from ray_app.training.tune import check_space, new_search_name, run_search
 
     settings = _settings(config, data_root=data_root, tune__num_samples=samples)
+    check_space(settings)
     connect(settings)
     data = load_training_data(settings, feature_version)
     name = resume or new_search_name(data)
@@ -456,7 +466,7 @@ def tune(
     out.print(table)
     out.print(
         f"{outcome.failed} trial(s) failed; best val_loss {outcome.best_val_loss:.4e} "
-        f"with {outcome.best_hparams.model_dump()}",
+        f"with {outcome.best.kind} {outcome.best.hparams.model_dump()}",
         soft_wrap=True,
     )
     if release:
@@ -464,7 +474,7 @@ def tune(
         done = train_and_release(
             settings,
             feature_version=data.manifest["version"],
-            hparams=outcome.best_hparams,
+            model=outcome.best,
             origin="tune",
             extra_tags=tags,
             on_epoch=_epoch_printer("final"),

@@ -162,27 +162,6 @@ class OnlineSettings(_Section):
     redis_days: int = Field(400, ge=1, description="Trailing rows per ticker kept in Redis")
 
 
-ModelKind = Literal["mlp", "gru"]
-
-
-class HParams(_Section):
-    """Hyperparameters of one model; scalars only, so a Tune search space maps onto them."""
-
-    hidden_size: int = Field(64, ge=1, description="Width of every hidden layer / GRU state")
-    num_layers: int = Field(2, ge=1, description="Hidden layers of the MLP, stacked GRU layers")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout")
-    lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay")
-    batch_size: int = Field(256, ge=1, description="Batch size")
-    epochs: int = Field(
-        10,
-        ge=1,
-        description="Upper bound on epochs (and ASHA's `max_t`); early stopping usually ends "
-        "sooner",
-    )
-    window: int = Field(20, ge=1, description="GRU only: past feature rows per ticker in one input")
-
-
 class SplitSettings(_Section):
     """Walk-forward evaluation windows; the holdout is split off first and never searched."""
 
@@ -210,8 +189,16 @@ class SplitSettings(_Section):
 class TrainSettings(_Section):
     """One training run with Ray Train."""
 
-    model: ModelKind = Field("mlp", description="Model kind")
-    hparams: HParams = Field(default_factory=HParams)
+    model: str = Field(
+        "mlp",
+        description="Model family: a name in the family table (`ray_app/models/families/`; "
+        "docs/training.md, Model families)",
+    )
+    hparams: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The family's hyperparameters (its `Params`: docs/training.md, Model "
+        "families); keys left out take the family's defaults",
+    )
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
     use_gpu: bool | None = Field(None, description="null: use a GPU when the cluster has one")
     cpus_per_worker: float = Field(
@@ -221,7 +208,9 @@ class TrainSettings(_Section):
         3, ge=1, description="Epochs without validation improvement before stopping"
     )
     seed: int = Field(0, description="Seed of weights, shuffling and dropout")
-    torch_threads: int = Field(1, ge=1, description="Intra-op threads per worker")
+    torch_threads: int = Field(
+        1, ge=1, description="Threads per worker (torch intra-op, LightGBM `num_threads`)"
+    )
 
 
 class SearchDimension(_Section):
@@ -246,23 +235,20 @@ class SearchDimension(_Section):
         return self
 
 
-def _default_space() -> dict[str, SearchDimension]:
-    return {
-        "lr": SearchDimension(type="loguniform", low=1e-4, high=1e-2),
-        "hidden_size": SearchDimension(type="choice", values=[16, 32, 64]),
-        "dropout": SearchDimension(type="uniform", low=0.0, high=0.3),
-        "weight_decay": SearchDimension(type="loguniform", low=1e-6, high=1e-2),
-    }
-
-
 class TuneSettings(_Section):
     """Hyperparameter search with Ray Tune + Optuna (seeded TPE)."""
 
     num_samples: int = Field(8, ge=1, description="Trials in the search")
     max_concurrent: int = Field(2, ge=1, description="Trials running at once")
-    search_space: dict[str, SearchDimension] = Field(
-        default_factory=_default_space,
-        description="One entry per `train.hparams` key to search",
+    families: list[str] = Field(
+        default_factory=list,
+        description="Model families a trial may pick (each trial picks one; the space is "
+        "conditional on it); empty: `train.model` only",
+    )
+    search_space: dict[str, dict[str, SearchDimension]] = Field(
+        default_factory=dict,
+        description="Per family, one entry per hyperparameter to search; a family not listed "
+        "searches its default space (docs/training.md, Model families)",
     )
     scheduler: Literal["asha", "none"] = Field("asha", description="Trial scheduler")
     grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped")
@@ -274,15 +260,6 @@ class TuneSettings(_Section):
         "keeps its finished trials and reruns the others from their last checkpoint",
     )
     seed: int = Field(0, description="Seed of Optuna's TPE sampler")
-
-    @field_validator("search_space")
-    @classmethod
-    def _known_hparams(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
-        unknown = sorted(set(space) - set(HParams.model_fields))
-        if unknown:
-            known = ", ".join(HParams.model_fields)
-            raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)} (known: {known})")
-        return space
 
 
 class MlflowSettings(_Section):
@@ -594,9 +571,12 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             *parents, leaf = dotted.split("__")
             node: Any = settings
             for key in parents:
-                node = getattr(node, key)
+                node = node[key] if isinstance(node, dict) else getattr(node, key)
             try:
-                setattr(node, leaf, value)
+                if isinstance(node, dict):  # a mapping setting (train.hparams): its family checks
+                    node[leaf] = value
+                else:
+                    setattr(node, leaf, value)
             except ValidationError as exc:
                 reason = exc.errors()[0]["msg"]
                 key = dotted.replace("__", ".")

@@ -1,84 +1,20 @@
-"""PyTorch models, baselines and a plain training loop for next-day log returns; no Ray.
+"""Inputs and baselines shared by every model family: the scaler, the windows, and the zero,
+persistence and ridge baselines; no torch, no Ray.
 
-Everything here runs in a bare Python process so that Ray Train, Ray Tune and the
-evaluation all build on the same pieces (and a test proves this module never imports Ray).
-Inputs are standardised with a scaler fitted on the training window only; the sequence
-model sees, per ticker, the last ``window`` feature rows up to and including the row it
-predicts for, never a later one.
+Inputs are standardised with a scaler fitted on the training window only; a model sees, per
+ticker, the last ``window`` feature rows up to and including the row it predicts for, never
+a later one. The families themselves live in ``ray_app.models.families``.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from ray_app.core.settings import HParams, ModelKind
 from ray_app.data.features import TARGET
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _zero_start(layer: nn.Linear) -> nn.Linear:
-    """Zero the output layer, so an untrained model predicts 0 (the random-walk forecast):
-    daily log returns are ~0.01, and a default-initialised head starts ~10x off and spends
-    its first epochs only shrinking its outputs."""
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-class MLP(nn.Module):
-    """Feed-forward net on one feature vector -> one predicted log return."""
-
-    def __init__(self, n_features: int, hidden_size: int, num_layers: int, dropout: float):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = n_features
-        for _ in range(num_layers):
-            layers += [nn.Linear(width, hidden_size), nn.ReLU(), nn.Dropout(dropout)]
-            width = hidden_size
-        layers.append(_zero_start(nn.Linear(width, 1)))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
-
-
-class GRURegressor(nn.Module):
-    """GRU over (batch, window, features); the last step's state predicts the log return."""
-
-    def __init__(self, n_features: int, hidden_size: int, num_layers: int, dropout: float):
-        super().__init__()
-        # torch applies GRU dropout between stacked layers only, and warns when there are none.
-        between = dropout if num_layers > 1 else 0.0
-        self.gru = nn.GRU(n_features, hidden_size, num_layers, batch_first=True, dropout=between)
-        self.head = nn.Sequential(nn.Dropout(dropout), _zero_start(nn.Linear(hidden_size, 1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.gru(x)
-        return self.head(out[:, -1]).squeeze(-1)
-
-
-def build_model(kind: ModelKind, n_features: int, hparams: HParams, *, seed: int = 0) -> nn.Module:
-    """A freshly initialised model; the same seed gives the same weights, leaving torch's
-    global random state untouched."""
-    if n_features < 1:
-        raise ValueError(f"n_features must be at least 1, got {n_features}")
-    classes: dict[str, type[MLP] | type[GRURegressor]] = {"mlp": MLP, "gru": GRURegressor}
-    if kind not in classes:
-        raise ValueError(f"unknown model kind {kind!r}: expected one of {sorted(classes)}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return classes[kind](n_features, hparams.hidden_size, hparams.num_layers, hparams.dropout)
 
 
 @dataclass(frozen=True)
@@ -116,7 +52,7 @@ class StandardScaler:
 def make_windows(
     frame: pd.DataFrame, columns: list[str], window: int, scaler: StandardScaler | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GRU inputs: for each row, its ticker's last ``window`` rows ending at that row.
+    """Windowed inputs: for each row, its ticker's last ``window`` rows ending at that row.
 
     Returns ``X`` (n, window, features) as float32, ``y`` (the rows' targets, NaN where the
     frame has none) and the positions in ``frame`` of the rows kept, ascending. Rows with
@@ -217,83 +153,6 @@ class RidgeBaseline:
         return self.scaler.transform(frame[self.columns]) @ self.coef + self.intercept
 
 
-def as_tensor(a: np.ndarray) -> torch.Tensor:
-    """A float32 tensor sharing ``a``'s memory when it can; copies read-only arrays (pandas
-    hands those out under copy-on-write), which torch refuses to share."""
-    return torch.from_numpy(np.require(a, dtype=np.float32, requirements=["W"]))
-
-
-def make_loader(
-    x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0
-) -> DataLoader[Any]:
-    """Batches of float32 tensors; shuffled (within the training window only) by its own
-    seeded generator, so the order is the same on every run."""
-    dataset = TensorDataset(as_tensor(x), as_tensor(y))
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-
-def make_optimizer(model: nn.Module, hparams: HParams) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def fit_epoch(
-    model: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer, loss_fn: LossFn
-) -> float:
-    """One pass over ``loader``; the mean training loss per sample."""
-    model.train()
-    device, total, count = _device(model), 0.0, 0
-    for xb, yb in loader:
-        xb, yb = xb.to(device), yb.to(device)
-        optimizer.zero_grad()
-        loss = loss_fn(model(xb), yb)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(yb)
-        count += len(yb)
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def evaluate_loss(model: nn.Module, loader: DataLoader[Any], loss_fn: LossFn) -> float:
-    """The mean loss per sample over ``loader``, dropout off and no gradients."""
-    model.eval()
-    device, total, count = _device(model), 0.0, 0
-    for xb, yb in loader:
-        xb, yb = xb.to(device), yb.to(device)
-        total += loss_fn(model(xb), yb).item() * len(yb)
-        count += len(yb)
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-    """Predicted log returns for the rows (or windows) in ``x``, as float64."""
-    model.eval()
-    device = _device(model)
-    tensor = as_tensor(x)
-    starts = range(0, len(tensor), batch_size)
-    parts = [model(tensor[i : i + batch_size].to(device)).cpu() for i in starts]
-    return torch.cat(parts).numpy().astype(np.float64) if parts else np.empty(0)
-
-
-def train_model(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, hparams: HParams, *, seed: int = 0
-) -> list[float]:
-    """Train ``model`` for ``hparams.epochs`` on (x, y) with MSE; the loss of each epoch.
-
-    Seeds torch's global generator (dropout) and the loader's, so a seed fixes the result.
-    """
-    torch.manual_seed(seed)
-    loader = make_loader(x, y, hparams.batch_size, shuffle=True, seed=seed)
-    optimizer, loss_fn = make_optimizer(model, hparams), nn.MSELoss()
-    return [fit_epoch(model, loader, optimizer, loss_fn) for _ in range(hparams.epochs)]
-
-
 @dataclass
 class ModelInputs:
     """What a model consumes for some rows of a frame: inputs, targets, row positions."""
@@ -304,79 +163,13 @@ class ModelInputs:
 
 
 def model_inputs(
-    frame: pd.DataFrame, columns: list[str], kind: ModelKind, window: int, scaler: StandardScaler
+    frame: pd.DataFrame, columns: list[str], window: int, scaler: StandardScaler
 ) -> ModelInputs:
-    """Scaled inputs for every row the model can predict (all rows for the MLP; rows with a
-    full window of their ticker's history for the GRU)."""
-    if kind == "gru":
+    """Scaled windows (rows, window, features) for every row the model can predict: all rows
+    for a window of 1, else rows with ``window - 1`` earlier rows of their ticker."""
+    if window > 1:
         x, y, rows = make_windows(frame, columns, window, scaler)
         return ModelInputs(x, y, rows)
-    x = scaler.transform(frame[columns]).astype(np.float32)
+    x = scaler.transform(frame[columns]).astype(np.float32)[:, None, :]
     target = frame[TARGET] if TARGET in frame else pd.Series(np.nan, index=frame.index)
     return ModelInputs(x, target.to_numpy(dtype=np.float32), np.arange(len(frame)))
-
-
-@dataclass
-class TrainedModel:
-    """A fitted model with everything needed to use it: inputs, scaler, weights, lineage.
-
-    ``save``/``load`` write a folder (``model.json`` + ``weights.pt``) that Ray Train
-    checkpoints, MLflow artifacts and serving all share.
-    """
-
-    kind: ModelKind
-    hparams: HParams
-    columns: list[str]
-    scaler: StandardScaler
-    state_dict: dict[str, torch.Tensor]
-    best_epoch: int
-    feature_version: str
-    data_version: str
-    seed: int = 0
-
-    def module(self) -> nn.Module:
-        model = build_model(self.kind, len(self.columns), self.hparams, seed=self.seed)
-        model.load_state_dict(self.state_dict)
-        model.eval()
-        return model
-
-    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """``date``, ``ticker``, ``pred`` for every row of ``frame`` the model can predict."""
-        inputs = model_inputs(frame, self.columns, self.kind, self.hparams.window, self.scaler)
-        preds = predict(self.module(), inputs.x)
-        out = frame.iloc[inputs.rows][["date", "ticker"]].reset_index(drop=True)
-        out["pred"] = preds
-        return out
-
-    def meta(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "hparams": self.hparams.model_dump(),
-            "columns": self.columns,
-            "scaler": self.scaler.to_dict(),
-            "best_epoch": self.best_epoch,
-            "feature_version": self.feature_version,
-            "data_version": self.data_version,
-            "seed": self.seed,
-        }
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict, folder / "weights.pt")
-        (folder / "model.json").write_text(json.dumps(self.meta(), indent=2))
-
-    @classmethod
-    def load(cls, folder: Path) -> TrainedModel:
-        meta = json.loads((folder / "model.json").read_text())
-        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
-        return cls(
-            kind=meta["kind"],
-            hparams=HParams(**meta["hparams"]),
-            columns=meta["columns"],
-            scaler=StandardScaler.from_dict(meta["scaler"]),
-            state_dict=state,
-            best_epoch=meta["best_epoch"],
-            feature_version=meta["feature_version"],
-            data_version=meta["data_version"],
-            seed=meta["seed"],
-        )

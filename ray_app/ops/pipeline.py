@@ -84,21 +84,22 @@ def _search(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str
     from ray_app.training.tune import run_search
 
     outcome = run_search(settings, load_training_data(settings, ctx["feature_version"]))
-    ctx["hparams"] = outcome.best_hparams.model_dump()
+    ctx["model"] = outcome.best.kind
+    ctx["hparams"] = outcome.best.hparams.model_dump()
     ctx["search"] = outcome.name
     return f"{len(outcome.trials)} trial(s), {outcome.failed} failed", {"search": outcome.name}
 
 
 def _release(settings: Settings, ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    from ray_app.core.settings import HParams
+    from ray_app.models.families import spec
     from ray_app.training.release import train_and_release
 
-    hparams = HParams(**ctx["hparams"]) if ctx.get("hparams") else None
+    tuned = spec(settings, ctx.get("model"), ctx["hparams"]) if ctx.get("hparams") else None
     tags = {"search": ctx["search"]} if ctx.get("search") else None
     release = train_and_release(
         settings,
         feature_version=ctx["feature_version"],
-        hparams=hparams,
+        model=tuned,
         origin="pipeline",
         extra_tags=tags,
     )
@@ -254,6 +255,7 @@ def plan(settings: Settings) -> list[PlannedStep]:
             lambda s, c: (
                 c["feature_version"],
                 code,
+                c.get("model"),
                 c.get("hparams"),
                 s.train.model_dump(mode="json"),
                 s.split.model_dump(mode="json"),

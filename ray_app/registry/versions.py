@@ -30,7 +30,7 @@ from mlflow.pyfunc import PythonModel
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
-from ray_app.models.networks import TrainedModel
+from ray_app.models.families import TrainedModel
 from ray_app.registry import audit
 from ray_app.registry.tracking import connect_mlflow
 
@@ -49,8 +49,9 @@ LINEAGE_KEYS = (
 )
 HOLDOUT_PREFIX = "holdout."
 PREVIOUS_CHAMPION = "previous_champion"
-# Packages the pyfunc needs besides ray_app itself, which the serving image provides.
-REQUIREMENTS = ("mlflow", "torch", "pandas", "numpy", "pydantic")
+# Packages the pyfunc needs besides ray_app itself (which the serving image provides) and
+# its family's own (``Family.requirements``).
+REQUIREMENTS = ("mlflow", "pandas", "numpy", "pydantic")
 MAX_TAG_CHARS = 5000
 HASH_TAG = "sha256."
 
@@ -78,8 +79,8 @@ class DailyReturnModel(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        """``date``, ``ticker``, ``pred`` per input row; the GRU drops rows that lack a full
-        window of their ticker's earlier rows in the input."""
+        """``date``, ``ticker``, ``pred`` per input row; a model with a window of several rows
+        (the GRU) drops rows that lack a full window of their ticker's earlier rows."""
         missing = [c for c in (*KEY_COLUMNS, *self.model.columns) if c not in model_input]
         if missing:
             raise ValueError(f"model input lacks column(s) {', '.join(missing)}")
@@ -97,9 +98,10 @@ def _missing(exc: MlflowException) -> bool:
 
 def _input_sample(example: pd.DataFrame, trained: TrainedModel) -> pd.DataFrame:
     """A few rows that the model can predict: the last rows of two tickers that have enough
-    of them (a full window each for the GRU). Tickers with too short a history are passed
-    over, and only the key columns are sorted, so the whole training frame may be given."""
-    rows = trained.hparams.window if trained.kind == "gru" else 2
+    of them (a full window each when the model's window is several rows). Tickers with too
+    short a history are passed over, and only the key columns are sorted, so the whole
+    training frame may be given."""
+    rows = max(trained.window, 2)
     keys = example[KEY_COLUMNS].reset_index(drop=True).sort_values(KEY_COLUMNS)
     tails = keys.groupby("ticker").tail(rows)
     counts = tails["ticker"].value_counts()
@@ -126,7 +128,7 @@ def log_model(trained: TrainedModel, example: pd.DataFrame) -> str:
     if output.empty:
         raise RegistryError(
             f"the example rows give no prediction: a {trained.kind} model needs "
-            f"{trained.hparams.window} rows of one ticker"
+            f"{trained.window} rows of one ticker"
         )
     meta = trained.meta()
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +140,9 @@ def log_model(trained: TrainedModel, example: pd.DataFrame) -> str:
             artifacts={"model": str(folder)},
             signature=infer_signature(sample, output),
             input_example=sample,
-            pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS],
+            pip_requirements=[
+                f"{p}=={package_version(p)}" for p in (*REQUIREMENTS, *trained.family.requirements)
+            ],
             metadata={k: meta[k] for k in ("kind", "feature_version", "data_version")},
         )
     spec = {k: meta[k] for k in ("kind", "columns", "scaler", "feature_version", "data_version")}

@@ -4,8 +4,8 @@ A variant replica builds its loader from ``ServeArgs.loader``, an import path of
 ``(ServeArgs) -> ModelLoader`` (Anyscale's e2e-xgboost injects its loader the same way), so a
 test or a declarative config can hand a deployment a tiny, failing or slow model without a
 registry. The registry loader wraps the ``TrainedModel`` that ``registry.load_version`` returns
-(the pyfunc's own model) in ``TorchModel``, which builds the torch module once instead of on
-every call.
+(the pyfunc's own model) in ``ServedModel``, which builds the family's predictor (a torch
+module, a LightGBM booster) once instead of on every call: every family serves the same way.
 """
 
 from __future__ import annotations
@@ -21,26 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
-from ray_app.models.networks import TrainedModel, predict
+from ray_app.models.families import MODEL_FILE, Predict, TrainedModel
 from ray_app.serving.args import ServeArgs
 from ray_app.serving.predictor import ModelLoader
 
-MODEL_FILE = "model.json"  # in every TrainedModel folder; cached folders appear whole
-
 
 @dataclass
-class TorchModel:
-    """A ``TrainedModel`` ready to serve: module built once, inputs scaled as in training."""
+class ServedModel:
+    """A ``TrainedModel`` ready to serve: predictor built once, inputs scaled as in training."""
 
     name: str
     version: int
     trained: TrainedModel
-    module: nn.Module = field(init=False)
+    predictor: Predict = field(init=False)
 
     def __post_init__(self) -> None:
-        self.module = self.trained.module()
+        self.predictor = self.trained.predictor()
 
     @property
     def kind(self) -> str:
@@ -52,17 +49,16 @@ class TorchModel:
 
     @property
     def window(self) -> int:
-        return self.trained.hparams.window if self.trained.kind == "gru" else 1
+        return self.trained.window
 
     @property
     def feature_version(self) -> str:
         return self.trained.feature_version
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Scaled with the training scaler; the MLP reads the last row of each window, the GRU
-        the whole window, exactly as ``TrainedModel.predict_frame`` does."""
-        scaled = self.trained.scaler.transform(x).astype(np.float32)
-        return predict(self.module, scaled[:, -1, :] if self.kind == "mlp" else scaled)
+        """Scaled with the training scaler, then the family's predictor, exactly as
+        ``TrainedModel.predict_frame`` does."""
+        return self.predictor(self.trained.scaler.transform(x).astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -76,18 +72,18 @@ class RegistryLoader:
 
     args: ServeArgs
 
-    def __call__(self, ref: str) -> TorchModel:
+    def __call__(self, ref: str) -> ServedModel:
         settings = self.args.settings()
         name = settings.mlflow.model_name
         cached = self._cached(ref) if ref.isdigit() else None
         if cached is not None and (cached / MODEL_FILE).is_file():
-            return TorchModel(name, int(ref), TrainedModel.load(cached))
+            return ServedModel(name, int(ref), TrainedModel.load(cached))
         from ray_app.registry import versions as registry  # MLflow: variants only
 
         version = registry.resolve_version(settings, ref)
         trained = registry.load_version(settings, version)
         self._keep(str(version), trained)
-        return TorchModel(name, version, trained)
+        return ServedModel(name, version, trained)
 
     def _cached(self, version: str) -> Path | None:
         """The cache folder of ``version`` of this registry's model (the data root and the

@@ -1,6 +1,6 @@
 """Evaluation: a model against the baselines, walk-forward and on the holdout, as a report.
 
-Walk-forward folds refit the model's spec (kind, hyperparameters, seed, the epoch count early
+Walk-forward folds refit the model's spec (family, hyperparameters, seed, the length early
 stopping chose) on each fold's training rows in parallel Ray tasks, so every test row is
 predicted by a model that never saw it or anything after it. The holdout is scored with the
 given model as it is, since that is the model that would be registered and served. Every
@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from ray_app.core.errors import RayAppError
-from ray_app.core.settings import EvaluateSettings, HParams, Settings
+from ray_app.core.settings import EvaluateSettings, Settings
 from ray_app.data.features import TARGET
+from ray_app.models.families import ModelSpec, TrainedModel
 from ray_app.models.metrics import (
     information_coefficient,
     leak_warning,
@@ -32,7 +33,6 @@ from ray_app.models.networks import (
     PersistenceBaseline,
     Predictor,
     RidgeBaseline,
-    TrainedModel,
     ZeroBaseline,
 )
 from ray_app.training.splits import Fold
@@ -88,11 +88,11 @@ def fold_predictions(data: TrainingData, fold: Fold, model: TrainedModel) -> pd.
 
 
 def _refit_fold(
-    data: TrainingData, settings: Settings, index: int, hparams: HParams
+    data: TrainingData, settings: Settings, index: int, model: ModelSpec
 ) -> pd.DataFrame:
     """Ray task body: train the spec on fold ``index``'s training rows, predict its test rows."""
     fold = data.split.folds[index]
-    refit = fit_in_process(data, settings, fold.train_mask, None, hparams=hparams)
+    refit = fit_in_process(data, settings, fold.train_mask, None, model=model)
     return fold_predictions(data, fold, refit)
 
 
@@ -122,10 +122,9 @@ def _iso(dates: Any) -> list[str]:
 
 
 def _refit_settings(settings: Settings, model: TrainedModel) -> Settings:
-    """Settings whose training section describes ``model``: its kind and seed win over the
-    configured ones, so a tuned GRU is refit as a GRU whatever ``train.model`` says."""
+    """Settings whose seed is ``model``'s (the refit's family and hyperparameters come with
+    its spec, so a tuned GRU is refit as a GRU whatever ``train.model`` says)."""
     refit = settings.model_copy(deep=True)
-    refit.train.model = model.kind
     refit.train.seed = model.seed
     return refit
 
@@ -143,11 +142,12 @@ def evaluate_model(settings: Settings, data: TrainingData, model: TrainedModel) 
             "the model was trained on other feature columns than feature set "
             f"{data.manifest['version']} holds: evaluate it on the feature set it was trained on"
         )
-    hparams = model.hparams.model_copy(update={"epochs": max(1, model.best_epoch)})
+    family = model.family
+    fixed = ModelSpec(model.kind, family.fixed_length(model.hparams, model.best_epoch))
     task = ray.remote(_refit_fold).options(num_cpus=settings.train.cpus_per_worker)
     data_ref = ray.put(data)
     refit = _refit_settings(settings, model)
-    refs = [task.remote(data_ref, refit, i, hparams) for i in range(len(data.split.folds))]
+    refs = [task.remote(data_ref, refit, i, fixed) for i in range(len(data.split.folds))]
     holdout = data.split.holdout
     holdout_preds = fold_predictions(data, holdout, model) if holdout is not None else None
     return _build_report(settings, data, model, ray.get(refs), holdout_preds)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray_app.core.settings import HParams, Settings
-from ray_app.models.networks import TrainedModel
+from ray_app.core.settings import Settings
+from ray_app.models.families import ModelSpec, TrainedModel, spec
 from ray_app.registry.tracking import connect_mlflow, lineage_tags
 from ray_app.registry.versions import (
     TRAIN_END,
@@ -55,14 +55,14 @@ def cluster_nodes() -> int:
     return sum(1 for node in ray.nodes() if node["Alive"])
 
 
-def _params(settings: Settings, hparams: HParams) -> dict[str, Any]:
+def _params(settings: Settings, model: ModelSpec) -> dict[str, Any]:
     cfg = settings.train
     params: dict[str, Any] = {
-        "model": cfg.model,
+        "model": model.kind,
         "num_workers": cfg.num_workers,
         "patience": cfg.patience,
         "seed": cfg.seed,
-        **{f"hparams.{k}": v for k, v in hparams.model_dump().items()},
+        **{f"hparams.{k}": v for k, v in model.hparams.model_dump().items()},
     }
     params.update({f"split.{k}": v for k, v in settings.split.model_dump().items()})
     return params
@@ -72,17 +72,18 @@ def train_and_release(
     settings: Settings,
     *,
     feature_version: str | None = None,
-    hparams: HParams | None = None,
+    model: ModelSpec | None = None,
     origin: str = "train",
     extra_tags: dict[str, str] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> Release:
-    """Train with Ray Train, then release the model (see ``release``) in one MLflow run."""
+    """Train ``model`` (default: the one ``train`` describes) with Ray Train, then release it
+    (see ``release``) in one MLflow run."""
     import mlflow
 
+    chosen = model or spec(settings)
     experiment_id = connect_mlflow(settings, cluster_nodes())
     data = load_training_data(settings, feature_version)
-    chosen = hparams or settings.train.hparams
     window = data.tune_fold.train  # the rows the model is fitted on: drift's reference
     tags = {
         **lineage_tags(data.manifest),
@@ -91,7 +92,7 @@ def train_and_release(
         "origin": origin,
         **(extra_tags or {}),
     }
-    run_name = f"{origin}-{settings.train.model}"
+    run_name = f"{origin}-{chosen.kind}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params(_params(settings, chosen))
         outcome = run_training(settings, data, chosen, on_epoch)

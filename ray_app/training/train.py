@@ -1,17 +1,17 @@
-"""Training: one epoch loop shared by Ray Train workers, Ray Tune trials and evaluation refits.
+"""Training: the set-up every fit shares, and the entry to each family's Ray Train loop.
 
-``make_trainer`` is the trainer factory: it turns settings + hyperparameters into a
-``TorchTrainer`` over the shared ``train_loop``. Tune (``ray_app.training.tune``) runs the same loop
-in its trials and evaluation (``ray_app.training.evaluate``) calls ``fit_in_process`` for its
-walk-forward refits, so the set-up is written once.
+``run_training`` trains on the tune fold with Ray Train through the family's loop in
+``ray_app.training.families`` (a ``TorchTrainer`` for the torch families, a
+``LightGBMTrainer`` fed by Ray Data for LightGBM). Tune (``ray_app.training.tune``) runs the
+family's own fit in its trials, and evaluation (``ray_app.training.evaluate``) calls
+``fit_in_process`` for its walk-forward refits: one ``build_arrays``, one fit per family.
 
 The scaler is fitted on the training window only; inputs are built once on the driver and
-shipped to workers through the object store.
+shipped to workers through the object store (or Ray Data).
 """
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import tempfile
 import uuid
@@ -22,23 +22,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 from ray_app.core.errors import RayAppError
-from ray_app.core.settings import FeatureSettings, HParams, ModelKind, Settings
+from ray_app.core.settings import FeatureSettings, Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import load_feature_set
-from ray_app.models.networks import (
-    StandardScaler,
+from ray_app.models.families import (
+    Arrays,
+    FitConfig,
+    FitResult,
+    LoopSession,
+    ModelSpec,
     TrainedModel,
-    build_model,
-    evaluate_loss,
-    fit_epoch,
-    make_loader,
-    make_optimizer,
-    model_inputs,
+    spec,
 )
+from ray_app.models.networks import StandardScaler, model_inputs
 from ray_app.training.splits import WalkForward, min_embargo, walk_forward
 
 
@@ -64,10 +62,11 @@ class TrainingData:
 def load_training_data(settings: Settings, feature_version: str | None = None) -> TrainingData:
     """Rows with a known target, split walk-forward with the embargo the spec needs."""
     frame, manifest = load_feature_set(DataRoot(settings.data_root), feature_version)
-    spec = FeatureSettings(**manifest["spec"])
+    features = FeatureSettings(**manifest["spec"])
     cfg = settings.split
-    window = settings.train.hparams.window if settings.train.model == "gru" else 1
-    embargo = cfg.embargo_days or min_embargo(spec, horizon=1, sequence_window=window)
+    chosen = [spec(settings), *(spec(settings, kind) for kind in settings.tune.families)]
+    window = max(model.family.window(model.hparams) for model in chosen)
+    embargo = cfg.embargo_days or min_embargo(features, horizon=1, sequence_window=window)
     try:
         split = walk_forward(
             frame,
@@ -86,28 +85,16 @@ def load_training_data(settings: Settings, feature_version: str | None = None) -
     return TrainingData(frame, list(manifest["columns"]), manifest, split)
 
 
-@dataclass
-class Arrays:
-    """Model inputs for one training run: train and validation, already scaled."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    scaler: StandardScaler
-
-
 def build_arrays(
     frame: pd.DataFrame,
     columns: list[str],
-    kind: ModelKind,
     window: int,
     train_mask: np.ndarray,
     val_mask: np.ndarray | None,
 ) -> Arrays:
-    """Scale with statistics of the training rows only, then build inputs for both sets."""
+    """Scale with statistics of the training rows only, then build the windows of both sets."""
     scaler = StandardScaler.fit(frame.loc[train_mask, columns])
-    inputs = model_inputs(frame, columns, kind, window, scaler)
+    inputs = model_inputs(frame, columns, window, scaler)
     take_train = train_mask[inputs.rows]
     take_val = val_mask[inputs.rows] if val_mask is not None else np.zeros_like(take_train)
     return Arrays(
@@ -119,32 +106,19 @@ def build_arrays(
     )
 
 
-class LoopSession:
-    """How the loop reports: to Ray Train, to Ray Tune, or to nobody (in-process refits)."""
-
-    rank, world = 0, 1
-
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        """Record one epoch; ``state`` is checkpointed when given."""
-
-    def restore(self) -> dict[str, Any] | None:
-        """The last checkpointed state, when resuming."""
-        return None
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        return model
-
-
 def load_state(folder: Path) -> dict[str, Any]:
     """A training checkpoint's state: tensors, numbers, lists and dicts only, loaded with
     ``weights_only=True`` so that a checkpoint can never run code when it is read."""
+    import torch
+
     state: dict[str, Any] = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     return state
 
 
 class RaySession(LoopSession):
     """Reports through ``ray.train`` or ``ray.tune`` (their APIs are the same shape), with a
-    checkpoint every ``checkpoint_every`` epochs (0: none)."""
+    checkpoint (the loop's state, as tensors) every ``checkpoint_every`` steps (0: none);
+    a step reported without state is never checkpointed."""
 
     def __init__(self, api: Any, distributed: bool, checkpoint_every: int = 1) -> None:
         self.api = api
@@ -159,6 +133,8 @@ class RaySession(LoopSession):
         if state is None or self.rank != 0 or every == 0 or state["epoch"] % every:
             self.api.report(metrics)
             return
+        import torch
+
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / "state.pt")
             self.api.report(metrics, checkpoint=self.api.Checkpoint.from_directory(folder))
@@ -170,87 +146,18 @@ class RaySession(LoopSession):
         with checkpoint.as_directory() as folder:
             return load_state(Path(folder))
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: Any) -> Any:
         if not self.distributed or self.world == 1:
             return model
         from ray.train.torch import prepare_model
 
-        prepared: nn.Module = prepare_model(model)
-        return prepared
+        return prepare_model(model)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside a DistributedDataParallel wrapper (or the model itself)."""
-    inner = getattr(model, "module", model)
-    return inner if isinstance(inner, nn.Module) else model
-
-
-def train_loop(config: dict[str, Any], arrays: Arrays, session: LoopSession) -> dict[str, Any]:
-    """Epochs with early stopping on validation loss; returns the best state seen.
-
-    Each data-parallel worker trains on its own shard of the training rows; validation is
-    measured on all of them. Every epoch is reported with its state (weights of the best
-    epoch so far included); the session checkpoints it (Ray Train every epoch, so an
-    interrupted run resumes where it stopped; Tune trials every ``tune.checkpoint_every``).
-    """
-    hparams, kind = HParams(**config["hparams"]), config["kind"]
-    torch.set_num_threads(config.get("torch_threads", 1))
-    torch.manual_seed(config["seed"] + session.rank)
-    shard = slice(session.rank, None, session.world)
-    model = session.prepare(
-        build_model(kind, arrays.x_train.shape[-1], hparams, seed=config["seed"])
-    )
-    optimizer, loss_fn = make_optimizer(model, hparams), nn.MSELoss()
-    val_loader = make_loader(arrays.x_val, arrays.y_val, 8192, shuffle=False)
-    state = session.restore() or {
-        "epoch": 0,
-        "best_loss": float("inf"),
-        "best_epoch": 0,
-        "bad": 0,
-        "history": [],
-    }
-    if "model" in state:
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    while state["epoch"] < hparams.epochs and state["bad"] < config["patience"]:
-        loader = make_loader(
-            arrays.x_train[shard],
-            arrays.y_train[shard],
-            hparams.batch_size,
-            shuffle=True,
-            seed=config["seed"] + state["epoch"],
-        )
-        train_loss = fit_epoch(model, loader, optimizer, loss_fn)
-        val_loss = evaluate_loss(model, val_loader, loss_fn) if len(arrays.y_val) else train_loss
-        state["epoch"] += 1
-        if val_loss < state["best_loss"]:
-            best = copy.deepcopy(_unwrap(model).state_dict())
-            state.update(best_loss=val_loss, best_epoch=state["epoch"], bad=0, best_state=best)
-        else:
-            state["bad"] += 1
-        state.update(model=_unwrap(model).state_dict(), optimizer=optimizer.state_dict())
-        metrics = {
-            "epoch": state["epoch"],
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "best_val_loss": state["best_loss"],
-            "best_epoch": state["best_epoch"],
-        }
-        state["history"].append(metrics)
-        session.report(metrics, state)
-    return state
-
-
-def loop_config(settings: Settings, hparams: HParams | None = None) -> dict[str, Any]:
-    """The loop's configuration from settings (Tune overrides ``hparams``)."""
+def fit_config(settings: Settings) -> FitConfig:
+    """The fit's settings that are not hyperparameters."""
     cfg = settings.train
-    return {
-        "kind": cfg.model,
-        "hparams": (hparams or cfg.hparams).model_dump(),
-        "seed": cfg.seed,
-        "patience": cfg.patience,
-        "torch_threads": cfg.torch_threads,
-    }
+    return FitConfig(seed=cfg.seed, patience=cfg.patience, threads=cfg.torch_threads)
 
 
 def fit_in_process(
@@ -258,68 +165,42 @@ def fit_in_process(
     settings: Settings,
     train_mask: np.ndarray,
     val_mask: np.ndarray | None,
-    hparams: HParams | None = None,
+    model: ModelSpec | None = None,
 ) -> TrainedModel:
-    """Train without Ray (used inside Ray tasks by evaluation): same loop, same set-up.
+    """Fit without Ray (inside Ray tasks, for evaluation's refits): same set-up, same fit.
 
-    Without ``val_mask`` the model trains for exactly ``hparams.epochs`` epochs.
+    ``model`` defaults to the one ``train`` describes. Without ``val_mask`` the fit runs the
+    length its hyperparameters say (``Family.fixed_length``).
     """
-    config = loop_config(settings, hparams)
-    arrays = build_arrays(
-        data.frame, data.columns, config["kind"], config["hparams"]["window"], train_mask, val_mask
-    )
-    state = train_loop(config, arrays, LoopSession())
-    return to_trained_model(config, state, arrays.scaler, data)
+    model = model or spec(settings)
+    family = model.family
+    window = family.window(model.hparams)
+    arrays = build_arrays(data.frame, data.columns, window, train_mask, val_mask)
+    fitted = family.fit(arrays, model.hparams, fit_config(settings), LoopSession())
+    return trained_model(model, fitted, arrays.scaler, data, settings.train.seed)
 
 
-def to_trained_model(
-    config: dict[str, Any], state: dict[str, Any], scaler: StandardScaler, data: TrainingData
+def trained_model(
+    model: ModelSpec, fitted: FitResult, scaler: StandardScaler, data: TrainingData, seed: int
 ) -> TrainedModel:
     return TrainedModel(
-        kind=config["kind"],
-        hparams=HParams(**config["hparams"]),
+        kind=model.kind,
+        hparams=model.hparams,
         columns=data.columns,
         scaler=scaler,
-        state_dict=state.get("best_state", state.get("model", {})),
-        best_epoch=state["best_epoch"],
+        weights=fitted.weights,
+        best_epoch=fitted.best_epoch,
         feature_version=data.manifest["version"],
         data_version=data.manifest["data_version"],
-        seed=config["seed"],
+        seed=seed,
     )
 
 
-def ray_train_loop(config: dict[str, Any]) -> None:
-    """Entry point of each Ray Train worker."""
+def use_gpu(settings: Settings) -> bool:
     import ray
-    import ray.train
-
-    train_loop(config, ray.get(config["arrays_ref"]), RaySession(ray.train, distributed=True))
-
-
-def make_trainer(
-    settings: Settings, arrays_ref: Any, name: str, hparams: HParams | None = None
-) -> Any:
-    """The trainer factory: a TorchTrainer running ``train_loop`` on the configured workers."""
-    import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     cfg = settings.train
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    return TorchTrainer(
-        ray_train_loop,
-        train_loop_config={**loop_config(settings, hparams), "arrays_ref": arrays_ref},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=results_path(settings),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-        ),
-    )
+    return cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
 
 
 def results_path(settings: Settings) -> str:
@@ -341,30 +222,21 @@ class TrainOutcome:
 def run_training(
     settings: Settings,
     data: TrainingData,
-    hparams: HParams | None = None,
+    model: ModelSpec | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainOutcome:
-    """Train on the tune fold with Ray Train (early stopping on its test window)."""
-    import ray
+    """Train on the tune fold with Ray Train (early stopping on its test window), through
+    the family's loop in ``ray_app.training.families``."""
+    from ray_app.training.families import ray_loop
 
+    model = model or spec(settings)
     fold = data.tune_fold
-    config = loop_config(settings, hparams)
-    arrays = build_arrays(
-        data.frame,
-        data.columns,
-        config["kind"],
-        config["hparams"]["window"],
-        fold.train_mask,
-        fold.test_mask,
-    )
+    window = model.family.window(model.hparams)
+    arrays = build_arrays(data.frame, data.columns, window, fold.train_mask, fold.test_mask)
     name = f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-    result = make_trainer(settings, ray.put(arrays), name, hparams).fit()
-    if result.error:
-        raise result.error
-    with result.checkpoint.as_directory() as folder:
-        state = load_state(Path(folder))
-    history = pd.DataFrame(state["history"])  # every epoch, also those before a resume
+    fitted = ray_loop(model).fit(settings, model, arrays, data.columns, name)
     if on_epoch is not None:
-        for row in state["history"]:
+        for row in fitted.history:  # every step, also those before a resume
             on_epoch(row)
-    return TrainOutcome(to_trained_model(config, state, arrays.scaler, data), history, data)
+    trained = trained_model(model, fitted, arrays.scaler, data, settings.train.seed)
+    return TrainOutcome(trained, pd.DataFrame(fitted.history), data)

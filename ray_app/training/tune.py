@@ -1,9 +1,13 @@
 """Hyperparameter search: Ray Tune with Optuna's seeded TPE, ASHA early stopping, MLflow.
 
-Trials run ``train.train_loop`` (the loop Ray Train workers run) on the tune fold built by
-``train.build_arrays``: the search and the final training share one set-up. The search
-never sees the holdout. Every trial is an MLflow child run of one parent run; a crashed
-trial is recorded as FAILED and the search goes on. An interrupted search resumes by name.
+The space can span model families (``tune.families``): each trial first picks a family, then
+that family's hyperparameters (a conditional, define-by-run Optuna space). Trials run the
+family's own fit (the loop its Ray Train workers run) on the tune fold built by
+``train.build_arrays``: the search and the final training share one set-up, and every family
+reports the same squared-error validation loss, so trials compare across families. The
+search never sees the holdout. Every trial is an MLflow child run of one parent run; a
+crashed trial is recorded as FAILED and the search goes on. An interrupted search resumes by
+name.
 """
 
 from __future__ import annotations
@@ -20,17 +24,16 @@ from typing import Any
 import pandas as pd
 
 from ray_app.core.errors import RayAppError
-from ray_app.core.settings import HParams, SearchDimension, Settings
+from ray_app.core.settings import SearchDimension, Settings, SettingsError
 from ray_app.core.storage import DataRoot
+from ray_app.models.families import Arrays, ModelSpec, check_settings, get, search_spaces, spec
 from ray_app.registry.tracking import connect_mlflow, lineage_tags, tracking_uri
 from ray_app.training.train import (
-    Arrays,
     RaySession,
     TrainingData,
     build_arrays,
-    loop_config,
+    fit_config,
     results_path,
-    train_loop,
 )
 
 METRIC, MODE = "val_loss", "min"
@@ -41,45 +44,65 @@ class SearchError(RayAppError):
     """A search that cannot start, resume or finish."""
 
 
-def _dimension(dim: SearchDimension) -> Any:
-    from ray import tune
+FAMILY_KEY = "family"
 
+
+def _suggest(trial: Any, name: str, dim: SearchDimension) -> Any:
     if dim.type == "choice":
-        return tune.choice(dim.values or [])
+        return trial.suggest_categorical(name, dim.values or [])
     assert dim.low is not None and dim.high is not None  # checked by SearchDimension
     if dim.type == "int":
-        return tune.randint(int(dim.low), int(dim.high) + 1)
-    sampler = tune.loguniform if dim.type == "loguniform" else tune.uniform
-    return sampler(dim.low, dim.high)
+        return trial.suggest_int(name, int(dim.low), int(dim.high))
+    return trial.suggest_float(name, dim.low, dim.high, log=dim.type == "loguniform")
 
 
 def check_space(settings: Settings) -> None:
-    """Every value the space can produce must be a valid HParams value: fail before Ray."""
-    base = settings.train.hparams.model_dump()
-    for name, dim in settings.tune.search_space.items():
-        probes: list[Any] = (dim.values or []) if dim.type == "choice" else [dim.low, dim.high]
-        for value in probes:
-            cast = int(value) if dim.type == "int" else value
-            try:
-                HParams(**{**base, name: cast})
-            except ValueError as exc:
-                reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
-                raise SearchError(f"search space {name}={cast!r} is invalid: {reason}") from None
+    """Every family and every value the space can produce must be valid: fail before Ray."""
+    try:
+        check_settings(settings)
+    except SettingsError as exc:
+        raise SearchError(str(exc)) from None
+    for family, space in search_spaces(settings).items():
+        base = spec(settings, family).hparams.model_dump()
+        for name, dim in space.items():
+            probes: list[Any] = (dim.values or []) if dim.type == "choice" else [dim.low, dim.high]
+            for value in probes:
+                cast = int(value) if dim.type == "int" else value
+                try:
+                    get(family).params({**base, name: cast})
+                except SettingsError as exc:
+                    raise SearchError(f"search space {family}.{name}={cast!r}: {exc}") from None
 
 
-def search_space(settings: Settings) -> dict[str, Any]:
-    """The Tune search space from the run configuration."""
-    check_space(settings)
-    return {name: _dimension(dim) for name, dim in settings.tune.search_space.items()}
+@dataclass(frozen=True)
+class DefineSpace:
+    """Optuna's define-by-run space: a family, then that family's hyperparameters, named
+    ``<family>/<name>`` (Tune nests them: ``config[family][name]``). A class, not a closure:
+    Tune pickles the searcher with the search's state."""
+
+    spaces: dict[str, dict[str, SearchDimension]]
+
+    def __call__(self, trial: Any) -> None:
+        family = trial.suggest_categorical(FAMILY_KEY, list(self.spaces))
+        for name, dim in self.spaces[family].items():
+            _suggest(trial, f"{family}/{name}", dim)
 
 
-def trial(config: dict[str, Any], arrays: Arrays, base: dict[str, Any]) -> None:
-    """One Tune trial: the shared training loop with this trial's hyperparameters."""
+def trial_spec(config: dict[str, Any], base: dict[str, Any]) -> ModelSpec:
+    """The model a trial's config picks: its family, the base hyperparameters under the
+    trial's."""
+    kind = config[FAMILY_KEY]
+    return ModelSpec(kind, get(kind).params({**base["hparams"][kind], **config.get(kind, {})}))
+
+
+def trial(config: dict[str, Any], arrays: dict[int, Arrays], base: dict[str, Any]) -> None:
+    """One Tune trial: the family's fit with this trial's hyperparameters."""
     import ray.tune
 
-    hparams = HParams(**{**base["hparams"], **config}).model_dump()
+    model = trial_spec(config, base)
+    family = model.family
     session = RaySession(ray.tune, distributed=False, checkpoint_every=base["checkpoint_every"])
-    train_loop({**base, "hparams": hparams}, arrays, session)
+    family.fit(arrays[family.window(model.hparams)], model.hparams, base["fit"], session)
 
 
 @dataclass
@@ -87,7 +110,7 @@ class SearchOutcome:
     """The best trial of a search and what every trial did."""
 
     name: str
-    best_hparams: HParams
+    best: ModelSpec
     best_epoch: int
     best_val_loss: float
     trials: pd.DataFrame
@@ -108,7 +131,12 @@ def _save_state(settings: Settings, name: str, state: dict[str, Any]) -> None:
 
 
 def _tuner(
-    settings: Settings, name: str, trainable: Any, callbacks: list[Any], resume: bool
+    settings: Settings,
+    name: str,
+    trainable: Any,
+    callbacks: list[Any],
+    resume: bool,
+    max_t: int,
 ) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -120,18 +148,18 @@ def _tuner(
         return tune.Tuner.restore(
             _experiment_dir(settings, name), trainable, resume_unfinished=True, resume_errored=False
         )
+    space = DefineSpace(search_spaces(settings))
     searcher = ConcurrencyLimiter(
-        OptunaSearch(metric=METRIC, mode=MODE, seed=cfg.seed), max_concurrent=cfg.max_concurrent
+        OptunaSearch(space=space, metric=METRIC, mode=MODE, seed=cfg.seed),
+        max_concurrent=cfg.max_concurrent,
     )
-    epochs = settings.train.hparams.epochs
     scheduler = (
-        ASHAScheduler(max_t=epochs, grace_period=min(cfg.grace_period, epochs))
+        ASHAScheduler(max_t=max_t, grace_period=min(cfg.grace_period, max_t))
         if cfg.scheduler == "asha"
         else FIFOScheduler()
     )
     return tune.Tuner(
         trainable,
-        param_space=search_space(settings),
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
@@ -226,16 +254,20 @@ def run_search(
     if resume and state is None:
         known = ", ".join(search_names(settings)) or "none"
         raise SearchError(f"no search named {name} to resume (known: {known})")
-    base = {**loop_config(settings), "checkpoint_every": settings.tune.checkpoint_every}
+    check_space(settings)
+    models = [spec(settings, family) for family in search_spaces(settings)]
+    base = {
+        "hparams": {m.kind: m.hparams.model_dump() for m in models},
+        "fit": fit_config(settings),
+        "checkpoint_every": settings.tune.checkpoint_every,
+    }
     fold = data.tune_fold
-    arrays = build_arrays(
-        data.frame,
-        data.columns,
-        base["kind"],
-        base["hparams"]["window"],
-        fold.train_mask,
-        fold.test_mask,
-    )
+    windows = {m.family.window(m.hparams) for m in models}
+    arrays = {
+        w: build_arrays(data.frame, data.columns, w, fold.train_mask, fold.test_mask)
+        for w in sorted(windows)
+    }
+    max_t = max(m.family.max_steps(m.hparams) for m in models)
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, arrays=arrays, base=base),
         {"cpu": settings.tune.cpus_per_trial},
@@ -254,12 +286,13 @@ def run_search(
             experiment_name=settings.mlflow.experiment,
             tags=child_tags,
         )
-        grid = _tuner(settings, name, trainable, [callback], resume).fit()
+        grid = _tuner(settings, name, trainable, [callback], resume, max_t).fit()
         outcome = _outcome(name, grid, base, parent.info.run_id)
         mlflow.log_metrics(
             {"best_val_loss": outcome.best_val_loss, "failed_trials": outcome.failed}
         )
-        mlflow.log_params({f"best.{k}": v for k, v in outcome.best_hparams.model_dump().items()})
+        best = {"family": outcome.best.kind, **outcome.best.hparams.model_dump()}
+        mlflow.log_params({f"best.{k}": v for k, v in best.items()})
     return outcome
 
 
@@ -271,9 +304,11 @@ def _search_params(settings: Settings) -> dict[str, Any]:
         "scheduler": cfg.scheduler,
         "seed": cfg.seed,
         "model": settings.train.model,
+        "families": ",".join(search_spaces(settings)),
     }
-    for name, dim in cfg.search_space.items():
-        params[f"space.{name}"] = dim.model_dump_json(exclude_none=True)
+    for family, space in search_spaces(settings).items():
+        for name, dim in space.items():
+            params[f"space.{family}.{name}"] = dim.model_dump_json(exclude_none=True)
     return params
 
 
@@ -285,11 +320,10 @@ def _outcome(name: str, grid: Any, base: dict[str, Any], parent_run_id: str) -> 
         errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error)[:500]
         raise SearchError(f"every trial of {name} failed: {errors}")
     best = min(finished, key=lambda r: r.metrics["best_val_loss"])
-    hparams = HParams(**{**base["hparams"], **best.config})
     loss = float(best.metrics["best_val_loss"])
     return SearchOutcome(
         name=name,
-        best_hparams=hparams,
+        best=trial_spec(best.config, base),
         best_epoch=int(best.metrics["best_epoch"]),
         best_val_loss=loss if math.isfinite(loss) else float("inf"),
         trials=trials,

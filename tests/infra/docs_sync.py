@@ -8,6 +8,8 @@ so the code is the one source and the pages cannot drift from it:
   variable, type with its bounds, default, description);
 - ``serve-args`` and ``serve-user-config``: ``ServeArgs``, ``IngressConfig`` and
   ``VariantConfig`` of ``ray_app/serving/args.py``;
+- ``families``: each model family's hyperparameters (its ``Params``, ``train.hparams`` when
+  it is ``train.model``) and default search space, from the family table;
 - ``cli``: Typer's own Markdown generator (what ``typer ray_app.cli utils docs`` writes), in
   plain mode, so the text does not depend on the terminal.
 
@@ -41,6 +43,7 @@ DOCS = REPO / "docs"
 SETTINGS_PAGE = DOCS / "settings.md"
 SERVE_PAGE = DOCS / "serve-config.md"
 CLI_PAGE = DOCS / "cli.md"
+TRAINING_PAGE = DOCS / "training.md"
 
 _BEGIN = "<!-- BEGIN GENERATED: {name} (python -m tests.infra.docs_sync; do not edit) -->"
 _END = "<!-- END GENERATED: {name} -->"
@@ -267,6 +270,23 @@ def user_config_reference() -> str:
     return _markdown(tables, ["Key", "Type", "Default", "Meaning"], 3)
 
 
+def families_reference() -> str:
+    """Per family in the table: its window, hyperparameters and default search space."""
+    from ray_app.models.families import get, names
+
+    out: list[str] = []
+    for name in names():
+        family = get(name)
+        tables = _tables(family.Params, "", f"`{name}`: `{family.Params.__name__}`", None, {})
+        out.append(_markdown(tables, ["Key", "Type", "Default", "Meaning"], 4))
+        space = ", ".join(
+            f"`{key}` {dim.model_dump_json(exclude_none=True)}"
+            for key, dim in family.default_space.items()
+        )
+        out.append(f"Default search space: {space}.\n")
+    return "\n".join(out)
+
+
 def _full_short_help(command: Any) -> None:
     """Give every command its whole first help line as its short help.
 
@@ -306,6 +326,7 @@ BLOCKS = (
     Block("serve-args", SERVE_PAGE, serve_args_reference),
     Block("serve-user-config", SERVE_PAGE, user_config_reference),
     Block("cli", CLI_PAGE, cli_reference),
+    Block("families", TRAINING_PAGE, families_reference),
 )
 
 

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ray_app.core.settings import HParams, Settings
+from ray_app.core.settings import Settings
 from ray_app.data.features import TARGET
-from ray_app.models.networks import TrainedModel
+from ray_app.models.families import TrainedModel, names, spec
 from ray_app.registry.audit import audit_log
 from ray_app.registry.tracking import connect_mlflow, lineage_tags
 from ray_app.registry.versions import (
@@ -75,16 +75,26 @@ def mlp(settings: Settings, data: TrainingData) -> TrainedModel:
     return fit_in_process(data, settings, holdout_train(data), None)
 
 
-@pytest.fixture(scope="module")
-def noise_gru(settings: Settings, data: TrainingData) -> TrainedModel:
-    """A GRU fitted on targets shuffled across rows: it can have learnt nothing real."""
+NOISE_HPARAMS = {
+    "mlp": {"epochs": 2, "hidden_size": 8},
+    "gru": {"epochs": 2, "hidden_size": 8, "num_layers": 1, "window": 5},
+    "lightgbm": {"num_boost_round": 50, "min_data_in_leaf": 50},
+}
+
+
+def noise_model(settings: Settings, data: TrainingData, kind: str) -> TrainedModel:
+    """A ``kind`` model fitted on targets shuffled across rows: it can have learnt nothing
+    real."""
     frame = data.frame.copy()
     frame[TARGET] = np.random.default_rng(0).permutation(frame[TARGET].to_numpy())
     noise = TrainingData(frame, data.columns, data.manifest, data.split)
-    gru = settings.model_copy(deep=True)
-    gru.train.model = "gru"
-    hparams = HParams(epochs=2, hidden_size=8, num_layers=1, window=5)
-    return fit_in_process(noise, gru, holdout_train(data), None, hparams=hparams)
+    model = spec(settings, kind, NOISE_HPARAMS[kind])
+    return fit_in_process(noise, settings, holdout_train(data), None, model=model)
+
+
+@pytest.fixture(scope="module")
+def noise_gru(settings: Settings, data: TrainingData) -> TrainedModel:
+    return noise_model(settings, data, "gru")
 
 
 @pytest.fixture(scope="module")
@@ -161,11 +171,14 @@ def test_a_model_is_only_evaluated_on_its_own_columns(
         evaluate_model(settings, fewer, mlp)
 
 
+@pytest.mark.parametrize("kind", sorted(NOISE_HPARAMS))
 def test_a_model_fitted_on_noise_fails_the_gate(
-    settings: Settings, data: TrainingData, noise_gru: TrainedModel
+    settings: Settings, data: TrainingData, noise_gru: TrainedModel, kind: str
 ) -> None:
-    report = evaluate_model(settings, data, noise_gru)
-    assert report["model"]["kind"] == "gru"
+    assert sorted(NOISE_HPARAMS) == names()  # every family
+    model = noise_gru if kind == "gru" else noise_model(settings, data, kind)
+    report = evaluate_model(settings, data, model)
+    assert report["model"]["kind"] == kind
     folds = [*report["folds"], report["holdout"]]
     assert sum(f["rows"] + f["rows_dropped"] for f in folds[:-1]) == int(
         sum(f.test_mask.sum() for f in data.split.folds)

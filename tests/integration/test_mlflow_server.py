@@ -214,7 +214,7 @@ def test_a_search_against_a_tracking_server_on_postgres(
         secrets={"backend": "file", "dir": mlflow_server.secrets_dir},
     )
     settings.tune.num_samples = 2
-    settings.train.hparams.epochs = 2
+    settings.train.hparams["epochs"] = 2
     run_ingest(settings)
     build_features(settings)
     outcome = run_search(settings, load_training_data(settings))

@@ -30,7 +30,7 @@ SMALL = {
         "num_samples": 5,
         "max_concurrent": 2,
         "scheduler": "none",
-        "search_space": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+        "search_space": {"mlp": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
     },
 }
 
@@ -122,12 +122,17 @@ def test_bad_training_input_is_one_line(config: Path, ray_address: str) -> None:
         yaml.safe_dump(
             {
                 **yaml.safe_load(config.read_text()),
-                "tune": {"search_space": {"lrate": {"type": "uniform"}}},
+                "tune": {
+                    "search_space": {"mlp": {"lrate": {"type": "uniform", "low": 0, "high": 1}}}
+                },
             }
         )
     )
     typo = run_cli(["tune", "--config", str(bad)], ray_address, cwd)
-    assert typo.returncode == 2 and "tune.search_space" in typo.stderr
+    assert (
+        typo.returncode == 2
+        and "tune.search_space.mlp: unknown hyperparameter(s) lrate" in typo.stderr
+    )
     offline = run_cli(
         ["train", "--config", str(config)],
         ray_address,

@@ -30,15 +30,17 @@ import torch
 import yaml
 from scipy.stats import binom, spearmanr
 
-from ray_app.core.settings import HParams, Settings
+from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import build_features
 from ray_app.data.ingest import run_ingest
 from ray_app.data.predictions import COLUMNS, read_predictions
-from ray_app.models.networks import StandardScaler, TrainedModel, build_model
+from ray_app.models.families import TrainedModel, get
+from ray_app.models.families._torch import TorchFamily, TorchParams
+from ray_app.models.networks import StandardScaler
 from ray_app.serving.args import ServeArgs
 from ray_app.serving.features import FeatureTable
-from ray_app.serving.loader import TorchModel
+from ray_app.serving.loader import ServedModel
 from tests.integration.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -54,8 +56,9 @@ VARIANTS = ["champion", "challenger"]
 def tiny_model(table: FeatureTable, version: int) -> TrainedModel:
     """An MLP with random (seeded) weights and a scaler fitted on the table: predictions
     differ per ticker, day and version, which is all serving needs to show."""
-    hparams = HParams(hidden_size=4, num_layers=1, dropout=0.0)
-    module = build_model("mlp", len(table.columns), hparams, seed=version)
+    hparams, family = TorchParams(hidden_size=4, num_layers=1, dropout=0.0), get("mlp")
+    assert isinstance(family, TorchFamily)
+    module = family.build(len(table.columns), hparams, seed=version)
     generator = torch.Generator().manual_seed(version)
     state = {
         k: v + 0.05 * torch.randn(v.shape, generator=generator)
@@ -68,12 +71,12 @@ def tiny_model(table: FeatureTable, version: int) -> TrainedModel:
     )
 
 
-class Raising(TorchModel):
+class Raising(ServedModel):
     def predict(self, x: np.ndarray) -> np.ndarray:
         raise RuntimeError("this model always fails")
 
 
-class Sleepy(TorchModel):
+class Sleepy(ServedModel):
     def predict(self, x: np.ndarray) -> np.ndarray:
         time.sleep(5)  # blocks the replica, as a stuck model would
         return np.zeros(len(x))
@@ -85,10 +88,10 @@ class FakeRegistry:
     def __init__(self, args: ServeArgs) -> None:
         self.table = FeatureTable.load(args.settings())
 
-    def __call__(self, ref: str) -> TorchModel:
+    def __call__(self, ref: str) -> ServedModel:
         time.sleep(0.3)
         version = VERSIONS.get(ref) or int(ref)
-        kind = {3: Raising, 4: Sleepy}.get(version, TorchModel)
+        kind = {3: Raising, 4: Sleepy}.get(version, ServedModel)
         return kind("tiny", version, tiny_model(self.table, version))
 
 
@@ -246,7 +249,7 @@ def test_predictions_carry_the_model_and_the_request(
     headers = response.headers
     assert headers["X-Model-Variant"] == "champion" and headers["X-Model-Version"] == "1"
     assert headers["X-Request-ID"] == body["request_id"]
-    model = TorchModel("tiny", 1, tiny_model(table, 1))
+    model = ServedModel("tiny", 1, tiny_model(table, 1))
     for pred in body["predictions"]:
         window = table.window(pred["ticker"], dt.date(2012, 3, 2), 1)
         expected = float(model.predict(window.rows[None])[0])

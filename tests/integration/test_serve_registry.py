@@ -21,7 +21,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -30,10 +30,11 @@ import requests
 import torch
 import yaml
 
-from ray_app.core.settings import ModelKind, Settings
+from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import build_features, load_feature_set
 from ray_app.data.ingest import run_ingest
+from ray_app.models.families import names
 from ray_app.registry.tracking import connect_mlflow, tracking_uri
 from ray_app.registry.versions import (
     champion_version,
@@ -290,16 +291,19 @@ def test_served_features_follow_a_new_day_without_a_redeploy(
     wait_until(gauge_follows, 30)
 
 
-@pytest.mark.parametrize("kind", get_args(ModelKind))
+@pytest.mark.parametrize("kind", names())
 def test_every_model_family_trains_registers_serves_and_predicts_over_http(
-    url: str, settings: Settings, config_path: Path, ray_head: Head, kind: ModelKind
+    url: str, settings: Settings, config_path: Path, ray_head: Head, kind: str
 ) -> None:
-    """``ray-app train --model KIND``'s path: the training loop (in process: Ray Train's
+    """``ray-app train --model KIND``'s path: the family's fit (in process: Ray Train's
     placement-group cleaner may look at another cluster on a shared machine), then ``release``
-    (evaluation, the logged model with its input example, registration, the gate); then served
-    by the challenger variant and asked over HTTP."""
+    (evaluation, the logged model with its input example, registration with its files'
+    sha256, the gate); then served by the challenger variant from its precomputed table and
+    asked over HTTP: the answers are the fitted model's own offline predictions."""
     family = settings.model_copy(deep=True)
     family.train.model = kind
+    if kind == "lightgbm":
+        family.train.hparams = {"num_boost_round": 30, "min_data_in_leaf": 50}
     data = load_training_data(family)
     assert data.split.holdout is not None
     model = fit_in_process(data, family, data.split.holdout.train_mask, None)
@@ -320,7 +324,9 @@ def test_every_model_family_trains_registers_serves_and_predicts_over_http(
     assert (body["variant"], body["model_version"]) == ("challenger", version)
     frame, _ = load_feature_set(DataRoot(settings.data_root), tickers=["AAPL", "MSFT"])
     upto = frame[frame["date"] <= pd.Timestamp("2012-06-01")]
-    expected = load_version(settings, version).predict_frame(upto).groupby("ticker")["pred"].last()
+    expected = model.predict_frame(upto).groupby("ticker")["pred"].last()
+    registered = load_version(settings, version).predict_frame(upto)
+    assert registered.groupby("ticker")["pred"].last().equals(expected)
     for pred in body["predictions"]:
         assert pred["feature_date"] == "2012-06-01"
         assert pred["predicted_return"] == pytest.approx(expected[pred["ticker"]], rel=1e-4)

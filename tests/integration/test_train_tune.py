@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_app.core.settings import Settings
+from ray_app.core.settings import SearchDimension, Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import build_features
 from ray_app.data.features import compute_features
 from ray_app.data.ingest import read_bars, run_ingest
+from ray_app.models.families import spec
 from ray_app.registry.tracking import TrackingError
 from ray_app.training.train import (
     TrainingData,
@@ -38,8 +39,11 @@ def small_settings(root: Path, **extra: Any) -> Settings:
             "num_samples": 4,
             "max_concurrent": 2,
             "search_space": {
-                "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
-                "hidden_size": {"type": "choice", "values": [4, 8]},
+                "mlp": {
+                    "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                    "hidden_size": {"type": "choice", "values": [4, 8]},
+                },
+                "lightgbm": {"num_leaves": {"type": "choice", "values": [4, 8]}},
             },
         },
         **extra,
@@ -61,15 +65,25 @@ def data(feature_root: Path) -> TrainingData:
     return load_training_data(small_settings(feature_root))
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+LIGHTGBM = {"num_boost_round": 30, "report_every": 10, "min_data_in_leaf": 50}
+
+
+@pytest.mark.parametrize(("kind", "workers"), [("mlp", 1), ("mlp", 2), ("lightgbm", 2)])
 def test_ray_train_with_one_and_two_workers(
-    feature_root: Path, data: TrainingData, workers: int
+    feature_root: Path, data: TrainingData, kind: str, workers: int
 ) -> None:
+    """The torch families on a TorchTrainer; LightGBM data-parallel on a LightGBMTrainer,
+    its rows fed by Ray Data (each worker boosts on its shard, one model)."""
     settings = small_settings(feature_root)
     settings.train.num_workers = workers
-    outcome = run_training(settings, data)
-    assert 1 <= outcome.model.best_epoch <= 3
-    assert list(outcome.history["epoch"]) == list(range(1, len(outcome.history) + 1))
+    model = spec(settings, kind, LIGHTGBM if kind == "lightgbm" else None)
+    outcome = run_training(settings, data, model)
+    assert outcome.model.kind == kind
+    steps = 3 if kind == "mlp" else 30
+    assert 1 <= outcome.model.best_epoch <= steps
+    every = 1 if kind == "mlp" else 10
+    epochs = list(outcome.history["epoch"])
+    assert epochs[:-1] == list(range(every, every * len(epochs), every))
     holdout = data.frame[data.split.holdout.test_mask]
     preds = outcome.model.predict_frame(holdout)
     assert len(preds) == len(holdout) and np.isfinite(preds["pred"]).all()
@@ -85,12 +99,12 @@ def test_scaler_is_fitted_on_the_training_window_only(
     np.testing.assert_allclose(model.scaler.mean, train_rows.mean().to_numpy())
 
 
-@pytest.mark.parametrize("kind", ["mlp", "gru"])
+@pytest.mark.parametrize("kind", ["mlp", "gru", "lightgbm"])
 def test_predictions_never_look_ahead(feature_root: Path, data: TrainingData, kind: str) -> None:
     """Altering every bar after day t leaves every prediction for days <= t unchanged."""
     settings = small_settings(feature_root)
-    settings.train.model = kind  # type: ignore[assignment]
-    settings.train.hparams.window = 5
+    settings.train.model = kind
+    settings.train.hparams = LIGHTGBM if kind == "lightgbm" else {"epochs": 3, "window": 5}
     fold = data.tune_fold
     model = fit_in_process(data, settings, fold.train_mask, None)
     bars = read_bars(DataRoot(str(feature_root)), "IBM")
@@ -112,16 +126,30 @@ def test_predictions_never_look_ahead(feature_root: Path, data: TrainingData, ki
     assert not np.array_equal(before.loc[~early, "pred"], after.loc[after["date"] > cut, "pred"])
 
 
-def test_search_logs_every_trial_as_a_child_run(feature_root: Path, data: TrainingData) -> None:
+def test_a_search_across_families_logs_every_trial_as_a_child_run(
+    feature_root: Path, data: TrainingData
+) -> None:
+    """Each trial picks a family, then that family's hyperparameters; all report one loss."""
     settings = small_settings(feature_root)
+    settings.tune.families = ["mlp", "lightgbm"]
+    settings.tune.num_samples = 6
+    space = settings.tune.search_space["lightgbm"]
+    space["num_boost_round"] = SearchDimension(type="choice", values=[30])
     outcome = run_search(settings, data)
-    assert outcome.failed == 0 and len(outcome.trials) == 4
-    assert outcome.best_hparams.hidden_size in (4, 8)
+    assert outcome.failed == 0 and len(outcome.trials) == 6
+    assert set(outcome.trials["config/family"]) == {"mlp", "lightgbm"}
+    assert outcome.best.kind in ("mlp", "lightgbm")
+    picked = outcome.trials["config/lightgbm/num_leaves"].dropna()
+    assert (
+        set(picked) <= {4, 8}
+        and len(picked) == (outcome.trials["config/family"] == "lightgbm").sum()
+    )
     children = mlflow.search_runs(
         experiment_names=[settings.mlflow.experiment],
         filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'",
     )
-    assert len(children) == 4
+    assert len(children) == 6
+    assert set(children["params.family"]) == {"mlp", "lightgbm"}
     assert set(children["tags.feature_version"]) == {data.manifest["version"]}
     assert set(children["tags.data_version"]) == {data.manifest["data_version"]}
     assert children["tags.code_version"].str.len().eq(12).all()
@@ -140,7 +168,7 @@ def checkpoints(settings: Settings, search: str) -> list[str]:
 
 def crashing_trial(config: dict[str, Any], **kwargs: Any) -> None:
     """A trial body that crashes for the small network: the search must go on."""
-    if config["hidden_size"] == 4:
+    if config["mlp"]["hidden_size"] == 4:
         raise RuntimeError("simulated crash")
     trial(config, **kwargs)
 
@@ -149,11 +177,10 @@ def test_a_crashing_trial_is_recorded_and_the_search_goes_on(
     feature_root: Path, data: TrainingData
 ) -> None:
     settings = small_settings(feature_root)
-    settings.tune.search_space["hidden_size"].values = [4, 8]
     settings.tune.num_samples = 6
     settings.tune.checkpoint_every = 2
     outcome = run_search(settings, data, trial_fn=crashing_trial)
-    assert outcome.failed >= 1 and outcome.best_hparams.hidden_size == 8
+    assert outcome.failed >= 1 and outcome.best.hparams.hidden_size == 8  # type: ignore[attr-defined]
     finished = 6 - outcome.failed  # 3 epochs each: one checkpoint, after the second
     assert checkpoints(settings, outcome.name) == ["checkpoint_000000"] * finished
     children = mlflow.search_runs(
@@ -165,8 +192,8 @@ def test_a_crashing_trial_is_recorded_and_the_search_goes_on(
 
 def test_bad_search_inputs_fail_before_any_trial(feature_root: Path, data: TrainingData) -> None:
     settings = small_settings(feature_root)
-    settings.tune.search_space["hidden_size"].values = [0, 8]
-    with pytest.raises(SearchError, match="hidden_size=0 is invalid"):
+    settings.tune.search_space["mlp"]["hidden_size"].values = [0, 8]
+    with pytest.raises(SearchError, match=r"mlp.hidden_size=0: .*greater than or equal to 1"):
         run_search(settings, data)
     with pytest.raises(SearchError, match="no search named nope to resume"):
         run_search(small_settings(feature_root), data, name="nope", resume=True)

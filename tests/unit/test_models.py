@@ -7,29 +7,44 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pydantic import ValidationError
 from torch import nn
 
+from ray_app.core.settings import Settings, SettingsError, load_settings
 from ray_app.data.features import TARGET
-from ray_app.models.networks import (
-    HParams,
-    PersistenceBaseline,
-    RidgeBaseline,
-    StandardScaler,
-    ZeroBaseline,
-    build_model,
+from ray_app.models.families import (
+    Arrays,
+    FitConfig,
+    LoopSession,
+    TrainedModel,
+    check_settings,
+    get,
+    names,
+    search_spaces,
+    spec,
+)
+from ray_app.models.families._torch import (
+    TorchFamily,
+    TorchParams,
     evaluate_loss,
     fit_epoch,
     make_loader,
     make_optimizer,
-    make_windows,
     predict,
-    train_model,
+)
+from ray_app.models.families.lightgbm import LightGBMParams
+from ray_app.models.networks import (
+    PersistenceBaseline,
+    RidgeBaseline,
+    StandardScaler,
+    ZeroBaseline,
+    make_windows,
+    model_inputs,
 )
 
 COLUMNS = ["f0", "f1", "f2", "f3"]
@@ -62,9 +77,63 @@ def panel(
     return frame
 
 
+def torch_family(kind: str) -> TorchFamily:
+    family = get(kind)
+    assert isinstance(family, TorchFamily)
+    return family
+
+
+def fit(
+    kind: str, frame: pd.DataFrame, train: np.ndarray, params: object, seed: int = 0
+) -> tuple[TrainedModel, list[dict[str, float]]]:
+    """The family's own fit (what Ray Train, Tune and the refits run) on ``train`` rows, and
+    its history; no validation rows, so it runs its full length."""
+    family = get(kind)
+    window = family.window(params)
+    scaler = StandardScaler.fit(frame.loc[train, COLUMNS])
+    inputs = model_inputs(frame, COLUMNS, window, scaler)
+    take = train[inputs.rows]
+    empty = inputs.x[:0]
+    arrays = Arrays(inputs.x[take], inputs.y[take], empty, inputs.y[:0], scaler)
+    fitted = family.fit(arrays, params, FitConfig(seed=seed), LoopSession())
+    model = TrainedModel(
+        kind,
+        params,
+        COLUMNS,
+        scaler,
+        fitted.weights,
+        fitted.best_epoch,
+        "f",
+        "d",
+        seed,  # type: ignore[arg-type]
+    )
+    return model, fitted.history
+
+
+def random_model(kind: str, columns: list[str], seed: int = 0, window: int = 3) -> TrainedModel:
+    """A ``kind`` model on ``columns`` that predicts something other than zero, made in
+    milliseconds: torch weights perturbed at random, or a few trees fitted to random rows;
+    for the registry's and serving's tests, which only need every family's predictions."""
+    family, rng = get(kind), np.random.default_rng(seed)
+    scaler = StandardScaler(rng.normal(size=len(columns)), rng.uniform(0.5, 2, len(columns)))
+    if isinstance(family, TorchFamily):
+        params = TorchParams(hidden_size=6, num_layers=1, window=window)
+        module = family.build(len(columns), params, seed=seed)
+        torch.manual_seed(seed)
+        weights = {k: v + 0.1 * torch.randn_like(v) for k, v in module.state_dict().items()}
+    else:
+        params = LightGBMParams(num_boost_round=5, min_data_in_leaf=2)
+        x = rng.normal(size=(200, 1, len(columns))).astype(np.float32)
+        y = (x[:, 0, 0] * 0.01).astype(np.float32)
+        arrays = Arrays(x, y, x[:0], y[:0], scaler)
+        weights = family.fit(arrays, params, FitConfig(seed=seed), LoopSession()).weights
+    return TrainedModel(kind, params, columns, scaler, weights, 1, "fs", "dv", seed)
+
+
 def test_models_module_never_imports_ray() -> None:
     code = (
         "import sys, ray_app.models.networks, ray_app.training.splits, ray_app.models.metrics; "
+        "from ray_app.models.families import get, names; [get(n) for n in names()]; "
         "leaked = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')); "
         "print(leaked); sys.exit(1 if leaked else 0)"
     )
@@ -72,35 +141,44 @@ def test_models_module_never_imports_ray() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_family_table_lists_every_family_module() -> None:
+    assert names() == ["gru", "lightgbm", "mlp"]
+    assert [get(n).name for n in names()] == names()
+    assert [
+        get(n).window(get(n).params({"window": 7} if n != "lightgbm" else {})) for n in names()
+    ] == [7, 1, 1]
+    with pytest.raises(SettingsError, match=r"unknown model family 'lstm'.*gru, lightgbm, mlp"):
+        get("lstm")
+
+
 def test_hparams_are_typed_and_closed() -> None:
-    assert HParams().window == 20
-    with pytest.raises(ValidationError, match="hiden_size"):
-        HParams(hiden_size=32)  # type: ignore[call-arg]
-    with pytest.raises(ValidationError, match="dropout"):
-        HParams(dropout=1.0)
-    with pytest.raises(ValidationError, match="lr"):
-        HParams(lr=0)
+    mlp, lgbm = get("mlp"), get("lightgbm")
+    assert isinstance(mlp.params(), TorchParams) and mlp.params().window == 20
+    assert isinstance(lgbm.params(), LightGBMParams)
+    with pytest.raises(SettingsError, match="hiden_size: unknown hyperparameter"):
+        mlp.params({"hiden_size": 32})
+    with pytest.raises(SettingsError, match="dropout"):
+        mlp.params({"dropout": 1.0})
+    with pytest.raises(SettingsError, match="lr"):
+        mlp.params({"lr": 0})
+    with pytest.raises(SettingsError, match="num_leaves"):
+        lgbm.params({"num_leaves": 1})
 
 
-@pytest.mark.parametrize(("kind", "shape"), [("mlp", (7, 4)), ("gru", (7, 5, 4))])
+@pytest.mark.parametrize(("kind", "shape"), [("mlp", (7, 1, 4)), ("gru", (7, 5, 4))])
 def test_build_model_is_seeded_and_predicts_one_value_per_input(kind: str, shape: tuple) -> None:
-    hp = HParams(hidden_size=8, num_layers=2)
+    hp, family = TorchParams(hidden_size=8, num_layers=2), torch_family(kind)
     state = torch.random.get_rng_state()
-    a, b = build_model(kind, 4, hp, seed=1), build_model(kind, 4, hp, seed=1)  # type: ignore[arg-type]
-    c = build_model(kind, 4, hp, seed=2)  # type: ignore[arg-type]
+    a, b = family.build(4, hp, seed=1), family.build(4, hp, seed=1)
+    c = family.build(4, hp, seed=2)
     assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
     params = [torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c)]
     assert torch.equal(params[0], params[1]) and not torch.equal(params[0], params[2])
     out = predict(a, np.random.default_rng(0).normal(size=shape))
     assert out.shape == (7,) and out.dtype == np.float64
     np.testing.assert_array_equal(out, 0.0)  # untrained, it is the zero forecast
-
-
-def test_build_model_refuses_unknown_kinds() -> None:
-    with pytest.raises(ValueError, match="unknown model kind 'lstm'"):
-        build_model("lstm", 4, HParams())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="n_features"):
-        build_model("mlp", 0, HParams())
+        family.build(0, hp)
 
 
 def test_scaler_statistics_round_trip_and_constant_columns() -> None:
@@ -197,15 +275,79 @@ def test_windows_apply_the_scaler_and_refuse_duplicate_days() -> None:
 def test_mlp_learns_a_linear_signal_better_than_zero() -> None:
     frame = panel(n_days=800)
     train = (frame["date"] < pd.Timestamp("2023-06-01")).to_numpy()
-    scaler = StandardScaler.fit(frame.loc[train, COLUMNS])
-    x, y = scaler.transform(frame[COLUMNS]), frame[TARGET].to_numpy(np.float32)
-    hp = HParams(hidden_size=32, num_layers=2, dropout=0.0, lr=3e-3, batch_size=64, epochs=6)
-    model = build_model("mlp", len(COLUMNS), hp, seed=0)
-    losses = train_model(model, x[train], y[train], hp, seed=0)
+    hp = TorchParams(hidden_size=32, num_layers=2, dropout=0.0, lr=3e-3, batch_size=64, epochs=6)
+    model, history = fit("mlp", frame, train, hp)
+    losses = [h["train_loss"] for h in history]
     assert losses[-1] < losses[0]
-    test_mse = np.mean((predict(model, x[~train]) - y[~train]) ** 2)
-    zero_mse = np.mean(y[~train] ** 2)
-    assert test_mse < 0.1 * zero_mse
+    test = frame[~train]
+    y = test[TARGET].to_numpy()
+    test_mse = np.mean((model.predict_frame(test)["pred"].to_numpy() - y) ** 2)
+    assert test_mse < 0.1 * np.mean(y**2)
+
+
+def test_lightgbm_learns_a_nonlinear_signal_better_than_zero_and_ridge() -> None:
+    """An interaction of two features: trees find it, a linear model cannot."""
+    frame = panel(n_days=800, signal=0.0)
+    frame[TARGET] = 0.01 * np.sign(frame["f0"] * frame["f1"]) + 0.002 * frame["f2"]
+    train = (frame["date"] < pd.Timestamp("2023-06-01")).to_numpy()
+    params = LightGBMParams(num_boost_round=150, min_data_in_leaf=20, learning_rate=0.1)
+    model, _ = fit("lightgbm", frame, train, params)
+    assert model.best_epoch == 150  # no validation rows: the full length
+    test = frame[~train]
+    y = test[TARGET].to_numpy()
+    mse = np.mean((model.predict_frame(test)["pred"].to_numpy() - y) ** 2)
+    ridge = RidgeBaseline(COLUMNS, alpha=1.0).fit(frame[train])
+    assert mse < 0.2 * np.mean(y**2)
+    assert mse < 0.3 * np.mean((ridge.predict(test) - y) ** 2)
+
+
+def test_lightgbm_stops_early_on_validation_and_reports_every_family_metric() -> None:
+    frame = panel(n_days=400)
+    dates = frame["date"].to_numpy()
+    train, val = dates < np.datetime64("2022-01-01"), dates >= np.datetime64("2022-01-01")
+    scaler = StandardScaler.fit(frame.loc[train, COLUMNS])
+    inputs = model_inputs(frame, COLUMNS, 1, scaler)
+    arrays = Arrays(inputs.x[train], inputs.y[train], inputs.x[val], inputs.y[val], scaler)
+    reports: list[dict] = []
+
+    class Recorder(LoopSession):
+        def report(self, metrics: dict[str, float], state: dict | None) -> None:
+            reports.append(metrics)
+
+    params = LightGBMParams(
+        num_boost_round=2000, learning_rate=0.3, early_stopping_rounds=10, report_every=5
+    )
+    fitted = get("lightgbm").fit(arrays, params, FitConfig(), Recorder())
+    assert fitted.best_epoch < 2000 and reports[-1]["epoch"] < 2000  # stopped early
+    assert set(reports[0]) == {"epoch", "train_loss", "val_loss", "best_val_loss", "best_epoch"}
+    assert [r["epoch"] for r in reports[:-1]] == list(range(5, 5 * len(reports), 5))
+    assert reports[-1]["best_epoch"] == fitted.best_epoch
+    refit = get("lightgbm").fixed_length(params, fitted.best_epoch)
+    assert refit.num_boost_round == fitted.best_epoch  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gru", "lightgbm"])
+def test_every_family_saves_data_not_pickles_and_loads_the_same_predictions(
+    kind: str, tmp_path: Path
+) -> None:
+    frame = panel(n_days=120)
+    train = (frame["date"] < pd.Timestamp("2021-05-01")).to_numpy()
+    params = get(kind).params(
+        {"num_boost_round": 20, "min_data_in_leaf": 5}
+        if kind == "lightgbm"
+        else {"hidden_size": 4, "epochs": 1, "window": 3}
+    )
+    model, _ = fit(kind, frame, train, params)
+    model.save(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["model.json", "model.txt" if kind == "lightgbm" else "weights.pt"]
+    if kind == "lightgbm":
+        assert (tmp_path / "model.txt").read_text().startswith("tree\n")  # LightGBM's text
+    loaded = TrainedModel.load(tmp_path)
+    assert loaded.kind == kind and loaded.hparams == params and loaded.window == model.window
+    expected = model.predict_frame(frame)
+    assert len(expected) == len(frame) - (model.window - 1) * 3
+    pd.testing.assert_frame_equal(loaded.predict_frame(frame), expected)
 
 
 def test_gru_uses_the_past_rows_in_its_window() -> None:
@@ -213,30 +355,28 @@ def test_gru_uses_the_past_rows_in_its_window() -> None:
     frame = panel(n_days=600, signal=0.0)
     lagged = frame.groupby("ticker")["f0"].shift(2)
     frame[TARGET] = 0.01 * lagged.fillna(0.0)
-    hp = HParams(
+    hp = TorchParams(
         hidden_size=32, num_layers=1, dropout=0.0, lr=3e-3, batch_size=64, epochs=15, window=4
     )
-    scaler = StandardScaler.fit(frame[COLUMNS])
-    x, y, index = make_windows(frame, COLUMNS, hp.window, scaler)
-    train = frame["date"].to_numpy()[index] < np.datetime64("2022-10-01")
-    model = build_model("gru", len(COLUMNS), hp, seed=0)
-    train_model(model, x[train], y[train], hp, seed=0)
-    zero_mse = np.mean(y[~train] ** 2)
-    assert np.mean((predict(model, x[~train]) - y[~train]) ** 2) < 0.1 * zero_mse
-    rows = frame.iloc[index]
-    ridge = RidgeBaseline(COLUMNS, alpha=0.0).fit(rows[train])
-    assert np.mean((ridge.predict(rows[~train]) - y[~train]) ** 2) > 0.9 * zero_mse
+    train = (frame["date"] < pd.Timestamp("2022-10-01")).to_numpy()
+    model, _ = fit("gru", frame, train, hp)
+    preds = model.predict_frame(frame).merge(frame, on=["date", "ticker"])
+    test = preds[preds["date"] >= pd.Timestamp("2022-10-01")]
+    y = test[TARGET].to_numpy()
+    zero_mse = np.mean(y**2)
+    assert np.mean((test["pred"].to_numpy() - y) ** 2) < 0.1 * zero_mse
+    ridge = RidgeBaseline(COLUMNS, alpha=0.0).fit(frame[train])
+    assert np.mean((ridge.predict(test) - y) ** 2) > 0.9 * zero_mse
 
 
 def test_training_is_deterministic_given_a_seed() -> None:
     frame = panel(n_days=60)
-    x, y = StandardScaler.fit(frame[COLUMNS]).transform(frame[COLUMNS]), frame[TARGET].to_numpy()
-    hp = HParams(hidden_size=8, dropout=0.3, batch_size=16, epochs=2)
+    train = np.ones(len(frame), bool)
+    hp = TorchParams(hidden_size=8, dropout=0.3, batch_size=16, epochs=2)
 
     def run(seed: int) -> np.ndarray:
-        model = build_model("mlp", len(COLUMNS), hp, seed=seed)
-        train_model(model, x, y, hp, seed=seed)
-        return predict(model, x)
+        model, _ = fit("mlp", frame, train, hp, seed=seed)
+        return model.predict_frame(frame)["pred"].to_numpy()
 
     np.testing.assert_array_equal(run(5), run(5))
     assert not np.array_equal(run(5), run(6))
@@ -245,8 +385,8 @@ def test_training_is_deterministic_given_a_seed() -> None:
 def test_fit_epoch_and_evaluate_loss_report_per_sample_means() -> None:
     frame = panel(n_days=50)
     x, y = frame[COLUMNS].to_numpy(np.float32), frame[TARGET].to_numpy(np.float32)
-    hp = HParams(hidden_size=8, dropout=0.0, lr=1e-2)
-    model, loss_fn = build_model("mlp", len(COLUMNS), hp), nn.MSELoss()
+    hp = TorchParams(hidden_size=8, dropout=0.0, lr=1e-2)
+    model, loss_fn = torch_family("mlp").build(len(COLUMNS), hp), nn.MSELoss()
     eval_loader = make_loader(x, y, batch_size=7, shuffle=False)  # uneven last batch
     before = evaluate_loss(model, eval_loader, loss_fn)
     assert before == pytest.approx(float(np.mean((predict(model, x) - y) ** 2)), rel=1e-5)
@@ -256,3 +396,37 @@ def test_fit_epoch_and_evaluate_loss_report_per_sample_means() -> None:
         fit_epoch(model, train_loader, optimizer, loss_fn)
     assert evaluate_loss(model, eval_loader, loss_fn) < before
     assert not model.training  # evaluation leaves dropout off
+
+
+def test_settings_name_families_and_hyperparameters_from_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(
+        train={"model": "lightgbm", "hparams": {"num_leaves": 7}},
+        tune={
+            "families": ["mlp", "lightgbm"],
+            "search_space": {"lightgbm": {"num_leaves": {"type": "choice", "values": [7, 15]}}},
+        },
+    )
+    check_settings(settings)
+    assert spec(settings).hparams == LightGBMParams(num_leaves=7)
+    assert spec(settings, "mlp").hparams == TorchParams()  # not train.model: its defaults
+    spaces = search_spaces(settings)
+    assert list(spaces) == ["mlp", "lightgbm"] and spaces["mlp"] == get("mlp").default_space
+    assert list(spaces["lightgbm"]) == ["num_leaves"]
+    bad = {
+        "train": ({"model": "lstm"}, {}, "unknown model family 'lstm'"),
+        "hparams": ({"model": "lightgbm", "hparams": {"epochs": 3}}, {}, "epochs: unknown"),
+        "families": ({}, {"families": ["xgb"]}, "tune.families.*unknown model family 'xgb'"),
+        "space": (
+            {},
+            {"search_space": {"mlp": {"lrate": {"type": "uniform", "low": 0, "high": 1}}}},
+            "tune.search_space.mlp: unknown hyperparameter.*lrate",
+        ),
+    }
+    for train, tune, message in bad.values():
+        with pytest.raises(SettingsError, match=message):
+            check_settings(Settings(train=train, tune=tune))
+    monkeypatch.setenv("RAY_APP_TRAIN__HPARAMS__EPOCHS", "3")
+    assert spec(load_settings()).hparams.epochs == 3  # type: ignore[attr-defined]
+    assert spec(load_settings(train__hparams__epochs=4)).hparams.epochs == 4  # type: ignore[attr-defined]

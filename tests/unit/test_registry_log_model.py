@@ -4,28 +4,18 @@ its order and however short some tickers' histories are (a GRU needs a full wind
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 
-from ray_app.core.settings import ModelKind
-from ray_app.models.networks import HParams, StandardScaler, TrainedModel, build_model
-from tests.unit.test_models import COLUMNS, panel
+from ray_app.models.families import names
+from tests.unit.test_models import COLUMNS, panel, random_model
 
 
-def trained(kind: ModelKind) -> TrainedModel:
-    hparams = HParams(hidden_size=4, num_layers=1, dropout=0.0, window=20)
-    module = build_model(kind, len(COLUMNS), hparams, seed=0)
-    scaler = StandardScaler(np.zeros(len(COLUMNS)), np.ones(len(COLUMNS)))
-    return TrainedModel(kind, hparams, COLUMNS, scaler, module.state_dict(), 1, "f1", "d1")
-
-
-@pytest.mark.parametrize("kind", get_args(ModelKind))
+@pytest.mark.parametrize("kind", names())
 def test_every_family_logs_an_example_it_can_predict(
-    kind: ModelKind, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ray_app.registry.versions import log_model
 
@@ -36,7 +26,9 @@ def test_every_family_logs_an_example_it_can_predict(
     frame = panel(n_days=60)  # sorted by date: its last rows hold one row per ticker and day
     short = panel(n_days=1, tickers=("AA",))  # sorts first; too short for either family
     with mlflow.start_run(experiment_id=experiment):
-        uri = log_model(trained(kind), pd.concat([frame.iloc[::-1], short]))
+        uri = log_model(
+            random_model(kind, COLUMNS, window=20), pd.concat([frame.iloc[::-1], short])
+        )
     example = mlflow.models.Model.load(uri).load_input_example(uri)
     assert example is not None and set(example["ticker"]) == {"AAA", "BBB"}
     assert len(mlflow.pyfunc.load_model(uri).predict(example)) == (2 if kind == "gru" else 4)

@@ -9,27 +9,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from ray_app.core.settings import HParams
-from ray_app.models.networks import StandardScaler, TrainedModel, build_model
+from ray_app.models.families import TrainedModel, names
 from ray_app.serving.args import ServeArgs
 from ray_app.serving.features import FeatureTable
-from ray_app.serving.loader import RegistryLoader, TorchModel, import_loader
+from ray_app.serving.loader import RegistryLoader, ServedModel, import_loader
 from ray_app.serving.predictor import ColumnSelector, Job, predict_jobs
+from tests.unit.test_models import random_model
 
 COLUMNS = ["ret_1d", "vol_20d", "rsi_14", "macd"]
 TABLE_COLUMNS = ["macd", "rsi_14", "extra", "vol_20d", "ret_1d"]  # another order, one more
 
 
 def trained(kind: str, seed: int = 0) -> TrainedModel:
-    hparams = HParams(hidden_size=6, num_layers=1, window=3)
-    module = build_model(kind, len(COLUMNS), hparams, seed=seed)  # type: ignore[arg-type]
-    torch.manual_seed(seed)
-    state = {k: v + 0.1 * torch.randn_like(v) for k, v in module.state_dict().items()}
-    rng = np.random.default_rng(seed)
-    scaler = StandardScaler(rng.normal(size=len(COLUMNS)), rng.uniform(0.5, 2, len(COLUMNS)))
-    return TrainedModel(kind, hparams, COLUMNS, scaler, state, 1, "fs", "dv", seed)  # type: ignore[arg-type]
+    return random_model(kind, COLUMNS, seed=seed, window=3)
 
 
 def frame() -> pd.DataFrame:
@@ -51,12 +44,12 @@ def as_table(data: pd.DataFrame) -> FeatureTable:
     return FeatureTable("fs", TABLE_COLUMNS, frames)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "gru"])
+@pytest.mark.parametrize("kind", names())
 def test_batched_serving_matches_the_pyfunc(kind: str) -> None:
     model = trained(kind)
     data = frame()
     expected = model.predict_frame(data).set_index(["ticker", "date"])["pred"]
-    served = TorchModel("m", 3, model)
+    served = ServedModel("m", 3, model)
     table, select = as_table(data), ColumnSelector(served.columns)
     dates = sorted(data["date"].unique())[served.window - 1 :]
     jobs = [
@@ -72,7 +65,7 @@ def test_batched_serving_matches_the_pyfunc(kind: str) -> None:
 
 
 def test_a_job_with_too_few_rows_asks_for_more() -> None:
-    served = TorchModel("m", 1, trained("gru"))
+    served = ServedModel("m", 1, trained("gru"))
     short = Job(tuple(TABLE_COLUMNS), np.zeros((2, 1, len(TABLE_COLUMNS))))
     full = Job(tuple(TABLE_COLUMNS), np.zeros((1, 3, len(TABLE_COLUMNS))))
     results = predict_jobs(served, ColumnSelector(served.columns), [short, full])

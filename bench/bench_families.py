@@ -1,0 +1,163 @@
+"""Benchmark of the model families on one feature set: the variant's first table, and quality.
+
+Why: every family serves through the same variants, and a variant precomputes a prediction
+for every ticker-day of the feature set it serves before it answers from that table
+(``Variant.scores``: ``score_frames`` over the ``FeatureTable``). Issue 14 asks that a
+LightGBM model's first table cost no more than the MLP's. The two are timed on the same
+feature set, in the same run, and compared as a ratio.
+
+What it does, in one run:
+
+1. ingests and featurises the bundled sample (or ``--config``'s source) under a fresh data
+   root, in this process (``bench_data``'s pandas path: the same store as Ray Data's);
+2. fits every family (``--families``) with its default hyperparameters on the tune fold,
+   early-stopping on its test window, as ``ray-app train``'s workers do (the family's fit,
+   in this process: a Ray Train worker group would add its start-up to every family alike),
+   timed (the train time, on the threads ``train.torch_threads`` gives);
+3. scores each model on the holdout against the zero forecast: rank IC (``ic_mean``: the
+   per-day Spearman correlation of predictions and next-day returns) and its t-statistic;
+4. times each family's first table as a variant builds it: ``ServedModel`` (the predictor
+   built once) and ``score_frames`` over every ticker of the feature set, one torch thread
+   (as in a variant replica), LightGBM predicting on one thread; ``--repeats`` rounds, the
+   families in turn within each round, medians reported, and the ratio to the MLP's.
+
+Target: LightGBM's first table / MLP's first table <= 1.0 (exit status 1 when it is not).
+
+    .venv/bin/python bench/bench_families.py [--num-cpus 2] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_data import load_note, pandas_features, pandas_ingest
+
+from ray_app.core.settings import Settings, load_settings
+from ray_app.data.features import TARGET
+from ray_app.data.sources import make_source
+from ray_app.models.families import LoopSession, TrainedModel, names, spec
+from ray_app.models.metrics import summary
+from ray_app.serving.features import FeatureTable
+from ray_app.serving.loader import ServedModel
+from ray_app.serving.predictor import ColumnSelector, score_frames
+from ray_app.training.train import (
+    TrainingData,
+    build_arrays,
+    fit_config,
+    load_training_data,
+    trained_model,
+)
+
+TARGET_RATIO = 1.0  # LightGBM's first table / the MLP's, at most
+KEYS = ["date", "ticker"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, help="YAML settings (default: the sample)")
+    parser.add_argument(
+        "--data-root", type=Path, help="Reuse the feature set a previous run built there"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="Threads of each fit")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed rounds of first tables")
+    parser.add_argument("--families", nargs="+", default=["mlp", "lightgbm"], choices=names())
+    return parser.parse_args()
+
+
+def holdout_quality(data: TrainingData, model: TrainedModel) -> dict[str, float]:
+    """The model's holdout rank IC and t-statistic (``metrics.summary``, as the gate sees)."""
+    assert data.split.holdout is not None, "the benchmark needs split.holdout_months > 0"
+    rows = data.frame.loc[data.split.holdout.test_mask, [*KEYS, TARGET]]
+    preds = rows.merge(model.predict_frame(data.frame), on=KEYS, validate="1:1")
+    metrics = summary(preds.rename(columns={TARGET: "target_ret"}))
+    return {"rank_ic": metrics["ic_mean"], "t": metrics["ic_t_stat"], "days": metrics["ic_days"]}
+
+
+def first_table(model: TrainedModel, table: FeatureTable) -> tuple[float, int]:
+    """Seconds to build the served model and its table over every ticker; rows predicted."""
+    t0 = time.perf_counter()
+    served = ServedModel("bench", 1, model)
+    preds = score_frames(served, ColumnSelector(served.columns), tuple(table.columns), table.frames)
+    seconds = time.perf_counter() - t0
+    return seconds, int(sum(np.isfinite(p).sum() for p in preds.values()))
+
+
+def fit(settings: Settings, data: TrainingData, kind: str) -> TrainedModel:
+    """``kind`` with its defaults on the tune fold, early-stopped on its test window."""
+    model, fold = spec(settings, kind, {}), data.tune_fold
+    window = model.family.window(model.hparams)
+    arrays = build_arrays(data.frame, data.columns, window, fold.train_mask, fold.test_mask)
+    fitted = model.family.fit(arrays, model.hparams, fit_config(settings), LoopSession())
+    return trained_model(model, fitted, arrays.scaler, data, settings.train.seed)
+
+
+def main() -> None:
+    args = parse_args()
+    root = args.data_root or Path(tempfile.mkdtemp(prefix="bench-families-")) / "data"
+    base = load_settings(args.config) if args.config else Settings(ingest={"source": "sample"})
+    settings = base.model_copy(update={"data_root": str(root)})
+    settings.train.torch_threads = args.threads
+    print(f"bench_families: {', '.join(args.families)}; {args.threads} threads; {load_note()}")
+    trained: dict[str, TrainedModel] = {}
+    quality: dict[str, dict[str, float]] = {}
+    train_s: dict[str, float] = {}
+    if args.data_root is None:
+        source = make_source(settings.ingest)
+        failed = pandas_ingest(settings, source) + pandas_features(settings)
+        if failed:
+            raise SystemExit(f"feature set incomplete: {', '.join(failed)} failed")
+    data = load_training_data(settings)
+    print(
+        f"feature set {data.manifest['version']}: {len(data.frame):,} rows, "
+        f"{data.frame['ticker'].nunique()} tickers, {len(data.columns)} features"
+    )
+    for kind in args.families:
+        t0 = time.perf_counter()
+        trained[kind] = fit(settings, data, kind)
+        train_s[kind] = time.perf_counter() - t0
+        quality[kind] = holdout_quality(data, trained[kind])
+    torch.set_num_threads(1)  # as a variant replica does
+    table = FeatureTable.load(settings)
+    times: dict[str, list[float]] = {kind: [] for kind in args.families}
+    rows = {}
+    for kind in args.families:  # warm-up: imports, first allocations
+        first_table(trained[kind], table)
+    for _ in range(args.repeats):
+        for kind in args.families:
+            seconds, rows[kind] = first_table(trained[kind], table)
+            times[kind].append(seconds)
+    median = {kind: statistics.median(values) for kind, values in times.items()}
+    head = (
+        f"{'family':<10} {'steps':>6} {'train s':>8} {'rank IC':>8} {'t':>6} "
+        f"{'table rows':>10} {'table s':>8} {'/ mlp':>6}"
+    )
+    print(head)
+    print("-" * len(head))
+    for kind in args.families:
+        q = quality[kind]
+        ratio = median[kind] / median["mlp"] if "mlp" in median else float("nan")
+        print(
+            f"{kind:<10} {trained[kind].best_epoch:>6} {train_s[kind]:>8.1f} "
+            f"{q['rank_ic']:>8.4f} {q['t']:>6.2f} {rows[kind]:>10,} {median[kind]:>8.3f} "
+            f"{ratio:>6.2f}"
+        )
+    print(f"holdout: {int(quality[args.families[0]]['days'])} days; {load_note()}")
+    if "mlp" in median and "lightgbm" in median:
+        ratio = median["lightgbm"] / median["mlp"]
+        ok = ratio <= TARGET_RATIO
+        print(
+            f"LightGBM first table / MLP first table = {ratio:.2f} (target <= {TARGET_RATIO}): "
+            + ("met" if ok else "NOT met")
+        )
+        sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
