@@ -1,0 +1,321 @@
+"""The daily pipeline's software-defined assets, their code versions and asset checks.
+
+    bar_source -> raw_bars -> feature_set -> search -> model_release -> deployment
+
+``bar_source`` is observed, not built: its data version is what the configured source offers
+now (``ray_app.data.arrivals.source_state``). Every other asset reports the version of what it
+made as its Dagster data version: the raw manifest's hash, the feature version, a digest of
+the best hyperparameters, the registered model version, the served pins. Its code version
+is a revision (bumped by hand when the asset's code changes what it makes) joined with a
+digest of the settings it reads, so a changed setting makes exactly that asset stale and,
+through its new data version, the assets below it. Dagster compares these against what each
+materialisation recorded; that is the whole of the pipeline's "is it up to date".
+
+The heavy work stays where it was: each body connects to Ray (``ops.runtime.connect``) and
+calls ``run_ingest``, ``build_features``, ``run_search``, ``train_and_release`` or the
+deploy step, which run as Ray tasks, Ray Train and Ray Tune on the cluster.
+"""
+
+
+import hashlib
+import json
+from typing import Any
+
+import dagster as dg
+from dagster import AssetCheckExecutionContext, AssetExecutionContext
+
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import Settings
+from ray_app.core.storage import DataRoot
+
+GROUP = "daily_pipeline"
+SOURCE = dg.AssetKey("bar_source")
+RAW = dg.AssetKey("raw_bars")
+FEATURES = dg.AssetKey("feature_set")
+SEARCH = dg.AssetKey("search")
+RELEASE = dg.AssetKey("model_release")
+DEPLOYMENT = dg.AssetKey("deployment")
+# MONITOR: h-plog's monitor step (ray_app.monitoring.outcomes.run_monitor) becomes one more
+# asset below `deployment`; see the marked place at the end of ``build_assets``.
+
+SUMMARY = "summary"  # the metadata key of each materialisation's one-line account
+
+
+def digest(*parts: Any) -> str:
+    payload = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def code_versions(settings: Settings) -> dict[dg.AssetKey, str]:
+    """Each asset's code version: ``<revision>-<digest of the settings it reads>``.
+
+    Search and release also cover the package's source hash (``code_version``, the one
+    registered models carry), as training code changes what they make.
+    """
+    from ray_app.registry.tracking import code_version
+
+    package = code_version()
+    serve_config = settings.pipeline.serve_config
+    serve_text = serve_config.read_text() if serve_config.is_file() else str(serve_config)
+    s = settings
+    return {
+        RAW: "1-" + digest(s.ingest.model_dump(mode="json")),
+        FEATURES: "1-" + digest(s.features.model_dump(mode="json")),
+        SEARCH: "1-" + digest(package, s.tune, s.train, s.split),
+        RELEASE: "1-" + digest(package, s.train, s.split, s.gate, s.evaluate, s.mlflow),
+        DEPLOYMENT: "1-" + digest(serve_text, s.pipeline.serve_url, s.cluster.dashboard_port),
+    }
+
+
+def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, Any]:
+    """The metadata of ``key``'s latest materialisation, as plain values."""
+    event = instance.get_latest_materialization_event(key)
+    materialization = event.asset_materialization if event else None
+    if materialization is None:
+        raise RayAppError(f"asset {key.to_user_string()} has never been materialised")
+    return {name: entry.value for name, entry in materialization.metadata.items()}
+
+
+def _connect(settings: Settings) -> None:
+    from ray_app.ops.runtime import connect
+
+    connect(settings)
+
+
+def build_assets(settings: Settings) -> list[Any]:
+    """The assets and asset checks of ``settings`` (search and deployment when enabled)."""
+    versions = code_versions(settings)
+    root = DataRoot(settings.data_root)
+
+    @dg.observable_source_asset(
+        key=SOURCE,
+        group_name=GROUP,
+        description="What the configured bar source offers now (sample, CSV folder, Yahoo's "
+        "newest closed session); a new data version means new raw data landed",
+    )
+    def bar_source() -> dg.DataVersion:
+        from ray_app.data.arrivals import source_state
+
+        return dg.DataVersion(source_state(settings.ingest))
+
+    @dg.asset(
+        key=RAW,
+        deps=[SOURCE],
+        code_version=versions[RAW],
+        group_name=GROUP,
+        description="Validated daily bars, one Parquet partition per ticker (run_ingest on "
+        "Ray); data version: the raw manifest's hash",
+    )
+    def raw_bars() -> dg.MaterializeResult:
+        from ray_app.data.ingest import run_ingest
+
+        _connect(settings)
+        result = run_ingest(settings)
+        if result.failed and not settings.ingest.allow_partial:
+            raise RayAppError(f"ingest failed for {', '.join(result.failed)}")
+        if result.manifest is None:
+            raise RayAppError("ingest stored no ticker")
+        manifest = result.manifest
+        summary = f"{len(result.rows)} ticker(s), {'new' if result.changed else 'unchanged'}"
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(manifest["version"]),
+            metadata={
+                "data_version": manifest["version"],
+                "tickers": len(manifest["tickers"]),
+                "rows": manifest["rows"],
+                "last_date": manifest["last_date"],
+                "failed": ", ".join(result.failed),
+                SUMMARY: summary,
+            },
+        )
+
+    @dg.asset_check(
+        asset=RAW,
+        name="bars_valid",
+        description="Every stored bar passes validation again (no invalid row kept); "
+        "exchange sessions missing between a ticker's first and last bar are reported",
+    )
+    def bars_valid() -> dg.AssetCheckResult:
+        from ray_app.data.ingest import audit_stored_bars
+
+        audits = audit_stored_bars(root, settings.ingest)
+        invalid = {a.ticker: a.invalid_rows for a in audits if a.invalid_rows}
+        gaps = {a.ticker: a.missing_sessions for a in audits if a.missing_sessions}
+        return dg.AssetCheckResult(
+            passed=not invalid,
+            metadata={
+                "tickers": len(audits),
+                "invalid_rows": dg.MetadataValue.json(invalid),
+                "missing_sessions": dg.MetadataValue.json(gaps),
+                "bars_on_holidays": sum(a.off_calendar for a in audits),
+            },
+        )
+
+    @dg.asset(
+        key=FEATURES,
+        deps=[RAW],
+        code_version=versions[FEATURES],
+        group_name=GROUP,
+        description="The point-in-time feature set of the raw data version (build_features on "
+        "Ray); data version: the feature version",
+    )
+    def feature_set(context: AssetExecutionContext) -> dg.MaterializeResult:
+        from ray_app.data.feature_store import build_features
+
+        _connect(settings)
+        data_version = latest_metadata(context.instance, RAW)["data_version"]
+        build = build_features(settings, data_version=data_version)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(build.version),
+            metadata={
+                "feature_version": build.version,
+                "data_version": build.data_version,
+                "rows": build.manifest["rows"],
+                "tickers": len(build.manifest["tickers"]),
+                SUMMARY: "reused" if build.reused else f"{build.manifest['rows']} rows",
+            },
+        )
+
+    @dg.asset_check(
+        asset=FEATURES,
+        name="point_in_time",
+        description="A sample of tickers rebuilt from bars cut at a day t: every stored row up "
+        "to t must be equal (no look-ahead)",
+    )
+    def point_in_time(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        from ray_app.data.feature_store import check_point_in_time, feature_manifest, pit_sample
+
+        version = latest_metadata(context.instance, FEATURES)["feature_version"]
+        tickers = pit_sample(feature_manifest(root, version), settings.pipeline.pit_sample)
+        checks = check_point_in_time(root, version, tickers)
+        return dg.AssetCheckResult(
+            passed=all(c.mismatched == 0 for c in checks),
+            metadata={
+                c.ticker: f"cut {c.cut}: {c.mismatched} of {c.rows} row(s) differ" for c in checks
+            },
+        )
+
+    assets: list[Any] = [bar_source, raw_bars, bars_valid, feature_set, point_in_time]
+    release_deps = [FEATURES]
+
+    if settings.pipeline.search:
+
+        @dg.asset(
+            key=SEARCH,
+            deps=[FEATURES],
+            code_version=versions[SEARCH],
+            group_name=GROUP,
+            description="A Ray Tune search on the feature set; data version: a digest of the "
+            "best hyperparameters",
+        )
+        def search(context: AssetExecutionContext) -> dg.MaterializeResult:
+            from ray_app.training.train import load_training_data
+            from ray_app.training.tune import run_search
+
+            _connect(settings)
+            feature_version = latest_metadata(context.instance, FEATURES)["feature_version"]
+            outcome = run_search(settings, load_training_data(settings, feature_version))
+            hparams = outcome.best_hparams.model_dump(mode="json")
+            return dg.MaterializeResult(
+                data_version=dg.DataVersion(digest(hparams)),
+                metadata={
+                    "search": outcome.name,
+                    "hparams": dg.MetadataValue.json(hparams),
+                    "trials": len(outcome.trials),
+                    SUMMARY: f"{len(outcome.trials)} trial(s), {outcome.failed} failed",
+                },
+            )
+
+        assets.append(search)
+        release_deps.append(SEARCH)
+
+    @dg.asset(
+        key=RELEASE,
+        deps=release_deps,
+        code_version=versions[RELEASE],
+        group_name=GROUP,
+        check_specs=[
+            dg.AssetCheckSpec(
+                "quality_gate",
+                asset=RELEASE,
+                description="The quality gate's decision: the new version beat the baselines "
+                "and the champion (a rejection warns; the champion stays)",
+            )
+        ],
+        description="Train (Ray Train), evaluate, register and gate a model version; data "
+        "version: the registered model version",
+    )
+    def model_release(context: AssetExecutionContext) -> dg.MaterializeResult:
+        from ray_app.core.settings import HParams
+        from ray_app.training.release import train_and_release
+
+        _connect(settings)
+        feature_version = latest_metadata(context.instance, FEATURES)["feature_version"]
+        hparams, tags = None, None
+        if settings.pipeline.search:
+            found = latest_metadata(context.instance, SEARCH)
+            hparams, tags = HParams(**found["hparams"]), {"search": str(found["search"])}
+        release = train_and_release(
+            settings,
+            feature_version=feature_version,
+            hparams=hparams,
+            origin="pipeline",
+            extra_tags=tags,
+        )
+        verdict = "promoted to champion" if release.promoted else "kept the champion"
+        reasons = "" if release.promoted else f" ({'; '.join(release.decision.reasons[:2])})"
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(str(release.version)),
+            metadata={
+                "model_version": release.version,
+                "feature_version": feature_version,
+                "promoted": release.promoted,
+                SUMMARY: f"v{release.version} {verdict}{reasons}",
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="quality_gate",
+                    passed=release.promoted,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"reasons": "; ".join(release.decision.reasons) or "passed"},
+                )
+            ],
+        )
+
+    assets.append(model_release)
+
+    if settings.pipeline.deploy:
+
+        @dg.asset(
+            key=DEPLOYMENT,
+            deps=[RELEASE],
+            code_version=versions[DEPLOYMENT],
+            group_name=GROUP,
+            description="`serve deploy` pinning the champion and challenger, then one "
+            "prediction over HTTP; data version: the served pins",
+        )
+        def deployment(context: AssetExecutionContext) -> dg.MaterializeResult:
+            from ray_app.data.feature_store import feature_manifest
+            from ray_app.ops.deploy import deploy_serving, smoke_request
+
+            _connect(settings)
+            done = deploy_serving(settings)
+            feature_version = latest_metadata(context.instance, FEATURES)["feature_version"]
+            ticker = sorted(feature_manifest(root, feature_version)["tickers"])[0]
+            answer = smoke_request(settings, ticker)
+            return dg.MaterializeResult(
+                data_version=dg.DataVersion(digest(done.served)),
+                metadata={
+                    "served": dg.MetadataValue.json(done.served),
+                    "prediction": answer,
+                    SUMMARY: f"{done.detail}; {answer}",
+                },
+            )
+
+        assets.append(deployment)
+
+    # MONITOR (lead: wire h-plog's monitor here when ray_app.monitoring.outcomes lands):
+    #   assets.append(monitor_asset(settings))  # deps=[DEPLOYMENT or RELEASE], calls
+    #   ray_app.monitoring.outcomes.run_monitor(settings); data version: a digest of the
+    #   live_metrics table's newest day
+    return assets
