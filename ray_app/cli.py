@@ -647,7 +647,9 @@ def rollback(
 def pipeline(
     config: ConfigOption = None,
     data_root: DataRootOption = None,
-    force: Annotated[bool, typer.Option(help="Materialise every asset, even those up to date")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Materialise every asset, even those up to date")
+    ] = False,
     calendar: Annotated[
         bool,
         typer.Option(
@@ -683,8 +685,11 @@ def pipeline(
     run = run_daily(settings, force=force, on_wait=wait)
     colours = {MATERIALIZED: "green", FAILED: "red", NOT_RUN: "red"}
     for asset in run.assets:
-        line = f" ({asset.seconds:.1f}s) {asset.detail}" if asset.status != "up to date" else ""
-        err.print(styled(colours.get(asset.status, "cyan"), f"{asset.name}: {asset.status}", line))
+        line = f" ({asset.seconds:.1f}s) {asset.detail} [{asset.reason}]" if asset.reason else ""
+        err.print(
+            styled(colours.get(asset.status, "cyan"), f"{asset.name}: {asset.status}", line),
+            soft_wrap=True,
+        )
     table = Table(title=f"pipeline (Dagster run {run.run_id})" if run.run_id else "pipeline")
     for column in ("asset", "status", "seconds", "data version", "summary"):
         table.add_column(column)

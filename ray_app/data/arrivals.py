@@ -36,7 +36,7 @@ def last_closed_session(exchange: str, now: dt.datetime) -> dt.date:
     """The newest session of ``exchange`` whose close is at or before ``now`` (aware)."""
     closes = _closes(exchange)
     closed = closes[closes <= pd.Timestamp(now)]
-    return closed.index[-1].date()  # type: ignore[no-any-return]
+    return closed.index[-1].date()
 
 
 def source_state(cfg: IngestSettings, now: dt.datetime | None = None) -> str:

@@ -285,9 +285,7 @@ def pit_sample(manifest: dict[str, Any], size: int) -> list[str]:
     return sorted(sorted(manifest["tickers"], key=rank)[:size])
 
 
-def check_point_in_time(
-    root: DataRoot, version: str, tickers: list[str]
-) -> list[PointInTimeCheck]:
+def check_point_in_time(root: DataRoot, version: str, tickers: list[str]) -> list[PointInTimeCheck]:
     """Rebuild each ticker's features from its bars (and the index's) up to a day t, the
     middle of its history, and count the stored rows up to t that differ.
 

@@ -16,13 +16,14 @@ calls ``run_ingest``, ``build_features``, ``run_search``, ``train_and_release`` 
 deploy step, which run as Ray tasks, Ray Train and Ray Tune on the cluster.
 """
 
-
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster import AssetCheckExecutionContext, AssetExecutionContext
+from pydantic import BaseModel
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
@@ -42,27 +43,39 @@ SUMMARY = "summary"  # the metadata key of each materialisation's one-line accou
 
 
 def digest(*parts: Any) -> str:
-    payload = json.dumps(parts, sort_keys=True, default=str)
+    """A short hash of ``parts`` (settings sections as their JSON values)."""
+    plain = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    payload = json.dumps(plain, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def source_digest(*subpackages: str) -> str:
+    """A hash of the Python source of ``ray_app.<subpackage>`` for each one: the same code
+    gives the same digest on any node, with or without a git checkout."""
+    package = Path(__file__).resolve().parent.parent
+    sha = hashlib.sha256()
+    for name in subpackages:
+        for path in sorted((package / name).rglob("*.py")):
+            sha.update(path.relative_to(package).as_posix().encode())
+            sha.update(path.read_bytes())
+    return sha.hexdigest()[:12]
 
 
 def code_versions(settings: Settings) -> dict[dg.AssetKey, str]:
     """Each asset's code version: ``<revision>-<digest of the settings it reads>``.
 
-    Search and release also cover the package's source hash (``code_version``, the one
-    registered models carry), as training code changes what they make.
+    Search and release also cover the source of the training and model code, as a change
+    there changes what they make (an edit elsewhere, the CLI say, does not retrain).
     """
-    from ray_app.registry.tracking import code_version
-
-    package = code_version()
+    training = source_digest("training", "models")
     serve_config = settings.pipeline.serve_config
     serve_text = serve_config.read_text() if serve_config.is_file() else str(serve_config)
     s = settings
     return {
-        RAW: "1-" + digest(s.ingest.model_dump(mode="json")),
-        FEATURES: "1-" + digest(s.features.model_dump(mode="json")),
-        SEARCH: "1-" + digest(package, s.tune, s.train, s.split),
-        RELEASE: "1-" + digest(package, s.train, s.split, s.gate, s.evaluate, s.mlflow),
+        RAW: "1-" + digest(s.ingest),
+        FEATURES: "1-" + digest(s.features),
+        SEARCH: "1-" + digest(training, s.tune, s.train, s.split),
+        RELEASE: "1-" + digest(training, s.train, s.split, s.gate, s.evaluate, s.mlflow),
         DEPLOYMENT: "1-" + digest(serve_text, s.pipeline.serve_url, s.cluster.dashboard_port),
     }
 

@@ -9,7 +9,6 @@ one run. Nothing stale: nothing runs. The schedule and the sensor (under `dagste
 each runner materialises the same assets for the same state.
 """
 
-
 import datetime as dt
 import urllib.error
 import urllib.request
@@ -52,7 +51,7 @@ def observe_source(settings: Settings, instance: dg.DagsterInstance) -> str:
 
     version = source_state(settings.ingest)
     event = instance.get_latest_data_version_record(SOURCE, is_source=True)
-    previous = event.event_log_entry.tags.get(DATA_VERSION_TAG) if event else None
+    previous = (event.event_log_entry.tags or {}).get(DATA_VERSION_TAG) if event else None
     if previous != version:
         observation = dg.AssetObservation(asset_key=SOURCE, tags={DATA_VERSION_TAG: version})
         instance.report_runless_asset_event(observation)
@@ -80,7 +79,9 @@ def plan_run(
     keys = graph.materializable_asset_keys  # the job's selection: every asset but the source
     order = [k for k in graph.toposorted_asset_keys if k in keys]
     view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=dt.datetime.now(dt.timezone.utc), last_event_id=None),
+        temporal_context=TemporalContext(
+            effective_dt=dt.datetime.now(dt.timezone.utc), last_event_id=None
+        ),
         instance=instance,
         asset_graph=graph,
     )

@@ -63,6 +63,11 @@ def ensure_home(settings: Settings) -> Path:
     path = home / CONFIG_FILE
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
+    # The UI of this instance opens on the asset graph, not on Dagster's sign-up dialog.
+    nux = home / ".nux" / "nux.yaml"
+    if not nux.is_file():
+        nux.parent.mkdir(exist_ok=True)
+        nux.write_text("seen: 1\n")
     return home
 
 

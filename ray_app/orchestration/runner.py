@@ -35,6 +35,7 @@ class AssetOutcome:
     seconds: float = 0.0
     version: str = ""
     detail: str = ""
+    reason: str = ""  # why the planner selected it
 
 
 @dataclass
@@ -79,9 +80,10 @@ def run_daily(
     ``pipeline.lock_timeout_s``, then fails naming the root and the holder.
     """
     root = DataRoot(settings.data_root)
-    with root.lock(LOCK, settings.pipeline.lock_timeout_s, on_wait), open_instance(
-        settings
-    ) as instance:
+    with (
+        root.lock(LOCK, settings.pipeline.lock_timeout_s, on_wait),
+        open_instance(settings) as instance,
+    ):
         defs = build_definitions(settings)
         plan = plan_run(settings, defs, instance, force)
         fresh = [
@@ -98,10 +100,10 @@ def run_daily(
             tags={"ray_app/trigger": "ray-app pipeline"},
         )
         ran = _outcomes(instance, result.run_id, [k.to_user_string() for k in plan.selected])
+        for outcome in ran:
+            outcome.reason = plan.reasons[outcome.name]
         checks = [
-            CheckOutcome(
-                e.asset_key.to_user_string(), e.check_name, e.passed, e.severity.value
-            )
+            CheckOutcome(e.asset_key.to_user_string(), e.check_name, e.passed, e.severity.value)
             for e in result.get_asset_check_evaluations()
         ]
         order = {k.to_user_string(): i for i, k in enumerate(plan.selected + plan.fresh)}
