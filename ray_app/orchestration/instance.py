@@ -55,7 +55,7 @@ def ensure_home(settings: Settings) -> Path:
     if settings.pipeline.dagster_storage == "postgres" and not os.environ.get(POSTGRES_URL_ENV):
         raise SettingsError(
             f"pipeline.dagster_storage is postgres but {POSTGRES_URL_ENV} is not set "
-            "(postgresql://USER:PASSWORD@HOST:5432/DB)"
+            "(postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB)"
         )
     home = dagster_home(settings)
     home.mkdir(parents=True, exist_ok=True)

@@ -165,3 +165,38 @@ def test_the_ui_shows_the_asset_graph(first: tuple[Settings, DailyRun], tmp_path
     if os.environ.get("RAY_APP_UPDATE_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_the_cluster_instance_keeps_data_versions_in_postgresql(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The RayCronJob's storage: what one run records, the next (a new process, a new
+    cluster, a new home) reads back from PostgreSQL."""
+    import uuid
+
+    import psycopg2
+
+    name = f"dagster_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        monkeypatch.setenv(
+            "DAGSTER_POSTGRES_URL", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+        )
+        cfg = {"data_root": "s3://bucket/lake", "pipeline": {"dagster_storage": "postgres"}}
+        key = dg.AssetKey("bar_source")
+        event = dg.AssetObservation(asset_key=key, tags={"dagster/data_version": "v1"})
+        first = Settings(**{**cfg, "pipeline": {**cfg["pipeline"], "dagster_home": tmp_path / "a"}})
+        with open_instance(first) as instance:
+            instance.report_runless_asset_event(event)
+        second = Settings(
+            **{**cfg, "pipeline": {**cfg["pipeline"], "dagster_home": tmp_path / "b"}}
+        )
+        with open_instance(second) as instance:
+            record = instance.get_latest_data_version_record(key, is_source=True)
+            assert record is not None
+            assert (record.event_log_entry.tags or {})["dagster/data_version"] == "v1"
+    finally:
+        admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.close()

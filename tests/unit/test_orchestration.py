@@ -128,7 +128,7 @@ def test_postgres_storage_reads_its_url_from_the_environment(
     monkeypatch.delenv(POSTGRES_URL_ENV, raising=False)
     with pytest.raises(SettingsError, match=f"{POSTGRES_URL_ENV} is not set"):
         ensure_home(settings)
-    monkeypatch.setenv(POSTGRES_URL_ENV, "postgresql://dagster@127.0.0.1:5432/test")
+    monkeypatch.setenv(POSTGRES_URL_ENV, "postgresql+psycopg2://dagster@127.0.0.1:5432/test")
     home = ensure_home(settings)
     config = yaml.safe_load((home / "dagster.yaml").read_text())
     assert config["storage"] == {"postgres": {"postgres_url": {"env": POSTGRES_URL_ENV}}}
