@@ -159,8 +159,12 @@ def test_the_ui_shows_the_asset_graph(first: tuple[Settings, DailyRun], tmp_path
         )
         assert taken.returncode == 0, taken.stderr[-2000:]
     finally:
-        server.terminate()
-        server.wait(30)
+        server.terminate()  # it stops its code server first
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 30_000
     if os.environ.get("RAY_APP_UPDATE_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(exist_ok=True)

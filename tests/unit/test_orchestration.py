@@ -136,3 +136,26 @@ def test_postgres_storage_reads_its_url_from_the_environment(
     remote = Settings(data_root="s3://bucket/lake")
     with pytest.raises(SettingsError, match=r"pipeline\.dagster_storage: postgres"):
         ensure_home(remote)
+
+
+def test_dagster_ui_runs_dagster_dev_on_the_pipelines_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray_app import cli
+
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump({"data_root": str(tmp_path / "data")}))
+    started: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: started.append((path, argv, env)))
+    with pytest.raises(SystemExit) as ended:  # execve never returns; here it does
+        cli.main(["dagster-ui", "--config", str(config), "--port", "3100"])
+    assert ended.value.code == 0
+    ((path, argv, env),) = started
+    assert Path(path).name == "dagster" and Path(path).is_file()
+    assert argv[1:] == [
+        *("dev", "-m", "ray_app.orchestration.location"),
+        *("--host", "127.0.0.1", "--port", "3100"),
+    ]
+    home = (tmp_path / "data" / "dagster").resolve()
+    assert env["DAGSTER_HOME"] == str(home) and (home / "dagster.yaml").is_file()
+    assert env["RAY_APP_CONFIG_FILE"] == str(config.resolve())
