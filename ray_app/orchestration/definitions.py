@@ -43,6 +43,7 @@ class Plan:
     reasons: dict[str, str] = field(default_factory=dict)
     fresh: list[dg.AssetKey] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)  # data versions of the fresh ones
+    order: list[dg.AssetKey] = field(default_factory=list)  # every asset of the job, in order
 
 
 def observe_source(settings: Settings, instance: dg.DagsterInstance) -> str:
@@ -86,7 +87,7 @@ def plan_run(
         asset_graph=graph,
     )
     resolver = CachingStaleStatusResolver(instance, graph, view)
-    plan = Plan()
+    plan = Plan(order=order)
     for key in order:
         name = key.to_user_string()
         status = resolver.get_status(key)

@@ -106,7 +106,7 @@ def run_daily(
             CheckOutcome(e.asset_key.to_user_string(), e.check_name, e.passed, e.severity.value)
             for e in result.get_asset_check_evaluations()
         ]
-        order = {k.to_user_string(): i for i, k in enumerate(plan.selected + plan.fresh)}
+        order = {k.to_user_string(): i for i, k in enumerate(plan.order)}
         assets = sorted(ran + fresh, key=lambda a: order[a.name])
         return DailyRun(assets=assets, checks=checks, run_id=result.run_id)
 
