@@ -165,7 +165,7 @@ def test_the_ui_shows_the_asset_graph(first: tuple[Settings, DailyRun], tmp_path
             server.kill()
             server.wait()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 30_000
-    if os.environ.get("RAY_APP_UPDATE_SCREENSHOT"):
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
 
