@@ -29,7 +29,8 @@ $(HELM): tests/infra/install_helm.py | $(STAMP)
 	$(BIN)/python -m tests.infra.install_helm --dest $(@D)
 
 ## run: the daily pipeline as a Ray job on a local head (sample data, SQLite MLflow), then
-## a prediction from the Serve app. A second run reuses everything that is up to date.
+## a prediction from the Serve app. A second run materialises only the Dagster assets that
+## are stale (ray_app/orchestration; Dagster's instance in data/dagster).
 run: cluster-up
 	$(BIN)/ray job submit --address $(DASHBOARD) --working-dir . \
 	  -- $(CURDIR)/$(BIN)/python jobs/pipeline.py --config $(CONFIG)
@@ -39,6 +40,7 @@ run: cluster-up
 	@echo "--- next"
 	@echo "dashboard:  $(DASHBOARD)  (token: ~/.ray/auth_token)"
 	@echo "MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow.db"
+	@echo "Dagster UI: $(BIN)/ray-app dagster-ui --config $(CONFIG)  (http://127.0.0.1:3000)"
 	@echo "predict:    curl -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' -d '{\"tickers\": [\"IBM\"], \"as_of\": \"2013-01-15\"}'"
 	@echo "stop:       make cluster-down"
 

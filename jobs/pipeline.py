@@ -1,9 +1,10 @@
-"""Ray job entrypoint: the daily pipeline (`ray-app pipeline`).
+"""Ray job entrypoint: the daily pipeline (`ray-app pipeline`): the stale Dagster assets,
+materialised in this driver against the persistent Dagster instance.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . \
         -- python jobs/pipeline.py --config ray_app/configs/local.yaml
 
-Arguments are those of `ray-app pipeline`.
+Arguments are those of `ray-app pipeline` (the RayCronJob adds --calendar).
 """
 
 import sys

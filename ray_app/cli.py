@@ -657,26 +657,33 @@ def rollback(
 def pipeline(
     config: ConfigOption = None,
     data_root: DataRootOption = None,
-    force: Annotated[bool, typer.Option(help="Run every step, even those up to date")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Materialise every asset, even those up to date")
+    ] = False,
+    calendar: Annotated[
+        bool,
+        typer.Option(
+            help="End at once with 'market closed' when today (pipeline.timezone) is no "
+            "session of ingest.exchange, as the daily schedule does (the RayCronJob passes it)"
+        ),
+    ] = False,
 ) -> None:
-    """The daily pipeline: ingest, features, search, release, deploy, smoke request.
+    """The daily pipeline: the stale Dagster assets (raw bars, feature set, search, model
+    release, deployment), materialised in this process on the connected Ray cluster.
 
-    Steps whose inputs are unchanged since their last success are skipped. Prints each step as
-    it ends, then a summary table (step, status, seconds, versions, detail); exits 1 when a
-    step failed.
+    Dagster's data versions decide what is stale; nothing stale, nothing runs. Prints each
+    asset (status, seconds, data version, summary) and each asset check; exits 1 when an
+    asset failed.
     """
-    from ray_app.ops.pipeline import FAILED, OK, run_pipeline
     from ray_app.ops.runtime import connect
+    from ray_app.orchestration.definitions import market_closed
+    from ray_app.orchestration.runner import FAILED, MATERIALIZED, NOT_RUN, run_daily, today
 
     settings = _settings(config, data_root=data_root)
+    if calendar and (closed := market_closed(settings, today(settings))):
+        out.print(closed)
+        return
     connect(settings)
-
-    def show(step: Any) -> None:
-        colour = {OK: "green", FAILED: "red"}.get(step.status, "cyan")
-        err.print(
-            styled(colour, f"{step.name}: {step.status}", f" ({step.seconds:.1f}s) {step.detail}"),
-            soft_wrap=True,
-        )
 
     def wait(holder: str) -> None:
         err.print(
@@ -685,14 +692,25 @@ def pipeline(
             soft_wrap=True,
         )
 
-    run = run_pipeline(settings, force=force, on_step=show, on_wait=wait)
-    table = Table(title="pipeline")
-    for column in ("step", "status", "seconds", "versions", "detail"):
+    run = run_daily(settings, force=force, on_wait=wait)
+    colours = {MATERIALIZED: "green", FAILED: "red", NOT_RUN: "red"}
+    for asset in run.assets:
+        line = f" ({asset.seconds:.1f}s) {asset.detail} [{asset.reason}]" if asset.reason else ""
+        err.print(
+            styled(colours.get(asset.status, "cyan"), f"{asset.name}: {asset.status}", line),
+            soft_wrap=True,
+        )
+    table = Table(title=f"pipeline (Dagster run {run.run_id})" if run.run_id else "pipeline")
+    for column in ("asset", "status", "seconds", "data version", "summary"):
         table.add_column(column)
-    for step in run.steps:
-        versions = ", ".join(f"{k} {v}" for k, v in step.versions.items())
-        table.add_row(step.name, step.status, f"{step.seconds:.1f}", versions, step.detail)
+    for asset in run.assets:
+        table.add_row(asset.name, asset.status, f"{asset.seconds:.1f}", asset.version, asset.detail)
     out.print(table)
+    for check in run.checks:
+        verdict = "passed" if check.passed else f"failed ({check.severity})"
+        out.print(f"check {check.asset}.{check.name}: {verdict}")
+    if not run.materialized():
+        out.print("every asset is up to date: nothing to materialise")
     if run.failed:
         raise typer.Exit(1)
 
@@ -839,6 +857,29 @@ def drift(
     drifted = len(result.drifted)
     out.print(f"{drifted} of {len(result.table)} statistics over their threshold")
     out.print(f"report: {result.report}")
+
+
+@app.command("dagster-ui")
+def dagster_ui(
+    config: ConfigOption = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the Dagster UI")] = 3000,
+    host: Annotated[str, typer.Option(help="Address the UI listens on")] = "127.0.0.1",
+) -> None:
+    """`dagster dev` on the pipeline's definitions: the UI (asset graph, runs, staleness) at
+    http://HOST:PORT, and the daemon that runs the daily schedule and the new-data sensor.
+
+    Its instance is the pipeline's own (pipeline.dagster_home), so the UI shows what
+    `ray-app pipeline` ran, and the other way round.
+    """
+    from ray_app.orchestration.instance import ensure_home
+
+    settings = _settings(config)
+    env = {**os.environ, "DAGSTER_HOME": str(ensure_home(settings))}
+    if config is not None:
+        env[CONFIG_ENV] = str(config.resolve())
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "dev", "-m", "ray_app.orchestration.location"]
+    os.execve(str(dagster), [*command, "--host", host, "--port", str(port)], env)
 
 
 @app.command("rollout")

@@ -378,9 +378,12 @@ class SecretsSettings(_Section):
 
 
 class PipelineSettings(_Section):
-    """The daily pipeline's serving steps."""
+    """The daily pipeline: Dagster assets, their instance storage, schedule and serving steps."""
 
-    deploy: bool = Field(True, description="Run the deploy and smoke steps")
+    search: bool = Field(
+        True, description="Include the search asset (off: the release trains `train.hparams`)"
+    )
+    deploy: bool = Field(True, description="Include the deployment asset (deploy and smoke)")
     serve_config: Path = Field(
         Path("serve_config.yaml"),
         description="Desired Serve config: the start when the cluster runs no ray-app yet",
@@ -389,6 +392,26 @@ class PipelineSettings(_Section):
     smoke_timeout_s: float = Field(180.0, gt=0, description="How long the smoke step retries")
     lock_timeout_s: float = Field(
         600.0, ge=0, description="Seconds a second pipeline on the root waits (0: fails at once)"
+    )
+    dagster_home: Path | None = Field(
+        None,
+        description="Dagster's instance folder (its dagster.yaml, logs, SQLite storage); "
+        "default `<data_root>/dagster` for a local data root",
+    )
+    dagster_storage: Literal["sqlite", "postgres"] = Field(
+        "sqlite",
+        description="Where Dagster keeps runs, events and staleness: SQLite files in "
+        "`dagster_home`, or PostgreSQL at the URL in env `DAGSTER_POSTGRES_URL`",
+    )
+    schedule: str = Field(
+        "30 18 * * 1-5", description="Cron of the daily schedule, after the market close"
+    )
+    timezone: str = Field("America/New_York", description="Time zone of `schedule`")
+    sensor_interval_s: int = Field(
+        300, ge=30, description="Seconds between two looks of the new-raw-data sensor"
+    )
+    pit_sample: int = Field(
+        3, ge=1, description="Tickers the point-in-time asset check recomputes at a cut day"
     )
 
 

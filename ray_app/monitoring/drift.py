@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,7 +39,8 @@ from ray_app.data.drift_table import (
     write_drift,
 )
 from ray_app.data.feature_store import load_feature_set
-from ray_app.models.networks import TrainedModel
+from ray_app.data.predictions import read_predictions
+from ray_app.models.families import TrainedModel
 from ray_app.registry.versions import (
     CHALLENGER,
     CHAMPION,
@@ -51,7 +51,6 @@ from ray_app.registry.versions import (
     version_lineage,
 )
 
-logger = logging.getLogger(__name__)
 EPS = 1e-4  # share given to an empty PSI bin: the index stays finite
 PREDICT_ROWS = 50_000  # feature rows scored at once
 LOG, FEATURE_ROWS = "prediction_log", "feature_rows"
@@ -156,13 +155,7 @@ def run_drift(
 
 def _read_log(root: DataRoot, start: dt.date, end: dt.date) -> pd.DataFrame:
     """The prediction log between two days (``ray_app.data.predictions``)."""
-    try:
-        from ray_app.data.predictions import read_predictions
-    except ModuleNotFoundError:  # the prediction log is not part of this build
-        logger.warning("no prediction log reader: measuring the day's feature rows")
-        return pd.DataFrame(columns=["role"])
-    frame: pd.DataFrame = read_predictions(root, start, end)
-    return frame
+    return read_predictions(root, start, end)
 
 
 def _served_groups(log: pd.DataFrame, features: pd.DataFrame) -> list[Served]:
@@ -240,7 +233,7 @@ def _with_predictions(
     if missing.any():
         dates = _dates(features)
         first = dates.searchsorted(joined.loc[missing, "date"].min())
-        since = dates[max(0, first - model.hparams.window)]
+        since = dates[max(0, first - model.window)]
         wanted = features["ticker"].isin(joined.loc[missing, "ticker"].unique())
         preds = _predict(model, features[wanted & (features["date"] >= since)])
         found = joined[["ticker", "date"]].merge(preds, on=["ticker", "date"], how="left")["pred"]

@@ -1,7 +1,8 @@
-"""The operations layer: the local Ray head, connecting to Ray, and the daily pipeline.
+"""The operations layer: the local Ray head, connecting to Ray, and the serving end of the
+daily pipeline.
 
 Owns ``cluster`` (``ray-app cluster up/down/status``), ``runtime`` (``connect``: the only
-place that calls ``ray.init``) and ``pipeline`` (ingest, features, search, release, deploy,
-smoke request). It sits above training and serving and chains them; only the CLI and
-``jobs/`` sit above it.
+place that calls ``ray.init``) and ``deploy`` (``serve deploy`` of the registry's versions
+and the smoke request). It sits above training and serving; the Dagster assets of
+``ray_app.orchestration``, the CLI and ``jobs/`` sit above it.
 """

@@ -47,8 +47,9 @@ def deployment(ray_head: Head, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 def test_the_pipeline_job_ends_with_a_deployed_app(deployment: dict[str, Any]) -> None:
     log = deployment["log"]
-    for step in ("ingest", "features", "search", "release", "deploy", "smoke"):
-        assert f"{step}: ok" in log, log[-3000:]
+    for asset in ("raw_bars", "feature_set", "search", "model_release", "deployment"):
+        assert f"{asset}: materialized" in log, log[-3000:]
+    assert "check feature_set.point_in_time: passed" in log, log[-3000:]
     assert "succeeded" in log.lower()
 
 

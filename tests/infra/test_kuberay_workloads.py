@@ -714,6 +714,25 @@ def test_entrypoint_config_is_a_mounted_settings_file(
     assert uri.startswith(("http://", "https://")), "a cluster needs an MLflow tracking server"
 
 
+def test_the_pipeline_keeps_dagster_state_in_postgres_and_skips_holidays(
+    config_maps: dict[str, dict[str, Path]], clean_env: None
+) -> None:
+    """The RayCronJob's driver (on the head) reaches Dagster's PostgreSQL instance storage,
+    which outlives the run's cluster, and ends at once on an exchange holiday."""
+    from ray_app.core.settings import load_settings
+    from ray_app.orchestration.instance import POSTGRES_URL_ENV
+
+    spec = job_spec(load("ray-cronjob.pipeline.yaml"))
+    _, args = entrypoint_parts(spec)
+    assert "--calendar" in args
+    head = dict(pod_specs(spec["rayClusterSpec"]))["head"]
+    env = {e["name"]: e for e in head["containers"][0].get("env", [])}
+    secret = env[POSTGRES_URL_ENV]["valueFrom"]["secretKeyRef"]
+    assert secret == {"name": "ray-app-mlflow", "key": "dagster-postgres-url"}
+    source = mounted_file(head, option(args, "--config"), config_maps)
+    assert source is not None and load_settings(source).pipeline.dagster_storage == "postgres"
+
+
 def test_mounted_file_finds_nothing_where_nothing_is_mounted(
     ray_job: dict[str, Any], config_maps: dict[str, dict[str, Path]]
 ) -> None:

@@ -1,5 +1,5 @@
-"""The pipeline's deploy step pins references that resolve, champion or not (no cluster: the
-registry and the rollout are stand-ins)."""
+"""The deployment asset's deploy step pins references that resolve, champion or not (no
+cluster: the registry and the rollout are stand-ins)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ray_app.core.settings import Settings
-from ray_app.ops import pipeline
+from ray_app.ops.deploy import deploy_serving
 from ray_app.registry import versions
 from ray_app.serving import rollout
 from ray_app.serving.args import ServeArgs
@@ -36,8 +36,7 @@ def test_the_deploy_step_pins_versions_and_serves_the_challenger_before_any_cham
     monkeypatch.setattr(versions, "champion_version", lambda settings: champion)
     monkeypatch.setattr(versions, "resolve_version", lambda settings, ref: {"challenger": 7}[ref])
     monkeypatch.setattr(rollout, "rollout", fake_rollout)
-    ctx: dict[str, Any] = {}
-    detail, pins = pipeline._deploy(Settings(), ctx)
+    done = deploy_serving(Settings())
     assert asked == [rollout.Change(pins={"champion": pinned, "challenger": "7"})]
-    assert pins == ctx["serving"] == {"champion": pinned, "challenger": "7"}
-    assert ("no champion yet" in detail) == (champion is None)
+    assert done.served == {"champion": pinned, "challenger": "7"}
+    assert ("no champion yet" in done.detail) == (champion is None)

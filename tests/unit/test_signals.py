@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from ray_app.ops.pipeline import _signals
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.signals import ServedTable, daily_signals, read_scores, write_scores
-from ray_app.ops.pipeline import _signals
 
 DATES = np.arange(np.datetime64("2024-01-01"), np.datetime64("2024-01-06"))
 

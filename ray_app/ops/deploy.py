@@ -1,0 +1,121 @@
+"""The pipeline's serving end: ``serve deploy`` of the registry's versions, then one request.
+
+The deployment asset (ray_app/orchestration) calls these after a release; ``make run`` ends
+with the prediction the smoke request proves can be made.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from ray_app.core.errors import RayAppError
+from ray_app.core.settings import Settings
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What ``deploy_serving`` pinned, and a note when no champion exists yet."""
+
+    served: dict[str, str]
+    note: str
+
+    @property
+    def detail(self) -> str:
+        pins = ", ".join(f"{k}={v}" for k, v in self.served.items())
+        return f"serve deploy {pins}{self.note}"
+
+
+def dashboard(settings: Settings) -> str:
+    return f"http://{settings.cluster.dashboard_host}:{settings.cluster.dashboard_port}"
+
+
+def deploy_serving(settings: Settings) -> Deployment:
+    """``serve deploy`` with the variants pinned to the versions their aliases name now, so
+    every replica, restarted or not, loads the same model; the feature set is left to follow
+    the newest.
+
+    Before any model has passed the gate there is no champion: the champion variant then
+    serves the newest challenger's version (a reference that resolves), and the note says so
+    (the registry is not changed).
+    """
+    from ray_app.registry.versions import champion_version, resolve_version
+    from ray_app.serving.rollout import CHALLENGER, Change, rollout
+
+    challenger = resolve_version(settings, CHALLENGER)
+    champion, note = champion_version(settings), ""
+    if champion is None:
+        champion = challenger
+        note = f" (no champion yet: serving challenger v{challenger}, not past the gate)"
+    pins = {"champion": str(champion), CHALLENGER: str(challenger)}
+    result = rollout(
+        settings,
+        settings.pipeline.serve_config,
+        Change(pins=pins),
+        actor="pipeline",
+        reason="daily pipeline",
+        address=dashboard(settings),
+    )
+    return Deployment({name: cfg.ref for name, cfg in result.state.variants.items()}, note)
+
+
+def smoke_request(settings: Settings, ticker: str) -> str:
+    """One prediction for ``ticker`` through the public HTTP API, retried while replicas
+    start; RayAppError when none comes within ``pipeline.smoke_timeout_s``."""
+    body = json.dumps({"tickers": [ticker]}).encode()
+    url = settings.pipeline.serve_url.rstrip("/") + "/v1/predict"
+    deadline, last = time.monotonic() + settings.pipeline.smoke_timeout_s, ""
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(url, body, {"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                reply = json.loads(answer.read())
+            first = reply["predictions"][0]
+            served = f"{reply['variant']} v{reply['model_version']}"
+            return f"{ticker}: {first['predicted_return']:+.5f} from {served}"
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+            last = str(exc)
+            time.sleep(2)
+    raise RayAppError(
+        f"no prediction from {url} within {settings.pipeline.smoke_timeout_s:.0f} s: {last}"
+    )
+
+
+def write_signals(settings: Settings, feature_version: str, variants: list[str]) -> str:
+    """The day's signal file (every ticker's prediction from each of ``variants``, as of the
+    newest feature date), once each has precomputed ``feature_version``; waits up to
+    ``pipeline.smoke_timeout_s`` for them."""
+    from ray_app.core.storage import DataRoot
+    from ray_app.data.signals import (
+        ServedTable,
+        daily_signals,
+        read_scores,
+        served_tables,
+        write_daily,
+    )
+
+    root = DataRoot(settings.data_root)
+    deadline = time.monotonic() + settings.pipeline.smoke_timeout_s
+
+    def ready() -> list[ServedTable]:
+        tables = [t for t in served_tables(root) if t.variant in variants]
+        done = {t.variant for t in tables if t.feature_version == feature_version}
+        return tables if done == set(variants) else []
+
+    while not (tables := ready()):
+        if time.monotonic() > deadline:
+            raise RayAppError(
+                f"variant(s) {', '.join(variants)} have not precomputed feature set "
+                f"{feature_version} within {settings.pipeline.smoke_timeout_s:.0f} s: no "
+                "signal file (`ray-app signals --date D` writes it once they have)"
+            )
+        time.sleep(2)
+    day = max(
+        read_scores(root, t.model_name, t.model_version, feature_version)["feature_date"].max()
+        for t in tables
+    )
+    frame = daily_signals(root, day, sorted(variants))
+    return f"{len(frame)} signal(s) as of {day} in {write_daily(root, day, frame)}"
