@@ -234,7 +234,7 @@ def compare(
             dm_p_value=nan,
             rank_ic_diff=Interval(nan, nan, nan),
             verdict=PENDING,
-            days_needed=math.inf,
+            days_needed=float(MIN_DAYS - days),  # at least: the effect is not known yet
             reasons=[f"{days} paired day(s) with outcomes; the tests need {MIN_DAYS}"],
         )
     d, g = loss_diff[keep], ic_diff[keep]

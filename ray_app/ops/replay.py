@@ -21,6 +21,7 @@ replays on fresh data roots give the same predictions and the same report.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib
 import json
 import time
@@ -28,6 +29,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
@@ -38,9 +40,10 @@ from ray_app.data.sources import make_source
 from ray_app.monitoring import sources
 from ray_app.monitoring.report import build_report, write_report
 from ray_app.ops.pipeline import FAILED, PlannedStep, StepResult, plan, run_pipeline
-from ray_app.serving.schemas import PredictResponse
+from ray_app.serving.schemas import ModelsResponse, PredictResponse
 
 MAX_TICKERS_PER_REQUEST = 50  # the shipped serve_config's max_tickers
+T = TypeVar("T")
 
 
 class ReplayError(RayAppError):
@@ -121,35 +124,63 @@ def _post(url: str, tickers: list[str], client: str) -> PredictResponse:
         return PredictResponse.model_validate_json(answer.read())
 
 
+def _newest_served(url: str) -> dt.date:
+    """The newest feature date the answering ingress replica serves (``/v1/models``)."""
+    with urllib.request.urlopen(f"{url.rstrip('/')}/v1/models", timeout=30) as answer:
+        return ModelsResponse.model_validate_json(answer.read()).feature_dates[1]
+
+
+class _Stale(Exception):
+    """An answer from an ingress replica still on the previous feature set."""
+
+
+def _until(day: dt.date, deadline: float, ask: Callable[[], T]) -> T:
+    """``ask()`` until it succeeds, retrying refused connections and stale answers (a
+    ``_Stale``) once a second until ``deadline``."""
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            return ask()
+        except (urllib.error.URLError, OSError, ValueError, _Stale) as exc:
+            last = str(exc)
+        time.sleep(1)
+    raise ReplayError(f"{day}: the Serve app did not answer from {day}'s features: {last}")
+
+
 def send_day(
     settings: Settings, day: dt.date, tickers: list[str], options: ReplayOptions
 ) -> list[PredictResponse]:
-    """Every client asks for every ticker; repeated until every answer used D's feature row
-    (the ingress may still serve yesterday's feature set for a poll interval)."""
+    """Every client asks for every ticker, once the Serve app serves D's feature rows.
+
+    Readiness is asked of ``/v1/models`` (unlogged) until three answers in a row name D, so
+    the log holds no probe; an ingress replica that has not yet refreshed (each polls the
+    feature store on its own) is answered by resending that request, which the log then
+    holds twice, once from the older feature row."""
+    url, deadline = settings.pipeline.serve_url, time.monotonic() + options.wait_s
+
+    def ready() -> None:
+        for _ in range(3):
+            newest = _newest_served(url)
+            if newest != day:
+                raise _Stale(f"the ingress serves feature rows up to {newest}")
+
+    def ask(tickers: list[str], client: str) -> PredictResponse:
+        reply = _post(url, tickers, client)
+        dates = sorted({p.feature_date for p in reply.predictions})
+        if dates != [day]:
+            raise _Stale(f"answered from feature dates {dates}")
+        return reply
+
+    _until(day, deadline, ready)
     chunks = [
         tickers[i : i + MAX_TICKERS_PER_REQUEST]
         for i in range(0, len(tickers), MAX_TICKERS_PER_REQUEST)
     ]
-    deadline, last = time.monotonic() + options.wait_s, ""
-    url = settings.pipeline.serve_url
-    while time.monotonic() < deadline:
-        try:
-            first = _post(url, chunks[0], "replay-0")
-            dates = {p.feature_date for p in first.predictions}
-            if dates == {day}:
-                replies = [first]
-                for c in range(options.clients):
-                    replies += [
-                        _post(url, chunk, f"replay-{c}")
-                        for i, chunk in enumerate(chunks)
-                        if (c, i) != (0, 0)
-                    ]
-                return replies
-            last = f"served feature dates {sorted(dates)}"
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            last = str(exc)
-        time.sleep(1)
-    raise ReplayError(f"{day}: no answer from {day}'s features within {options.wait_s:g} s: {last}")
+    return [
+        _until(day, deadline, functools.partial(ask, chunk, f"replay-{client}"))
+        for client in range(options.clients)
+        for chunk in chunks
+    ]
 
 
 def wait_logged(

@@ -153,3 +153,4 @@ def test_too_few_days_is_pending_with_a_reason() -> None:
     ).comparisons
     assert comparison.verdict == ab.PENDING
     assert "need 3" in comparison.reasons[0]
+    assert comparison.days_needed == 1  # at least one more day before any test
