@@ -1108,15 +1108,17 @@ def replay(
     scores the day. Ends with the A/B report and the drift report over the period. Needs a
     running cluster (`ray-app cluster up`) and a data root with no bar from --from on.
     """
-    from ray_app.ops.replay import ReplayOptions
-    from ray_app.ops.replay import replay as run_replay
     from ray_app.ops.runtime import connect
+    from ray_app.orchestration.replay import ReplayOptions
+    from ray_app.orchestration.replay import replay as run_replay
 
     settings = _settings(config, data_root=data_root)
     connect(settings)
     options = ReplayOptions(start.date(), end.date(), retrain_every, search, clients, wait_s)
 
     def show(day: Any) -> None:
+        for asset in day.steps:
+            err.print(f"  {asset.name}: {asset.status} ({asset.seconds:.1f}s) {asset.detail}")
         split = ", ".join(f"{k} {v}" for k, v in sorted(day.variants.items()))
         err.print(
             styled("green", f"{day.day}: ", f"{day.requests} requests ({split}), "),
@@ -1124,10 +1126,7 @@ def replay(
             soft_wrap=True,
         )
 
-    def step(result: Any) -> None:
-        err.print(f"  {result.name}: {result.status} ({result.seconds:.1f}s) {result.detail}")
-
-    result = run_replay(settings, options, on_day=show, on_step=step)
+    result = run_replay(settings, options, on_day=show)
     table = Table(title=f"replay {options.start} to {options.end}")
     for column in ("day", "requests", "predictions", "logged", "seconds", "pipeline"):
         table.add_column(column)

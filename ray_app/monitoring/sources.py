@@ -97,11 +97,11 @@ def scored_here(settings: Settings, version: str) -> pd.DataFrame:
     variant precomputes them (the same model, scaler, columns and windows)."""
     from ray_app.registry.versions import load_version
     from ray_app.serving.features import FeatureTable
-    from ray_app.serving.loader import TorchModel
+    from ray_app.serving.loader import ServedModel
     from ray_app.serving.predictor import ColumnSelector, ServingModel, score_frames
 
     trained = load_version(settings, int(version))
-    model = cast(ServingModel, TorchModel(settings.mlflow.model_name, int(version), trained))
+    model = cast(ServingModel, ServedModel(settings.mlflow.model_name, int(version), trained))
     table = FeatureTable.load(settings)
     preds = score_frames(model, ColumnSelector(model.columns), tuple(table.columns), table.frames)
     return pd.concat(

@@ -237,11 +237,12 @@ def build_assets(settings: Settings) -> list[Any]:
             _connect(settings)
             feature_version = latest_metadata(context.instance, FEATURES)["feature_version"]
             outcome = run_search(settings, load_training_data(settings, feature_version))
-            hparams = outcome.best_hparams.model_dump(mode="json")
+            hparams = outcome.best.hparams.model_dump(mode="json")
             return dg.MaterializeResult(
-                data_version=dg.DataVersion(digest(hparams)),
+                data_version=dg.DataVersion(digest(outcome.best.kind, hparams)),
                 metadata={
                     "search": outcome.name,
+                    "model": outcome.best.kind,
                     "hparams": dg.MetadataValue.json(hparams),
                     "trials": len(outcome.trials),
                     SUMMARY: f"{len(outcome.trials)} trial(s), {outcome.failed} failed",
@@ -268,19 +269,20 @@ def build_assets(settings: Settings) -> list[Any]:
         "version: the registered model version",
     )
     def model_release(context: AssetExecutionContext) -> dg.MaterializeResult:
-        from ray_app.core.settings import HParams
+        from ray_app.models.families import spec
         from ray_app.training.release import train_and_release
 
         _connect(settings)
         feature_version = latest_metadata(context.instance, FEATURES)["feature_version"]
-        hparams, tags = None, None
+        tuned, tags = None, None
         if settings.pipeline.search:
             found = latest_metadata(context.instance, SEARCH)
-            hparams, tags = HParams(**found["hparams"]), {"search": str(found["search"])}
+            tuned = spec(settings, str(found["model"]), found["hparams"])
+            tags = {"search": str(found["search"])}
         release = train_and_release(
             settings,
             feature_version=feature_version,
-            hparams=hparams,
+            model=tuned,
             origin="pipeline",
             extra_tags=tags,
         )

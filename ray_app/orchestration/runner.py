@@ -11,7 +11,7 @@ inside goes to the cluster the process is connected to.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,6 +25,7 @@ from ray_app.orchestration.instance import open_instance
 
 LOCK = "pipeline"
 MATERIALIZED, UP_TO_DATE, FAILED, NOT_RUN = "materialized", "up to date", "failed", "not run"
+HELD = "held back"  # stale, but the caller held it back (a replay's day without retraining)
 # The run's own console logger stays quiet: the outcome table says what happened.
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
@@ -73,8 +74,10 @@ def run_daily(
     *,
     force: bool = False,
     on_wait: Callable[[str], None] | None = None,
+    hold: Collection[str] = (),
 ) -> DailyRun:
-    """Plan and run the stale assets (every asset with ``force``).
+    """Plan and run the stale assets (every asset with ``force``), except those named in
+    ``hold``, which are reported as held back (their last materialisation stays current).
 
     One run at a time per data root: the run holds the root's pipeline lock from planning to
     its last event. A second run calls ``on_wait`` with the holder, waits up to
@@ -85,7 +88,7 @@ def run_daily(
     root = DataRoot(settings.data_root)
     with root.lock(LOCK, settings.pipeline.lock_timeout_s, on_wait):
         try:
-            run = _run(settings, force)
+            run = _run(settings, force, hold)
         except Exception:
             record_run(root, ok=False, failed_step="plan")
             raise
@@ -94,7 +97,7 @@ def run_daily(
         return run
 
 
-def _run(settings: Settings, force: bool) -> DailyRun:
+def _run(settings: Settings, force: bool, hold: Collection[str]) -> DailyRun:
     """Plan against the persistent instance and execute the selected assets."""
     with open_instance(settings) as instance:
         defs = build_definitions(settings)
@@ -103,6 +106,9 @@ def _run(settings: Settings, force: bool) -> DailyRun:
             AssetOutcome(name, UP_TO_DATE, version=plan.versions[name])
             for name in (k.to_user_string() for k in plan.fresh)
         ]
+        held = [k for k in plan.selected if k.to_user_string() in hold]
+        plan.selected = [k for k in plan.selected if k not in held]
+        fresh += [AssetOutcome(k.to_user_string(), HELD) for k in held]
         if not plan.selected:
             return DailyRun(assets=fresh)
         result = defs.resolve_job_def(JOB).execute_in_process(

@@ -181,9 +181,15 @@ def test_without_an_effect_nothing_is_promoted(tmp_path: Path) -> None:
 
 
 def test_the_pipeline_weighs_live_evidence_only_when_asked_before_it_deploys() -> None:
-    from ray_app.ops.pipeline import plan
+    import dagster as dg
 
-    names = [step.name for step in plan(Settings())]
-    assert "promote" not in names
-    names = [step.name for step in plan(Settings(monitoring={"auto_promote": True}))]
-    assert names.index("release") < names.index("promote") < names.index("deploy")
+    from ray_app.orchestration.assets import DEPLOYMENT, MONITOR, PROMOTION
+    from ray_app.orchestration.definitions import build_definitions
+
+    def graph(settings: Settings) -> dg.AssetGraph:
+        return build_definitions(settings).resolve_asset_graph()
+
+    assert PROMOTION not in graph(Settings()).get_all_asset_keys()
+    opted = graph(Settings(monitoring={"auto_promote": True}))
+    assert MONITOR in opted.get(PROMOTION).parent_keys
+    assert PROMOTION in opted.get(DEPLOYMENT).parent_keys

@@ -23,7 +23,16 @@ from ray_app.orchestration.definitions import (
 from ray_app.orchestration.instance import POSTGRES_URL_ENV, ensure_home, open_instance
 
 NEW_YORK = ZoneInfo("America/New_York")
-ASSETS = ["raw_bars", "feature_set", "search", "model_release", "deployment"]
+ASSETS = [
+    "raw_bars",
+    "feature_set",
+    "live_metrics",
+    "search",
+    "model_release",
+    "deployment",
+    "drift",
+    "signals",
+]
 
 
 def csv_settings(tmp_path: Path) -> Settings:

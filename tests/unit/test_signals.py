@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from ray_app.ops.pipeline import _signals
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.signals import ServedTable, daily_signals, read_scores, write_scores
+from ray_app.ops.deploy import write_signals
 
 DATES = np.arange(np.datetime64("2024-01-01"), np.datetime64("2024-01-06"))
 
@@ -63,11 +63,11 @@ def test_the_pipeline_step_writes_the_days_file_once_the_variants_have_the_set(
 ) -> None:
     stored(tmp_path)
     settings = Settings(data_root=str(tmp_path), pipeline={"smoke_timeout_s": 0.1})
-    serving = {"champion": "1", "challenger": "2"}
-    detail, _ = _signals(settings, {"feature_version": "fs1", "serving": serving})
+    serving = ["champion", "challenger"]
+    detail = write_signals(settings, "fs1", serving)
     written = pd.read_parquet(tmp_path / "signals" / "daily" / "day=2024-01-05.parquet")
     assert len(written) == 6 and "6 signal(s) as of 2024-01-05" in detail
     with pytest.raises(RayAppError, match="not precomputed feature set fs2"):
-        _signals(settings, {"feature_version": "fs2", "serving": serving})
+        write_signals(settings, "fs2", serving)
     with pytest.raises(RayAppError, match="shadow have not precomputed"):  # no table yet
-        _signals(settings, {"feature_version": "fs1", "serving": {**serving, "shadow": "2"}})
+        write_signals(settings, "fs1", [*serving, "shadow"])

@@ -3,10 +3,11 @@
 For each trading day D of the source in [start, end]:
 
 1. cut the data at D (``ingest.end = D``: the day's pipeline sees no later bar);
-2. run the daily pipeline (``ops.pipeline``): ingest, features, retraining when the day is
-   a retraining day (``retrain_every``; the search only with ``search``), the monitor step
-   where the pipeline has one (it scores the day before, whose outcome D's bar brings),
-   promotion on live evidence when enabled, deploy and the smoke request;
+2. run the daily pipeline (``runner.run_daily``, the Dagster job on its stale assets):
+   ingest, features, retraining when the day is a retraining day (``retrain_every``; the
+   search only with ``search``: other days hold ``search`` and ``model_release`` back), the
+   monitor (it scores the day before, whose outcome D's bar brings), promotion on live
+   evidence when enabled, deploy, the smoke request and the signals;
 3. serve and send the day's requests: every ticker, from ``clients`` fixed client ids, over
    HTTP, until the answers come from D's feature row (the ingress follows a new feature set
    within its poll interval);
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import importlib
 import json
 import time
 import urllib.error
@@ -39,7 +39,8 @@ from ray_app.data.ingest import latest_manifest
 from ray_app.data.sources import make_source
 from ray_app.monitoring import sources
 from ray_app.monitoring.report import build_report, write_report
-from ray_app.ops.pipeline import FAILED, PlannedStep, StepResult, plan, run_pipeline
+from ray_app.orchestration.assets import RELEASE, SEARCH
+from ray_app.orchestration.runner import FAILED, NOT_RUN, AssetOutcome, run_daily
 from ray_app.serving.schemas import ModelsResponse, PredictResponse
 
 MAX_TICKERS_PER_REQUEST = 50  # the shipped serve_config's max_tickers
@@ -63,7 +64,7 @@ class ReplayOptions:
 @dataclass
 class ReplayDay:
     day: dt.date
-    steps: list[StepResult]
+    steps: list[AssetOutcome]
     requests: int = 0
     predictions: int = 0
     logged: int = 0
@@ -106,14 +107,14 @@ def day_settings(settings: Settings, day: dt.date) -> Settings:
     return cut
 
 
-def day_plan(settings: Settings, options: ReplayOptions, index: int) -> list[PlannedStep]:
-    """The pipeline's steps for the ``index``-th day: no search unless asked, no training
+def held_back(settings: Settings, options: ReplayOptions, index: int) -> set[str]:
+    """The assets the ``index``-th day holds back: no search unless asked, no training
     except on retraining days."""
     retrain = index == 0 or (options.retrain_every > 0 and index % options.retrain_every == 0)
-    dropped = set() if options.search and retrain else {"search"}
+    held = set() if options.search and retrain else {SEARCH.to_user_string()}
     if not retrain:
-        dropped.add("release")
-    return [step for step in plan(settings) if step.name not in dropped]
+        held.add(RELEASE.to_user_string())
+    return held
 
 
 def _post(url: str, tickers: list[str], client: str) -> PredictResponse:
@@ -207,7 +208,6 @@ def replay(
     settings: Settings,
     options: ReplayOptions,
     on_day: Callable[[ReplayDay], None] | None = None,
-    on_step: Callable[[StepResult], None] | None = None,
 ) -> ReplayResult:
     """Run the days (see the module docstring); a failed pipeline step stops the replay."""
     if options.start > options.end:
@@ -220,11 +220,12 @@ def replay(
     for index, day in enumerate(days):
         started = time.monotonic()
         cut = day_settings(settings, day)
-        run = run_pipeline(cut, day_plan(cut, options, index), on_step=on_step)
-        record = ReplayDay(day, run.steps)
+        cut.pipeline.search = options.search
+        run = run_daily(cut, hold=held_back(cut, options, index))
+        record = ReplayDay(day, run.assets)
         result.days.append(record)
         if run.failed:
-            failed = next(s for s in run.steps if s.status == FAILED)
+            failed = next(s for s in run.assets if s.status in (FAILED, NOT_RUN))
             raise ReplayError(f"{day}: pipeline step {failed.name} failed: {failed.detail}")
         tickers = sorted(feature_manifest(DataRoot(cut.data_root))["tickers"])
         replies = send_day(cut, day, tickers, options)
@@ -242,14 +243,9 @@ def replay(
     return result
 
 
-def drift_report(settings: Settings, day: dt.date) -> str | None:
+def drift_report(settings: Settings, day: dt.date) -> str:
     """Where the drift report of the replay's last ``day`` (over the drift window before it)
-    was written: the one place the replay calls the drift monitor
-    (``ray_app.monitoring.drift.run_drift``), reading the log by feature date since a replay
-    asks about past days today; None in a build without it."""
-    try:
-        drift = importlib.import_module("ray_app.monitoring.drift")
-    except ModuleNotFoundError:
-        return None
-    result = drift.run_drift(settings, day, read_log=sources.read_log)
-    return str(result.report)
+    was written, reading the log by feature date since a replay asks about past days today."""
+    from ray_app.monitoring.drift import run_drift
+
+    return str(run_drift(settings, day, read_log=sources.read_log).report)
