@@ -127,7 +127,7 @@ def app_config(data_root: Path) -> dict[str, Any]:
         "shadow_limits": {"max_in_flight": 2, "timeout_s": 1.0},
         "num_cpus": {"ingress": 0.2, "variant": 0.2},
         "precompute": False,  # the per-request path; the last test turns it on
-        "prediction_log": {"flush_s": 0.5},
+        "prediction_log": {"flush_s": 1.0},
         "live_metrics_poll_s": 1.0,
     }
     return {
