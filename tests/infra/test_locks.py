@@ -34,11 +34,11 @@ NOT_IN_INFERENCE = {
     "bokeh-sampledata",
     "yfinance",
     "exchange-calendars",
-    "mlflow",  # the full MLflow (server, SQL stores) and its scikit-learn, scipy, matplotlib
+    "mlflow",  # the full MLflow (server, SQL stores) and its scikit-learn, matplotlib
     "scikit-learn",
-    "scipy",
     "pytest",
 }
+# scipy is not in the list: LightGBM requires it, and the variants serve every model family.
 # The images' interpreter and platform (scripts/lock.py), for environment markers.
 ENVIRONMENT = default_environment() | {
     "python_version": lock.PYTHON_VERSION,
