@@ -6,6 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 CONFIG ?= ray_app/configs/local.yaml
 DASHBOARD ?= http://127.0.0.1:8265
 SERVE_URL ?= http://127.0.0.1:8000
+# TLS=1: the head also serves the API over HTTPS (`ray-app cluster up --tls`, a generated
+# localhost certificate), and the prediction below goes there, trusting the generated CA.
+ifeq ($(TLS),1)
+SERVE_URL := https://localhost:8443
+CURL_TLS := --cacert $(HOME)/.ray-app/tls/ca.pem
+endif
 # `ray job submit` sends the head's token only in token mode (ray-app's commands, and the
 # serve deploy they run, turn it on by themselves).
 export RAY_AUTH_MODE := token
@@ -31,21 +37,22 @@ $(HELM): tests/infra/install_helm.py | $(STAMP)
 ## run: the daily pipeline as a Ray job on a local head (sample data, SQLite MLflow), then
 ## a prediction from the Serve app. A second run materialises only the Dagster assets that
 ## are stale (ray_app/orchestration; Dagster's instance in data/dagster).
+## `make run TLS=1`: the prediction over HTTPS (TLS 1.2+) through the head's TLS front.
 run: cluster-up
 	$(BIN)/ray job submit --address $(DASHBOARD) --working-dir . \
 	  -- $(CURDIR)/$(BIN)/python jobs/pipeline.py --config $(CONFIG)
 	@echo "--- prediction from $(SERVE_URL)/v1/predict"
-	@curl -fsS -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' \
+	@curl -fsS $(CURL_TLS) -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' \
 	  -d '{"tickers": ["AAPL", "MSFT"]}' && echo
 	@echo "--- next"
 	@echo "dashboard:  $(DASHBOARD)  (token: ~/.ray/auth_token)"
 	@echo "MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow.db"
 	@echo "Dagster UI: $(BIN)/ray-app dagster-ui --config $(CONFIG)  (http://127.0.0.1:3000)"
-	@echo "predict:    curl -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' -d '{\"tickers\": [\"IBM\"], \"as_of\": \"2013-01-15\"}'"
+	@echo "predict:    curl $(CURL_TLS) -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' -d '{\"tickers\": [\"IBM\"], \"as_of\": \"2013-01-15\"}'"
 	@echo "stop:       make cluster-down"
 
 cluster-up: $(STAMP)
-	$(BIN)/ray-app cluster up --config $(CONFIG)
+	$(BIN)/ray-app cluster up --config $(CONFIG) $(if $(filter 1,$(TLS)),--tls)
 
 cluster-down: $(STAMP)
 	$(BIN)/ray-app cluster down --config $(CONFIG)

@@ -1,14 +1,16 @@
 -- wrk script of bench_serve.py: POST /v1/predict with the requests of a file, in turn.
 -- Each line of the file is "<client id>\t<JSON body>"; wrk's arguments after "--" are the
 -- file and the line to start at, so successive runs can ask for keys no run asked before.
+-- A third argument "close" asks for a new connection per request (bench_tls.py: a TLS
+-- handshake per request).
 local lines, first, sent = {}, 0, 0
 
 function init(args)
   for line in io.lines(args[1]) do
     local client, body = line:match("^([^\t]*)\t(.*)$")
-    lines[#lines + 1] = wrk.format(
-      "POST", "/v1/predict",
-      { ["Content-Type"] = "application/json", ["X-Client-Id"] = client }, body)
+    local headers = { ["Content-Type"] = "application/json", ["X-Client-Id"] = client }
+    if args[3] == "close" then headers["Connection"] = "close" end
+    lines[#lines + 1] = wrk.format("POST", "/v1/predict", headers, body)
   end
   first = tonumber(args[2] or "0")
 end

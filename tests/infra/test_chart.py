@@ -1,10 +1,12 @@
 """charts/ray-app: helm lint, helm template, and what it renders, offline.
 
 Every object of the dev and prod renders validates strictly: Ray, prometheus-operator and Argo
-CD kinds against their CRDs in ../shared/schemas (tests/infra/crd.py), built-in kinds against
-Kubernetes' own schemas. Every pod meets the Pod Security "restricted" profile and the
-project's hardening (tests/infra/pod_security.py); the network policies are evaluated for who
-reaches which port; the Argo CD project and Applications sync exactly this chart. Each check
+CD kinds against their CRDs in ../shared/schemas (tests/infra/crd.py), cert-manager's against
+the subset of its API the chart uses (tests/infra/cert_manager.py: no CRD of it is there),
+built-in kinds against Kubernetes' own schemas. Every pod meets the Pod Security "restricted"
+profile and the project's hardening (tests/infra/pod_security.py); the network policies are
+evaluated for who reaches which port; the API is reached over TLS through the Ingress and
+MLflow over HTTPS; the Argo CD project and Applications sync exactly this chart. Each check
 is also shown failing on a mutated copy.
 """
 
@@ -23,7 +25,7 @@ import yaml
 from kubernetes_validate import validate as k8s_validate
 from kubernetes_validate.utils import ValidationError as K8sValidationError
 
-from tests.infra import chart, crd, install_helm, pod_security, project
+from tests.infra import cert_manager, chart, crd, install_helm, pod_security, project
 
 pytestmark = pytest.mark.infra
 
@@ -36,6 +38,8 @@ def object_errors(doc: dict[str, Any]) -> list[str]:
     """How ``doc`` breaks its schema: its CRD for custom resources, else Kubernetes'."""
     if crd.is_custom_resource(doc):
         return crd.validation_errors(doc)
+    if cert_manager.is_cert_manager(doc):
+        return cert_manager.validation_errors(doc)
     try:
         k8s_validate(doc, project.KUBERNETES_VERSION, strict=True)
     except K8sValidationError as exc:
@@ -77,8 +81,13 @@ def test_rendered_objects_match_their_schemas(
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         [
+            "Certificate",
+            "Certificate",
             "ConfigMap",
             "Deployment",
+            "Ingress",
+            "Issuer",
+            "Issuer",
             "NetworkPolicy",
             "NetworkPolicy",
             "NetworkPolicy",
@@ -130,6 +139,36 @@ def test_rendered_objects_match_their_schemas(
             lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readOnlyRoot=True),
             "readOnlyRoot",
             id="deployment-typo",
+        ),
+        pytest.param(
+            "Ingress",
+            lambda d: d["spec"]["tls"][0].update(secret="x"),
+            "secret",
+            id="ingress-typo",
+        ),
+        pytest.param(
+            "Certificate",
+            lambda d: d["spec"]["privateKey"].update(algorithm="EC"),
+            "'EC' is not one of",
+            id="certificate-key-algorithm",
+        ),
+        pytest.param(
+            "Certificate",
+            lambda d: d["spec"].update(duration="90d"),
+            "does not match",
+            id="certificate-go-duration",
+        ),
+        pytest.param(
+            "Certificate",
+            lambda d: d["spec"].update(dnsName=["x"]),
+            "'dnsName' was unexpected",
+            id="certificate-typo",
+        ),
+        pytest.param(
+            "Issuer",
+            lambda d: d["spec"].update(ca={"secretName": "x"}, selfSigned={}),
+            "has too many properties",
+            id="issuer-two-types",
         ),
     ],
 )
@@ -516,7 +555,7 @@ def test_mlflow_is_the_tracking_server_the_pods_use(clean_env: None) -> None:
     pod = deployment["spec"]["template"]
     assert selects({"matchLabels": service["spec"]["selector"]}, pod["metadata"]["labels"])
     port = service["spec"]["ports"][0]["port"]
-    url = f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{port}"
+    url = f"https://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{port}"
     assert load_settings(SETTINGS_FILE).mlflow.tracking_uri == url
     container = pod["spec"]["containers"][0]
     assert {p["name"]: p["containerPort"] for p in container["ports"]}["http"] == port
@@ -598,6 +637,174 @@ def test_mlflow_start_script_writes_the_auth_config_mlflow_reads(tmp_path: Path)
         del os.environ["MLFLOW_AUTH_CONFIG_PATH"]
     assert config.database_uri == database
     assert config.default_permission == chart.default_values()["mlflow"]["defaultPermission"]
+
+
+# --- TLS: the Ingress in front of Serve, MLflow over HTTPS -----------------------------------
+
+
+def test_the_api_is_reached_over_tls_through_the_ingress() -> None:
+    """The Ingress terminates TLS for its host with a certificate cert-manager issues, and
+    forwards to KubeRay's Serve Service on the Serve config's port, which only the ingress
+    controller's pods may reach."""
+    (ingress,) = chart.find("Ingress")
+    (service,) = chart.find("RayService")
+    values = chart.default_values()["ingress"]
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["cert-manager.io/cluster-issuer"] == values["clusterIssuer"]
+    assert annotations["nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
+    spec = ingress["spec"]
+    (tls,) = spec["tls"]
+    (rule,) = spec["rules"]
+    assert tls["secretName"] == values["tlsSecretName"]
+    assert tls["hosts"] == [rule["host"]] == [values["host"]]
+    (path,) = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    assert backend["name"] == f"{service['metadata']['name']}-serve-svc"  # KubeRay's name
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert backend["port"]["number"] == serve_config["http_options"]["port"] == SERVE
+    assert spec["ingressClassName"] == "nginx" and INGRESS[0] == "ingress-nginx"
+    policies = chart.find("NetworkPolicy")
+    assert reaches(policies, INGRESS, SERVE_WORKER, SERVE)
+    assert not reaches(policies, STRANGER, SERVE_WORKER, SERVE)
+
+
+def _issuers() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in chart.find("Issuer")}
+
+
+def _certificates() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in chart.find("Certificate")}
+
+
+def chain_problems(issuers: dict[str, Any], certificates: dict[str, Any], leaf: str) -> list[str]:
+    """Whether certificate ``leaf`` is issued by a CA Issuer of the chart whose key is a CA
+    Certificate issued by a self-signed Issuer of the chart."""
+    ref = certificates[leaf]["spec"]["issuerRef"]
+    if ref.get("kind", "Issuer") != "Issuer" or ref["name"] not in issuers:
+        return [f"{leaf}: issuer {ref} is not an Issuer of the chart"]
+    ca_issuer = issuers[ref["name"]]["spec"]
+    if "ca" not in ca_issuer:
+        return [f"{leaf}: issuer {ref['name']} is not a CA issuer"]
+    ca_certs = [
+        c for c in certificates.values() if c["spec"]["secretName"] == ca_issuer["ca"]["secretName"]
+    ]
+    if len(ca_certs) != 1 or not ca_certs[0]["spec"].get("isCA"):
+        return [f"{leaf}: no CA Certificate writes Secret {ca_issuer['ca']['secretName']}"]
+    root = issuers.get(ca_certs[0]["spec"]["issuerRef"]["name"], {}).get("spec", {})
+    return [] if "selfSigned" in root else [f"{leaf}: the CA is not self-signed by the chart"]
+
+
+def test_mlflow_serves_https_with_a_certificate_of_the_internal_ca() -> None:
+    deployment, service = _mlflow()
+    certificates = _certificates()
+    values = chart.default_values()["mlflow"]
+    (cert,) = [
+        c for c in certificates.values() if c["spec"]["secretName"] == values["tls"]["secretName"]
+    ]
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert f"{name}.{namespace}.svc" in cert["spec"]["dnsNames"]
+    assert "server auth" in cert["spec"]["usages"]
+    assert chain_problems(_issuers(), certificates, cert["metadata"]["name"]) == []
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    script = container["args"][0]
+    tls_volume = next(
+        v
+        for v in pod["volumes"]
+        if v.get("secret", {}).get("secretName") == cert["spec"]["secretName"]
+    )
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == tls_volume["name"]]
+    assert mount["readOnly"]
+    for key, flag in (("tls.key", "--ssl-keyfile"), ("tls.crt", "--ssl-certfile")):
+        assert f"{flag} {mount['mountPath']}/{key}" in script, key
+        assert {"key": key, "path": key} in tls_volume["secret"]["items"]
+    assert "--uvicorn-opts" in script
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
+
+
+def test_certificate_chain_check_can_fail() -> None:
+    issuers, certificates = copy.deepcopy(_issuers()), copy.deepcopy(_certificates())
+    leaf = chart.default_values()["mlflow"]["name"]
+    certificates["ray-app-internal-ca"]["spec"]["isCA"] = False
+    assert "no CA Certificate" in chain_problems(issuers, certificates, leaf)[0]
+    certificates[leaf]["spec"]["issuerRef"]["name"] = "elsewhere"
+    assert "not an Issuer of the chart" in chain_problems(issuers, certificates, leaf)[0]
+
+
+def mlflow_ca_problems(where: str, pod: dict[str, Any], secret: str) -> list[str]:
+    """A Ray container that talks to MLflow must trust the server's CA: its
+    MLFLOW_TRACKING_SERVER_CERT_PATH is ca.crt of Secret ``secret``, mounted read-only."""
+    problems = []
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for c in pod["containers"]:
+        if not c["name"].startswith("ray-") or c["name"] == "ray-job-submitter":
+            continue
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        path = env.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+        if path is None:
+            problems.append(f"{where}/{c['name']}: no MLFLOW_TRACKING_SERVER_CERT_PATH")
+            continue
+        folder, _, file = path.rpartition("/")
+        mounts = [m for m in c.get("volumeMounts", []) if m["mountPath"] == folder]
+        source = volumes.get(mounts[0]["name"], {}).get("secret", {}) if mounts else {}
+        items = {i["path"]: i["key"] for i in source.get("items", [])}
+        if source.get("secretName") != secret or items.get(file) != "ca.crt":
+            problems.append(f"{where}/{c['name']}: {path} is not ca.crt of Secret {secret}")
+        elif not mounts[0].get("readOnly"):
+            problems.append(f"{where}/{c['name']}: {folder} is writable")
+    return problems
+
+
+def _mlflow_clients() -> list[tuple[str, dict[str, Any]]]:
+    """The pods that use MLflow: the chart's Ray clusters and the tuning RayJob."""
+    pods = [
+        (f"{env}: {where}", pod)
+        for env in chart.ENVIRONMENTS
+        for doc in chart.rendered(env)
+        if doc["kind"] in {"RayService", "RayCronJob"}
+        for where, pod in pod_security.pod_specs(doc)
+    ]
+    for doc in crd.load_yaml_documents(project.CLUSTER / "ray-job.tune.yaml"):
+        pods += [(f"ray-job.tune.yaml: {w}", p) for w, p in pod_security.pod_specs(doc)]
+    return pods
+
+
+def test_every_mlflow_client_trusts_the_servers_ca(clean_env: None) -> None:
+    from ray_app.core.settings import load_settings
+
+    assert load_settings(SETTINGS_FILE).mlflow.tracking_uri.startswith("https://")
+    (service,) = chart.find("RayService")
+    env = {e["name"]: e.get("value") for c in _ray_containers(service) for e in c.get("env", [])}
+    assert env["RAY_APP_MLFLOW__TRACKING_URI"].startswith("https://")
+    secret = chart.default_values()["mlflow"]["tls"]["secretName"]
+    pods = _mlflow_clients()
+    assert len(pods) >= 10, [w for w, _ in pods]
+    problems = [p for where, pod in pods for p in mlflow_ca_problems(where, pod, secret)]
+    assert not problems, "\n".join(problems)
+    broken = copy.deepcopy(pods[0][1])
+    broken["volumes"] = [v for v in broken["volumes"] if "secret" not in v]
+    assert mlflow_ca_problems("mutated", broken, secret), "the check can fail"
+
+
+def _ray_containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        c
+        for _, pod in pod_security.pod_specs(doc)
+        for c in pod["containers"]
+        if c["name"].startswith("ray-")
+    ]
+
+
+def test_tls_can_be_turned_off_for_mlflow() -> None:
+    """mlflow.tls.enabled=false: plain HTTP inside the cluster, no certificates, no CA mounts."""
+    text = chart.template_text(*chart.env_args("dev"), "--set", "mlflow.tls.enabled=false")
+    docs = [d for _, d in chart.parse(text)]
+    assert not [d for d in docs if d["kind"] in {"Certificate", "Issuer"}]
+    (service,) = [d for d in docs if d["kind"] == "RayService"]
+    env = {e["name"]: e.get("value") for c in _ray_containers(service) for e in c.get("env", [])}
+    assert env["RAY_APP_MLFLOW__TRACKING_URI"].startswith("http://")
+    assert "MLFLOW_TRACKING_SERVER_CERT_PATH" not in env
 
 
 # --- Argo CD ----------------------------------------------------------------------------------
@@ -756,4 +963,7 @@ def test_a_committed_serving_change_reaches_the_rendered_ray_service(
     config = yaml.safe_load(service["spec"]["serveConfigV2"])
     deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
     assert deployments["Ingress"]["user_config"] == ingress
-    assert service["spec"]["serveConfigV2"] == (checkout / gitops.SERVE_CONFIG).read_text()
+    from ray_app.serving.rollout import with_host
+
+    committed = yaml.safe_load((checkout / gitops.SERVE_CONFIG).read_text())
+    assert config == with_host(committed, chart.default_values()["serve"]["httpHost"])

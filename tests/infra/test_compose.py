@@ -131,6 +131,18 @@ def test_ports_are_published_on_localhost_only(compose: dict[str, Any]) -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
 
 
+def test_serve_listens_on_the_containers_address(compose: dict[str, Any]) -> None:
+    """The head publishes Serve's port, so Serve must listen on the container's address: the
+    deploy step's overlay (pipeline.serve_host), serve_config.yaml keeping 127.0.0.1."""
+    from ray_app.core.settings import Settings
+
+    head = compose["services"]["ray-head"]
+    assert any(str(p).endswith(":8000") for p in head["ports"])
+    env = head["environment"]
+    assert env["RAY_APP_PIPELINE__SERVE_HOST"] == "0.0.0.0"
+    assert Settings(pipeline={"serve_host": env["RAY_APP_PIPELINE__SERVE_HOST"]})
+
+
 def test_secrets_come_from_the_environment(compose: dict[str, Any]) -> None:
     text = COMPOSE.read_text()
     for variable in ("RAY_AUTH_TOKEN", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):

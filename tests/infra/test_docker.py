@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,22 @@ def test_healthcheck_where_the_image_runs_a_server(stage: Stage) -> None:
     assert '"/healthz"' in (project.REPO / "ray_app/serving/api.py").read_text()
     (cmd,) = keyword(stage, "CMD")
     assert cmd.args == '["serve", "run", "serve_config.yaml"]'
+
+
+def test_the_inference_image_serves_on_its_own_address(tmp_path: Path) -> None:
+    """serve_config.yaml holds the local 127.0.0.1; the image's RUN overlays the host only."""
+    from ray_app.serving.rollout import with_host
+
+    stage = dockerfile_stages()["inference"]
+    (run,) = [i for i in keyword(stage, "RUN") if "serve_config.yaml" in i.args]
+    source = project.REPO / "serve_config.yaml"
+    (tmp_path / "serve_config.yaml").write_bytes(source.read_bytes())
+    done = subprocess.run(["sh", "-c", run.args], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    local = yaml.safe_load(source.read_text())
+    assert local["http_options"]["host"] == "127.0.0.1"
+    image = yaml.safe_load((tmp_path / "serve_config.yaml").read_text())
+    assert image == with_host(local, "0.0.0.0")
 
 
 def test_copy_sources_exist_and_are_in_the_build_context() -> None:

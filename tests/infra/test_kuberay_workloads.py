@@ -927,13 +927,20 @@ def serve_config_text() -> str:
     return serve_config_sync.SERVE_CONFIG.read_text(encoding="utf-8")
 
 
-def test_serve_config_v2_is_serve_config_yaml(
+def test_serve_config_v2_is_serve_config_yaml_on_the_pods_address(
     ray_service: dict[str, Any], serve_config_text: str
 ) -> None:
-    embedded = ray_service["spec"]["serveConfigV2"]
-    assert yaml.safe_load(embedded) == yaml.safe_load(serve_config_text)
-    assert embedded == serve_config_text, (
-        "serveConfigV2 is not a verbatim copy of serve_config.yaml: run make manifests"
+    """One source: serveConfigV2 is serve_config.yaml with the chart's one overlay, the HTTP
+    host (the pod's address instead of the local 127.0.0.1)."""
+    from ray_app.serving.rollout import with_host
+
+    embedded = yaml.safe_load(ray_service["spec"]["serveConfigV2"])
+    local = yaml.safe_load(serve_config_text)
+    assert local["http_options"]["host"] == "127.0.0.1", "the file holds the local value"
+    host = chart.default_values()["serve"]["httpHost"]
+    assert host == "0.0.0.0" and embedded["http_options"]["host"] == host
+    assert embedded == with_host(local, host), (
+        "serveConfigV2 is not serve_config.yaml with the chart's host: run make manifests"
     )
 
 

@@ -9,6 +9,7 @@ import os
 import secrets as token_source
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -250,3 +251,86 @@ def test_mlflows_old_default_admin_password_is_refused_outside_dev(secrets_dir: 
     (secrets_dir / ADMIN_PASSWORD).write_text("password1234")
     with pytest.raises(SecretError, match=f"secret {ADMIN_PASSWORD} .* refused outside"):
         prod_secrets(secrets_dir).get(ADMIN_PASSWORD)
+
+
+def chart_uvicorn_opts(tls_dir: Path) -> str:
+    """The ``--uvicorn-opts`` the chart's MLflow container runs with, its certificate folder
+    (the mounted Secret) replaced by ``tls_dir``."""
+    import shlex
+
+    from tests.infra import chart
+
+    (deployment,) = chart.find("Deployment", name="mlflow")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    script = container["args"][0].replace("\\\n", " ")
+    words = shlex.split(script.split("exec mlflow server", 1)[1])
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    return words[words.index("--uvicorn-opts") + 1].replace(mount["mountPath"], str(tls_dir))
+
+
+def test_a_client_reaches_the_server_over_tls_with_the_charts_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's server TLS options on a real `mlflow server` (SQLite store): a client that
+    trusts the CA through MLFLOW_TRACKING_SERVER_CERT_PATH (as the Ray pods do) works, one
+    that does not is refused, and plain HTTP gets no answer."""
+    import trustme
+    from mlflow.exceptions import MlflowException
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    leaf.private_key_pem.write_to_path(str(tls_dir / "tls.key"))
+    (tls_dir / "tls.crt").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--uvicorn-opts",
+        chart_uvicorn_opts(tls_dir),
+    ]
+    log_path = tmp_path / "server.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"https://localhost:{port}"
+    try:
+        deadline = time.monotonic() + 300  # importing MLflow takes minutes on a busy machine
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2, context=context) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, log_path.read_text()[-2000:]
+                assert time.monotonic() < deadline, "no HTTPS answer within 300 s"
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(tmp_path / "ca.crt"))
+        client = mlflow.MlflowClient(tracking_uri=url)
+        experiment = client.create_experiment(f"tls-{uuid.uuid4().hex[:8]}")
+        assert client.get_experiment(experiment).experiment_id == experiment
+        monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
+        with pytest.raises(MlflowException, match=r"(?i)certificate|ssl"):
+            mlflow.MlflowClient(tracking_uri=url).get_experiment(experiment)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+    finally:
+        stop(server)

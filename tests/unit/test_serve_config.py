@@ -29,6 +29,7 @@ from ray_app.serving.rollout import (
     render,
     running_config,
     serving_state,
+    with_host,
 )
 from ray_app.serving.schemas import PredictRequest, limited_request
 
@@ -235,3 +236,17 @@ def test_deploying_without_a_cluster_says_so_in_one_line(tmp_path: Path) -> None
         deploy(CONFIG, "http://127.0.0.1:9")
     with pytest.raises(RolloutError, match=r"cannot reach the Ray dashboard at http://127.0.0.1:9"):
         running_config("http://127.0.0.1:9", {})
+
+
+def test_the_shipped_config_listens_on_loopback_and_an_overlay_opens_it() -> None:
+    """One file: 127.0.0.1 locally; containers and the chart overlay the host, nothing else."""
+    config = load_config(CONFIG)
+    assert config["http_options"]["host"] == "127.0.0.1"
+    assert with_host(config, None) is config
+    opened = with_host(config, "0.0.0.0")
+    assert opened["http_options"] == {**config["http_options"], "host": "0.0.0.0"}
+    assert {k: v for k, v in opened.items() if k != "http_options"} == {
+        k: v for k, v in config.items() if k != "http_options"
+    }
+    assert config["http_options"]["host"] == "127.0.0.1", "the overlay copies"
+    ServeDeploySchema.model_validate(opened)

@@ -29,6 +29,28 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end -}}
 {{- end }}
 
+{{/*
+serveConfigV2: files/serve_config.yaml (the repository's serve_config.yaml, copied by `make
+manifests`) with the one value a pod needs otherwise: http_options.host, the pod's address
+(serve.httpHost, 0.0.0.0) instead of the local 127.0.0.1. Re-serialised by Helm (sorted keys,
+no comments); everything else is the file's.
+*/}}
+{{- define "ray-app.serveConfig" -}}
+{{- $config := .Files.Get "files/serve_config.yaml" | fromYaml -}}
+{{- if hasKey $config "Error" -}}
+{{- fail (printf "files/serve_config.yaml is not YAML: %s" $config.Error) -}}
+{{- end -}}
+{{- $http := $config.http_options | default dict -}}
+{{- $_ := set $http "host" .Values.serve.httpHost -}}
+{{- $_ := set $config "http_options" $http -}}
+{{- toYaml $config -}}
+{{- end }}
+
+{{/* The MLflow tracking server's URL, https when mlflow.tls.enabled. */}}
+{{- define "ray-app.mlflowUrl" -}}
+{{- printf "%s://%s.%s.svc:%v" (ternary "https" "http" .Values.mlflow.tls.enabled) .Values.mlflow.name .Values.namespace .Values.mlflow.port -}}
+{{- end }}
+
 {{- define "ray-app.podSecurityContext" -}}
 runAsNonRoot: true
 runAsUser: 1000
@@ -116,7 +138,12 @@ spec:
         - containerPort: {{ index $numbers . }}
           name: {{ . }}
         {{- end }}
-      {{- with .env }}
+      {{- $env := .env | default list }}
+      {{- if $root.Values.mlflow.tls.enabled }}
+      {{- /* MLflow's client trusts the tracking server's CA (ca.crt of its certificate's Secret) */}}
+      {{- $env = append $env (dict "name" "MLFLOW_TRACKING_SERVER_CERT_PATH" "value" "/etc/ray-app/mlflow-ca/ca.crt") }}
+      {{- end }}
+      {{- with $env }}
       env:
         {{- toYaml . | nindent 8 }}
       {{- end }}
@@ -137,11 +164,24 @@ spec:
           mountPath: /home/ray/app/cluster/configs
           readOnly: true
         {{- end }}
+        {{- if $root.Values.mlflow.tls.enabled }}
+        - name: mlflow-ca
+          mountPath: /etc/ray-app/mlflow-ca
+          readOnly: true
+        {{- end }}
   volumes:
     {{- include "ray-app.rayVolumes" $root | nindent 4 }}
     {{- if .settings }}
     - name: settings
       configMap:
         name: ray-app-config-file
+    {{- end }}
+    {{- if $root.Values.mlflow.tls.enabled }}
+    - name: mlflow-ca
+      secret:
+        secretName: {{ $root.Values.mlflow.tls.secretName }}
+        items:
+          - key: ca.crt
+            path: ca.crt
     {{- end }}
 {{- end }}
