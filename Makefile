@@ -87,6 +87,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_families.py
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/bench_serve.py
+	$(BIN)/python bench/bench_tls.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tools

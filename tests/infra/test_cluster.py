@@ -313,6 +313,18 @@ def test_serve_service_selects_this_cluster(ray_cluster: dict[str, Any]) -> None
         assert {p["targetPort"] for p in svc["spec"]["ports"]} == {8000}
 
 
+def test_serve_listens_on_the_pods_address(ray_cluster: dict[str, Any]) -> None:
+    """The Serve Service spans every node, so a deploy that starts from serve_config.yaml
+    (127.0.0.1, the local value) must be overlaid with the pod's address on each Ray node."""
+    from ray_app.core.settings import Settings
+
+    for where, pod in pod_specs(ray_cluster):
+        for container in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert env.get("RAY_APP_PIPELINE__SERVE_HOST") == "0.0.0.0", where
+    assert Settings(pipeline={"serve_host": "0.0.0.0"}).pipeline.serve_host == "0.0.0.0"
+
+
 def test_manifest_yaml_has_no_duplicate_keys() -> None:
     """PyYAML keeps the last of two equal keys silently; the API server would too."""
 

@@ -251,6 +251,20 @@ def test_every_listener_of_the_ingress_is_on_loopback(
     assert listeners(psutil.Process(front_pid)) == {("127.0.0.1", front.port)}
     socket_path = Path(f"/tmp/haproxy-serve/{node}/admin.sock")
     assert oct(socket_path.stat().st_mode & 0o777) == "0o600"
+    # Serve's own HTTP servers bind http_options.host too: the replicas' direct ingress and
+    # the Python proxy actor. (Their "[::]" sockets are Ray's gRPC servers, core worker and
+    # Serve's inter-deployment gRPC, whose address Ray fixes: not HTTP, not this test's.)
+    state = ClusterState(**front.state)
+    http_servers: dict[str, set[tuple[str, int]]] = {}
+    attrs = ["pid", "cmdline", "environ", "create_time"]
+    for process in psutil.process_iter(attrs, ad_value=None):
+        title = " ".join(process.info["cmdline"] or []).strip()
+        serve_actor = title.startswith(("ray::ServeReplica:ray-app:", "ray::ProxyActor"))
+        if serve_actor and owns(state, process.info, str(state.raylet_pid)):
+            http_servers[title] = {a for a in listeners(process) if "." in a[0]}
+    ingress = [a for title, a in http_servers.items() if title.endswith(":Ingress")]
+    assert ingress and all(ingress), f"no Ingress replica answering HTTP: {http_servers}"
+    assert {ip for a in http_servers.values() for ip, _ in a} == {"127.0.0.1"}, http_servers
 
 
 def test_the_front_is_a_process_of_the_head(front: Front, ray_head: Head) -> None:
