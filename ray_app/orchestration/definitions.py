@@ -91,7 +91,8 @@ def plan_run(
     for key in order:
         name = key.to_user_string()
         status = resolver.get_status(key)
-        upstream = [p for p in graph.get(key).parent_keys if p in plan.selected]
+        parents = graph.get(key).parent_keys  # a set: name the first in run order
+        upstream = [p for p in plan.selected if p in parents]
         if force:
             plan.reasons[name] = "forced"
         elif status == StaleStatus.MISSING:
