@@ -52,6 +52,7 @@ ATTEMPTS = 2
 SCORES_ROWS_PER_CALL = 250_000  # 2 MB of float64 a call
 SCORES_TIMEOUT_S = 120.0
 SCORES_RETRY_S = 30.0
+UNSERVABLE_REFRESH_S = 1.0
 FRESHNESS_EVERY_S = 5.0  # Ray exports a gauge only while it is set again
 
 
@@ -203,12 +204,16 @@ class PredictionService:
             self._following = asyncio.create_task(self._follow_features())
 
     async def _report_freshness(self) -> None:
-        """Keep exporting the newest bar's date, traffic or not: the staleness alert reads it."""
+        """Traffic or not: keep exporting the newest bar's date (the staleness alert reads
+        it), and keep asking the variants until each has precomputed its table (the daily
+        signals wait for those; a single smoke request may come before a variant's model)."""
         while True:
             await asyncio.sleep(FRESHNESS_EVERY_S)
             if self.table is not None:
                 self.metrics.latest_bar(self.table.last_date)
             self._export_shadow()
+            if self.args.precompute and not all(map(self.precomputes, self.clients)):
+                self._refresh_task()
 
     # -- following the newest feature set -----------------------------------------------
 
@@ -307,13 +312,24 @@ class PredictionService:
 
     async def fresh(self) -> None:
         """Variants asked at least once; afterwards reasked in the background every
-        ``refresh_s`` seconds while requests arrive."""
-        if self._refreshed_at == -math.inf:
-            await self.refresh()
-        elif time.monotonic() - self._refreshed_at > self.args.refresh_s and (
-            self._refreshing is None or self._refreshing.done()
-        ):
+        ``refresh_s`` seconds while requests arrive. While the primary has no model, they are
+        reasked before answering (at most every ``UNSERVABLE_REFRESH_S``): a promotion made
+        through another ingress replica must not leave this one refusing requests for up to
+        ``refresh_s``."""
+        age = time.monotonic() - self._refreshed_at
+        stale_refusal = (
+            age > UNSERVABLE_REFRESH_S and self.unservable(self.args.primary) is not None
+        )
+        if self._refreshed_at == -math.inf or stale_refusal:
+            await asyncio.shield(self._refresh_task())
+        elif age > self.args.refresh_s:
+            self._refresh_task()
+
+    def _refresh_task(self) -> asyncio.Task[None]:
+        """The refresh in flight, or a new one: concurrent requests share one round of asks."""
+        if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.create_task(self.refresh())
+        return self._refreshing
 
     # -- precomputed predictions ---------------------------------------------------------
 

@@ -366,9 +366,28 @@ def run_round(url: str) -> tuple[list[Any], list[float]]:
     return [(status, without_id(body)) for status, body, _ in answers], [a[2] for a in answers]
 
 
+def approx(value: Any) -> Any:
+    """``value`` with every float compared to 1e-6: the variants' float32 networks round the
+    last bits differently in a batch of the whole table than in a batch of one request."""
+    if isinstance(value, float):
+        return pytest.approx(value, rel=1e-6)
+    if isinstance(value, dict):
+        return {k: approx(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(approx(v) for v in value)
+    return value
+
+
 def models(url: str) -> dict[str, Any]:
     answer = requests.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"})
     return answer.json()  # type: ignore[no-any-return]
+
+
+def serves_precomputed(url: str, variant: str) -> bool:
+    """Whether ``variant`` takes all the traffic and every variant answers from its table."""
+    found = models(url)["variants"]
+    weight = found[VARIANTS.index(variant)]["weight"]
+    return weight == 1 and all(v["precomputed"] for v in found)
 
 
 def shadow_counts(url: str) -> dict[str, Any]:
@@ -561,7 +580,7 @@ def test_precomputed_predictions_equal_the_per_request_ones(
     apply(with_ingress(precomputing, shadow={"variant": "challenger", "fraction": 1.0}))
     wait_until(lambda: all(v["precomputed"] for v in models(url)["variants"]), 60)
     got, _ = run_round(url)
-    assert got == expected
+    assert got == approx(expected)
     counts = shadow_counts(url)
     assert counts["precomputed"] == len(expected) and counts["sent"] == 0
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
@@ -616,7 +635,7 @@ def test_the_log_signals_and_monitor_close_the_loop(
                 shadow={"variant": "challenger", "fraction": 1.0},
             )
         )
-        wait_until(lambda v=variant: models(url)["variants"][VARIANTS.index(v)]["weight"] == 1, 30)
+        wait_until(lambda v=variant: serves_precomputed(url, v), 30)
         for day in days:
             for tickers in (TICKERS[:2], TICKERS[2:]):
                 answer = requests.post(
@@ -694,7 +713,11 @@ def test_the_log_signals_and_monitor_close_the_loop(
         assert row["mae"] == pytest.approx(np.mean(np.abs(y - p)))
         assert row["rank_ic"] == pytest.approx(spearmanr(p, y)[0])
         assert row["ic"] == pytest.approx(np.corrcoef(p, y)[0, 1])
-    newest = live[(live["day"] == table.last_date) & (live["variant"] == "champion")]
+    newest = live[
+        (live["day"] == table.last_date)
+        & (live["variant"] == "champion")
+        & (live["model_version"] == "1")  # tests before served the newest day with v2 too
+    ]
     assert len(newest) == 1 and newest["pending"].all() and newest["rank_ic"].isna().all()
 
     port = ray._private.worker._global_node.metrics_export_port

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ray_app.serving import service as service_module
 from ray_app.serving.args import IngressConfig, ServeArgs, ShadowSpec
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.predictor import (
@@ -264,6 +265,22 @@ def test_without_a_champion_nothing_is_served_and_readiness_says_why() -> None:
     assert "no alias 'champion'" in (service.infos["champion"].error or "")
 
 
+def test_a_champion_promoted_meanwhile_is_served_without_waiting_for_the_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reproduction: a rollout under load lost requests with 503 "no model" from an
+    ingress replica still holding what the champion variant said before its promotion."""
+    monkeypatch.setattr(service_module, "UNSERVABLE_REFRESH_S", 0.0)
+    champion = FakeVariant("champion", None)
+    service, _ = make({"champion": champion, "challenger": FakeVariant("challenger", Linear(2))})
+    with pytest.raises(ApiError, match="no model to serve"):
+        run(service.predict(ask(["AAPL"]), None, "r"))
+    champion.model = Linear(1)  # promoted and loaded; refresh_s (30 s) has not passed
+    answer = run(service.predict(ask(["AAPL"]), None, "r")).response
+    assert (answer.variant, answer.model_version) == ("champion", 1)
+    assert service.readiness() == (True, [])
+
+
 def test_a_model_needing_columns_the_features_lack_gets_no_traffic() -> None:
     odd = Linear(2, columns=["rsi_14", "beta_60d"])
     service, _ = make(
@@ -428,6 +445,28 @@ def test_a_variant_that_cannot_precompute_is_asked_per_request_and_retried_later
     assert "champion" not in service.scores
     assert (variant.calls, variant.score_calls) == (1, 1)
     assert service._scores_retry_at["champion"] > time.monotonic()
+
+
+def test_a_model_loaded_after_the_last_request_is_still_precomputed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reproduction: `make run`'s one smoke request came before a variant's model, and
+    with no traffic after it the daily signals waited in vain for the precomputed table."""
+    monkeypatch.setattr(service_module, "FRESHNESS_EVERY_S", 0.01)
+    variant = FakeVariant("champion", None)
+    service = precomputing({"champion": variant})
+
+    async def scenario() -> bool:
+        assert service.config is not None
+        await service.reconfigure(service.config)  # its background upkeep, in this loop
+        variant.model = Linear(1)  # loaded after the last request; no request follows
+        for _ in range(200):
+            if service.precomputes("champion"):
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    assert run(scenario())
 
 
 def test_a_precomputed_shadow_is_compared_without_a_call() -> None:
