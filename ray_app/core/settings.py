@@ -489,6 +489,12 @@ class MonitoringSettings(_Section):
         "champion", description="The variant every other variant is compared with"
     )
     bootstrap_reps: int = Field(2000, ge=100, description="Stationary-bootstrap resamples")
+    ab_window_days: int = Field(
+        90,
+        ge=7,
+        description="Calendar days of logged feature dates, up to the newest, that the daily "
+        "`ab_evidence` step compares (its report and the exported `ray_app_ab_*` gauges)",
+    )
     auto_promote: bool = Field(
         False,
         description="The pipeline's promote step makes a challenger the champion when its "

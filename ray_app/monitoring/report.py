@@ -22,6 +22,7 @@ import pandas as pd
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
+from ray_app.data.ab_evidence import empty_evidence, write_evidence
 from ray_app.monitoring import ab, sources
 from ray_app.monitoring.outcomes import realised_returns
 
@@ -289,6 +290,49 @@ def evidence_json(report: ABReport) -> object:
             "sources": [asdict(s.evidence) for s in report.sources],
         }
     )
+
+
+def evidence_table(report: ABReport) -> pd.DataFrame:
+    """The report's comparisons as ``ray_app.data.ab_evidence`` rows (what the ingress exports)."""
+    rows = [
+        {
+            "day": pd.Timestamp(s.evidence.end),
+            "source": s.evidence.source,
+            "variant": c.challenger,
+            "baseline": c.baseline,
+            "days": c.days,
+            "ticker_days": c.ticker_days,
+            "loss_diff": c.loss_diff,
+            "dm_p_value": c.dm_p_value,
+            "rank_ic_diff": c.rank_ic_diff.estimate,
+            "rank_ic_diff_low": c.rank_ic_diff.low,
+            "rank_ic_diff_high": c.rank_ic_diff.high,
+            "verdict": c.verdict,
+        }
+        for s in report.sources
+        if s.evidence.end is not None
+        for c in s.evidence.comparisons
+    ]
+    return pd.DataFrame(rows) if rows else empty_evidence()
+
+
+def record_daily_evidence(settings: Settings) -> str:
+    """The daily A/B step: the report over the last ``monitoring.ab_window_days`` of logged
+    feature dates, written under ``reports/ab/<newest day>/`` and as the evidence table the
+    ingress exports; a one-line account of it."""
+    root = DataRoot(settings.data_root)
+    logged = sources.read_log(root, None, None)["feature_date"]
+    if logged.empty:
+        write_evidence(root, empty_evidence())
+        return "no logged prediction yet"
+    newest = max(logged)
+    start = newest - dt.timedelta(days=settings.monitoring.ab_window_days)
+    report = build_report(settings, start, newest)
+    folder = write_report(settings, report)
+    table = evidence_table(report)
+    write_evidence(root, table)
+    verdicts = ", ".join(f"{r.variant} ({r.source}): {r.verdict}" for r in table.itertuples())
+    return f"{verdicts or 'no comparison'} up to {newest}; report in {folder}"
 
 
 def write_report(settings: Settings, report: ABReport, out: Path | None = None) -> str:

@@ -1,7 +1,8 @@
 """The daily pipeline's software-defined assets, their code versions and asset checks.
 
     bar_source -> raw_bars -> feature_set -> search -> model_release -> deployment -> signals
-                  raw_bars -> live_metrics (-> live_promotion -> deployment, when opted in)
+                  raw_bars -> live_metrics -> ab_evidence
+                              live_metrics (-> live_promotion -> deployment, when opted in)
                   feature_set, model_release -> drift
 
 ``bar_source`` is observed, not built: its data version is what the configured source offers
@@ -40,6 +41,7 @@ RELEASE = dg.AssetKey("model_release")
 DEPLOYMENT = dg.AssetKey("deployment")
 SIGNALS = dg.AssetKey("signals")
 MONITOR = dg.AssetKey("live_metrics")
+AB = dg.AssetKey("ab_evidence")
 PROMOTION = dg.AssetKey("live_promotion")
 DRIFT = dg.AssetKey("drift")
 
@@ -84,6 +86,7 @@ def code_versions(settings: Settings) -> dict[dg.AssetKey, str]:
         DEPLOYMENT: "1-" + digest(serve_text, s.pipeline.serve_url, s.cluster.dashboard_port),
         SIGNALS: "1-" + digest(s.pipeline.smoke_timeout_s),
         MONITOR: "1-" + digest(monitoring, s.evaluate.quantile),
+        AB: "1-" + digest(monitoring, s.monitoring),
         PROMOTION: "1-" + digest(monitoring, s.monitoring),
         DRIFT: "1-" + digest(monitoring, s.drift),
     }
@@ -390,7 +393,24 @@ def _live_assets(settings: Settings, versions: dict[dg.AssetKey, str]) -> list[A
             data_version=dg.DataVersion(digest(summary)), metadata={SUMMARY: summary}
         )
 
-    live: list[Any] = [live_metrics, drift]
+    @dg.asset(
+        key=AB,
+        deps=[MONITOR],
+        code_version=versions[AB],
+        group_name=GROUP,
+        description="The A/B report over the last monitoring.ab_window_days: each challenger "
+        "against the baseline, paired on every ticker-day and on served traffic; its table is "
+        "what the ingress exports as ray_app_ab_* gauges",
+    )
+    def ab_evidence() -> dg.MaterializeResult:
+        from ray_app.monitoring.report import record_daily_evidence
+
+        summary = record_daily_evidence(settings)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(digest(summary)), metadata={SUMMARY: summary}
+        )
+
+    live: list[Any] = [live_metrics, ab_evidence, drift]
     if settings.monitoring.auto_promote:
 
         @dg.asset(

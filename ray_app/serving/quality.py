@@ -1,10 +1,11 @@
-"""Gauges of what the daily jobs recorded: drift and the pipeline's last run.
+"""Gauges of what the daily jobs recorded: drift, the A/B evidence and the pipeline's last run.
 
 Those jobs are Ray jobs that end (on Kubernetes their cluster is deleted), so they leave
 nothing to scrape; they write tables under the data root (``ray_app.data.drift_table``,
-``ray_app.data.pipeline_runs``) and every ingress replica reads them every ``read_every_s``
-and exports them. Ray drops a gauge series that is not set again for a while, so the values
-read are set again every ``set_every_s``; a value the newest table no longer holds goes away.
+``ray_app.data.ab_evidence``, ``ray_app.data.pipeline_runs``) and every ingress replica
+reads them every ``read_every_s`` and exports them. Ray drops a gauge series that is not set
+again for a while, so the values read are set again every ``set_every_s``; a value the
+newest table no longer holds goes away.
 
 Exported (Ray adds the ``ray_`` prefix, and Serve the deployment and replica tags):
 
@@ -13,6 +14,10 @@ Exported (Ray adds the ``ray_`` prefix, and Serve the deployment and replica tag
 - ``ray_app_prediction_drift_psi{variant}``: the same for the predicted returns;
 - ``ray_app_drift_threshold{statistic}`` (``psi``, ``ks``, ``prediction_psi``): the settings'
   thresholds the drift step applied, which the alert rules compare against;
+- ``ray_app_ab_rank_ic_diff{variant, source}``, ``ray_app_ab_rank_ic_diff_lower``,
+  ``ray_app_ab_rank_ic_diff_upper``: each challenger's paired rank-IC difference with the
+  baseline variant and its bootstrap interval, on every ticker-day (``source="precomputed"``)
+  and on served traffic (``source="served"``), over the daily step's window;
 - ``ray_app_pipeline_last_run_timestamp_seconds``,
   ``ray_app_pipeline_last_success_timestamp_seconds``, ``ray_app_pipeline_last_run_failed``
   (1 when the last run failed).
@@ -29,6 +34,7 @@ from typing import Any
 from ray.serve import metrics
 
 from ray_app.core.storage import DataRoot
+from ray_app.data.ab_evidence import read_evidence
 from ray_app.data.drift_table import FEATURE, PREDICTION, read_drift
 from ray_app.data.pipeline_runs import read_run_record
 
@@ -37,6 +43,12 @@ READ_EVERY_S = 60.0
 SET_EVERY_S = 5.0
 # Ray annotates tag_keys as a 1-tuple, though any tuple works.
 VARIANT_FEATURE: Any = ("variant", "feature")
+VARIANT_SOURCE: Any = ("variant", "source")
+AB_GAUGES = {  # reading -> (column, gauge name, what it is)
+    "ab_diff": ("rank_ic_diff", "app_ab_rank_ic_diff", "Paired rank-IC difference"),
+    "ab_low": ("rank_ic_diff_low", "app_ab_rank_ic_diff_lower", "Lower bound of the interval"),
+    "ab_high": ("rank_ic_diff_high", "app_ab_rank_ic_diff_upper", "Upper bound of the interval"),
+}
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,7 @@ class Reading:
 
 def read_quality(root: DataRoot) -> list[Reading]:
     """The values the daily jobs' tables hold now (blocking I/O: call it in a thread)."""
-    return [*_drift(root), *_pipeline(root)]
+    return [*_drift(root), *_ab(root), *_pipeline(root)]
 
 
 def _drift(root: DataRoot) -> list[Reading]:
@@ -75,6 +87,17 @@ def _drift(root: DataRoot) -> list[Reading]:
         if len(rows):
             found.append(Reading("threshold", rows[column].max(), {"statistic": statistic}))
     return found
+
+
+def _ab(root: DataRoot) -> list[Reading]:
+    table = read_evidence(root)
+    if table is None:
+        return []
+    return [
+        Reading(gauge, row[column], {"variant": str(row["variant"]), "source": str(row["source"])})
+        for row in table.to_dict("records")
+        for gauge, (column, _, _) in AB_GAUGES.items()
+    ]
 
 
 def _pipeline(root: DataRoot) -> list[Reading]:
@@ -127,6 +150,15 @@ class QualityGauges:
                 description="Drift threshold of the settings (psi, ks, prediction_psi)",
                 tag_keys=("statistic",),
             ),
+            **{
+                gauge: metrics.Gauge(
+                    name,
+                    description=f"{what} of a challenger minus the baseline variant (A/B "
+                    "evidence of the daily step; source: precomputed or served)",
+                    tag_keys=VARIANT_SOURCE,
+                )
+                for gauge, (_, name, what) in AB_GAUGES.items()
+            },
             "last_run": metrics.Gauge(
                 "app_pipeline_last_run_timestamp_seconds",
                 description="Unix time the daily pipeline last ended",

@@ -28,7 +28,7 @@ from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
-ASSETS = ["raw_bars", "feature_set", "live_metrics", "model_release", "drift"]
+ASSETS = ["raw_bars", "feature_set", "live_metrics", "ab_evidence", "model_release", "drift"]
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "dagster-assets.png"
 
 
@@ -100,6 +100,7 @@ def test_a_changed_feature_setting_reruns_exactly_the_assets_below_it(
         ("raw_bars", UP_TO_DATE),
         ("feature_set", MATERIALIZED),
         ("live_metrics", UP_TO_DATE),
+        ("ab_evidence", UP_TO_DATE),
         ("model_release", MATERIALIZED),
         ("drift", MATERIALIZED),
     ], run.assets

@@ -18,6 +18,7 @@ import yaml
 
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
+from ray_app.data.ab_evidence import read_evidence
 from ray_app.data.live_metrics import read_live_metrics
 from ray_app.data.sources import SampleSource
 from ray_app.monitoring import sources
@@ -137,6 +138,28 @@ def test_replay_runs_each_day_and_ends_with_the_report(replayed: Any) -> None:
     assert set(log["role"]) == {"served", "shadow"}
     report = root / "reports" / "ab" / DAYS[-2]  # the last day with an outcome
     assert {"report.md", "report.html", "evidence.json"} <= {p.name for p in report.iterdir()}
+
+
+def test_each_day_records_the_evidence_the_api_exports(replayed: Any) -> None:
+    """The last day's `ab_evidence` step saw the whole log, as the closing report did: its
+    table (what the ingress exports as gauges) holds the report's comparisons, per source."""
+    done, root = replayed
+    assert done.returncode == 0, done.stderr[-4000:]
+    table = read_evidence(DataRoot(str(root)))
+    assert table is not None
+    evidence = json.loads((root / "reports" / "ab" / DAYS[-2] / "evidence.json").read_text())
+    for source in evidence["sources"]:
+        rows = table[table["source"] == source["source"]]
+        assert len(rows) == len(source["comparisons"]) == 1
+        compared, row = source["comparisons"][0], rows.iloc[0]
+        assert (row["variant"], row["baseline"]) == ("challenger", "champion")
+        assert (row["days"], row["verdict"]) == (compared["days"], compared["verdict"])
+        expected = compared["loss_diff"]  # null in JSON when undefined (NaN in the table)
+        assert (
+            np.isnan(row["loss_diff"])
+            if expected is None
+            else row["loss_diff"] == pytest.approx(expected)
+        )
 
 
 def test_ab_report_over_part_of_the_period(replayed: Any, tmp_path: Path) -> None:

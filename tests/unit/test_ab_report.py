@@ -15,10 +15,12 @@ import pyarrow.parquet as pq
 
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
+from ray_app.data.ab_evidence import empty_evidence, write_evidence
 from ray_app.data.predictions import COLUMNS, SCHEMA
 from ray_app.data.signals import ServedTable, write_scores
 from ray_app.monitoring import ab, report, sources
 from ray_app.monitoring.promotion import CANDIDATE, audit_figures, candidate_log, weigh
+from ray_app.serving.quality import read_quality
 from tests.unit.test_ab_stats import frame
 
 DAY = dt.date(2024, 3, 4)
@@ -97,9 +99,8 @@ def test_a_promotion_weighs_only_the_days_the_version_served() -> None:
     ]
 
 
-def test_the_report_is_written_as_markdown_html_json_and_plots(tmp_path: Path) -> None:
-    predictions, outcomes = frame(40, 20, noise=0.4)
-    panel = ab.build_panel(predictions, outcomes)
+def both_sources(panel: ab.Panel) -> report.ABReport:
+    """The report of ``panel`` as if both sources had seen the same predictions."""
     parts = [
         report.SourceReport(
             ab.evidence(panel, name, "champion", level=0.05, loss="squared"),
@@ -107,7 +108,13 @@ def test_the_report_is_written_as_markdown_html_json_and_plots(tmp_path: Path) -
         )
         for name in report.SOURCES
     ]
-    built = report.ABReport(None, None, parts)
+    return report.ABReport(None, None, parts)
+
+
+def test_the_report_is_written_as_markdown_html_json_and_plots(tmp_path: Path) -> None:
+    predictions, outcomes = frame(40, 20, noise=0.4)
+    panel = ab.build_panel(predictions, outcomes)
+    built = both_sources(panel)
     settings = Settings(data_root=str(tmp_path / "data"))
     where = report.write_report(settings, built)
     folder = Path(where)
@@ -127,6 +134,27 @@ def test_the_report_is_written_as_markdown_html_json_and_plots(tmp_path: Path) -
     live = {v["variant"]: v for v in served["variants"]}
     assert np.isclose(live["challenger"]["rank_ic"]["estimate"], rank_ic)
     assert (folder / "precomputed.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_comparisons_are_exported_by_the_api_with_their_source(tmp_path: Path) -> None:
+    """The daily step's table, read back as the ingress reads it: the rank-IC difference and
+    its interval per challenger and source; an empty table takes the series away."""
+    predictions, outcomes = frame(40, 20, noise=0.4)
+    built = both_sources(ab.build_panel(predictions, outcomes))
+    root = DataRoot(str(tmp_path))
+    assert read_quality(root) == []
+    write_evidence(root, report.evidence_table(built))
+    found = {(r.gauge, r.tags["source"]): r.value for r in read_quality(root)}
+    for part in built.sources:
+        (comparison,) = part.evidence.comparisons
+        interval, source = comparison.rank_ic_diff, part.evidence.source
+        assert (comparison.challenger, comparison.verdict) == ("challenger", ab.BETTER)
+        assert found[("ab_diff", source)] == interval.estimate
+        assert found[("ab_low", source)] == interval.low > 0
+        assert found[("ab_high", source)] == interval.high
+    assert {r.tags["variant"] for r in read_quality(root)} == {"challenger"}
+    write_evidence(root, empty_evidence())
+    assert read_quality(root) == []
 
 
 def panel_rank_ic(predictions: pd.DataFrame, outcomes: pd.DataFrame, variant: str) -> float:

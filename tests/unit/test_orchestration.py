@@ -27,6 +27,7 @@ ASSETS = [
     "raw_bars",
     "feature_set",
     "live_metrics",
+    "ab_evidence",
     "search",
     "model_release",
     "deployment",
