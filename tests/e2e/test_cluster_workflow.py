@@ -47,7 +47,14 @@ def deployment(ray_head: Head, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 def test_the_pipeline_job_ends_with_a_deployed_app(deployment: dict[str, Any]) -> None:
     log = deployment["log"]
-    for asset in ("raw_bars", "feature_set", "search", "model_release", "deployment"):
+    for asset in (
+        "raw_bars",
+        "feature_set",
+        "search",
+        "model_release",
+        "deployment",
+        "ab_evidence",
+    ):
         assert f"{asset}: materialized" in log, log[-3000:]
     assert "check feature_set.point_in_time: passed" in log, log[-3000:]
     assert "succeeded" in log.lower()
