@@ -28,7 +28,9 @@ class SmokePipeline:
     url: str
 
 
-def smoke_pipeline(folder: Path) -> SmokePipeline:
+def smoke_pipeline(folder: Path, search: bool = True) -> SmokePipeline:
+    """The smoke configuration; ``search=False`` trains the settings' hyperparameters
+    instead of searching (for tests about something else than the pipeline's steps)."""
     port = free_port()
     serve_config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     serve_config["http_options"]["port"] = port
@@ -40,7 +42,7 @@ def smoke_pipeline(folder: Path) -> SmokePipeline:
         "split": {"n_folds": 2, "test_days": 60, "holdout_months": 3},
         "train": {"hparams": {"hidden_size": 8, "epochs": 2, "batch_size": 512}},
         "tune": {"num_samples": 2, "max_concurrent": 2, "scheduler": "none"},
-        "pipeline": {"serve_config": str(serve_path), "serve_url": url},
+        "pipeline": {"serve_config": str(serve_path), "serve_url": url, "search": search},
     }
     config_path = folder / "smoke.yaml"
     config_path.write_text(yaml.safe_dump(config))
