@@ -328,6 +328,9 @@ def record_daily_evidence(settings: Settings) -> str:
     newest = max(logged)
     start = newest - dt.timedelta(days=settings.monitoring.ab_window_days)
     report = build_report(settings, start, newest)
+    if report.last_day is None:  # every logged day still waits for its next bar
+        write_evidence(root, empty_evidence())
+        return f"no outcome known yet up to {newest}"
     folder = write_report(settings, report)
     table = evidence_table(report)
     write_evidence(root, table)
