@@ -243,7 +243,7 @@ def features(
     settings = _settings(config, data_root=data_root, ingest__allow_partial=allow_partial)
     plan = plan_build(settings, data_version)
     connect(settings)
-    with _progress("features", len(plan["raw"]["tickers"])) as advance:
+    with _progress("features", len(plan.raw.tickers)) as advance:
         build = build_features(settings, data_version=data_version, force=force, on_row=advance)
     if build.reused:
         out.print(
@@ -263,8 +263,8 @@ def features(
             Text.assemble(
                 "feature set ",
                 (build.version, "bold"),
-                f": {build.manifest['rows']} rows, "
-                f"{len(build.manifest['columns'])} features at {build.manifest['path']}",
+                f": {build.manifest.rows} rows, "
+                f"{len(build.manifest.columns)} features at {build.manifest.path}",
             )
         )
     if settings.online.backend == "redis":
@@ -474,7 +474,7 @@ def tune(
         tags = {"search": outcome.name, "search_run_id": outcome.parent_run_id}
         done = train_and_release(
             settings,
-            feature_version=data.manifest["version"],
+            feature_version=data.manifest.version,
             model=outcome.best,
             origin="tune",
             extra_tags=tags,

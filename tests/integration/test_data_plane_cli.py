@@ -210,9 +210,10 @@ def test_two_ingests_at_once_keep_both_tickers(ray_address: str, tmp_path: Path)
         runs = list(pool.map(ingest, ["AAPL", "IBM"]))
     assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
     latest = latest_manifest(DataRoot(root))
-    assert latest is not None and sorted(latest["tickers"]) == ["AAPL", "IBM"]
-    parent = read_manifest(DataRoot(root), latest["parent"])  # the run that recorded first
-    assert len(parent["tickers"]) == 1 and parent["parent"] is None
+    assert latest is not None and sorted(latest.tickers) == ["AAPL", "IBM"]
+    assert latest.parent is not None
+    parent = read_manifest(DataRoot(root), latest.parent)  # the run that recorded first
+    assert len(parent.tickers) == 1 and parent.parent is None
 
 
 def test_a_second_pipeline_on_a_busy_root_is_one_line(ray_address: str, tmp_path: Path) -> None:
@@ -251,8 +252,8 @@ def test_a_re_adjusted_history_is_refetched(ray_address: str, tmp_path: Path) ->
     )
     assert " ok " in rows["STEADY"]
     after = latest_manifest(DataRoot(root))
-    assert before and after and after["parent"] == before["version"]
-    assert after["tickers"]["SPLIT"]["rows"] == 80
+    assert before and after and after.parent == before.version
+    assert after.tickers["SPLIT"].rows == 80
     stored = pd.read_parquet(Path(root) / "raw" / "ticker=SPLIT")
     assert np.allclose(stored["adj_close"], split["Adj Close"])
 
