@@ -333,6 +333,42 @@ def data_status_command(
     out.print(table)
 
 
+@app.command()
+def migrate(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print what would be upgraded")
+    ] = False,
+) -> None:
+    """Upgrade the data root's manifests in place to the schema version this ray-app reads.
+
+    Commands refuse a data root written by an older ray-app and name this command. Every raw
+    and feature manifest is upgraded and checked before any is written, then each file is
+    replaced atomically; a second run changes nothing and says so. It does not start Ray.
+    """
+    from ray_app.data.manifests import SCHEMA_VERSION
+    from ray_app.data.migrate import migrate as migrate_root
+
+    done = migrate_root(_settings(config, data_root=data_root).data_root, dry_run=dry_run)
+    verb = "would upgrade" if dry_run else "upgraded"
+    for change in done.upgraded:
+        found = "unversioned" if change.from_version is None else f"v{change.from_version}"
+        out.print(f"{verb} {change.path}: {found} -> v{SCHEMA_VERSION}", soft_wrap=True)
+    if not done.upgraded:
+        out.print(
+            f"data root {done.data_root} is up to date: {done.current} manifest(s) at schema "
+            f"version {SCHEMA_VERSION}, nothing changed",
+            soft_wrap=True,
+        )
+        return
+    out.print(
+        f"{len(done.upgraded)} manifest(s) {verb} to schema version {SCHEMA_VERSION}, "
+        f"{done.current} already current, under {done.data_root}",
+        soft_wrap=True,
+    )
+
+
 FeatureVersionOption = Annotated[
     str | None, typer.Option(help="Feature set version (default: the latest built)")
 ]
