@@ -243,7 +243,7 @@ def features(
     settings = _settings(config, data_root=data_root, ingest__allow_partial=allow_partial)
     plan = plan_build(settings, data_version)
     connect(settings)
-    with _progress("features", len(plan["raw"]["tickers"])) as advance:
+    with _progress("features", len(plan.raw.tickers)) as advance:
         build = build_features(settings, data_version=data_version, force=force, on_row=advance)
     if build.reused:
         out.print(
@@ -263,8 +263,8 @@ def features(
             Text.assemble(
                 "feature set ",
                 (build.version, "bold"),
-                f": {build.manifest['rows']} rows, "
-                f"{len(build.manifest['columns'])} features at {build.manifest['path']}",
+                f": {build.manifest.rows} rows, "
+                f"{len(build.manifest.columns)} features at {build.manifest.path}",
             )
         )
     if settings.online.backend == "redis":
@@ -331,6 +331,42 @@ def data_status_command(
             fs["path"],
         )
     out.print(table)
+
+
+@app.command()
+def migrate(
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print what would be upgraded")
+    ] = False,
+) -> None:
+    """Upgrade the data root's manifests in place to the schema version this ray-app reads.
+
+    Commands refuse a data root written by an older ray-app and name this command. Every raw
+    and feature manifest is upgraded and checked before any is written, then each file is
+    replaced atomically; a second run changes nothing and says so. It does not start Ray.
+    """
+    from ray_app.data.manifests import SCHEMA_VERSION
+    from ray_app.data.migrate import migrate as migrate_root
+
+    done = migrate_root(_settings(config, data_root=data_root).data_root, dry_run=dry_run)
+    verb = "would upgrade" if dry_run else "upgraded"
+    for change in done.upgraded:
+        found = "unversioned" if change.from_version is None else f"v{change.from_version}"
+        out.print(f"{verb} {change.path}: {found} -> v{SCHEMA_VERSION}", soft_wrap=True)
+    if not done.upgraded:
+        out.print(
+            f"data root {done.data_root} is up to date: {done.current} manifest(s) at schema "
+            f"version {SCHEMA_VERSION}, nothing changed",
+            soft_wrap=True,
+        )
+        return
+    out.print(
+        f"{len(done.upgraded)} manifest(s) {verb} to schema version {SCHEMA_VERSION}, "
+        f"{done.current} already current, under {done.data_root}",
+        soft_wrap=True,
+    )
 
 
 FeatureVersionOption = Annotated[
@@ -474,7 +510,7 @@ def tune(
         tags = {"search": outcome.name, "search_run_id": outcome.parent_run_id}
         done = train_and_release(
             settings,
-            feature_version=data.manifest["version"],
+            feature_version=data.manifest.version,
             model=outcome.best,
             origin="tune",
             extra_tags=tags,

@@ -7,12 +7,12 @@ from typing import Any
 
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
-from ray_app.data.feature_store import FEATURES, LATEST, MANIFEST
+from ray_app.data.feature_store import FEATURES, latest_feature_version, read_feature_manifest
 from ray_app.data.ingest import RAW, latest_manifest
 
 
-def _age_days(day: str, today: dt.date) -> int:
-    return (today - dt.date.fromisoformat(day)).days
+def _age_days(day: dt.date, today: dt.date) -> int:
+    return (today - day).days
 
 
 def data_status(settings: Settings, today: dt.date | None = None) -> dict[str, Any]:
@@ -23,35 +23,35 @@ def data_status(settings: Settings, today: dt.date | None = None) -> dict[str, A
     raw = latest_manifest(root)
     if raw is not None:
         status["raw"] = {
-            "version": raw["version"],
+            "version": raw.version,
             "path": root.display(RAW),
-            "source": raw["source"],
-            "created_at": raw["created_at"],
-            "tickers": sorted(raw["tickers"]),
-            "rows": raw["rows"],
-            "first_date": raw["first_date"],
-            "last_date": raw["last_date"],
-            "days_since_last_bar": _age_days(raw["last_date"], today),
+            "source": raw.source,
+            "created_at": raw.created_at.isoformat(),
+            "tickers": sorted(raw.tickers),
+            "rows": raw.rows,
+            "first_date": raw.first_date.isoformat(),
+            "last_date": raw.last_date.isoformat(),
+            "days_since_last_bar": _age_days(raw.last_date, today),
         }
-    latest = (root.read_json(FEATURES, LATEST) or {}).get("version")
+    latest = latest_feature_version(root)
     for version in root.list_dirs(FEATURES):
-        manifest = root.read_json(FEATURES, version, MANIFEST)
+        manifest = read_feature_manifest(root, version)
         if manifest is None:
             continue  # an interrupted build: no manifest, not a feature set
         status["features"].append(
             {
                 "version": version,
-                "data_version": manifest["data_version"],
+                "data_version": manifest.data_version,
                 "path": root.display(FEATURES, version),
                 "latest": version == latest,
-                "created_at": manifest["created_at"],
-                "tickers": sorted(manifest["tickers"]),
-                "rows": manifest["rows"],
-                "first_date": manifest["first_date"],
-                "last_date": manifest["last_date"],
-                "columns": len(manifest["columns"]),
-                "days_since_last_row": _age_days(manifest["last_date"], today),
-                "current": raw is not None and manifest["data_version"] == raw["version"],
+                "created_at": manifest.created_at.isoformat(),
+                "tickers": sorted(manifest.tickers),
+                "rows": manifest.rows,
+                "first_date": manifest.first_date.isoformat(),
+                "last_date": manifest.last_date.isoformat(),
+                "columns": len(manifest.columns),
+                "days_since_last_row": _age_days(manifest.last_date, today),
+                "current": raw is not None and manifest.data_version == raw.version,
             }
         )
     status["features"].sort(key=lambda f: f["created_at"], reverse=True)

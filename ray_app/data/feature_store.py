@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.identifiers import check_version
@@ -22,6 +23,13 @@ from ray_app.core.settings import FeatureSettings, Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.features import TARGET, TARGET_DIR, compute_features, feature_names, spec_hash
 from ray_app.data.ingest import latest_manifest, read_bars, read_manifest, stored_hash
+from ray_app.data.manifests import (
+    FeatureManifest,
+    FeatureTickerEntry,
+    RawManifest,
+    read_manifest_file,
+    write_manifest_file,
+)
 
 FEATURES = "features"
 MANIFEST = "_manifest.json"
@@ -41,7 +49,13 @@ def feature_version(data_version: str, spec_digest: str) -> str:
     return hashlib.sha256(f"{data_version}:{spec_digest}".encode()).hexdigest()[:16]
 
 
-def feature_manifest(root: DataRoot, version: str | None = None) -> dict[str, Any]:
+def read_feature_manifest(root: DataRoot, version: str) -> FeatureManifest | None:
+    """The manifest of feature set ``version``; None for a set without one (an interrupted
+    build, not a feature set)."""
+    return read_manifest_file(root, FeatureManifest, FEATURES, version, MANIFEST)
+
+
+def feature_manifest(root: DataRoot, version: str | None = None) -> FeatureManifest:
     """The manifest of feature set ``version`` (default: the newest built)."""
     if version is None:
         pointer = root.read_json(FEATURES, LATEST)
@@ -50,7 +64,7 @@ def feature_manifest(root: DataRoot, version: str | None = None) -> dict[str, An
                 f"no feature set under {root.display(FEATURES)}: run `ray-app features`"
             )
         version = pointer["version"]
-    manifest = root.read_json(FEATURES, check_version(version, "feature version"), MANIFEST)
+    manifest = read_feature_manifest(root, check_version(version, "feature version"))
     if manifest is None:
         raise FeatureSetError(
             f"feature set version {version} does not exist under {root.display(FEATURES)}"
@@ -65,7 +79,7 @@ def latest_feature_version(root: DataRoot) -> str | None:
     return None if pointer is None else str(pointer["version"])
 
 
-def _raw_manifest(root: DataRoot, data_version: str | None) -> dict[str, Any]:
+def _raw_manifest(root: DataRoot, data_version: str | None) -> RawManifest:
     try:
         manifest = read_manifest(root, data_version) if data_version else latest_manifest(root)
     except KeyError as exc:
@@ -77,9 +91,29 @@ def _raw_manifest(root: DataRoot, data_version: str | None) -> dict[str, Any]:
     return manifest
 
 
-def featurize_ticker(ticker: str, expected_hash: str, ctx: dict[str, Any]) -> dict[str, Any]:
+class FeatureBuildPlan(BaseModel):
+    """Everything a task needs to build one feature set: where, from which raw data version,
+    with which spec, and the version that names the result."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    root: DataRoot
+    spec: FeatureSettings
+    raw: RawManifest
+    spec_hash: str
+    index_ticker: str | None
+    version: str
+
+    @property
+    def data_version(self) -> str:
+        return self.raw.version
+
+
+def featurize_ticker(
+    ticker: str, expected_hash: str, plan: FeatureBuildPlan, index_bars: pd.DataFrame | None
+) -> dict[str, Any]:
     """Compute and store one ticker's features; a summary row, never an exception."""
-    root: DataRoot = ctx["root"]
+    root = plan.root
     row: dict[str, Any] = {
         "ticker": ticker,
         "status": "failed",
@@ -92,17 +126,17 @@ def featurize_ticker(ticker: str, expected_hash: str, ctx: dict[str, Any]) -> di
     try:
         if stored_hash(root, ticker) != expected_hash:
             raise FeatureSetError(
-                f"{ticker}: raw bars changed since data version {ctx['data_version']}"
+                f"{ticker}: raw bars changed since data version {plan.data_version}"
             )
-        frame = compute_features(ticker, read_bars(root, ticker), ctx["spec"], ctx["index_bars"])
+        frame = compute_features(ticker, read_bars(root, ticker), plan.spec, index_bars)
         if frame.empty:
             raise FeatureSetError(f"{ticker}: too little history for the feature windows")
         root.write_parquet(
             frame.drop(columns="ticker"),
-            *partition(ctx["version"], ticker),
+            *partition(plan.version, ticker),
             metadata={
-                "ray_app.data_version": ctx["data_version"],
-                "ray_app.feature_version": ctx["version"],
+                "ray_app.data_version": plan.data_version,
+                "ray_app.feature_version": plan.version,
             },
         )
         row.update(
@@ -121,11 +155,13 @@ def featurize_ticker(ticker: str, expected_hash: str, ctx: dict[str, Any]) -> di
     return row
 
 
-def _featurize_batch(batch: pd.DataFrame, ctx: dict[str, Any]) -> pd.DataFrame:
-    index = ctx["index_ticker"]
-    ctx = {**ctx, "index_bars": read_bars(ctx["root"], index) if index else None}
+def _featurize_batch(batch: pd.DataFrame, plan: FeatureBuildPlan) -> pd.DataFrame:
+    index_bars = read_bars(plan.root, plan.index_ticker) if plan.index_ticker else None
     return pd.DataFrame(
-        [featurize_ticker(t, h, ctx) for t, h in zip(batch["ticker"], batch["hash"], strict=False)]
+        [
+            featurize_ticker(t, h, plan, index_bars)
+            for t, h in zip(batch["ticker"], batch["hash"], strict=False)
+        ]
     )
 
 
@@ -136,7 +172,7 @@ class FeatureBuild:
     version: str
     data_version: str
     rows: list[dict[str, Any]]
-    manifest: dict[str, Any]
+    manifest: FeatureManifest
     reused: bool
 
     @property
@@ -144,72 +180,74 @@ class FeatureBuild:
         return [r["ticker"] for r in self.rows if r["status"] == "failed"]
 
 
-def plan_build(settings: Settings, data_version: str | None) -> dict[str, Any]:
+def plan_build(settings: Settings, data_version: str | None) -> FeatureBuildPlan:
     """Everything a task needs to build the feature set of ``data_version`` (default latest)."""
     root = DataRoot(settings.data_root)
     raw = _raw_manifest(root, data_version)
     spec: FeatureSettings = settings.features
-    index = spec.index_ticker if spec.index_ticker in raw["tickers"] else None
+    index = spec.index_ticker if spec.index_ticker in raw.tickers else None
     digest = spec_hash(spec, index is not None)
-    return {
-        "root": root,
-        "spec": spec,
-        "raw": raw,
-        "data_version": raw["version"],
-        "spec_hash": digest,
-        "index_ticker": index,
-        "version": feature_version(raw["version"], digest),
-    }
+    return FeatureBuildPlan(
+        root=root,
+        spec=spec,
+        raw=raw,
+        spec_hash=digest,
+        index_ticker=index,
+        version=feature_version(raw.version, digest),
+    )
 
 
-def stream_featurize(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def stream_featurize(plan: FeatureBuildPlan) -> Iterator[dict[str, Any]]:
     """Build every ticker of ``plan`` in Ray tasks and yield each summary row as it arrives."""
     import ray.data
 
     from ray_app.data.sizing import batch_size_for
 
-    items = [{"ticker": t, "hash": e["hash"]} for t, e in sorted(plan["raw"]["tickers"].items())]
-    ctx = {k: plan[k] for k in ("root", "spec", "data_version", "version", "index_ticker")}
+    items = [{"ticker": t, "hash": e.hash} for t, e in sorted(plan.raw.tickers.items())]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _featurize_batch,  # type: ignore[arg-type]  # Ray types the UDF loosely
         batch_size=batch_size_for(len(items)),
         batch_format="pandas",
-        fn_kwargs={"ctx": ctx},
+        fn_kwargs={"plan": plan},
         num_cpus=1,
     )
     yield from dataset.iter_rows()
 
 
-def record_feature_set(plan: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def record_feature_set(plan: FeatureBuildPlan, rows: list[dict[str, Any]]) -> FeatureManifest:
     """Write the set's manifest (the commit point) and point ``_latest`` at it."""
-    root: DataRoot = plan["root"]
     ok = {r["ticker"]: r for r in rows if r["status"] == "ok"}
     if not ok:
         reasons = "; ".join(r["reason"] for r in rows[:3])
         raise FeatureSetError(f"no ticker could be featurized: {reasons}")
-    version = plan["version"]
-    manifest = {
-        "version": version,
-        "data_version": plan["data_version"],
-        "spec_hash": plan["spec_hash"],
-        "spec": plan["spec"].model_dump(mode="json"),
-        "index_ticker": plan["index_ticker"],
-        "columns": feature_names(plan["spec"], plan["index_ticker"] is not None),
-        "target": TARGET,
-        "target_direction": TARGET_DIR,
-        "path": root.display(FEATURES, version),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "tickers": {
-            t: {k: r[k] for k in ("rows", "training_rows", "first_date", "last_date")}
-            for t, r in ok.items()
-        },
-        "failed": {r["ticker"]: r["reason"] for r in rows if r["status"] != "ok"},
-        "rows": sum(r["rows"] for r in ok.values()),
-        "first_date": min(r["first_date"] for r in ok.values()),
-        "last_date": max(r["last_date"] for r in ok.values()),
+    tickers = {
+        t: FeatureTickerEntry(
+            rows=int(r["rows"]),
+            training_rows=int(r["training_rows"]),
+            first_date=dt.date.fromisoformat(r["first_date"]),
+            last_date=dt.date.fromisoformat(r["last_date"]),
+        )
+        for t, r in ok.items()
     }
-    root.write_json(manifest, FEATURES, version, MANIFEST)
-    root.write_json({"version": version}, FEATURES, LATEST)
+    manifest = FeatureManifest(
+        version=plan.version,
+        data_version=plan.data_version,
+        spec_hash=plan.spec_hash,
+        spec=plan.spec,
+        index_ticker=plan.index_ticker,
+        columns=feature_names(plan.spec, plan.index_ticker is not None),
+        target=TARGET,
+        target_direction=TARGET_DIR,
+        path=plan.root.display(FEATURES, plan.version),
+        created_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
+        tickers=tickers,
+        failed={r["ticker"]: r["reason"] for r in rows if r["status"] != "ok"},
+        rows=sum(e.rows for e in tickers.values()),
+        first_date=min(e.first_date for e in tickers.values()),
+        last_date=max(e.last_date for e in tickers.values()),
+    )
+    write_manifest_file(plan.root, manifest, FEATURES, plan.version, MANIFEST)
+    plan.root.write_json({"version": plan.version}, FEATURES, LATEST)
     return manifest
 
 
@@ -222,11 +260,10 @@ def build_features(
 ) -> FeatureBuild:
     """The feature set of ``data_version`` (default latest), built unless it already exists."""
     plan = plan_build(settings, data_version)
-    root: DataRoot = plan["root"]
-    existing = root.read_json(FEATURES, plan["version"], MANIFEST)
+    existing = read_feature_manifest(plan.root, plan.version)
     if existing and not force:
-        root.write_json({"version": plan["version"]}, FEATURES, LATEST)
-        return FeatureBuild(plan["version"], plan["data_version"], [], existing, reused=True)
+        plan.root.write_json({"version": plan.version}, FEATURES, LATEST)
+        return FeatureBuild(plan.version, plan.data_version, [], existing, reused=True)
     rows = []
     for row in stream_featurize(plan):
         rows.append(row)
@@ -234,7 +271,7 @@ def build_features(
             on_row(row)
     rows.sort(key=lambda r: r["ticker"])
     manifest = record_feature_set(plan, rows)
-    return FeatureBuild(plan["version"], plan["data_version"], rows, manifest, reused=False)
+    return FeatureBuild(plan.version, plan.data_version, rows, manifest, reused=False)
 
 
 def load_feature_set(
@@ -243,21 +280,21 @@ def load_feature_set(
     *,
     training: bool = True,
     tickers: list[str] | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+) -> tuple[pd.DataFrame, FeatureManifest]:
     """A feature set as one frame sorted by (date, ticker), with its manifest.
 
     ``training=True`` keeps only rows whose target is known (never the newest day).
     """
     manifest = feature_manifest(root, version)
-    wanted = sorted(tickers or manifest["tickers"])
-    unknown = [t for t in wanted if t not in manifest["tickers"]]
+    wanted = sorted(tickers or manifest.tickers)
+    unknown = [t for t in wanted if t not in manifest.tickers]
     if unknown:
         raise FeatureSetError(
-            f"ticker(s) {', '.join(unknown)} not in feature set {manifest['version']}"
+            f"ticker(s) {', '.join(unknown)} not in feature set {manifest.version}"
         )
     frames = []
     for ticker in wanted:
-        frame = root.read_parquet(*partition(manifest["version"], ticker))
+        frame = root.read_parquet(*partition(manifest.version, ticker))
         frame.insert(0, "ticker", ticker)
         frames.append(frame)
     data = pd.concat(frames, ignore_index=True)
@@ -276,13 +313,13 @@ class PointInTimeCheck:
     mismatched: int
 
 
-def pit_sample(manifest: dict[str, Any], size: int) -> list[str]:
+def pit_sample(manifest: FeatureManifest, size: int) -> list[str]:
     """``size`` tickers of a feature set, the same ones for the same version on any node."""
 
     def rank(ticker: str) -> str:
-        return hashlib.sha256(f"{manifest['version']}:{ticker}".encode()).hexdigest()
+        return hashlib.sha256(f"{manifest.version}:{ticker}".encode()).hexdigest()
 
-    return sorted(sorted(manifest["tickers"], key=rank)[:size])
+    return sorted(sorted(manifest.tickers, key=rank)[:size])
 
 
 def check_point_in_time(root: DataRoot, version: str, tickers: list[str]) -> list[PointInTimeCheck]:
@@ -293,23 +330,22 @@ def check_point_in_time(root: DataRoot, version: str, tickers: list[str]) -> lis
     stored: a mismatch is look-ahead, or a feature set that no longer matches its bars.
     """
     manifest = feature_manifest(root, version)
-    raw = _raw_manifest(root, manifest["data_version"])
-    spec = FeatureSettings(**manifest["spec"])
-    index = manifest["index_ticker"]
+    raw = _raw_manifest(root, manifest.data_version)
+    index = manifest.index_ticker
     index_bars = read_bars(root, index) if index else None
     checks = []
     for ticker in tickers:
-        if stored_hash(root, ticker) != raw["tickers"][ticker]["hash"]:
+        if stored_hash(root, ticker) != raw.tickers[ticker].hash:
             raise FeatureSetError(
-                f"{ticker}: raw bars changed since data version {manifest['data_version']}"
+                f"{ticker}: raw bars changed since data version {manifest.data_version}"
             )
         stored = root.read_parquet(*partition(version, ticker))
         cut = stored["date"].iloc[len(stored) // 2]
         bars = read_bars(root, ticker)
         cut_index = None if index_bars is None else index_bars[index_bars["date"] <= cut]
-        rebuilt = compute_features(ticker, bars[bars["date"] <= cut], spec, cut_index)
+        rebuilt = compute_features(ticker, bars[bars["date"] <= cut], manifest.spec, cut_index)
         expected = stored[stored["date"] <= cut]
-        columns = manifest["columns"]
+        columns = manifest.columns
         if len(rebuilt) != len(expected):  # rows cannot be paired: none is verified
             mismatched = max(len(rebuilt), len(expected))
         else:

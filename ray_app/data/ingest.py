@@ -21,6 +21,12 @@ import pandas as pd
 from ray_app.core.identifiers import InvalidIdentifierError, check_ticker, check_version
 from ray_app.core.settings import IngestSettings, Settings
 from ray_app.core.storage import DataRoot, combine_hashes, frame_hash
+from ray_app.data.manifests import (
+    RawManifest,
+    RawTickerEntry,
+    read_manifest_file,
+    write_manifest_file,
+)
 from ray_app.data.sources import BAR_COLUMNS, Fetched, NoBarsError, Source, TickerError, make_source
 from ray_app.data.validation import (
     ValidationReport,
@@ -45,14 +51,17 @@ def partition(ticker: str) -> tuple[str, str, str]:
     return (RAW, f"ticker={ticker}", BARS_FILE)
 
 
-def latest_manifest(root: DataRoot) -> dict[str, Any] | None:
+def latest_manifest(root: DataRoot) -> RawManifest | None:
     """The newest raw data manifest, or None before the first ingest."""
     pointer = root.read_json(RAW, MANIFESTS, LATEST)
-    return root.read_json(RAW, MANIFESTS, f"{pointer['version']}.json") if pointer else None
+    if pointer is None:
+        return None
+    return read_manifest_file(root, RawManifest, RAW, MANIFESTS, f"{pointer['version']}.json")
 
 
-def read_manifest(root: DataRoot, version: str) -> dict[str, Any]:
-    manifest = root.read_json(RAW, MANIFESTS, f"{check_version(version, 'data version')}.json")
+def read_manifest(root: DataRoot, version: str) -> RawManifest:
+    name = f"{check_version(version, 'data version')}.json"
+    manifest = read_manifest_file(root, RawManifest, RAW, MANIFESTS, name)
     if manifest is None:
         raise KeyError(f"data version {version} does not exist under {root.display(RAW)}")
     return manifest
@@ -248,13 +257,13 @@ class IngestResult:
     """What one ingest run did: per-ticker rows and the data version it left behind."""
 
     rows: list[dict[str, Any]]
-    manifest: dict[str, Any] | None
+    manifest: RawManifest | None
     changed: bool = False
     failed: list[str] = field(default_factory=list)
 
     @property
     def version(self) -> str | None:
-        return self.manifest["version"] if self.manifest else None
+        return self.manifest.version if self.manifest else None
 
 
 def plan_jobs(
@@ -264,13 +273,12 @@ def plan_jobs(
     tickers = settings.ingest.tickers or source.list_tickers()
     if not tickers:
         raise TickerError(f"--source {source.name} needs --tickers (it cannot list its tickers)")
-    stored = (latest_manifest(root) or {}).get("tickers", {})
+    latest = latest_manifest(root)
+    stored = latest.tickers if latest else {}
     jobs = []
     for ticker in dict.fromkeys(tickers):
-        last = stored.get(ticker, {}).get("last_date")
-        since = (
-            None if full_refresh or not last else dt.date.fromisoformat(last) + dt.timedelta(days=1)
-        )
+        entry = stored.get(ticker)
+        since = None if full_refresh or entry is None else entry.last_date + dt.timedelta(days=1)
         jobs.append(TickerJob(ticker, since))
     return jobs
 
@@ -313,7 +321,7 @@ def stream_ingest(
 
 def record_manifest(
     root: DataRoot, source: Source, rows: list[dict[str, Any]]
-) -> tuple[dict[str, Any] | None, bool]:
+) -> tuple[RawManifest | None, bool]:
     """Write the manifest of what is stored now; (manifest, whether the version changed).
 
     The latest manifest is read, extended and written back under the root's manifest lock,
@@ -325,39 +333,39 @@ def record_manifest(
 
 def _extend_manifest(
     root: DataRoot, source: Source, rows: list[dict[str, Any]]
-) -> tuple[dict[str, Any] | None, bool]:
+) -> tuple[RawManifest | None, bool]:
     previous = latest_manifest(root)
-    entries = dict((previous or {}).get("tickers", {}))
+    entries = dict(previous.tickers if previous else {})
     for row in rows:
         if row["status"] in (OK, UNCHANGED, REFETCHED) or (
             row["status"] == UP_TO_DATE and row["ticker"] not in entries
         ):
-            entries[row["ticker"]] = {
-                "rows": int(row["rows"]),
-                "first_date": row["first_date"],
-                "last_date": row["last_date"],
-                "hash": row["hash"],
-                "source": source.name,
-                "path": root.display(*partition(row["ticker"])),
-            }
+            entries[row["ticker"]] = RawTickerEntry(
+                rows=int(row["rows"]),
+                first_date=dt.date.fromisoformat(row["first_date"]),
+                last_date=dt.date.fromisoformat(row["last_date"]),
+                hash=row["hash"],
+                source=source.name,
+                path=root.display(*partition(row["ticker"])),
+            )
     if not entries:
         return previous, False
-    content_hash = combine_hashes({t: e["hash"] for t, e in entries.items()})
+    content_hash = combine_hashes({t: e.hash for t, e in entries.items()})
     version = content_hash[:16]
-    if previous and previous["version"] == version:
+    if previous and previous.version == version:
         return previous, False
-    manifest = {
-        "version": version,
-        "content_hash": content_hash,
-        "parent": (previous or {}).get("version"),
-        "source": source.name,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "tickers": entries,
-        "rows": sum(e["rows"] for e in entries.values()),
-        "first_date": min(e["first_date"] for e in entries.values()),
-        "last_date": max(e["last_date"] for e in entries.values()),
-    }
-    root.write_json(manifest, RAW, MANIFESTS, f"{version}.json")
+    manifest = RawManifest(
+        version=version,
+        content_hash=content_hash,
+        parent=previous.version if previous else None,
+        source=source.name,
+        created_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
+        tickers=entries,
+        rows=sum(e.rows for e in entries.values()),
+        first_date=min(e.first_date for e in entries.values()),
+        last_date=max(e.last_date for e in entries.values()),
+    )
+    write_manifest_file(root, manifest, RAW, MANIFESTS, f"{version}.json")
     root.write_json({"version": version}, RAW, MANIFESTS, LATEST)
     return manifest, True
 
@@ -400,9 +408,9 @@ def audit_stored_bars(root: DataRoot, cfg: IngestSettings) -> list[StoredBarsAud
     Ingest drops invalid rows before it stores, so any ``invalid_rows`` here means a bad
     partition was kept; calendar gaps are findings, reported and kept.
     """
-    manifest = latest_manifest(root) or {"tickers": {}}
+    manifest = latest_manifest(root)
     audits = []
-    for ticker in sorted(manifest["tickers"]):
+    for ticker in sorted(manifest.tickers if manifest else []):
         bars = read_bars(root, ticker)
         try:
             _, report = validate_bars(ticker, bars, cfg.model_copy(update={"bad_rows": "drop"}))

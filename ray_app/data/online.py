@@ -61,17 +61,17 @@ class OfflineFeatureLookup:
     def __init__(self, root: DataRoot, version: str | None = None) -> None:
         self.root = root
         self.manifest = feature_manifest(root, version)
-        self.feature_version: str = self.manifest["version"]
-        self.columns: list[str] = self.manifest["columns"]
+        self.feature_version: str = self.manifest.version
+        self.columns: list[str] = self.manifest.columns
         self._frames: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def tickers(self) -> list[str]:
-        return sorted(self.manifest["tickers"])
+        return sorted(self.manifest.tickers)
 
     def frame(self, ticker: str) -> tuple[np.ndarray, np.ndarray]:
         """(dates as datetime64[D], feature matrix) of ``ticker``, read once."""
-        if ticker not in self.manifest["tickers"]:
+        if ticker not in self.manifest.tickers:
             raise UnknownTickerError(
                 f"unknown ticker {ticker}: not in feature set {self.feature_version}"
             )
@@ -144,7 +144,7 @@ class RedisFeatureLookup:
         self, tickers: list[str], as_of: dt.date | None = None
     ) -> dict[str, FeatureRow]:
         for ticker in tickers:
-            if ticker not in self.offline.manifest["tickers"]:
+            if ticker not in self.offline.manifest.tickers:
                 raise UnknownTickerError(
                     f"unknown ticker {ticker}: not in feature set {self.feature_version}"
                 )

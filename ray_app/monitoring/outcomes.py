@@ -58,8 +58,9 @@ def realised_returns(
     (``data.features``) of that row. NaN while the next bar is not ingested (pending);
     tickers without stored bars are left out."""
     root = DataRoot(settings.data_root)
-    manifest = latest_manifest(root) or {}
-    wanted = tickers if tickers is not None else sorted(manifest.get("tickers", []))
+    manifest = latest_manifest(root)
+    stored = sorted(manifest.tickers) if manifest else []
+    wanted = tickers if tickers is not None else stored
     frames = []
     for ticker in wanted:
         if not root.exists(*partition(ticker)):

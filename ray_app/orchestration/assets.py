@@ -143,12 +143,12 @@ def build_assets(settings: Settings) -> list[Any]:
         manifest = result.manifest
         summary = f"{len(result.rows)} ticker(s), {'new' if result.changed else 'unchanged'}"
         return dg.MaterializeResult(
-            data_version=dg.DataVersion(manifest["version"]),
+            data_version=dg.DataVersion(manifest.version),
             metadata={
-                "data_version": manifest["version"],
-                "tickers": len(manifest["tickers"]),
-                "rows": manifest["rows"],
-                "last_date": manifest["last_date"],
+                "data_version": manifest.version,
+                "tickers": len(manifest.tickers),
+                "rows": manifest.rows,
+                "last_date": manifest.last_date.isoformat(),
                 "failed": ", ".join(result.failed),
                 SUMMARY: summary,
             },
@@ -195,9 +195,9 @@ def build_assets(settings: Settings) -> list[Any]:
             metadata={
                 "feature_version": build.version,
                 "data_version": build.data_version,
-                "rows": build.manifest["rows"],
-                "tickers": len(build.manifest["tickers"]),
-                SUMMARY: "reused" if build.reused else f"{build.manifest['rows']} rows",
+                "rows": build.manifest.rows,
+                "tickers": len(build.manifest.tickers),
+                SUMMARY: "reused" if build.reused else f"{build.manifest.rows} rows",
             },
         )
 
@@ -328,7 +328,7 @@ def build_assets(settings: Settings) -> list[Any]:
             _connect(settings)
             done = deploy_serving(settings)
             feature_version = latest_metadata(context.instance, FEATURES)["feature_version"]
-            ticker = sorted(feature_manifest(root, feature_version)["tickers"])[0]
+            ticker = sorted(feature_manifest(root, feature_version).tickers)[0]
             answer = smoke_request(settings, ticker)
             return dg.MaterializeResult(
                 data_version=dg.DataVersion(digest(done.served)),
@@ -380,14 +380,12 @@ def _live_assets(settings: Settings, versions: dict[dg.AssetKey, str]) -> list[A
         "against each serving model's training window",
     )
     def drift(context: AssetExecutionContext) -> dg.MaterializeResult:
-        import datetime as dt
-
         from ray_app.data.feature_store import feature_manifest
         from ray_app.monitoring.drift import run_drift
 
         feature_version = latest_metadata(context.instance, FEATURES)["feature_version"]
-        last = feature_manifest(DataRoot(settings.data_root), feature_version)["last_date"]
-        result = run_drift(settings, dt.date.fromisoformat(last))
+        last = feature_manifest(DataRoot(settings.data_root), feature_version).last_date
+        result = run_drift(settings, last)
         summary = f"{len(result.drifted)} of {len(result.table)} over threshold on {result.day}"
         return dg.MaterializeResult(
             data_version=dg.DataVersion(digest(summary)), metadata={SUMMARY: summary}

@@ -94,9 +94,9 @@ def check_root(settings: Settings, start: dt.date) -> None:
     """A replay cuts the data at each day: a data root with bars from ``start`` on would
     leak the future into the first days."""
     manifest = latest_manifest(DataRoot(settings.data_root))
-    if manifest and dt.date.fromisoformat(manifest["last_date"]) >= start:
+    if manifest and manifest.last_date >= start:
         raise ReplayError(
-            f"data root {settings.data_root} already holds bars to {manifest['last_date']}, "
+            f"data root {settings.data_root} already holds bars to {manifest.last_date}, "
             f"on or after --from {start}: replay into a fresh data root (--data-root)"
         )
 
@@ -227,7 +227,7 @@ def replay(
         if run.failed:
             failed = next(s for s in run.assets if s.status in (FAILED, NOT_RUN))
             raise ReplayError(f"{day}: pipeline step {failed.name} failed: {failed.detail}")
-        tickers = sorted(feature_manifest(DataRoot(cut.data_root))["tickers"])
+        tickers = sorted(feature_manifest(DataRoot(cut.data_root)).tickers)
         replies = send_day(cut, day, tickers, options)
         record.requests = len(replies)
         record.predictions = sum(len(r.predictions) for r in replies)

@@ -16,7 +16,6 @@ import hashlib
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.secrets import (
@@ -26,6 +25,7 @@ from ray_app.core.secrets import (
     redact_url,
 )
 from ray_app.core.settings import Settings
+from ray_app.data.manifests import FeatureManifest
 
 PACKAGE = Path(__file__).resolve().parents[1]  # ray_app/, whose source code_version hashes
 
@@ -143,11 +143,11 @@ def git_commit() -> str | None:
     return head.stdout.strip() or None
 
 
-def lineage_tags(feature_manifest: dict[str, Any]) -> dict[str, str]:
+def lineage_tags(feature_manifest: FeatureManifest) -> dict[str, str]:
     """Tags every run and model version carries: data, feature set and code versions."""
     tags = {
-        "data_version": feature_manifest["data_version"],
-        "feature_version": feature_manifest["version"],
+        "data_version": feature_manifest.data_version,
+        "feature_version": feature_manifest.version,
         "code_version": code_version(),
     }
     commit = git_commit()

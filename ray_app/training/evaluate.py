@@ -140,7 +140,7 @@ def evaluate_model(settings: Settings, data: TrainingData, model: TrainedModel) 
     if model.columns != data.columns:
         raise EvaluationError(
             "the model was trained on other feature columns than feature set "
-            f"{data.manifest['version']} holds: evaluate it on the feature set it was trained on"
+            f"{data.manifest.version} holds: evaluate it on the feature set it was trained on"
         )
     family = model.family
     fixed = ModelSpec(model.kind, family.fixed_length(model.hparams, model.best_epoch))
@@ -207,10 +207,10 @@ def _notes(
     notes = []
     if not has_holdout:
         notes.append("no holdout (split.holdout_months is 0): the holdout scope was skipped")
-    if model.feature_version != data.manifest["version"]:
+    if model.feature_version != data.manifest.version:
         notes.append(
             f"the model was trained on feature set {model.feature_version} and is evaluated "
-            f"on {data.manifest['version']}"
+            f"on {data.manifest.version}"
         )
     dropped = sum(f["rows_dropped"] for f in folds)
     if dropped:
@@ -248,8 +248,8 @@ def _build_report(
             "feature_version": model.feature_version,
             "data_version": model.data_version,
         },
-        "data_version": data.manifest["data_version"],
-        "feature_version": data.manifest["version"],
+        "data_version": data.manifest.data_version,
+        "feature_version": data.manifest.version,
         "evaluate": cfg.model_dump(),
         "split": {"mode": split.mode, "embargo_days": split.embargo_days, "n_folds": len(folds)},
         "folds": folds,

@@ -33,7 +33,7 @@ def champion_holdout_metrics(
     if champion.columns != data.columns:
         return None, (
             f"champion v{version} was trained on other feature columns than feature set "
-            f"{data.manifest['version']} holds ({len(champion.columns)} vs {len(data.columns)}):"
+            f"{data.manifest.version} holds ({len(champion.columns)} vs {len(data.columns)}):"
             " it cannot be scored on these rows"
         )
     return score(model_predictions(data, holdout.test_mask, champion), settings.evaluate), None

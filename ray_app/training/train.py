@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from ray_app.core.errors import RayAppError
-from ray_app.core.settings import FeatureSettings, Settings
+from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import load_feature_set
+from ray_app.data.manifests import FeatureManifest
 from ray_app.models.families import (
     Arrays,
     FitConfig,
@@ -50,7 +51,7 @@ class TrainingData:
 
     frame: pd.DataFrame
     columns: list[str]
-    manifest: dict[str, Any]
+    manifest: FeatureManifest
     split: WalkForward
 
     @property
@@ -62,7 +63,7 @@ class TrainingData:
 def load_training_data(settings: Settings, feature_version: str | None = None) -> TrainingData:
     """Rows with a known target, split walk-forward with the embargo the spec needs."""
     frame, manifest = load_feature_set(DataRoot(settings.data_root), feature_version)
-    features = FeatureSettings(**manifest["spec"])
+    features = manifest.spec
     cfg = settings.split
     chosen = [spec(settings), *(spec(settings, kind) for kind in settings.tune.families)]
     window = max(model.family.window(model.hparams) for model in chosen)
@@ -79,10 +80,10 @@ def load_training_data(settings: Settings, feature_version: str | None = None) -
         )
     except ValueError as exc:
         raise TrainingDataError(
-            f"feature set {manifest['version']} cannot be split as configured: {exc} "
+            f"feature set {manifest.version} cannot be split as configured: {exc} "
             "(lower split.n_folds, split.test_days, split.train_days or split.holdout_months)"
         ) from None
-    return TrainingData(frame, list(manifest["columns"]), manifest, split)
+    return TrainingData(frame, list(manifest.columns), manifest, split)
 
 
 def build_arrays(
@@ -190,8 +191,8 @@ def trained_model(
         scaler=scaler,
         weights=fitted.weights,
         best_epoch=fitted.best_epoch,
-        feature_version=data.manifest["version"],
-        data_version=data.manifest["data_version"],
+        feature_version=data.manifest.version,
+        data_version=data.manifest.data_version,
         seed=seed,
     )
 

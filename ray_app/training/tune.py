@@ -182,7 +182,7 @@ def _tuner(
 def new_search_name(data: TrainingData) -> str:
     """A fresh search name: the feature set and the UTC time it started."""
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
-    return f"tune-{data.manifest['version']}-{stamp}-{uuid.uuid4().hex[:4]}"
+    return f"tune-{data.manifest.version}-{stamp}-{uuid.uuid4().hex[:4]}"
 
 
 def metric_values(result: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -34,7 +34,7 @@ def test_incremental_runs_fetch_only_new_bars_and_match_a_full_run(
 ) -> None:
     first = run_ingest(sample_settings(tmp_path / "inc", end=dt.date(2012, 12, 31)))
     assert {r["status"] for r in first.rows} == {"ok"}
-    assert first.manifest and first.manifest["last_date"] == "2012-12-31"
+    assert first.manifest and first.manifest.last_date == dt.date(2012, 12, 31)
     second = run_ingest(sample_settings(tmp_path / "inc"))
     by_ticker = {r["ticker"]: r for r in second.rows}
     assert by_ticker["AAPL"]["new_rows"] == 41  # the sessions 2013-01-02 .. 2013-03-01
@@ -52,14 +52,14 @@ def test_feature_sets_are_versioned_by_data_and_spec(ray_address: str, tmp_path:
     built = build_features(settings)
     assert not built.reused and not built.failed
     assert build_features(settings).reused
-    assert built.manifest["data_version"] == run_ingest(settings).version
+    assert built.manifest.data_version == run_ingest(settings).version
     changed = settings.model_copy(deep=True)
     changed.features.rsi_window = 10
     other = build_features(changed)
     assert other.version != built.version and other.data_version == built.data_version
     frame, manifest = load_feature_set(DataRoot(settings.data_root), built.version)
     assert frame["has_target"].all() and frame["date"].is_monotonic_increasing
-    assert manifest["index_ticker"] is None  # the sample has no SPY
+    assert manifest.index_ticker is None  # the sample has no SPY
     meta = DataRoot(settings.data_root).read_metadata(
         "features", built.version, "ticker=IBM", "features.parquet"
     )
@@ -95,7 +95,7 @@ def test_yahoo_source_on_ray_retries_and_reports(ray_address: str, tmp_path: Pat
         sorted(line.split()[0] for line in calls.read_text().splitlines())
         == ["AAA"] * 3 + ["BBB"] + ["CCC"] * 3
     )
-    assert result.manifest is not None and sorted(result.manifest["tickers"]) == ["AAA", "BBB"]
+    assert result.manifest is not None and sorted(result.manifest.tickers) == ["AAA", "BBB"]
 
     calls.unlink()
     fake.frames = {
@@ -154,5 +154,5 @@ def test_ingested_partitions_are_a_pandas_dataset(ray_address: str, tmp_path: Pa
     settings = sample_settings(tmp_path / "pd", tickers=["IBM", "MSFT"])
     result = run_ingest(settings)
     frame = pd.read_parquet(tmp_path / "pd" / "raw")
-    assert len(frame) == result.manifest["rows"] if result.manifest else False
+    assert len(frame) == result.manifest.rows if result.manifest else False
     assert sorted(frame["ticker"].astype(str).unique()) == ["IBM", "MSFT"]

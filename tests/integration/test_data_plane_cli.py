@@ -210,9 +210,10 @@ def test_two_ingests_at_once_keep_both_tickers(ray_address: str, tmp_path: Path)
         runs = list(pool.map(ingest, ["AAPL", "IBM"]))
     assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
     latest = latest_manifest(DataRoot(root))
-    assert latest is not None and sorted(latest["tickers"]) == ["AAPL", "IBM"]
-    parent = read_manifest(DataRoot(root), latest["parent"])  # the run that recorded first
-    assert len(parent["tickers"]) == 1 and parent["parent"] is None
+    assert latest is not None and sorted(latest.tickers) == ["AAPL", "IBM"]
+    assert latest.parent is not None
+    parent = read_manifest(DataRoot(root), latest.parent)  # the run that recorded first
+    assert len(parent.tickers) == 1 and parent.parent is None
 
 
 def test_a_second_pipeline_on_a_busy_root_is_one_line(ray_address: str, tmp_path: Path) -> None:
@@ -251,8 +252,8 @@ def test_a_re_adjusted_history_is_refetched(ray_address: str, tmp_path: Path) ->
     )
     assert " ok " in rows["STEADY"]
     after = latest_manifest(DataRoot(root))
-    assert before and after and after["parent"] == before["version"]
-    assert after["tickers"]["SPLIT"]["rows"] == 80
+    assert before and after and after.parent == before.version
+    assert after.tickers["SPLIT"].rows == 80
     stored = pd.read_parquet(Path(root) / "raw" / "ticker=SPLIT")
     assert np.allclose(stored["adj_close"], split["Adj Close"])
 
@@ -300,3 +301,40 @@ def test_bad_options_are_one_line_errors(ray_address: str, tmp_path: Path) -> No
     assert "data version 0123456789abcdef does not exist" in version.stderr
     malformed = run_cli([*empty, "abc"], ray_address, tmp_path)
     assert malformed.returncode == 2 and "data version 'abc' is not a version" in malformed.stderr
+
+
+def unversion(root: Path) -> list[Path]:
+    """Strip ``schema_version`` from every manifest: the root as older code left it."""
+    manifests = [*root.glob("raw/_manifests/[!L]*.json"), *root.glob("features/*/_manifest.json")]
+    for path in manifests:
+        payload = json.loads(path.read_text())
+        del payload["schema_version"]
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    return manifests
+
+
+def test_an_old_data_root_is_refused_until_migrated(ray_address: str, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for stage in (["ingest", "--source", "sample", "--tickers", "AAPL,IBM"], ["features"]):
+        built = run_cli([*stage, "--data-root", str(root)], ray_address, tmp_path)
+        assert built.returncode == 0, built.stderr
+    manifests = unversion(root)
+    assert len(manifests) == 2
+
+    refused = run_cli(["features", "--data-root", str(root)], ray_address, tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "no schema version (an older format; this ray-app reads 1)" in refused.stderr
+    assert f"run `ray-app migrate --data-root {root}`" in refused.stderr
+
+    migrated = run_cli(["migrate", "--data-root", str(root)], ray_address, tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "2 manifest(s) upgraded to schema version 1, 0 already current" in migrated.stdout
+    upgraded = {p: p.read_text() for p in manifests}
+    reused = run_cli(["features", "--data-root", str(root)], ray_address, tmp_path)
+    assert reused.returncode == 0, reused.stderr
+    assert "is up to date" in reused.stdout  # the migrated feature manifest was read as built
+
+    again = run_cli(["migrate", "--data-root", str(root)], ray_address, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "nothing changed" in again.stdout
+    assert {p: p.read_text() for p in manifests} == upgraded

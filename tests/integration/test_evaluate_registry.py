@@ -122,7 +122,7 @@ def test_report_scores_every_scope_and_predictor(report: dict, data: TrainingDat
     pooled = sum(f["rows"] for f in folds)
     assert report["metrics"]["walk_forward"]["model"]["ic_days"] == 120
     assert pooled == int(sum(f.test_mask.sum() for f in data.split.folds))
-    assert report["feature_version"] == data.manifest["version"]
+    assert report["feature_version"] == data.manifest.version
     json.dumps(report, allow_nan=False)
 
 
@@ -257,7 +257,7 @@ def test_register_promote_rollback_and_audit(
     assert len(audit_log(settings)) == 3
 
     listed = list_versions(settings)
-    assert listed[0]["lineage"]["feature_version"] == data.manifest["version"]
+    assert listed[0]["lineage"]["feature_version"] == data.manifest.version
     assert listed[0]["holdout"]["rmse"] == pytest.approx(
         report["metrics"]["holdout"]["model"]["rmse"], rel=1e-5
     )

@@ -65,7 +65,7 @@ def test_the_first_run_materialises_every_asset_with_its_data_version(
     versions = {a.name: a.version for a in run.assets}
     root = DataRoot(settings.data_root)
     manifest = latest_manifest(root)
-    assert manifest is not None and versions["raw_bars"] == manifest["version"]
+    assert manifest is not None and versions["raw_bars"] == manifest.version
     assert versions["feature_set"] == latest_feature_version(root)
     assert versions["model_release"] == "1"  # the registry's first version
     checks = {f"{c.asset}.{c.name}": c.passed for c in run.checks}

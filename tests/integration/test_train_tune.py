@@ -150,8 +150,8 @@ def test_a_search_across_families_logs_every_trial_as_a_child_run(
     )
     assert len(children) == 6
     assert set(children["params.family"]) == {"mlp", "lightgbm"}
-    assert set(children["tags.feature_version"]) == {data.manifest["version"]}
-    assert set(children["tags.data_version"]) == {data.manifest["data_version"]}
+    assert set(children["tags.feature_version"]) == {data.manifest.version}
+    assert set(children["tags.data_version"]) == {data.manifest.data_version}
     assert children["tags.code_version"].str.len().eq(12).all()
     client = mlflow.MlflowClient()
     history = client.get_metric_history(children["run_id"].iloc[0], "val_loss")

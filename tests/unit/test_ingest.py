@@ -23,6 +23,7 @@ from ray_app.data.ingest import (
     read_bars,
     record_manifest,
 )
+from ray_app.data.manifests import RawManifest
 from ray_app.data.sources import PRICE_COLUMNS, Fetched, SampleSource, TickerError, clip_range
 
 
@@ -60,8 +61,8 @@ def test_interleaved_manifest_writers_keep_both_tickers(
     record_manifest(root, SampleSource(), [summary_row("AAPL")])
     other.join()
     manifest = latest_manifest(root)
-    assert manifest is not None and sorted(manifest["tickers"]) == ["AAPL", "IBM"]
-    assert manifest["parent"] is not None  # the second write extended the first
+    assert manifest is not None and sorted(manifest.tickers) == ["AAPL", "IBM"]
+    assert manifest.parent is not None  # the second write extended the first
 
 
 def history(n: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -108,7 +109,7 @@ class Revising:
 
 def ingest_locally(
     root: Path, source: Revising, end: dt.date, **ingest_settings: Any
-) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], RawManifest]:
     """What run_ingest does, without Ray: every planned ticker, then the manifest."""
     settings = Settings(data_root=str(root), ingest={"end": end, **ingest_settings})
     where = DataRoot(settings.data_root)
@@ -141,8 +142,8 @@ def test_a_re_adjusted_history_is_refetched_into_a_new_version(
     assert rows["BBB"]["status"] == "ok" and rows["BBB"]["new_rows"] == 10
     pd.testing.assert_frame_equal(read_bars(DataRoot(str(tmp_path)), "BBB")[:30], stored_bbb)
     assert rows["CCC"]["status"] == "up-to-date"
-    assert after["tickers"]["CCC"] == before["tickers"]["CCC"]
-    assert after["version"] != before["version"] and after["parent"] == before["version"]
+    assert after.tickers["CCC"] == before.tickers["CCC"]
+    assert after.version != before.version and after.parent == before.version
 
 
 def test_the_overlap_is_asked_again_and_small_differences_are_kept(tmp_path: Path) -> None:
@@ -176,6 +177,6 @@ def test_a_failed_refetch_keeps_the_stored_bars_and_the_other_tickers(tmp_path: 
     source.failing.add("AAA")
     rows, after = ingest_locally(tmp_path, source, DAY_TWO)
     assert rows["AAA"]["status"] == "failed" and rows["AAA"]["reason"] == "AAA: the source is down"
-    assert after["tickers"]["AAA"] == before["tickers"]["AAA"]
+    assert after.tickers["AAA"] == before.tickers["AAA"]
     assert len(read_bars(DataRoot(str(tmp_path)), "AAA")) == 30
     assert rows["BBB"]["status"] == "ok"
