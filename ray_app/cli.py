@@ -25,7 +25,7 @@ from rich.text import Text
 
 from ray_app.core import logs
 from ray_app.core.errors import RayAppError
-from ray_app.core.secrets import redact_url
+from ray_app.core.secrets import redact_uris, redact_url
 from ray_app.core.settings import CONFIG_ENV, Settings, load_settings
 from ray_app.models import family_names
 
@@ -1327,7 +1327,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="ray-app")
     except RayAppError as exc:
-        err.print(styled("red", "error: ", str(exc)), highlight=False, soft_wrap=True)
+        err.print(styled("red", "error: ", redact_uris(str(exc))), highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -1339,7 +1339,8 @@ def main(argv: list[str] | None = None) -> None:
             styled(
                 "red",
                 "unexpected error: ",
-                f"{type(exc).__name__}: {exc} (set RAY_APP_DEBUG=1 for the traceback)",
+                f"{type(exc).__name__}: {redact_uris(str(exc))} (set RAY_APP_DEBUG=1 for the "
+                "traceback)",
             ),
             highlight=False,
             soft_wrap=True,

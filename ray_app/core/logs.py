@@ -20,6 +20,8 @@ import os
 import sys
 from typing import IO, Any
 
+from ray_app.core.secrets import redact_uris
+
 ECS_VERSION = "8.17.0"
 SERVICE_NAME = "ray-app"
 # Serve's attribute for a record's extra fields (it puts them at the top of its JSON lines).
@@ -39,7 +41,7 @@ def ecs_document(record: logging.LogRecord, service_name: str = SERVICE_NAME) ->
     doc: dict[str, Any] = {
         "@timestamp": timestamp(record.created),
         "log.level": record.levelname.lower(),
-        "message": record.getMessage(),
+        "message": redact_uris(record.getMessage()),
         "ecs.version": ECS_VERSION,
         "service.name": service_name,
         "log.logger": record.name,
@@ -55,8 +57,8 @@ def ecs_document(record: logging.LogRecord, service_name: str = SERVICE_NAME) ->
     if record.exc_info and record.exc_info[0] is not None:
         kind, error, _ = record.exc_info
         doc["error.type"] = kind.__name__
-        doc["error.message"] = str(error)
-        doc["error.stack_trace"] = logging.Formatter().formatException(record.exc_info)
+        doc["error.message"] = redact_uris(str(error))
+        doc["error.stack_trace"] = redact_uris(logging.Formatter().formatException(record.exc_info))
     extra = getattr(record, EXTRA_FIELDS, None)
     if isinstance(extra, dict):
         doc.update(extra)

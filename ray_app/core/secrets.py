@@ -223,6 +223,16 @@ def open_secrets(settings: Settings) -> Secrets:
     )
 
 
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@]*@")
+
+
+def redact_uris(text: str) -> str:
+    """``text`` with the userinfo of every URI in it replaced by ``***``: error messages and
+    log lines quote URIs from settings and from libraries' exceptions, and a tracking or
+    database URI may carry ``user:password@``."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, for messages and logs."""
     parts = urlsplit(url)

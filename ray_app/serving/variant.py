@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from ray import serve
 
+from ray_app.core.secrets import redact_uris
 from ray_app.core.storage import DataRoot
 from ray_app.data.signals import ServedTable, write_scores
 from ray_app.serving.args import ServeArgs, VariantConfig
@@ -82,7 +83,8 @@ class Variant:
         try:
             model = await asyncio.to_thread(self._loader, ref)
         except Exception as exc:
-            self._error = f"cannot load {ref!r}: {str(exc).strip().splitlines()[0]}"
+            reason = redact_uris(str(exc).strip().splitlines()[0])  # a tracking URI's password
+            self._error = f"cannot load {ref!r}: {reason}"
             self._retry_at = time.monotonic() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, RETRY_MAX_S)
             self._metrics.load_failed(self.name)

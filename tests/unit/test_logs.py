@@ -40,6 +40,21 @@ def test_a_record_is_one_ecs_json_line(root: logging.Logger) -> None:
     assert doc["log.logger"] == "ray_app.x" and doc["ecs.version"] == logs.ECS_VERSION
 
 
+def test_a_uri_in_a_line_or_its_traceback_loses_its_password(root: logging.Logger) -> None:
+    stream = io.StringIO()
+    logs.configure("INFO", stream=stream)
+    uri = "postgresql://ray:hunter2-secret@db:5432/mlflow"
+    try:
+        raise ConnectionError(f"could not reach {uri}")
+    except ConnectionError:
+        logging.getLogger("ray_app.x").exception("tracking store %s is down", uri)
+    (line,) = stream.getvalue().splitlines()
+    assert "hunter2-secret" not in line
+    doc = json.loads(line)
+    assert doc["message"] == "tracking store postgresql://***@db:5432/mlflow is down"
+    assert "postgresql://***@db:5432/mlflow" in doc["error.stack_trace"]
+
+
 def test_level_comes_from_the_environment(
     root: logging.Logger, monkeypatch: pytest.MonkeyPatch
 ) -> None:

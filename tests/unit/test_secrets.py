@@ -17,6 +17,7 @@ from ray_app.core.secrets import (
     Secrets,
     VaultBackend,
     open_secrets,
+    redact_uris,
     redact_url,
 )
 from ray_app.core.settings import Settings, SettingsError, VaultSettings, load_settings
@@ -161,6 +162,17 @@ def test_vault_without_a_token_or_server_fails_in_one_line(
 def test_redact_url_hides_only_the_password() -> None:
     assert redact_url(f"redis://user:{VALUE}@h:6379/0") == "redis://user:***@h:6379/0"
     assert redact_url("http://mlflow:5000") == "http://mlflow:5000"
+
+
+def test_every_uri_in_a_message_loses_its_userinfo() -> None:
+    message = (
+        f"cannot load 'champion': postgresql://ray:{VALUE}@db:5432/mlflow refused; "
+        f"retrying http://user@mlflow:5000/api?x=a@b and s3://bucket/path"
+    )
+    assert redact_uris(message) == (
+        "cannot load 'champion': postgresql://***@db:5432/mlflow refused; "
+        "retrying http://***@mlflow:5000/api?x=a@b and s3://bucket/path"
+    )
 
 
 def test_mlflow_credentials_come_from_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
