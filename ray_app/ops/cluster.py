@@ -118,8 +118,10 @@ LAUNCHER = r"""#!/bin/sh
 # Written by `ray-app cluster up` (ray_app/ops/cluster.py), named by
 # RAY_SERVE_HAPROXY_BINARY_PATH: Serve's HAProxy with its stats and Prometheus ports on @HOST@
 # instead of every address, and its admin socket for this user only (Ray's template binds
-# `*:8404` and `:9101` and makes the socket mode 666, with no setting for either). The config
-# Serve wrote (the file after -f) is edited in place, then HAProxy runs with Serve's arguments.
+# `*:8404` and `:9101` and makes the socket mode 666, with no setting for either), and a
+# client's X-Request-ID dropped unless it is 1-64 of [A-Za-z0-9._-] (Serve then makes one; it
+# would echo any string into headers, bodies and logs). The config Serve wrote (the file
+# after -f) is edited in place, then HAProxy runs with Serve's arguments.
 cfg=
 prev=
 for arg in "$@"; do
@@ -129,8 +131,12 @@ done
 sections='/^(frontend prometheus|listen stats)$/,/^[^[:space:]]/'
 bind='s/^([[:space:]]+bind )[*]?:([0-9]+)[[:space:]]*$/\1@HOST@:\2/'
 socket='s/^([[:space:]]+stats socket [^[:space:]]+ mode )666 /\1600 /'
+valid='^[A-Za-z0-9._-]{1,64}$'
+drop="http-request del-header x-request-id unless { req.hdr(x-request-id) -m reg $valid }"
+request_id="/^frontend http_frontend\$/a\\    $drop"
 if [ -n "$cfg" ] && [ -f "$cfg" ]; then
-    sed -E -e "$sections $bind" -e "$socket" "$cfg" > "$cfg.ray-app" && mv "$cfg.ray-app" "$cfg"
+    sed -E -e "$sections $bind" -e "$socket" -e "$request_id" "$cfg" > "$cfg.ray-app" &&
+        mv "$cfg.ray-app" "$cfg"
 fi
 exec @REAL@ "$@"
 """

@@ -12,6 +12,7 @@ and the request model is a local of ``make_api``.
 import hmac
 import logging
 import os
+import re
 import time
 import uuid
 from typing import Annotated, Any, Protocol, cast
@@ -41,6 +42,9 @@ from ray_app.serving.service import ApiError, PredictionService
 
 logger = logging.getLogger("ray.serve")
 REQUEST_ID = "x-request-id"
+# The ids a client may choose; any other X-Request-ID is replaced, never echoed (the local
+# HAProxy drops it first: ray_app/ops/cluster.py).
+VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_ID = 128
 
 DESCRIPTION = f"""
@@ -56,7 +60,8 @@ variant, whose answers are logged and never returned.
 
 **Score.** {SCORE_DOC}
 
-**Headers.** Responses carry `X-Request-ID` (send one to choose it), `X-Model-Variant`,
+**Headers.** Responses carry `X-Request-ID` (send 1-64 of `A-Za-z0-9._-` to choose it;
+any other value is replaced), `X-Model-Variant`,
 `X-Model-Name` and `X-Model-Version`.
 """
 
@@ -154,7 +159,9 @@ class AccessLog:
             return
         start = time.perf_counter()
         headers = dict(scope["headers"])
-        given = headers.get(REQUEST_ID.encode(), b"").decode("latin-1")[:MAX_ID]
+        given = headers.get(REQUEST_ID.encode(), b"").decode("latin-1")
+        if not VALID_REQUEST_ID.fullmatch(given):
+            given = ""
         state = scope.setdefault("state", {})
         state["request_id"] = given or uuid.uuid4().hex
         status = 500

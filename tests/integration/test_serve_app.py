@@ -38,6 +38,7 @@ from ray_app.data.predictions import COLUMNS, read_predictions
 from ray_app.models.families import TrainedModel, get
 from ray_app.models.families._torch import TorchFamily, TorchParams
 from ray_app.models.networks import StandardScaler
+from ray_app.serving.api import VALID_REQUEST_ID
 from ray_app.serving.args import ServeArgs
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.loader import ServedModel
@@ -263,6 +264,13 @@ def test_predictions_carry_the_model_and_the_request(
         f"{url}/v1/predict", json={"tickers": ["IBM"]}, headers={"X-Request-ID": "mine-1"}
     )
     assert mine.json()["request_id"] == "mine-1" and mine.headers["X-Request-ID"] == "mine-1"
+    for bad in ("has space", "x" * 65, "<script>", "a/b", "id;drop"):  # replaced, never echoed
+        answer = session.post(
+            f"{url}/v1/predict", json={"tickers": ["IBM"]}, headers={"X-Request-ID": bad}
+        )
+        made = answer.json()["request_id"]
+        assert made != bad and VALID_REQUEST_ID.fullmatch(made), made
+        assert answer.headers["X-Request-ID"] == made
 
 
 def test_models_health_and_readiness(url: str, session: requests.Session) -> None:

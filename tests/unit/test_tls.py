@@ -271,6 +271,11 @@ def test_launcher_moves_stats_and_metrics_to_loopback(tmp_path: Path, serve_host
     http = "*:18000" if serve_host == "0.0.0.0" else "127.0.0.1:18000"
     assert sorted(binds(config)) == sorted(["127.0.0.1:19101", http, "127.0.0.1:18404"])
     assert "mode 600 level admin" in config.read_text()
+    frontend = config.read_text().split("frontend http_frontend\n", 1)[1].splitlines()
+    assert frontend[0].split() == [
+        *("http-request", "del-header", "x-request-id", "unless"),
+        *("{", "req.hdr(x-request-id)", "-m", "reg", "^[A-Za-z0-9._-]{1,64}$", "}"),
+    ]
     checked = haproxy_check(config)
     assert checked.returncode == 0, checked.stderr + checked.stdout
 
