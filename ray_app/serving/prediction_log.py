@@ -89,7 +89,7 @@ class PredictionLog:
         self._seq += 1
         name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{self.writer}-{self._seq:06d}"
         try:
-            await asyncio.to_thread(write_predictions, self.root, to_table(batch), name)
+            await asyncio.to_thread(self._write, batch, name)
         except Exception as exc:
             self.dropped += rows
             self.metrics.log_dropped(rows, "write_error")
@@ -98,6 +98,11 @@ class PredictionLog:
         self.written += rows
         self.metrics.log_written(rows)
         return rows
+
+    def _write(self, batch: list[LoggedRequest], name: str) -> None:
+        """In a thread: spreading the requests into an Arrow table is per-row Python work
+        that, on the event loop, held up requests at high concurrency (bench_serve's (d))."""
+        write_predictions(self.root, to_table(batch), name)
 
     async def close(self) -> None:
         """Stop the task after a last flush (a graceful shutdown loses nothing)."""
