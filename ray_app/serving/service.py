@@ -27,6 +27,7 @@ predictions for it) in the background, and swaps it in at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -53,6 +54,7 @@ SCORES_ROWS_PER_CALL = 250_000  # 2 MB of float64 a call
 SCORES_TIMEOUT_S = 120.0
 SCORES_RETRY_S = 30.0
 UNSERVABLE_REFRESH_S = 1.0
+UNSERVABLE_WAIT_S = 2.0  # the longest a request waits for that reask before the 503
 FRESHNESS_EVERY_S = 5.0  # Ray exports a gauge only while it is set again
 
 
@@ -320,8 +322,11 @@ class PredictionService:
         stale_refusal = (
             age > UNSERVABLE_REFRESH_S and self.unservable(self.args.primary) is not None
         )
-        if self._refreshed_at == -math.inf or stale_refusal:
+        if self._refreshed_at == -math.inf:
             await asyncio.shield(self._refresh_task())
+        elif stale_refusal:  # a variant that does not answer must not hold requests up
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._refresh_task()), UNSERVABLE_WAIT_S)
         elif age > self.args.refresh_s:
             self._refresh_task()
 

@@ -81,6 +81,7 @@ class FakeVariant:
         self.name, self.model, self.delay_s = name, model, delay_s
         self.fail = False
         self.load_error: str | None = None  # a failed load that kept ``model``
+        self.info_delay_s = 0.0  # how long asking what it serves takes
         self.calls = 0
         self.score_calls = 0
 
@@ -95,6 +96,7 @@ class FakeVariant:
         return await asyncio.wait_for(self.predict(job), timeout_s)
 
     async def info(self, timeout_s: float) -> VariantInfo:
+        await asyncio.sleep(self.info_delay_s)
         error = self.load_error if self.model else "no alias 'champion'"
         return describe(self.name, self.name, self.model, None, error)
 
@@ -279,6 +281,25 @@ def test_a_champion_promoted_meanwhile_is_served_without_waiting_for_the_refresh
     answer = run(service.predict(ask(["AAPL"]), None, "r")).response
     assert (answer.variant, answer.model_version) == ("champion", 1)
     assert service.readiness() == (True, [])
+
+
+def test_a_champion_that_does_not_answer_is_refused_quickly_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service_module, "UNSERVABLE_REFRESH_S", 0.0)
+    monkeypatch.setattr(service_module, "UNSERVABLE_WAIT_S", 0.05)
+    champion = FakeVariant("champion", None)
+    service, _ = make({"champion": champion})
+    run(service.refresh())  # it answered once, without a model
+    champion.info_delay_s = 5.0  # its replica hangs: each reask would take the whole timeout
+
+    async def refused_after() -> float:
+        started = time.monotonic()
+        with pytest.raises(ApiError, match="no model to serve"):
+            await service.predict(ask(["AAPL"]), None, "r")
+        return time.monotonic() - started
+
+    assert run(refused_after()) < 1.0
 
 
 def test_a_model_needing_columns_the_features_lack_gets_no_traffic() -> None:
