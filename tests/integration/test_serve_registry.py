@@ -175,7 +175,7 @@ def test_without_a_champion_nothing_is_served_until_one_is_promoted(
         "challenger": "challenger",  # not asked: left as it runs
     }
     assert config_path.read_text() == desired  # the desired config is never rewritten
-    wait_until(lambda: requests.get(f"{url}/readyz", timeout=10).status_code == 200, 60)
+    wait_until(lambda: ready_everywhere(url), 60)
 
     body = requests.post(
         f"{url}/v1/predict", json={"tickers": ["AAPL", "MSFT"], "as_of": "2012-06-01"}, timeout=10
@@ -185,6 +185,12 @@ def test_without_a_champion_nothing_is_served_until_one_is_promoted(
     expected = load_version(settings, versions[0]).predict_frame(rows).set_index("ticker")["pred"]
     for pred in body["predictions"]:
         assert pred["predicted_return"] == pytest.approx(expected[pred["ticker"]], rel=1e-5)
+
+
+def ready_everywhere(url: str) -> bool:
+    """Whether both ingress replicas behind HAProxy say ready: ten probes in a row (each
+    replica learns of the first champion on its own, within about a second)."""
+    return all(requests.get(f"{url}/readyz", timeout=10).status_code == 200 for _ in range(10))
 
 
 def history(i: int) -> dict[str, Any]:
