@@ -42,13 +42,15 @@ run: cluster-up
 	$(BIN)/ray job submit --address $(DASHBOARD) --working-dir . \
 	  -- $(CURDIR)/$(BIN)/python jobs/pipeline.py --config $(CONFIG)
 	@echo "--- prediction from $(SERVE_URL)/v1/predict"
-	@curl -fsS $(CURL_TLS) -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' \
+	@$(BIN)/ray-app cluster api-key --header --config $(CONFIG) | curl -fsS $(CURL_TLS) -H @- \
+	  -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' \
 	  -d '{"tickers": ["AAPL", "MSFT"]}' && echo
 	@echo "--- next"
 	@echo "dashboard:  $(DASHBOARD)  (token: ~/.ray/auth_token)"
 	@echo "MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow.db"
 	@echo "Dagster UI: $(BIN)/ray-app dagster-ui --config $(CONFIG)  (http://127.0.0.1:3000)"
-	@echo "predict:    curl $(CURL_TLS) -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' -d '{\"tickers\": [\"IBM\"], \"as_of\": \"2013-01-15\"}'"
+	@echo "predict:    $(BIN)/ray-app cluster api-key --header | curl $(CURL_TLS) -H @- -X POST $(SERVE_URL)/v1/predict -H 'content-type: application/json' -d '{\"tickers\": [\"IBM\"], \"as_of\": \"2013-01-15\"}'"
+	@echo "API key:    ~/.ray/ray_app_api_key (role admin; \`ray-app cluster api-key\` prints it)"
 	@echo "stop:       make cluster-down"
 
 cluster-up: $(STAMP)

@@ -1215,11 +1215,11 @@ def cluster_up(
     HAProxy in front of Serve's HTTP port answers HTTPS on ``cluster.tls.port`` (8443), with
     ``cluster.tls.certfile``/``keyfile`` or a certificate generated for localhost.
     """
-    from ray_app.ops.cluster import start_tls, stop_tls, up
+    from ray_app.ops.cluster import local_key_env, start_tls, stop_tls, up
     from ray_app.ops.tls import serve_port
 
     settings = _settings(config)
-    done = up(settings.cluster, cluster_env(settings))
+    done = up(settings.cluster, cluster_env(settings) | local_key_env(settings))
     if done.replaced is not None:
         out.print(
             f"the head at {done.replaced.gcs_address} was dead: stopped its "
@@ -1243,7 +1243,35 @@ def cluster_up(
         if front["ca"]:
             ca = front["ca"]
             out.print(f"  clients trust {ca}: curl --cacert {ca} {front['url']}/healthz")
+    key = settings.cluster.api_key_path.expanduser()
+    if key.is_file():
+        out.print(
+            f"API key (local, role admin): {key}; send it with "
+            "`ray-app cluster api-key --header | curl -H @- ...`"
+        )
     out.print(f"submit jobs with: ray job submit --address {state.dashboard_url} -- ...")
+
+
+@cluster_app.command("api-key")
+def cluster_api_key(
+    config: ConfigOption = None,
+    header: Annotated[
+        bool, typer.Option("--header", help="Print it as an `Authorization: Bearer` header line")
+    ] = False,
+) -> None:
+    """Print the local admin key of the prediction API (made by `cluster up`, mode 0600).
+
+    On stdout only, so it can be piped (`ray-app cluster api-key --header | curl -H @- URL`)
+    without ever appearing in a command line or the shell's history.
+    """
+    from ray_app.ops.cluster import ensure_api_key
+
+    settings = _settings(config)
+    path = settings.cluster.api_key_path.expanduser()
+    if not path.is_file():
+        raise RayAppError(f"no local API key at {path}: run `ray-app cluster up` first")
+    key = ensure_api_key(settings.cluster).read_text(encoding="utf-8").strip()
+    print(f"Authorization: Bearer {key}" if header else key)
 
 
 @cluster_app.command("down")

@@ -61,6 +61,16 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("RAY_ADDRESS", None)
 
 
+def local_auth() -> dict[str, str]:
+    """The ``Authorization`` header of the local admin key that `ray-app cluster up` made for
+    the session's heads (what `make run` sends)."""
+    from ray_app.core.api_keys import auth_header
+    from ray_app.core.settings import ClusterSettings
+
+    path = ClusterSettings().api_key_path.expanduser()
+    return auth_header(path.read_text(encoding="utf-8").strip())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -14,8 +14,9 @@ component starts.
 
 The secrets the project reads (each only where the configuration needs it):
 ``mlflow_password`` (basic auth at a tracking server), ``mlflow_db_password`` (a PostgreSQL
-tracking store), ``redis_password`` (the online store) and ``api_key_hashes`` (the HTTP API,
-see ``ray_app.core.api_keys``).
+tracking store), ``redis_password`` (the online store and the API's rate limit),
+``api_key_hashes`` (the HTTP API's keys, see ``ray_app.core.api_keys``) and ``api_client_key``
+(the key the platform's own requests send: the deployment's smoke prediction, the replay).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ MLFLOW_PASSWORD = "mlflow_password"
 MLFLOW_DB_PASSWORD = "mlflow_db_password"
 REDIS_PASSWORD = "redis_password"
 API_KEY_HASHES = "api_key_hashes"
+API_CLIENT_KEY = "api_client_key"
 
 # Values that are someone's example, not a secret: refused outside dev. "password1234" is
 # the admin password older MLflow versions shipped in basic_auth.ini (GHSA-gq3w-7jj3-x7gr).

@@ -149,6 +149,17 @@ class FeatureSettings(_Section):
         return sorted(set(values))
 
 
+class ApiSettings(_Section):
+    """Where the prediction API keeps what its replicas share (per environment; what the API
+    allows is in serve_config.yaml's `args.auth`)."""
+
+    rate_limit_redis_url: str = Field(
+        "redis://127.0.0.1:6379/1",
+        description="Redis counting each API key's requests across the ingress replicas, "
+        "without a password (that is the secret `redis_password`)",
+    )
+
+
 class OnlineSettings(_Section):
     """The online feature lookup (`get_online_features`): Parquet, or Redis in front of it."""
 
@@ -370,6 +381,11 @@ class ClusterSettings(_Section):
         None, ge=1, description="CPUs of the head; null: every CPU of the machine"
     )
     token_path: Path = Field(Path("~/.ray/auth_token"), description="Ray token file (mode 0600)")
+    api_key_path: Path = Field(
+        Path("~/.ray/ray_app_api_key"),
+        description="The local admin key of the prediction API (mode 0600), made by the first "
+        "`cluster up`; its hash reaches Serve through the env secrets backend",
+    )
     haproxy: bool | None = Field(None, description="Serve behind HAProxy; null: when available")
     haproxy_stats_host: str | None = Field(
         "127.0.0.1",
@@ -569,6 +585,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     split: SplitSettings = Field(default_factory=SplitSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     tune: TuneSettings = Field(default_factory=TuneSettings)

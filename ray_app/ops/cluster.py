@@ -23,14 +23,17 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from ray_app.core.api_keys import KeyEntry, Role, hash_api_key, new_api_key
 from ray_app.core.errors import RayAppError
 from ray_app.core.raycli import failure, ray_cli
-from ray_app.core.settings import ClusterSettings
+from ray_app.core.secrets import API_CLIENT_KEY, API_KEY_HASHES
+from ray_app.core.settings import SECRET_ENV_PREFIX, ClusterSettings, Settings
 
 STATE_FILE = "cluster.json"
 
@@ -97,16 +100,48 @@ def _free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in socks]
 
 
-def ensure_token(cfg: ClusterSettings) -> Path:
-    """The token file, created once with a random token, always readable by its owner only."""
-    path = cfg.token_path.expanduser()
+def _owner_only(path: Path, make: Callable[[], str]) -> Path:
+    """``path``, created once with ``make()``, always readable by its owner only."""
+    path = path.expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
+            handle.write(make())
     path.chmod(0o600)
     return path
+
+
+def ensure_token(cfg: ClusterSettings) -> Path:
+    """The Ray token file, created once with a random token."""
+    return _owner_only(cfg.token_path, lambda: secrets.token_hex(32))
+
+
+def ensure_api_key(cfg: ClusterSettings) -> Path:
+    """The user's local admin key of the prediction API, created once beside the token."""
+    return _owner_only(cfg.api_key_path, new_api_key)
+
+
+def local_key_env(settings: Settings) -> dict[str, str]:
+    """The prediction API's keys for a local head's processes, through the env secrets
+    backend: the hashes of the user's admin key (``ensure_api_key``) and of a ``pipeline``
+    key of role operator made now, and that key as ``api_client_key`` for the deployment's
+    smoke prediction and the replay. Nothing when the settings read secrets elsewhere or the
+    shell already sets them: those keys are the operator's own."""
+    own = {SECRET_ENV_PREFIX + n.upper() for n in (API_KEY_HASHES, API_CLIENT_KEY)}
+    if settings.secrets.backend != "env" or own & os.environ.keys():
+        return {}
+    local = ensure_api_key(settings.cluster).read_text(encoding="utf-8").strip()
+    pipeline = new_api_key()
+    entries = {
+        "local": KeyEntry(hash=hash_api_key(local), role=Role.admin),
+        "pipeline": KeyEntry(hash=hash_api_key(pipeline), role=Role.operator),
+    }
+    hashes = json.dumps({key_id: entry.as_json() for key_id, entry in entries.items()})
+    return {
+        SECRET_ENV_PREFIX + API_KEY_HASHES.upper(): hashes,
+        SECRET_ENV_PREFIX + API_CLIENT_KEY.upper(): pipeline,
+    }
 
 
 def haproxy_available() -> bool:

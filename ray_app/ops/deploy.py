@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
+from ray_app.serving.client import ApiClient
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,14 @@ def deploy_serving(settings: Settings) -> Deployment:
 
 
 def smoke_request(settings: Settings, ticker: str) -> str:
-    """One prediction for ``ticker`` through the public HTTP API, retried while replicas
-    start; RayAppError when none comes within ``pipeline.smoke_timeout_s``."""
-    body = json.dumps({"tickers": [ticker]}).encode()
-    url = settings.pipeline.serve_url.rstrip("/") + "/v1/predict"
+    """One prediction for ``ticker`` through the public HTTP API with the platform's key,
+    retried while replicas start; RayAppError when none comes within
+    ``pipeline.smoke_timeout_s``, or at once when the key is refused."""
+    client = ApiClient(settings, timeout_s=10)
     deadline, last = time.monotonic() + settings.pipeline.smoke_timeout_s, ""
     while time.monotonic() < deadline:
-        request = urllib.request.Request(url, body, {"content-type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                reply = json.loads(answer.read())
+            reply = json.loads(client.post("/v1/predict", {"tickers": [ticker]}))
             first = reply["predictions"][0]
             served = f"{reply['variant']} v{reply['model_version']}"
             return f"{ticker}: {first['predicted_return']:+.5f} from {served}"
@@ -80,7 +79,8 @@ def smoke_request(settings: Settings, ticker: str) -> str:
             last = str(exc)
             time.sleep(2)
     raise RayAppError(
-        f"no prediction from {url} within {settings.pipeline.smoke_timeout_s:.0f} s: {last}"
+        f"no prediction from {client.url}/v1/predict within "
+        f"{settings.pipeline.smoke_timeout_s:.0f} s: {last}"
     )
 
 

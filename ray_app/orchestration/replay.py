@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +40,7 @@ from ray_app.monitoring import sources
 from ray_app.monitoring.report import build_report, write_report
 from ray_app.orchestration.assets import RELEASE, SEARCH
 from ray_app.orchestration.runner import FAILED, NOT_RUN, AssetOutcome, run_daily
+from ray_app.serving.client import ApiClient
 from ray_app.serving.schemas import ModelsResponse, PredictResponse
 
 MAX_TICKERS_PER_REQUEST = 50  # the shipped serve_config's max_tickers
@@ -117,18 +117,14 @@ def held_back(settings: Settings, options: ReplayOptions, index: int) -> set[str
     return held
 
 
-def _post(url: str, tickers: list[str], client: str) -> PredictResponse:
-    body = json.dumps({"tickers": tickers}).encode()
-    headers = {"content-type": "application/json", "x-client-id": client}
-    request = urllib.request.Request(f"{url.rstrip('/')}/v1/predict", body, headers)
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return PredictResponse.model_validate_json(answer.read())
+def _post(client: ApiClient, tickers: list[str], name: str) -> PredictResponse:
+    answer = client.post("/v1/predict", {"tickers": tickers}, {"x-client-id": name})
+    return PredictResponse.model_validate_json(answer)
 
 
-def _newest_served(url: str) -> dt.date:
+def _newest_served(client: ApiClient) -> dt.date:
     """The newest feature date the answering ingress replica serves (``/v1/models``)."""
-    with urllib.request.urlopen(f"{url.rstrip('/')}/v1/models", timeout=30) as answer:
-        return ModelsResponse.model_validate_json(answer.read()).feature_dates[1]
+    return ModelsResponse.model_validate_json(client.get("/v1/models")).feature_dates[1]
 
 
 class _Stale(Exception):
@@ -157,16 +153,16 @@ def send_day(
     the log holds no probe; an ingress replica that has not yet refreshed (each polls the
     feature store on its own) is answered by resending that request, which the log then
     holds twice, once from the older feature row."""
-    url, deadline = settings.pipeline.serve_url, time.monotonic() + options.wait_s
+    client, deadline = ApiClient(settings), time.monotonic() + options.wait_s
 
     def ready() -> None:
         for _ in range(3):
-            newest = _newest_served(url)
+            newest = _newest_served(client)
             if newest != day:
                 raise _Stale(f"the ingress serves feature rows up to {newest}")
 
-    def ask(tickers: list[str], client: str) -> PredictResponse:
-        reply = _post(url, tickers, client)
+    def ask(tickers: list[str], name: str) -> PredictResponse:
+        reply = _post(client, tickers, name)
         dates = sorted({p.feature_date for p in reply.predictions})
         if dates != [day]:
             raise _Stale(f"answered from feature dates {dates}")

@@ -9,9 +9,9 @@ No ``from __future__ import annotations`` here: FastAPI reads the route signatur
 and the request model is a local of ``make_api``.
 """
 
-import hmac
+import asyncio
 import logging
-import os
+import math
 import re
 import time
 import uuid
@@ -22,13 +22,20 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ray_app.core.errors import RayAppError
+from ray_app.core.api_keys import Caller, Role
 from ray_app.core.logs import access_fields
+from ray_app.core.storage import DataRoot
+from ray_app.data.ab_evidence import read_evidence
+from ray_app.data.live_metrics import latest_gauges, read_live_metrics
+from ray_app.serving.auth import Authorizer
 from ray_app.serving.schemas import (
     SCORE_DOC,
+    AbEvidence,
     CacheStatus,
     Health,
+    LiveQuality,
     ModelsResponse,
+    MonitoringResponse,
     PredictionLogStatus,
     PredictRequest,
     PredictResponse,
@@ -55,8 +62,10 @@ Next-day return predictions for daily stock features, from models in the MLflow 
 same, a key always gets the same variant. A fraction of requests may be mirrored to a shadow
 variant, whose answers are logged and never returned.
 
-**Auth.** When API keys are configured, `/v1/*` needs `Authorization: Bearer <key>`.
-`/healthz`, `/readyz` and this schema are open.
+**Auth.** `/v1/*` needs `Authorization: Bearer <key>`: 401 without a known key, 403 when
+the key's role may not call the route (`predict`: `/v1/predict`; `operator`: also
+`/v1/models` and `/v1/monitoring`; `admin`: everything), 429 with `Retry-After` over the
+key's rate limit. `/healthz`, `/readyz` and this schema are open.
 
 **Score.** {SCORE_DOC}
 
@@ -68,30 +77,6 @@ any other value is replaced), `X-Model-Variant`,
 
 class RequestMetrics(Protocol):
     def request(self, variant: str, status: int, latency_ms: float) -> None: ...
-
-
-class ApiKeyError(RayAppError):
-    """API keys were asked for but the environment variable naming them is empty."""
-
-
-def read_api_keys(env_name: str | None) -> tuple[bytes, ...]:
-    """The keys in ``env_name`` (comma-separated); none when auth is off. A named variable that
-    is unset or empty is refused: serving with auth silently off is worse than not serving."""
-    if env_name is None:
-        return ()
-    keys = tuple(k.strip().encode() for k in os.environ.get(env_name, "").split(",") if k.strip())
-    if not keys:
-        raise ApiKeyError(f"api_keys_env names {env_name}, which holds no keys on this node")
-    return keys
-
-
-def key_matches(given: str, keys: tuple[bytes, ...]) -> bool:
-    """Compared with every key in constant time, so timing tells nothing about any of them."""
-    candidate = given.encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(candidate, key)
-    return matched
 
 
 class BodyLimit:
@@ -146,8 +131,8 @@ async def _no_body() -> Message:
 
 
 class AccessLog:
-    """One structured log line and the metrics of every API request: request id, client key,
-    variant, model version, status and latency; never a header value such as the API key."""
+    """One structured log line and the metrics of every API request: request id, API key id,
+    client key, variant, model version, status and latency; never the API key itself."""
 
     def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
         self.app = app
@@ -201,6 +186,7 @@ class AccessLog:
             status=status,
             latency_ms=latency_ms,
             client_key=headers.get(b"x-client-id", b"").decode("latin-1")[:MAX_ID] or None,
+            api_key_id=state.get("api_key_id"),
             variant=variant,
             model_name=state.get("model_name"),
             model_version=state.get("model_version"),
@@ -221,31 +207,56 @@ class AccessLog:
 
 
 def make_api(
-    service: PredictionService, metrics: RequestMetrics, api_keys: tuple[bytes, ...]
+    service: PredictionService, metrics: RequestMetrics, auth: Authorizer, root: DataRoot
 ) -> FastAPI:
     """The FastAPI app of one ingress replica."""
     app = FastAPI(title="ray-app prediction API", version="1.0", description=DESCRIPTION)
     app.add_middleware(BodyLimit, max_bytes=service.args.max_body_bytes)
     app.add_middleware(AccessLog, metrics=metrics)
     _errors(app)
-    bearer = HTTPBearer(auto_error=False, description="An API key, when keys are configured")
+    bearer = HTTPBearer(auto_error=False, description="An API key")
 
-    async def authorize(  # async: FastAPI runs a plain def in a thread pool, per request
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        if api_keys and (credentials is None or not key_matches(credentials.credentials, api_keys)):
-            raise HTTPException(
-                401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"}
-            )
+    def allowed(role: Role) -> Any:
+        """The dependency of a route that needs ``role`` (or a higher one)."""
+
+        async def check(  # async: FastAPI runs a plain def in a thread pool, per request
+            request: Request,
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        ) -> Caller:
+            caller = auth.caller(credentials.credentials if credentials else None)
+            if caller is None:
+                auth.metrics.auth_refused("unauthenticated")
+                raise HTTPException(
+                    401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"}
+                )
+            request.state.api_key_id = caller.key_id
+            if caller.role < role:
+                auth.metrics.auth_refused("forbidden")
+                raise HTTPException(
+                    403,
+                    f"API key {caller.key_id} has role {caller.role.name}; this needs {role.name}",
+                )
+            limiter = auth.limiter
+            wait = await limiter.retry_after(caller) if limiter else None
+            if limiter is not None and wait is not None:
+                auth.metrics.auth_refused("rate_limited")
+                raise HTTPException(
+                    429,
+                    f"API key {caller.key_id} is over its limit of {limiter.limit(caller)} "
+                    f"requests per {limiter.spec.window_s} s",
+                    headers={"Retry-After": str(wait)},
+                )
+            return caller
+
+        return Depends(check)
 
     body_model = limited_request(service.args.max_tickers)
-    guarded = [Depends(authorize)]
 
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
-        responses=error_responses(400, 401, 404, 413, 422, 503),
-        dependencies=guarded,
+        responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503),
+        dependencies=[allowed(Role.predict)],
         summary="Predict next-day returns",
     )
     async def predict(
@@ -274,13 +285,23 @@ def make_api(
     @app.get(
         "/v1/models",
         response_model=ModelsResponse,
-        responses=error_responses(401, 503),
-        dependencies=guarded,
+        responses=error_responses(401, 403, 429, 503),
+        dependencies=[allowed(Role.operator)],
         summary="Variants, versions, weights and the shadow",
     )
     async def models() -> ModelsResponse:
         await service.refresh()  # operators asking want the current answer
-        return models_status(service)
+        return models_status(service, auth.spec.mode)
+
+    @app.get(
+        "/v1/monitoring",
+        response_model=MonitoringResponse,
+        responses=error_responses(401, 403, 429),
+        dependencies=[allowed(Role.operator)],
+        summary="Live quality against realised returns, and the newest A/B evidence",
+    )
+    async def monitoring() -> MonitoringResponse:
+        return await asyncio.to_thread(monitoring_view, root)
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the replica answers")
     async def healthz() -> Health:
@@ -321,7 +342,7 @@ def _errors(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
-def models_status(service: PredictionService) -> ModelsResponse:
+def models_status(service: PredictionService, auth_mode: str) -> ModelsResponse:
     """What ``/v1/models`` shows: each variant's model and share, the shadow, the cache."""
     config, table, gate = service.config, service.table, service.gate
     if config is None or table is None:
@@ -347,6 +368,7 @@ def models_status(service: PredictionService) -> ModelsResponse:
     stats = service.cache.stats
     return ModelsResponse(
         primary=service.args.primary,
+        auth=auth_mode,
         routing="sticky weighted split by X-Client-Id, else by the request's tickers",
         variants=variants,
         shadow=None
@@ -371,3 +393,30 @@ def models_status(service: PredictionService) -> ModelsResponse:
         if service.log is None
         else PredictionLogStatus(enabled=config.prediction_log, **service.log.status()),
     )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def monitoring_view(root: DataRoot) -> MonitoringResponse:
+    """What ``/v1/monitoring`` shows: the monitor's newest live metrics per variant and
+    window, and the A/B evidence of the newest daily step (the tables the gauges come from)."""
+    live = [
+        LiveQuality(
+            variant=gauge.variant,
+            window=gauge.window,
+            metrics={name: _finite(value) for name, value in gauge.values.items()},
+            pending_days=gauge.pending_days,
+        )
+        for gauge in latest_gauges(read_live_metrics(root))
+    ]
+    evidence = read_evidence(root)
+    rows = [] if evidence is None else evidence.to_dict("records")
+    ab = [
+        AbEvidence.model_validate(
+            {k: _finite(v) if isinstance(v, float) else v for k, v in row.items()}
+        )
+        for row in rows
+    ]
+    return MonitoringResponse(live=live, ab=ab)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -154,6 +154,29 @@ def check_weights(weights: dict[str, float]) -> None:
         raise ValueError(f"weights must sum to 1, got {total:g} ({weights})")
 
 
+class RateLimitSpec(_Strict):
+    """Requests per API key, counted in Redis (the setting `api.rate_limit_redis_url`) so that
+    the limit holds across every ingress replica: at most ``requests`` in each ``window_s``
+    window, or the key's own `rate_limit`. While Redis cannot be reached requests pass."""
+
+    requests: int = Field(1000, ge=1, description="Requests a key may make in one window")
+    window_s: int = Field(1, ge=1, le=3600, description="Window length in seconds")
+
+
+class AuthSpec(_Strict):
+    """Who may call the API: keys with roles from the secret `api_key_hashes`, or nobody
+    checked at all (`insecure`, only on purpose: it is logged and shown in /v1/models)."""
+
+    mode: Literal["keys", "insecure"] = Field(
+        "keys",
+        description="keys: `/v1/*` needs `Authorization: Bearer <key>` of a role that may call "
+        "it; insecure: no check (local experiments only)",
+    )
+    rate_limit: RateLimitSpec | None = Field(
+        default_factory=RateLimitSpec, description="Per-key limit; null: none"
+    )
+
+
 def _default_variants() -> list[VariantSpec]:
     return [
         VariantSpec(name="champion", ref="champion", weight=1.0),
@@ -190,11 +213,7 @@ class ServeArgs(_Strict):
     num_cpus: CpuSpec = Field(default_factory=CpuSpec)
     max_tickers: int = Field(50, ge=1, le=1000, description="Tickers per request")
     max_body_bytes: int = Field(65_536, ge=1024, description="Larger request bodies get 413")
-    api_keys_env: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Environment variable holding comma-separated API keys; null: no auth",
-    )
+    auth: AuthSpec = Field(default_factory=AuthSpec)
     refresh_s: float = Field(
         1.0,
         gt=0,

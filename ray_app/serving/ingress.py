@@ -20,8 +20,9 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import latest_feature_version
 from ray_app.data.live_metrics import LiveGauge, latest_gauges, read_live_metrics
-from ray_app.serving.api import make_api, read_api_keys
+from ray_app.serving.api import make_api
 from ray_app.serving.args import IngressConfig, ServeArgs
+from ray_app.serving.auth import Authorizer
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.metrics import IngressMetrics
 from ray_app.serving.prediction_log import PredictionLog
@@ -74,8 +75,8 @@ class Ingress:
     def __init__(self, args: ServeArgs, variants: dict[str, DeploymentHandle]) -> None:
         clients: dict[str, VariantClient] = {n: HandleClient(h) for n, h in variants.items()}
         self.metrics = IngressMetrics()
-        self.api_keys = read_api_keys(args.api_keys_env)
         settings = args.settings()
+        self.auth = Authorizer(args.auth, settings, self.metrics)
         self.root = DataRoot(settings.data_root)
         self.log = PredictionLog(self.root, args.prediction_log, self.metrics)
         self.service = PredictionService(
@@ -91,12 +92,13 @@ class Ingress:
         self.quality = QualityGauges(self.root)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return make_api(self.service, self.metrics, self.api_keys)
+        return make_api(self.service, self.metrics, self.auth, self.root)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         await self.service.reconfigure(IngressConfig.model_validate(config))
         self.log.start()
         self.quality.start()
+        self.auth.start()
         if self._live is None or self._live.done():
             self._live = asyncio.create_task(self._export_live_metrics())
 

@@ -69,6 +69,13 @@ class IngressMetrics:
             tag_keys=_keys("variant"),
         )
 
+        self._refused = metrics.Counter(
+            "app_serve_auth_refusals",
+            description="Requests refused by auth (unauthenticated: 401, forbidden: 403, "
+            "rate_limited: 429), and requests let through unlimited (limiter_down: Redis "
+            "unreachable)",
+            tag_keys=_keys("reason"),
+        )
         self._log_written = metrics.Counter(
             "app_prediction_log_written",
             description="Prediction rows written to the prediction log",
@@ -119,6 +126,9 @@ class IngressMetrics:
     def shadow_diff(self, variant: str, diffs: list[float]) -> None:
         for diff in diffs:
             self._diff.observe(diff, {"variant": variant})
+
+    def auth_refused(self, reason: str) -> None:
+        self._refused.inc(tags={"reason": reason})
 
     def log_written(self, rows: int) -> None:
         self._log_written.inc(rows)

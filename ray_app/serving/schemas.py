@@ -125,6 +125,9 @@ class PredictionLogStatus(BaseModel):
 
 class ModelsResponse(BaseModel):
     primary: str = Field(description="Variant that traffic falls back to; readiness needs it")
+    auth: Literal["keys", "insecure"] = Field(
+        description="keys: every /v1 call needs a key; insecure: nobody is checked"
+    )
     routing: str
     variants: list[VariantStatus]
     shadow: ShadowStatus | None
@@ -134,6 +137,39 @@ class ModelsResponse(BaseModel):
     prediction_log: PredictionLogStatus | None = Field(
         None, description="This replica's prediction log; null where there is none"
     )
+
+
+class LiveQuality(BaseModel):
+    """A variant's served predictions scored against realised returns, newest scored day."""
+
+    variant: str
+    window: str = Field(description="1d, 20d or 60d: that day, or the trailing trading days")
+    metrics: dict[str, float | None] = Field(
+        description="directional_accuracy, ic, rank_ic, mae, long_short; null: undefined"
+    )
+    pending_days: int = Field(description="Days served whose next-day outcome is not in yet")
+
+
+class AbEvidence(BaseModel):
+    """One challenger against the baseline, paired on the same ticker-days."""
+
+    day: dt.date = Field(description="Newest feature date the comparison covers")
+    source: str = Field(description="precomputed (every ticker-day) or served (the log)")
+    variant: str
+    baseline: str
+    days: int
+    ticker_days: int
+    loss_diff: float | None = Field(description="Mean daily loss, variant minus baseline")
+    dm_p_value: float | None = Field(description="Diebold-Mariano test of the loss difference")
+    rank_ic_diff: float | None
+    rank_ic_diff_low: float | None
+    rank_ic_diff_high: float | None
+    verdict: str
+
+
+class MonitoringResponse(BaseModel):
+    live: list[LiveQuality]
+    ab: list[AbEvidence] = Field(description="Empty before the first daily A/B step")
 
 
 class Health(BaseModel):

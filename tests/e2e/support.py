@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, local_auth
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -77,7 +77,7 @@ def submit_pipeline(
 
 def post(url: str, payload: dict[str, Any], timeout: float = 10) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
-        url, json.dumps(payload).encode(), {"content-type": "application/json"}
+        url, json.dumps(payload).encode(), {"content-type": "application/json", **local_auth()}
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:

@@ -19,14 +19,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, Head, free_port, ray_app_command
+from tests.conftest import REPO, Head, free_port, local_auth, ray_app_command
 from tests.e2e.support import RAY, post, smoke_pipeline, submit_pipeline
 
 pytestmark = pytest.mark.e2e
 
 
 def get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=10) as answer:
+    request = urllib.request.Request(url, headers=local_auth())
+    with urllib.request.urlopen(request, timeout=10) as answer:
         loaded: dict[str, Any] = json.loads(answer.read())
     return loaded
 

@@ -504,14 +504,28 @@ def _request_through_the_ingress(ecs_stream: io.StringIO) -> str:
     """One POST /v1/predict to the real FastAPI app of an ingress replica (make_api), over the
     fake variants of tests/unit; ray_app's ECS formatter also writes the access record."""
     import asyncio
+    import tempfile
 
+    from ray_app.core.api_keys import hash_api_key
     from ray_app.core.logs import EcsFormatter
+    from ray_app.core.settings import Settings
+    from ray_app.core.storage import DataRoot
     from ray_app.serving.api import make_api
+    from ray_app.serving.args import AuthSpec
+    from ray_app.serving.auth import Authorizer
     from tests.unit.test_serve_service import FakeVariant, Linear, make
 
     class Metrics:
         def request(self, variant: str, status: int, latency_ms: float) -> None:
             pass
+
+        def auth_refused(self, reason: str) -> None:
+            pass
+
+    folder = Path(tempfile.mkdtemp())
+    (folder / "api_key_hashes").write_text(json.dumps({"desk-7": hash_api_key("k" * 43)}))
+    settings = Settings(data_root=str(folder), secrets={"backend": "file", "dir": str(folder)})
+    auth = Authorizer(AuthSpec(rate_limit=None), settings, Metrics())
 
     handler = logging.StreamHandler(ecs_stream)
     handler.setFormatter(EcsFormatter())
@@ -521,10 +535,14 @@ def _request_through_the_ingress(ecs_stream: io.StringIO) -> str:
         service, _ = make({"champion": FakeVariant("champion", Linear(1))})
         status = asyncio.run(
             asgi_post(
-                make_api(service, Metrics(), ()),
+                make_api(service, Metrics(), auth, DataRoot(str(folder))),
                 "/v1/predict",
                 {"tickers": ["AAPL", "MSFT"], "as_of": "2012-01-08"},
-                {"X-Request-ID": "req-42", "X-Client-Id": "alice"},
+                {
+                    "X-Request-ID": "req-42",
+                    "X-Client-Id": "alice",
+                    "Authorization": f"Bearer {'k' * 43}",
+                },
             )
         )
         assert status == 200
@@ -548,6 +566,7 @@ def test_access_lines_map_onto_the_template(serve_replica_logs: Path, node_name:
         assert template_errors(doc) == [], doc
     access, plain = shipped
     assert access["trace.id"] == request_id and access["ray_app.client_key"] == "alice"
+    assert access["ray_app.api_key_id"] == "desk-7"
     assert (access["http.request.method"], access["url.path"]) == ("POST", "/v1/predict")
     assert access["http.response.status_code"] == 200 and access["event.duration"] > 0
     assert (access["ray_app.variant"], access["ray_app.model.name"]) == ("champion", "tiny")

@@ -20,7 +20,7 @@ from pathlib import Path
 import hvac
 import pytest
 
-from ray_app.core.api_keys import ApiKeys, hash_api_key
+from ray_app.core.api_keys import ApiKeys, Caller, Role, hash_api_key
 from ray_app.core.secrets import SecretError, open_secrets
 from ray_app.core.settings import Settings
 from tests.infra.project import find_tool
@@ -120,17 +120,18 @@ def test_a_rotated_key_works_within_refresh_s_and_the_old_one_stops(
     token_file.write_text(_reader_token(bao) + "\n")
     monkeypatch.delenv("VAULT_TOKEN", raising=False)
     keys = ApiKeys(open_secrets(_settings(bao, token_file=str(token_file))))
-    assert keys.match(KEY_OLD) == "old" and keys.match(KEY_NEW) is None
+    assert keys.match(KEY_OLD) == Caller("old", Role.predict) and keys.match(KEY_NEW) is None
 
-    # As a JSON object this time: KV v2 values may be any JSON, not only strings.
-    _write(bao, api_key_hashes={"new": hash_api_key(KEY_NEW)})
+    # As a JSON object this time (KV v2 values may be any JSON), with a role.
+    _write(bao, api_key_hashes={"new": {"hash": hash_api_key(KEY_NEW), "role": "operator"}})
     rotated = time.monotonic()
     while keys.match(KEY_NEW) is None:
-        assert keys.match(KEY_OLD) == "old", "neither key worked during the rotation"
+        assert keys.match(KEY_OLD) is not None, "neither key worked during the rotation"
         assert time.monotonic() - rotated < REFRESH_S + 1.0, "the new key was not seen in time"
         time.sleep(0.05)
+        keys.reload()  # what the ingress does every second
     seen_after = time.monotonic() - rotated
-    assert keys.match(KEY_OLD) is None
+    assert keys.match(KEY_OLD) is None and keys.match(KEY_NEW) == Caller("new", Role.operator)
     assert seen_after <= REFRESH_S + 0.5
     print(f"rotation seen after {seen_after:.2f} s (refresh_s={REFRESH_S})")
 

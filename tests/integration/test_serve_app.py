@@ -30,6 +30,7 @@ import torch
 import yaml
 from scipy.stats import binom, spearmanr
 
+from ray_app.core.api_keys import hash_api_key, new_api_key
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import build_features
@@ -48,8 +49,11 @@ pytestmark = pytest.mark.integration
 
 TICKERS = ["AAPL", "GOOG", "IBM", "MSFT"]
 SERVE_CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
-KEYS_ENV = "SERVE_TEST_API_KEYS"
-KEY = "s3cret-test-key"
+KEY = new_api_key()  # operator: what most tests here send
+PREDICT_KEY = new_api_key()
+LIMITED_KEY = new_api_key()  # predict, 5 requests per window
+ROTATED_KEY = new_api_key()
+LIMITED = 5
 VERSIONS = {"champion": 1, "challenger": 2, "raising": 3, "sleepy": 4}
 VARIANTS = ["champion", "challenger"]
 
@@ -113,8 +117,32 @@ def fast_serve_env() -> dict[str, str]:
     return env
 
 
+def key_entries(*extra: tuple[str, str, str]) -> dict[str, Any]:
+    """``api_key_hashes``: the module's keys, and ``extra`` (id, key, role)."""
+    entries: dict[str, Any] = {
+        "tester": {"hash": hash_api_key(KEY), "role": "operator"},
+        "client": {"hash": hash_api_key(PREDICT_KEY), "role": "predict"},
+        "limited": {"hash": hash_api_key(LIMITED_KEY), "rate_limit": LIMITED},
+    }
+    for key_id, key, role in extra:
+        entries[key_id] = {"hash": hash_api_key(key), "role": role}
+    return entries
+
+
+def write_keys(secrets_dir: Path, entries: dict[str, Any]) -> None:
+    """Replace the secret atomically, as kubelet updates a mounted Secret."""
+    staged = secrets_dir / ".api_key_hashes.new"
+    staged.write_text(json.dumps(entries))
+    staged.replace(secrets_dir / "api_key_hashes")
+
+
 def app_config(data_root: Path) -> dict[str, Any]:
-    """The application as serve_config.yaml would hold it, with the fake loader and keys."""
+    """The application as serve_config.yaml would hold it, with the fake loader, and keys from
+    the file secrets backend (a mounted Secret) beside the data root, read every second."""
+    secrets_dir = data_root.parent / "secrets"
+    if not secrets_dir.exists():
+        secrets_dir.mkdir()
+        write_keys(secrets_dir, key_entries())
     args = {
         "data_root": str(data_root),
         "variants": [
@@ -122,7 +150,7 @@ def app_config(data_root: Path) -> dict[str, Any]:
             for name in VARIANTS
         ],
         "loader": f"{__name__}:FakeRegistry",
-        "api_keys_env": KEYS_ENV,
+        "auth": {"mode": "keys", "rate_limit": {"requests": 1000, "window_s": 1}},
         "max_tickers": 3,
         "max_body_bytes": 2048,
         "shadow_limits": {"max_in_flight": 2, "timeout_s": 1.0},
@@ -135,7 +163,13 @@ def app_config(data_root: Path) -> dict[str, Any]:
         "name": "ray-app",
         "route_prefix": "/",
         "import_path": "ray_app.serving.app:build_app",
-        "runtime_env": {"env_vars": {KEYS_ENV: f"another-key,{KEY}"}},
+        "runtime_env": {
+            "env_vars": {
+                "RAY_APP_SECRETS__BACKEND": "file",
+                "RAY_APP_SECRETS__DIR": str(data_root.parent / "secrets"),
+                "RAY_APP_SECRETS__REFRESH_S": "1",
+            }
+        },
         "logging_config": {"encoding": "JSON", "enable_access_log": False},
         "args": args,
         "deployments": [
@@ -284,16 +318,78 @@ def test_models_health_and_readiness(url: str, session: requests.Session) -> Non
     assert requests.get(f"{url}/readyz", timeout=5).json() == {"ready": True, "reasons": []}
 
 
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def test_v1_needs_a_key_and_probes_do_not(url: str) -> None:
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
+    for headers in ({}, bearer("wrong"), {"Authorization": f"Basic {KEY}"}, bearer(KEY[:-1])):
         refused = requests.post(
             f"{url}/v1/predict", json={"tickers": ["AAPL"]}, headers=headers, timeout=10
         )
         assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+        assert refused.json() == {"detail": "missing or invalid API key"}
     assert requests.get(f"{url}/v1/models", timeout=10).status_code == 401
-    other = {"Authorization": "Bearer another-key"}
-    assert requests.get(f"{url}/v1/models", headers=other, timeout=10).status_code == 200
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
     assert requests.get(f"{url}/openapi.json", timeout=10).status_code == 200
+
+
+def test_a_key_may_call_what_its_role_allows(url: str) -> None:
+    """predict: /v1/predict only (403 naming the role elsewhere); operator: also the views."""
+    body = {"tickers": ["AAPL"]}
+    ok = requests.post(f"{url}/v1/predict", json=body, headers=bearer(PREDICT_KEY), timeout=10)
+    assert ok.status_code == 200
+    for path in ("/v1/models", "/v1/monitoring"):
+        refused = requests.get(f"{url}{path}", headers=bearer(PREDICT_KEY), timeout=10)
+        assert refused.status_code == 403
+        assert refused.json()["detail"] == ("API key client has role predict; this needs operator")
+        assert requests.get(f"{url}{path}", headers=bearer(KEY), timeout=10).status_code == 200
+    models = requests.get(f"{url}/v1/models", headers=bearer(KEY), timeout=10).json()
+    assert models["auth"] == "keys"
+
+
+def test_a_key_over_its_limit_gets_429_with_retry_after(url: str) -> None:
+    """The limit holds across both ingress replicas (counted in Redis): of 4x the key's
+    quota sent at once, no more than its quota per window passes."""
+    with requests.Session() as s:
+        s.headers.update(bearer(LIMITED_KEY))
+        start = time.time()
+        got = [s.post(f"{url}/v1/predict", json={"tickers": ["AAPL"]}) for _ in range(4 * LIMITED)]
+        windows = int(time.time()) - int(start) + 1
+    statuses = [r.status_code for r in got]
+    assert set(statuses) == {200, 429} and statuses.count(200) <= LIMITED * windows
+    refused = next(r for r in got if r.status_code == 429)
+    assert refused.headers["Retry-After"] == "1"  # the rest of a one-second window, rounded up
+    assert "API key limited is over its limit of 5 requests per 1 s" in refused.json()["detail"]
+    time.sleep(1.0)
+    assert s.post(f"{url}/v1/predict", json={"tickers": ["AAPL"]}).status_code == 200
+
+
+def test_a_rotated_key_works_within_a_second_of_refresh_and_the_old_one_stops(
+    url: str, data_root: Path
+) -> None:
+    """Keys rotated in the secret while serving: within refresh_s (1 s) plus the ingress's
+    one-second reload, on every replica, the new key works and the removed one gets 401."""
+    secrets_dir = data_root.parent / "secrets"
+    old = new_api_key()
+    write_keys(secrets_dir, key_entries(("old", old, "predict")))
+    body = {"tickers": ["AAPL"]}
+
+    def status(key: str) -> int:
+        answer = requests.post(f"{url}/v1/predict", json=body, headers=bearer(key), timeout=10)
+        return answer.status_code
+
+    def rotated_everywhere() -> bool:
+        return all(status(ROTATED_KEY) == 200 and status(old) == 401 for _ in range(10))
+
+    wait_until(lambda: all(status(old) == 200 for _ in range(10)), 10)
+    write_keys(secrets_dir, key_entries(("new", ROTATED_KEY, "predict")))
+    rotated = time.monotonic()
+    wait_until(rotated_everywhere, 10)
+    took = time.monotonic() - rotated
+    assert took <= 1.0 + 1.0 + 1.0, took  # refresh_s + reload period + one poll of slack
+    print(f"rotation seen on every replica after {took:.2f} s")
+    write_keys(secrets_dir, key_entries())
 
 
 @pytest.mark.parametrize(
@@ -570,6 +666,7 @@ def test_request_logs_are_json_lines_without_secrets(url: str, session: requests
         record["ray_app.variant"],
     ) == ("alice", 200, "champion")
     assert record["ray_app.model.name"] == "tiny" and record["event.duration"] > 0
+    assert record["ray_app.api_key_id"] == "tester"
     text = "\n".join(p.read_text() for p in logs.glob("replica_ray-app_*.log"))
     assert KEY not in text and "Bearer" not in text
 
@@ -727,6 +824,14 @@ def test_the_log_signals_and_monitor_close_the_loop(
         & (live["model_version"] == "1")  # tests before served the newest day with v2 too
     ]
     assert len(newest) == 1 and newest["pending"].all() and newest["rank_ic"].isna().all()
+
+    # operators read the same figures over HTTP: the newest scored day, per window
+    view = requests.get(f"{url}/v1/monitoring", headers=bearer(KEY), timeout=10).json()
+    shown = {(q["variant"], q["window"]): q for q in view["live"]}
+    scored = live[~live["pending"] & (live["variant"] == "champion") & (live["window"] == "1d")]
+    last = scored.sort_values(["day", "model_version"]).iloc[-1]
+    assert shown[("champion", "1d")]["metrics"]["rank_ic"] == pytest.approx(last["rank_ic"])
+    assert shown[("champion", "1d")]["pending_days"] >= 1
 
     port = ray._private.worker._global_node.metrics_export_port
     wanted = ["ray_app_live_rank_ic", "ray_app_live_pending_days"]

@@ -54,7 +54,7 @@ from ray_app.serving.rollout import (
 )
 from ray_app.training.release import release
 from ray_app.training.train import TrainingData, fit_in_process, load_training_data
-from tests.conftest import Head, sample_feature_set
+from tests.conftest import Head, local_auth, sample_feature_set
 from tests.integration.load import Load, all_running, kill_replica, load, recovery_s
 from tests.integration.test_serve_app import (
     SERVE_CONFIG,
@@ -138,7 +138,7 @@ def signed(head: Head) -> dict[str, str]:
 
 
 def served(url: str) -> dict[str, Any]:
-    variants = requests.get(f"{url}/v1/models", timeout=10).json()["variants"]
+    variants = requests.get(f"{url}/v1/models", headers=local_auth(), timeout=10).json()["variants"]
     return {v["name"]: v["model_version"] for v in variants}
 
 
@@ -157,7 +157,9 @@ def test_without_a_champion_nothing_is_served_until_one_is_promoted(
         return ready.status_code, ready.json()["reasons"]
 
     wait_until(lambda: readiness() == (503, ["no_model:champion"]), 30)  # each replica asks
-    refused = requests.post(f"{url}/v1/predict", json={"tickers": ["AAPL"]}, timeout=10)
+    refused = requests.post(
+        f"{url}/v1/predict", json={"tickers": ["AAPL"]}, headers=local_auth(), timeout=10
+    )
     assert refused.status_code == 503 and "no model to serve" in refused.json()["detail"]
 
     desired = config_path.read_text()
@@ -178,7 +180,10 @@ def test_without_a_champion_nothing_is_served_until_one_is_promoted(
     wait_until(lambda: ready_everywhere(url), 60)
 
     body = requests.post(
-        f"{url}/v1/predict", json={"tickers": ["AAPL", "MSFT"], "as_of": "2012-06-01"}, timeout=10
+        f"{url}/v1/predict",
+        json={"tickers": ["AAPL", "MSFT"], "as_of": "2012-06-01"},
+        headers=local_auth(),
+        timeout=10,
     ).json()
     assert (body["variant"], body["model_version"]) == ("champion", versions[0])
     rows = data.frame[data.frame["date"] == pd.Timestamp("2012-06-01")]
@@ -217,7 +222,7 @@ def test_rollouts_under_load_lose_no_request(
         Change(rollback=True),
     ]
     champions = []
-    with load(url, history) as got:
+    with load(url, history, headers=local_auth()) as got:
         for step in steps:
             rollout(settings, config_path, step, **signed(ray_head))
             wanted = champion_version(settings)
@@ -241,7 +246,7 @@ def test_a_replica_killed_under_load_loses_nothing_and_is_replaced_within_10s(
     0.01% of requests lost (non-2xx, connection error or 10 s timeout), every replica RUNNING
     again within 10 s. ``CHAOS_SECONDS=60`` makes it the issue's one-minute measurement."""
     wait_until(lambda: all_running(REPLICAS), 60)
-    with load(url, history) as got:
+    with load(url, history, headers=local_auth()) as got:
         start = time.monotonic()
         time.sleep(CHAOS_S / 3)
         killed_at = time.monotonic()
@@ -268,7 +273,7 @@ def test_served_features_follow_a_new_day_without_a_redeploy(
 
     deployed = running_config(ray_head.dashboard, auth_headers(settings))
     newest = {"tickers": ["AAPL", "MSFT"]}
-    with load(url, lambda i: newest) as got:
+    with load(url, lambda i: newest, headers=local_auth()) as got:
         time.sleep(2)
         next_day = settings.model_copy(
             update={"ingest": settings.ingest.model_copy(update={"end": None})}
@@ -320,7 +325,8 @@ def test_every_model_family_trains_registers_serves_and_predicts_over_http(
 
     def ask() -> dict[str, Any]:
         question = {"tickers": ["AAPL", "MSFT"], "as_of": "2012-06-01"}
-        return dict(requests.post(f"{url}/v1/predict", json=question, timeout=10).json())
+        answer = requests.post(f"{url}/v1/predict", json=question, headers=local_auth(), timeout=10)
+        return dict(answer.json())
 
     try:  # each ingress replica notices the new model within refresh_s
         wait_until(lambda: {ask()["model_version"] for _ in range(8)} == {version}, 90)

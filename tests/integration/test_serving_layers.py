@@ -21,6 +21,7 @@ import requests
 from ray_app.registry import versions as registry
 from ray_app.registry.tracking import connect_mlflow
 from ray_app.training.train import TrainingData, fit_in_process
+from tests.conftest import local_auth
 from tests.integration.test_serve_app import wait_until
 from tests.integration.test_serve_registry import config_path, data, settings, url  # noqa: F401
 
@@ -79,7 +80,8 @@ def test_a_version_pickled_under_the_old_path_loads_and_serves(
     )
 
     def ask() -> requests.Response:
-        return requests.post(f"{url}/v1/predict", json={"tickers": ["AAPL", "MSFT"]}, timeout=10)
+        body = {"tickers": ["AAPL", "MSFT"]}
+        return requests.post(f"{url}/v1/predict", json=body, headers=local_auth(), timeout=10)
 
     # every ingress replica (two, HAProxy picks one per request) has seen the model
     wait_until(lambda: all(ask().status_code == 200 for _ in range(8)), 90)

@@ -1,4 +1,5 @@
-"""API key hashes from the secrets backend: matching, rotation within refresh_s, refusals."""
+"""API key hashes and roles from the secrets backend: matching, roles, rotation within
+refresh_s, refusals."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_app.core.api_keys import ApiKeys, hash_api_key
+from ray_app.core.api_keys import KEY_BYTES, ApiKeys, Caller, Role, hash_api_key, new_api_key
 from ray_app.core.secrets import FileBackend, SecretError, Secrets
 
 KEY_A = "k-3f0c9d1b8e7a46b2a1c5d9e0f7b3a2c1"
@@ -37,20 +38,41 @@ def api_keys(folder: Path, prod: bool = False, clock: Clock | None = None) -> Ap
 def test_a_key_matches_its_id_and_nothing_else(tmp_path: Path) -> None:
     write_hashes(tmp_path, {"alice": KEY_A, "bob": KEY_B})
     keys = api_keys(tmp_path)
-    assert keys.match(KEY_A) == "alice" and keys.match(KEY_B) == "bob"
+    assert keys.match(KEY_A) == Caller("alice", Role.predict)
+    assert keys.match(KEY_B) == Caller("bob", Role.predict)
     assert keys.match("") is None and keys.match(KEY_A + "x") is None
-    assert keys.hashes() == {"alice": hash_api_key(KEY_A), "bob": hash_api_key(KEY_B)}
 
 
-def test_a_rotation_is_seen_within_refresh_s(tmp_path: Path) -> None:
+def test_an_entry_carries_its_role_and_roles_are_ordered(tmp_path: Path) -> None:
+    entries = {
+        "ops": {"hash": hash_api_key(KEY_A), "role": "operator"},
+        "root": {"hash": hash_api_key(KEY_B), "role": "admin"},
+    }
+    (tmp_path / "api_key_hashes").write_text(json.dumps(entries))
+    keys = api_keys(tmp_path)
+    assert keys.match(KEY_A) == Caller("ops", Role.operator)
+    assert keys.match(KEY_B) == Caller("root", Role.admin)
+    assert Role.predict < Role.operator < Role.admin
+
+
+def test_new_keys_hold_32_random_bytes() -> None:
+    made = {new_api_key() for _ in range(100)}
+    assert len(made) == 100 and KEY_BYTES == 32
+    assert all(len(k) >= 43 for k in made)  # 32 bytes in URL-safe base64, unpadded
+
+
+def test_a_rotation_is_seen_at_the_first_reload_after_refresh_s(tmp_path: Path) -> None:
     clock = Clock()
     write_hashes(tmp_path, {"v1": KEY_A})
     keys = api_keys(tmp_path, clock=clock)
     write_hashes(tmp_path, {"v2": KEY_B})
     clock.now = 9.9
-    assert keys.match(KEY_A) == "v1" and keys.match(KEY_B) is None
+    keys.reload()
+    assert keys.match(KEY_A) == Caller("v1", Role.predict) and keys.match(KEY_B) is None
     clock.now = 10.0
-    assert keys.match(KEY_B) == "v2" and keys.match(KEY_A) is None
+    assert keys.match(KEY_A) is not None  # matching alone never reads the secret
+    keys.reload()
+    assert keys.match(KEY_B) == Caller("v2", Role.predict) and keys.match(KEY_A) is None
 
 
 @pytest.mark.parametrize(
@@ -62,6 +84,8 @@ def test_a_rotation_is_seen_within_refresh_s(tmp_path: Path) -> None:
         json.dumps({"alice": KEY_A}),  # the key itself, not its hash
         json.dumps({"bad id!": hash_api_key(KEY_A)}),
         json.dumps({"alice": hash_api_key(KEY_A).upper()}),
+        json.dumps({"alice": {"hash": hash_api_key(KEY_A), "role": "root"}}),
+        json.dumps({"alice": {"hash": hash_api_key(KEY_A), "extra": 1}}),
     ],
 )
 def test_a_malformed_secret_is_refused_at_start_without_its_content(
@@ -75,7 +99,7 @@ def test_a_malformed_secret_is_refused_at_start_without_its_content(
 
 def test_a_placeholder_key_is_refused_outside_dev(tmp_path: Path) -> None:
     write_hashes(tmp_path, {"ops": "changeme"})
-    assert api_keys(tmp_path).match("changeme") == "ops"
+    assert api_keys(tmp_path).match("changeme") == Caller("ops", Role.predict)
     with pytest.raises(SecretError, match="key ops is a well-known placeholder"):
         api_keys(tmp_path, prod=True)
 

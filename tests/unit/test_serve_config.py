@@ -91,7 +91,9 @@ def test_the_shipped_config_is_a_serve_config_for_build_app() -> None:
         ({"variants": [{"name": "Bad Name", "ref": "x", "weight": 1.0}]}, "pattern"),
         ({"variants": [{"name": "a", "ref": "0", "weight": 1.0}]}, "pattern"),
         ({"max_tickers": 0}, "greater than or equal"),
-        ({"api_keys_env": "NOT-A-NAME"}, "pattern"),
+        ({"auth": {"mode": "open"}}, "'keys' or 'insecure'"),
+        ({"auth": {"rate_limit": {"requests": 0}}}, "greater than or equal"),
+        ({"api_keys_env": "KEYS"}, "Extra inputs"),  # plain keys in the environment: gone
         ({"datarot": "x"}, "Extra inputs"),
     ],
 )
@@ -250,3 +252,14 @@ def test_the_shipped_config_listens_on_loopback_and_an_overlay_opens_it() -> Non
     }
     assert config["http_options"]["host"] == "127.0.0.1", "the overlay copies"
     ServeDeploySchema.model_validate(opened)
+
+
+def test_every_shipped_deployment_bounds_its_queue_and_the_api_asks_for_keys() -> None:
+    """Overload gets a quick 503 from a bounded queue, never a queue that grows until clients
+    time out; and the shipped application requires keys (insecure only on purpose)."""
+    config = yaml.safe_load(CONFIG.read_text())
+    (app,) = config["applications"]
+    queues = {d["name"]: d.get("max_queued_requests") for d in app["deployments"]}
+    assert all(isinstance(q, int) and q > 0 for q in queues.values()), queues
+    assert ServeArgs.model_validate(app["args"]).auth.mode == "keys"
+    assert "api_key" not in CONFIG.read_text().replace("api_key_hashes", "")

@@ -85,7 +85,8 @@ resource "kubernetes_secret_v1" "redis" {
   }
 }
 
-# RAY_APP_ONLINE__REDIS_URL for the online feature store (database 1; the GCS uses 0), and
+# RAY_APP_ONLINE__REDIS_URL for the online feature store (database 1; the GCS uses 0),
+# RAY_APP_API__RATE_LIMIT_REDIS_URL for the prediction API's per-key counters (database 2), and
 # its password apart, for ray-app's env secrets backend: with RAY_APP_ENVIRONMENT=prod a
 # password inside a setting's URL is refused.
 resource "kubernetes_secret_v1" "env" {
@@ -97,8 +98,9 @@ resource "kubernetes_secret_v1" "env" {
   }
 
   data = {
-    RAY_APP_ONLINE__REDIS_URL     = "rediss://${var.redis_host}:${var.redis_port}/1"
-    RAY_APP_SECRET_REDIS_PASSWORD = var.redis_password
+    RAY_APP_ONLINE__REDIS_URL         = "rediss://${var.redis_host}:${var.redis_port}/1"
+    RAY_APP_API__RATE_LIMIT_REDIS_URL = "rediss://${var.redis_host}:${var.redis_port}/2"
+    RAY_APP_SECRET_REDIS_PASSWORD     = var.redis_password
   }
 }
 
