@@ -796,6 +796,43 @@ def _ray_containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def secrets_problems(where: str, pod: dict[str, Any], secret: str) -> list[str]:
+    """A Ray container reads ray-app's secrets (the API's key hashes among them) with the
+    file backend from Secret ``secret``, mounted read-only where RAY_APP_SECRETS__DIR says."""
+    problems = []
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for c in pod["containers"]:
+        if not c["name"].startswith("ray-") or c["name"] == "ray-job-submitter":
+            continue
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        if env.get("RAY_APP_SECRETS__BACKEND") != "file":
+            problems.append(f"{where}/{c['name']}: secrets backend is not file")
+            continue
+        mounts = [
+            m for m in c.get("volumeMounts", []) if m["mountPath"] == env["RAY_APP_SECRETS__DIR"]
+        ]
+        source = volumes.get(mounts[0]["name"], {}).get("secret", {}) if mounts else {}
+        if source.get("secretName") != secret or not mounts[0].get("readOnly"):
+            problems.append(f"{where}/{c['name']}: secrets dir is not Secret {secret}, read-only")
+    return problems
+
+
+def test_every_ray_pod_reads_the_secrets_external_secrets_makes() -> None:
+    """The ingress replicas find api_key_hashes in Secret ray-app-secrets, the one that
+    cluster/external-secrets/ fills from Vault (and kubelet refreshes in place)."""
+    secret = chart.default_values()["secrets"]["secretName"]
+    (external,) = crd.load_yaml_documents(
+        project.CLUSTER / "external-secrets" / "ray-app-externalsecret.yaml"
+    )
+    assert external["spec"]["target"]["name"] == secret
+    pods = _mlflow_clients()
+    problems = [p for where, pod in pods for p in secrets_problems(where, pod, secret)]
+    assert not problems, "\n".join(problems)
+    broken = copy.deepcopy(pods[0][1])
+    broken["volumes"] = [v for v in broken["volumes"] if v["name"] != "secrets"]
+    assert secrets_problems("mutated", broken, secret), "the check can fail"
+
+
 def test_tls_can_be_turned_off_for_mlflow() -> None:
     """mlflow.tls.enabled=false: plain HTTP inside the cluster, no certificates, no CA mounts."""
     text = chart.template_text(*chart.env_args("dev"), "--set", "mlflow.tls.enabled=false")

@@ -75,6 +75,9 @@ The writable places of a Ray container on a read-only root: Ray's session and lo
 shared with the autoscaler sidecar), other temporary files (/tmp) and caches (~/.cache).
 */}}
 {{- define "ray-app.rayVolumeMounts" -}}
+- name: secrets
+  mountPath: {{ .Values.secrets.mountPath }}
+  readOnly: true
 - name: ray-logs
   mountPath: /tmp/ray
 - name: tmp
@@ -84,6 +87,13 @@ shared with the autoscaler sidecar), other temporary files (/tmp) and caches (~/
 {{- end }}
 
 {{- define "ray-app.rayVolumes" -}}
+- name: secrets
+  secret:
+    secretName: {{ .Values.secrets.secretName }}
+    # readable by the pods' group (fsGroup), absent: an empty folder, so a pod that needs a
+    # secret fails at start naming it, and one that needs none (a data job) runs
+    defaultMode: 0440
+    optional: true
 - name: ray-logs
   emptyDir: {}
 - name: tmp
@@ -139,6 +149,9 @@ spec:
           name: {{ . }}
         {{- end }}
       {{- $env := .env | default list }}
+      {{- /* ray-app's secrets: the mounted Secret, read with the file backend (ray_app/core/secrets.py) */}}
+      {{- $env = append $env (dict "name" "RAY_APP_SECRETS__BACKEND" "value" "file") }}
+      {{- $env = append $env (dict "name" "RAY_APP_SECRETS__DIR" "value" $root.Values.secrets.mountPath) }}
       {{- if $root.Values.mlflow.tls.enabled }}
       {{- /* MLflow's client trusts the tracking server's CA (ca.crt of its certificate's Secret) */}}
       {{- $env = append $env (dict "name" "MLFLOW_TRACKING_SERVER_CERT_PATH" "value" "/etc/ray-app/mlflow-ca/ca.crt") }}
