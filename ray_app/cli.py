@@ -24,8 +24,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ray_app.core import logs
+from ray_app.core.api_keys import Role
 from ray_app.core.errors import RayAppError
-from ray_app.core.secrets import redact_uris, redact_url
+from ray_app.core.secrets import Secrets, redact_uris, redact_url
 from ray_app.core.settings import CONFIG_ENV, Settings, load_settings
 from ray_app.models import family_names
 
@@ -1180,6 +1181,97 @@ def replay(
     out.print(table)
     out.print(f"A/B report: {result.report}", soft_wrap=True)
     out.print(f"drift report: {result.drift_report or 'none in this build'}", soft_wrap=True)
+
+
+keys_app = typer.Typer(
+    help="Keys of the prediction API, kept as hashes in the secret api_key_hashes.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+KeyIdArgument = Annotated[str, typer.Argument(help="The key's id: 1-64 of A-Za-z0-9._-")]
+
+
+def _key_secrets(config: Path | None) -> tuple[Settings, Secrets]:
+    from ray_app.core.secrets import open_secrets
+
+    settings = _settings(config)
+    return settings, open_secrets(settings)
+
+
+@keys_app.command("add")
+def keys_add(
+    key_id: KeyIdArgument,
+    role: Annotated[
+        str, typer.Option(help="What the key may call: predict, operator or admin")
+    ] = Role.predict.name,
+    rate_limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Requests per window for this key (default: the API's own)"),
+    ] = None,
+    config: ConfigOption = None,
+    actor: ActorOption = None,
+) -> None:
+    """Make a new key, add its hash to the secret and print the key, once, on stdout.
+
+    Written through the secrets backend (file or vault; env cannot be written) and recorded in
+    the audit trail first. Running ingress replicas accept it within secrets.refresh_s plus a
+    second.
+    """
+    from ray_app.core.api_keys import (
+        KEY_ID,
+        KeyEntry,
+        hash_api_key,
+        new_api_key,
+        stored_entries,
+        write_entries,
+    )
+    from ray_app.registry.audit import recorded
+
+    if not KEY_ID.match(key_id):
+        raise RayAppError(f"key id {key_id[:64]!r}: use 1-64 of letters, digits and '._-'")
+    if role not in Role.__members__:
+        raise RayAppError(f"--role {role[:64]!r}: use one of {', '.join(Role.__members__)}")
+    settings, secrets = _key_secrets(config)
+    entries = stored_entries(secrets)
+    if key_id in entries:
+        raise RayAppError(f"key id {key_id} exists: revoke it first, or choose another id")
+    key = new_api_key()
+    entries[key_id] = KeyEntry(hash=hash_api_key(key), role=Role[role], rate_limit=rate_limit)
+    payload = {"key_id": key_id, "role": role, "rate_limit": rate_limit}
+    who = _actor(actor)
+    recorded(settings, "api_key_added", who, payload, lambda: write_entries(secrets, entries))
+    err.print(f"key {key_id} (role {role}) added; it is shown once, here:")
+    print(key)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: KeyIdArgument, config: ConfigOption = None, actor: ActorOption = None
+) -> None:
+    """Remove a key's hash from the secret: running ingress replicas refuse it (401) within
+    secrets.refresh_s plus a second. Recorded in the audit trail first."""
+    from ray_app.core.api_keys import stored_entries, write_entries
+    from ray_app.registry.audit import recorded
+
+    settings, secrets = _key_secrets(config)
+    entries = stored_entries(secrets)
+    if entries.pop(key_id, None) is None:
+        raise RayAppError(f"no key {key_id!r} (keys: {', '.join(sorted(entries)) or 'none'})")
+    payload = {"key_id": key_id}
+    who = _actor(actor)
+    recorded(settings, "api_key_revoked", who, payload, lambda: write_entries(secrets, entries))
+    out.print(f"key {key_id} revoked")
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOption = None) -> None:
+    """Each key's id, role and rate limit (never its hash)."""
+    from ray_app.core.api_keys import stored_entries
+
+    _, secrets = _key_secrets(config)
+    for key_id, entry in sorted(stored_entries(secrets).items()):
+        limit = "the API's limit" if entry.rate_limit is None else f"{entry.rate_limit}/window"
+        out.print(f"{key_id}: {entry.role.name}, {limit}")
 
 
 cluster_app = typer.Typer(help="The local Ray head (token auth, dashboard, Serve ingress).")

@@ -166,6 +166,20 @@ class ApiKeys:
         return entry
 
 
+def stored_entries(secrets: Secrets) -> dict[str, KeyEntry]:
+    """The keys in the secret now (none when it is not set yet), for changing them."""
+    value = secrets.optional(API_KEY_HASHES)
+    return {} if value is None else ApiKeys(secrets).reload()
+
+
+def write_entries(secrets: Secrets, entries: dict[str, KeyEntry]) -> None:
+    """Replace the secret with ``entries`` (at least one: an API with no key refuses all)."""
+    if not entries:
+        raise SecretError(f"secret {API_KEY_HASHES} would hold no key; revoke after adding one")
+    body = {key_id: entry.as_json() for key_id, entry in sorted(entries.items())}
+    secrets.set(API_KEY_HASHES, json.dumps(body))
+
+
 def client_key(settings: Settings) -> str | None:
     """The key the platform's own requests send (the deployment's smoke prediction, the
     replay): the secret ``api_client_key``, else the local key ``ray-app cluster up`` made

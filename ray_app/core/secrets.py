@@ -65,6 +65,10 @@ class SecretBackend(Protocol):
         """Where ``name`` is looked for, for error messages."""
         ...
 
+    def write(self, name: str, value: str) -> None:
+        """Replace the secret's value (``ray-app keys``); SecretError where it cannot."""
+        ...
+
 
 class EnvBackend:
     """``RAY_APP_SECRET_<NAME>`` variables: for dev and CI, and for pods given them by a
@@ -76,6 +80,12 @@ class EnvBackend:
 
     def where(self, name: str) -> str:
         return f"environment variable {self._variable(name)}"
+
+    def write(self, name: str, value: str) -> None:
+        raise SecretError(
+            f"the env secrets backend cannot be written: set {self._variable(name)} where the "
+            "processes start (or use the file or vault backend)"
+        )
 
     @staticmethod
     def _variable(name: str) -> str:
@@ -102,6 +112,20 @@ class FileBackend:
 
     def where(self, name: str) -> str:
         return f"file {self.folder / name}"
+
+    def write(self, name: str, value: str) -> None:
+        """Beside the file, then renamed over it, mode 0600: a reader sees the old value or
+        the new one, never half of one."""
+        staged = self.folder / f".{name}.new"
+        try:
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(value)
+            staged.replace(self.folder / name)
+        except OSError as exc:
+            raise SecretError(
+                f"cannot write secret {name} to {self.where(name)}: {type(exc).__name__}"
+            ) from None
 
 
 class VaultBackend:
@@ -137,6 +161,25 @@ class VaultBackend:
     def where(self, name: str) -> str:
         config = self.config
         return f"Vault {config.address}, key {name} of {config.mount}/{config.path}"
+
+    def write(self, name: str, value: str) -> None:
+        """One key of the KV v2 secret, the others kept (a PATCH: a new secret version)."""
+        import hvac.exceptions
+        import requests
+
+        self.client.token = self._token().get_secret_value()
+        kv, where = self.client.secrets.kv.v2, {"path": self.config.path}
+        try:
+            try:
+                kv.patch(secret={name: value}, mount_point=self.config.mount, **where)
+            except hvac.exceptions.InvalidPath:  # no secret yet: made, unless one appeared
+                kv.create_or_update_secret(
+                    secret={name: value}, cas=0, mount_point=self.config.mount, **where
+                )
+        except (hvac.exceptions.VaultError, requests.RequestException) as exc:
+            raise SecretError(
+                f"cannot write secret {name} to {self.where(name)}: {type(exc).__name__}"
+            ) from None
 
     def _token(self) -> SecretStr:
         """Read at every request: a Vault Agent renews the token in its sink file."""
@@ -204,6 +247,15 @@ class Secrets:
         with self._lock:
             self._cache[name] = (now, value)
         return value
+
+    def set(self, name: str, value: str) -> None:
+        """Write ``name`` through the backend; this process reads it back at once."""
+        if not _NAME.match(name):
+            raise SecretError(f"{name!r} is not a secret name (lower case, digits, _)")
+        self._refuse_placeholder(name, SecretStr(value))
+        self.backend.write(name, value)
+        with self._lock:
+            self._cache.pop(name, None)
 
     def _refuse_placeholder(self, name: str, value: SecretStr) -> None:
         if self.allow_placeholders:

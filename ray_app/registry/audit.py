@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import pwd
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,27 @@ def append(settings: Settings, event: str, actor: str, payload: dict[str, Any]) 
         entry["hash"] = entry_hash(entry)
         root.write_json(entry, *AUDIT, _file_name(at, seq + 1))
         root.write_json({k: entry[k] for k in ("seq", "hash", "at")}, *AUDIT, HEAD)
+    return entry
+
+
+def recorded(
+    settings: Settings,
+    event: str,
+    actor: str,
+    payload: dict[str, Any],
+    change: Callable[[], None],
+) -> dict[str, Any]:
+    """Append the event, then make the ``change``: the entry comes first so that no change
+    goes unrecorded; a change that fails is recorded by a second entry (``<event>_failed``,
+    naming the first's ``seq``) and re-raised. The first entry, as written."""
+    entry = append(settings, event, actor, payload)
+    try:
+        change()
+    except Exception as exc:
+        failure: dict[str, Any] = {k: payload[k] for k in ("version", "key_id") if k in payload}
+        failure.update(failed_seq=entry["seq"], reason=str(exc))
+        append(settings, f"{event}_failed", actor, failure)
+        raise
     return entry
 
 

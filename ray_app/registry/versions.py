@@ -357,13 +357,7 @@ def _audited(
     """Append the event to the audit trail, then ``move`` the alias, then tag version
     ``tagged`` with the event. The entry comes first so that no move goes unrecorded; a move
     that fails is recorded by a second entry (``<event>_failed``) and re-raised."""
-    entry = audit.append(settings, event, payload["actor"], payload)
-    try:
-        move()
-    except Exception as exc:
-        failure = {"version": payload.get("version"), "failed_seq": entry["seq"]}
-        audit.append(settings, f"{event}_failed", payload["actor"], {**failure, "reason": str(exc)})
-        raise
+    entry = audit.recorded(settings, event, payload["actor"], payload, move)
     tags = {"by": payload["actor"], "at": entry["at"], "reason": payload["reason"]}
     if payload.get("metrics"):
         tags["metrics"] = json.dumps(payload["metrics"], sort_keys=True)

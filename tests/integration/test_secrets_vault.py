@@ -165,3 +165,37 @@ def test_refusals_name_the_secret_and_leak_nothing(
     logged = [record.getMessage() for record in caplog.records]
     for text in errors + logged:
         assert value not in text and reader not in text and "password1234" not in text
+
+
+def test_an_operator_adds_and_revokes_a_key_in_vault_with_the_cli(
+    bao: Bao, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ray-app keys add` patches one key of the KV v2 secret (the others stay), and a reader
+    with the read-only policy matches the new key; `keys revoke` takes it out again. A token
+    that may only read is refused with one line naming where."""
+    from tests.conftest import ray_app_command
+
+    _write(bao, api_key_hashes=json.dumps({"old": hash_api_key(KEY_OLD)}), mlflow_password="m-1")
+    env = {
+        "RAY_APP_SECRETS__BACKEND": "vault",
+        "RAY_APP_SECRETS__VAULT__ADDRESS": bao.address,
+        "RAY_APP_SECRETS__VAULT__PATH": PATH,
+        "RAY_APP_DATA_ROOT": str(tmp_path / "data"),
+        "VAULT_TOKEN": str(bao.root.token),  # an operator's token, allowed to write
+    }
+    added = ray_app_command(["keys", "add", "desk", "--role", "operator"], env, plain=True)
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.strip()
+    stored = bao.root.secrets.kv.v2.read_secret_version(path=PATH, mount_point="secret")
+    assert stored["data"]["data"]["mlflow_password"] == "m-1"  # patched, not replaced
+    reader = dict(env, VAULT_TOKEN=_reader_token(bao))
+    monkeypatch.setenv("VAULT_TOKEN", reader["VAULT_TOKEN"])
+    keys = ApiKeys(open_secrets(_settings(bao)))
+    assert keys.match(key) == Caller("desk", Role.operator) and keys.match(KEY_OLD) is not None
+
+    refused = ray_app_command(["keys", "revoke", "desk"], reader, plain=True)
+    assert refused.returncode == 2
+    assert f"cannot write secret api_key_hashes to Vault {bao.address}" in refused.stderr
+    assert ray_app_command(["keys", "revoke", "desk"], env, plain=True).returncode == 0
+    time.sleep(REFRESH_S)
+    assert keys.reload() and keys.match(key) is None

@@ -107,3 +107,71 @@ def test_a_placeholder_key_is_refused_outside_dev(tmp_path: Path) -> None:
 def test_a_missing_secret_fails_at_start(tmp_path: Path) -> None:
     with pytest.raises(SecretError, match="secret api_key_hashes is not set"):
         api_keys(tmp_path)
+
+
+def test_keys_are_added_listed_and_revoked_through_the_cli_and_audited(tmp_path: Path) -> None:
+    """`ray-app keys` as an operator runs it, on the file backend (a mounted Secret)."""
+    from ray_app.core.settings import Settings
+    from ray_app.registry.audit import audit_log, os_user
+    from tests.conftest import ray_app_command
+
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    env = {
+        "RAY_APP_SECRETS__BACKEND": "file",
+        "RAY_APP_SECRETS__DIR": str(secrets_dir),
+        "RAY_APP_DATA_ROOT": str(tmp_path / "data"),
+    }
+    added = ray_app_command(["keys", "add", "desk-1", "--role", "operator"], env, plain=True)
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.strip()
+    assert "\n" not in key and len(key) >= 43 and "shown once" in added.stderr
+    assert (secrets_dir / "api_key_hashes").stat().st_mode & 0o777 == 0o600
+    keys = api_keys(secrets_dir)
+    assert keys.match(key) == Caller("desk-1", Role.operator)
+    assert key not in (secrets_dir / "api_key_hashes").read_text()
+
+    other = ray_app_command(["keys", "add", "bot", "--rate-limit", "5"], env, plain=True)
+    listed = ray_app_command(["keys", "list"], env, plain=True)
+    assert other.returncode == 0 and listed.returncode == 0
+    assert listed.stdout.splitlines() == [
+        "bot: predict, 5/window",
+        "desk-1: operator, the API's limit",
+    ]
+    for args, reason in [
+        (["keys", "add", "desk-1"], "key id desk-1 exists"),
+        (["keys", "add", "a/b"], "key id 'a/b'"),
+        (["keys", "revoke", "nobody"], "no key 'nobody' (keys: bot, desk-1)"),
+    ]:
+        refused = ray_app_command(args, env, plain=True)
+        assert refused.returncode == 2 and reason in refused.stderr, refused.stderr
+    bad_role = ray_app_command(["keys", "add", "x", "--role", "root"], env, plain=True)
+    assert bad_role.returncode == 2
+    assert "--role 'root': use one of predict, operator, admin" in bad_role.stderr
+
+    assert ray_app_command(["keys", "revoke", "desk-1"], env, plain=True).returncode == 0
+    assert api_keys(secrets_dir).match(key) is None
+    last = ray_app_command(["keys", "revoke", "bot"], env, plain=True)
+    assert last.returncode == 2 and "would hold no key" in last.stderr
+
+    log = audit_log(Settings(data_root=str(tmp_path / "data")))
+    assert [e["event"] for e in log] == [
+        "api_key_added",
+        "api_key_added",
+        "api_key_revoked",
+        "api_key_revoked",
+        "api_key_revoked_failed",
+    ]
+    assert {e["actor"] for e in log} == {os_user()} and log[0]["role"] == "operator"
+    assert key not in json.dumps(log)
+    verified = ray_app_command(["audit", "verify"], env, plain=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_env_backend_cannot_be_written(tmp_path: Path) -> None:
+    from tests.conftest import ray_app_command
+
+    env = {"RAY_APP_SECRETS__BACKEND": "env", "RAY_APP_DATA_ROOT": str(tmp_path)}
+    done = ray_app_command(["keys", "add", "desk-1"], env, plain=True)
+    assert done.returncode == 2
+    assert "env secrets backend cannot be written: set RAY_APP_SECRET_API_KEY_HASHES" in done.stderr
