@@ -83,7 +83,9 @@ import yaml
 from bench_data import OUT, fresh_root, load_note, local_ray, write_universe
 from fastapi import FastAPI, HTTPException
 
-from ray_app.core.settings import ClusterSettings, Settings
+from ray_app.core.api_keys import KeyEntry, Role, auth_header, hash_api_key, new_api_key
+from ray_app.core.secrets import API_KEY_HASHES
+from ray_app.core.settings import SECRET_ENV_PREFIX, ClusterSettings, Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import build_features
 from ray_app.data.ingest import run_ingest
@@ -256,6 +258,24 @@ def plain_server(root: Path, ticker: str) -> Iterator[str]:
 # --- (b) and (c): the Serve application --------------------------------------------------
 
 
+# The Authorization header of the local admin key, once ``keyed_head`` has made it.
+AUTH: dict[str, str] = {}
+
+
+def keyed_head(cfg: ClusterSettings) -> cluster.ClusterState:
+    """``cluster.up`` with one API key for the benchmark, as the env secrets backend gives keys
+    to a head: the shipped API is measured with its auth and its Redis rate limit, the key's
+    own limit set far above what wrk sends (the shipped 1000/s would cap the load instead).
+    wrk sends the key from the environment (bench/predict.lua), never its command line."""
+    key = new_api_key()
+    entry = KeyEntry(hash=hash_api_key(key), role=Role.admin, rate_limit=10**9)
+    hashes = json.dumps({"bench": entry.as_json()})
+    state = cluster.up(cfg, {SECRET_ENV_PREFIX + API_KEY_HASHES.upper(): hashes}).state
+    AUTH.update(auth_header(key))
+    os.environ["RAY_APP_BENCH_KEY"] = key
+    return state
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -264,7 +284,8 @@ def free_port() -> int:
 
 def answers(url: str, ticker: str) -> bool:
     probe = {"tickers": [ticker]}
-    return requests.post(f"{url}/v1/predict", json=probe, timeout=5).status_code == 200
+    answer = requests.post(f"{url}/v1/predict", json=probe, headers=AUTH, timeout=5)
+    return answer.status_code == 200
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float) -> None:
@@ -296,7 +317,7 @@ def serve_config(settings: Settings, out: Path) -> tuple[Path, str]:
 
 
 def models(url: str) -> dict[str, Any]:
-    return dict(requests.get(f"{url}/v1/models", timeout=10).json())
+    return dict(requests.get(f"{url}/v1/models", headers=AUTH, timeout=10).json())
 
 
 def sources(url: str) -> tuple[int, int, int]:
@@ -314,7 +335,7 @@ def serve_app(settings: Settings, out: Path, ticker: str) -> Iterator[tuple[Path
         metrics_port=free_port(),
         num_cpus=2,
     )
-    state = cluster.up(cfg).state
+    state = keyed_head(cfg)
     os.environ.update(
         RAY_ADDRESS=state.gcs_address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=state.token_path
     )

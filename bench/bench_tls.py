@@ -47,7 +47,16 @@ from pathlib import Path
 import requests
 import yaml
 from bench_data import OUT, fresh_root, load_note, write_universe
-from bench_serve import LUA, SERVE_CONFIG, build_store, free_port, request_lines, wait_until
+from bench_serve import (
+    AUTH,
+    LUA,
+    SERVE_CONFIG,
+    build_store,
+    free_port,
+    keyed_head,
+    request_lines,
+    wait_until,
+)
 
 from ray_app.core.raycli import ray_cli, token_env
 from ray_app.core.settings import ClusterSettings, Settings, TlsSettings
@@ -136,10 +145,13 @@ def http_url(path: Path) -> str:
 
 def ready(url: str, ticker: str, ca: Path | None) -> bool:
     verify: str | bool = str(ca) if ca else True
-    probe = requests.post(f"{url}/v1/predict", json={"tickers": [ticker]}, timeout=5, verify=verify)
+    probe = requests.post(
+        f"{url}/v1/predict", json={"tickers": [ticker]}, headers=AUTH, timeout=5, verify=verify
+    )
     if probe.status_code != 200:
         return False
-    variants = requests.get(f"{url}/v1/models", timeout=5, verify=verify).json()["variants"]
+    models = requests.get(f"{url}/v1/models", headers=AUTH, timeout=5, verify=verify)
+    variants = models.json()["variants"]
     return all(v["ready"] and v.get("precomputed", True) for v in variants)
 
 
@@ -153,7 +165,7 @@ def head(out: Path, *, haproxy: bool) -> Iterator[tuple[ClusterSettings, cluster
         haproxy=haproxy,
         tls=TlsSettings(port=free_port()),
     )
-    state = cluster.up(cfg).state
+    state = keyed_head(cfg)
     try:
         yield cfg, state
     finally:

