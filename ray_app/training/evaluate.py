@@ -23,12 +23,7 @@ from ray_app.core.errors import RayAppError
 from ray_app.core.settings import EvaluateSettings, Settings
 from ray_app.data.features import TARGET
 from ray_app.models.families import ModelSpec, TrainedModel
-from ray_app.models.metrics import (
-    information_coefficient,
-    leak_warning,
-    long_short_backtest,
-    summary,
-)
+from ray_app.models.metrics import leak_warning, long_short_backtest, rank_ic, summary
 from ray_app.models.networks import (
     PersistenceBaseline,
     Predictor,
@@ -105,7 +100,7 @@ def score(preds: pd.DataFrame, cfg: EvaluateSettings) -> dict[str, float | None]
     """``metrics.summary`` of long-form predictions, with None for metrics that are undefined."""
     if preds.empty:
         raise EvaluationError("no rows to score: the model could predict none of the test rows")
-    metrics = summary(preds, quantile=cfg.quantile, cost_bps=cfg.cost_bps)
+    metrics = summary(preds, quantile=cfg.quantile, top_k=cfg.top_k, cost_bps=cfg.cost_bps)
     return {name: _finite(value) for name, value in metrics.items()}
 
 
@@ -186,16 +181,16 @@ def _plot_series(wide: pd.DataFrame, scope: str, cfg: EvaluateSettings) -> dict[
     }
 
 
-def _ic_series(wide: pd.DataFrame) -> dict[str, list[Any]]:
-    daily = information_coefficient(_long(wide, "model")).daily
-    return {"dates": _iso(daily.index), "ic": daily.tolist()}
+def _rank_ic_series(wide: pd.DataFrame) -> dict[str, list[Any]]:
+    daily = rank_ic(_long(wide, "model")).daily
+    return {"dates": _iso(daily.index), "rank_ic": daily.tolist()}
 
 
 def _leak_warnings(metrics: dict[str, dict[str, dict[str, float | None]]]) -> list[dict[str, str]]:
     warnings = []
     for scope, by_name in metrics.items():
         model = by_name["model"]
-        message = leak_warning(model["directional_accuracy"] or 0.0, model["ic_mean"] or 0.0)
+        message = leak_warning(model["directional_accuracy"] or 0.0, model["rank_ic"] or 0.0)
         if message:
             warnings.append({"scope": scope, "message": message})
     return warnings
@@ -258,7 +253,7 @@ def _build_report(
         "fold_metrics": {
             f.name: _score_all(w, cfg) for f, w in zip(split.folds, fold_preds, strict=True)
         },
-        "ic_series": {scope: _ic_series(wide) for scope, wide in scopes.items()},
+        "rank_ic_series": {scope: _rank_ic_series(wide) for scope, wide in scopes.items()},
         "plot": _plot_series(scopes[plot_scope], plot_scope, cfg),
         "warnings": _leak_warnings(metrics),
         "notes": _notes(data, model, [*folds, *([holdout] if holdout else [])], bool(holdout)),
@@ -351,14 +346,14 @@ def _plot_ic(report: dict[str, Any], path: Path) -> None:
 
     fig = Figure(figsize=(9, 4.5), layout="constrained")
     ax = fig.subplots()
-    for scope, series in report["ic_series"].items():
-        daily = pd.Series(series["ic"], index=pd.to_datetime(series["dates"]), dtype=float)
+    for scope, series in report["rank_ic_series"].items():
+        daily = pd.Series(series["rank_ic"], index=pd.to_datetime(series["dates"]), dtype=float)
         ax.plot(daily.index, daily.to_numpy(), ".", markersize=3, alpha=0.4, label=f"{scope} daily")
         rolling = daily.rolling(ROLLING_IC_DAYS, min_periods=1).mean()
         ax.plot(rolling.index, rolling.to_numpy(), label=f"{scope} {ROLLING_IC_DAYS}-day mean")
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.tick_params(axis="x", labelrotation=30)
-    ax.set(title="Information coefficient (daily rank correlation)", ylabel="IC")
+    ax.set(title="Rank IC (daily Spearman correlation)", ylabel="rank IC")
     ax.legend()
     fig.savefig(path, dpi=100)
 

@@ -1,7 +1,9 @@
 """The quality gate: whether a challenger beats every baseline and the champion on the holdout.
 
 It lives with training because it scores models (the champion is re-scored on the
-challenger's holdout rows); the registry only records its verdict (``GateDecision``).
+challenger's holdout rows, so its figures always carry today's metric names, whatever a
+version registered earlier was tagged with); the registry only records its verdict
+(``GateDecision``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from ray_app.registry.versions import GateDecision, champion_version, load_versi
 from ray_app.training.evaluate import model_predictions, score
 from ray_app.training.train import TrainingData
 
-GATE_LABELS = {"ic_mean": "IC", "sharpe": "Sharpe"}
+GATE_LABELS = {"rank_ic": "rank IC", "sharpe": "Sharpe"}
 
 
 def champion_holdout_metrics(
@@ -40,7 +42,7 @@ def champion_holdout_metrics(
 
 
 def _number(metrics: Mapping[str, float | None], key: str, nan_as_zero: bool) -> float:
-    """A metric for the gate: an undefined IC or Sharpe (a flat predictor's) counts as 0,
+    """A metric for the gate: an undefined rank IC or Sharpe (a flat predictor's) counts as 0,
     which is what a flat book earns; an undefined RMSE stays NaN and fails."""
     value = metrics.get(key)
     value = math.nan if value is None else float(value)
@@ -72,7 +74,8 @@ def _beats(
     key: str,
     margin: float,
 ) -> Check:
-    """Higher is better (IC, Sharpe): the challenger must exceed the other's value + margin."""
+    """Higher is better (rank IC, Sharpe): the challenger must exceed the other's value +
+    margin."""
     mine, theirs = _number(challenger, key, True), _number(other, key, True)
     passed = mine > theirs + margin
     reason = (
@@ -105,16 +108,16 @@ def quality_gate(
     gate: GateSettings,
 ) -> GateDecision:
     """Whether ``challenger`` beats every one of ``others`` (baselines, the champion) on the
-    holdout by the configured margins: higher IC, higher Sharpe, RMSE no worse.
+    holdout by the configured margins: higher rank IC, higher Sharpe, RMSE no worse.
 
     All three must hold against each: a model that ranks well but whose point forecasts are
-    worse than predicting zero, or that wins on IC but loses money after costs, is not
+    worse than predicting zero, or that wins on rank IC but loses money after costs, is not
     promoted.
     """
     decision = GateDecision(passed=True)
     for name, other in others.items():
         checks = {
-            "ic_mean": _beats(challenger, name, other, "ic_mean", gate.ic_margin),
+            "rank_ic": _beats(challenger, name, other, "rank_ic", gate.ic_margin),
             "sharpe": _beats(challenger, name, other, "sharpe", gate.sharpe_margin),
             "rmse": _no_worse(challenger, name, other, gate.rmse_margin),
         }
@@ -122,5 +125,5 @@ def quality_gate(
         decision.reasons += [reason for _, reason in checks.values() if reason]
     decision.passed = not decision.reasons
     if decision.passed:
-        decision.reasons = [f"beats {', '.join(others) or 'nothing'} on IC, Sharpe and RMSE"]
+        decision.reasons = [f"beats {', '.join(others) or 'nothing'} on rank IC, Sharpe and RMSE"]
     return decision
