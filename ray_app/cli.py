@@ -375,7 +375,7 @@ FeatureVersionOption = Annotated[
 
 
 # The columns of a report's tables: ranking skill and its significance, the Sharpe after costs
-# of the quantile and the top-k books, and the point error.
+# of the quantile and the top-k books, and the point error (none for a factor, which only ranks).
 REPORT_COLUMNS = (
     "rank_ic",
     "rank_icir",
@@ -388,7 +388,7 @@ REPORT_COLUMNS = (
 
 
 def _predictor_table(title: str, by_name: dict[str, dict[str, float | None]]) -> Table:
-    """One row per predictor (model, baselines) of a report scope."""
+    """One row per predictor (model, baselines, factors) of a report scope."""
     table = Table(title=title)
     table.add_column("predictor")
     for column in REPORT_COLUMNS:
@@ -449,7 +449,7 @@ def train(
 ) -> None:
     """Train with Ray Train, evaluate walk-forward, register the challenger, apply the gate.
 
-    Prints each epoch's losses, the holdout table (model and baselines: rank IC, its
+    Prints each epoch's losses, the holdout table (model, baselines and factors: rank IC, its
     ICIR and t-statistic, Pearson IC, the long-short and top-k Sharpe after costs, RMSE), any
     leak warning, the gate's verdict and the MLflow run id.
     """

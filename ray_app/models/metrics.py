@@ -260,17 +260,23 @@ def summary(
     quantile: float = 0.2,
     top_k: int = 10,
     cost_bps: float = 5.0,
+    point_forecast: bool = True,
 ) -> dict[str, float]:
-    """Every scalar metric of ``preds`` in one flat dict (ready for ``mlflow.log_metrics``)."""
+    """Every scalar metric of ``preds`` in one flat dict (ready for ``mlflow.log_metrics``).
+
+    ``point_forecast=False`` says ``pred`` only orders the tickers (a factor's rank), so the
+    point errors and the directional accuracy, which read it as a return, are NaN.
+    """
     check_predictions(preds)
     y, p = preds["target_ret"].to_numpy(), preds["pred"].to_numpy()
     ranked, linear = rank_ic(preds), pearson_ic(preds)
     book = long_short_backtest(preds, quantile=quantile, cost_bps=cost_bps)
     top = top_k_backtest(preds, k=top_k, cost_bps=cost_bps)
+    nan = float("nan")
     return {
-        "rmse": rmse(y, p),
-        "mae": mae(y, p),
-        "directional_accuracy": directional_accuracy(y, p),
+        "rmse": rmse(y, p) if point_forecast else nan,
+        "mae": mae(y, p) if point_forecast else nan,
+        "directional_accuracy": directional_accuracy(y, p) if point_forecast else nan,
         "rank_ic": ranked.mean,
         "rank_icir": ranked.ir,
         "rank_ic_t": ranked.t_stat,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ray_app.core.settings import GateSettings, Settings
+from ray_app.models.factors import FACTOR_NAMES
 from ray_app.registry.versions import GateDecision, champion_version, load_version
 from ray_app.training.evaluate import model_predictions, score
 from ray_app.training.train import TrainingData
@@ -110,20 +111,25 @@ def quality_gate(
     """Whether ``challenger`` beats every one of ``others`` (baselines, the champion) on the
     holdout by the configured margins: higher rank IC, higher Sharpe, RMSE no worse.
 
-    All three must hold against each: a model that ranks well but whose point forecasts are
-    worse than predicting zero, or that wins on rank IC but loses money after costs, is not
-    promoted.
+    All must hold against each: a model that ranks well but whose point forecasts are worse
+    than predicting zero, or that wins on rank IC but loses money after costs, is not
+    promoted. A factor (``models.factors``) only ranks, so against it the RMSE does not
+    apply.
     """
     decision = GateDecision(passed=True)
     for name, other in others.items():
         checks = {
             "rank_ic": _beats(challenger, name, other, "rank_ic", gate.ic_margin),
             "sharpe": _beats(challenger, name, other, "sharpe", gate.sharpe_margin),
-            "rmse": _no_worse(challenger, name, other, gate.rmse_margin),
         }
+        if name not in FACTOR_NAMES:
+            checks["rmse"] = _no_worse(challenger, name, other, gate.rmse_margin)
         decision.comparisons[name] = {key: entry for key, (entry, _) in checks.items()}
         decision.reasons += [reason for _, reason in checks.values() if reason]
     decision.passed = not decision.reasons
     if decision.passed:
-        decision.reasons = [f"beats {', '.join(others) or 'nothing'} on rank IC, Sharpe and RMSE"]
+        decision.reasons = [
+            f"beats {', '.join(others) or 'nothing'} on rank IC and Sharpe, and every return "
+            "forecast among them on RMSE"
+        ]
     return decision

@@ -17,6 +17,7 @@ import torch
 
 from ray_app.core.settings import Settings
 from ray_app.data.features import TARGET
+from ray_app.models.factors import FACTOR_NAMES
 from ray_app.models.families import TrainedModel, names, spec
 from ray_app.registry.audit import audit_log
 from ray_app.registry.tracking import connect_mlflow, lineage_tags
@@ -113,6 +114,8 @@ def test_report_scores_every_scope_and_predictor(report: dict, data: TrainingDat
         assert set(by_name) == set(PREDICTORS)
         assert by_name["zero"]["rank_ic"] is None  # a flat forecast has no rank correlation
         assert by_name["model"]["rmse"] > 0
+        for factor in FACTOR_NAMES:  # a factor ranks the day's tickers, it forecasts no return
+            assert by_name[factor]["rank_ic"] is not None and by_name[factor]["rmse"] is None
     assert list(report["fold_metrics"]) == ["fold_0", "fold_1"]
     folds = report["folds"]
     assert [f["test_start"] for f in folds] == ["2012-03-12", "2012-06-06"]

@@ -249,3 +249,14 @@ def test_summary_is_flat_floats() -> None:
     assert result["rank_icir"] == pytest.approx(ic.mean / ic.std)
     assert result["rank_ic_t"] == pytest.approx(result["rank_icir"] * np.sqrt(ic.n_days))
     assert result["top_k_sharpe"] == top_k_backtest(frame, k=2, cost_bps=5).sharpe
+
+
+def test_a_ranking_has_no_point_errors() -> None:
+    """A factor's rank orders tickers but is no return: its RMSE, MAE and direction are NaN,
+    its ranking metrics those of any predictor."""
+    frame = random_preds()
+    as_rank = summary(frame, point_forecast=False)
+    as_return = summary(frame)
+    for name in ("rmse", "mae", "directional_accuracy"):
+        assert np.isnan(as_rank[name]) and np.isfinite(as_return[name])
+    assert as_rank["rank_ic"] == as_return["rank_ic"] and as_rank["sharpe"] == as_return["sharpe"]

@@ -1,5 +1,6 @@
 """The quality gate: a challenger must beat every baseline and the champion on rank IC, Sharpe
-and RMSE, by the configured margins, with undefined values counting as zero."""
+and RMSE (factors, which only rank: rank IC and Sharpe), by the configured margins, with
+undefined values counting as zero."""
 
 from __future__ import annotations
 
@@ -9,25 +10,48 @@ import math
 import pytest
 
 from ray_app.core.settings import GateSettings
+from ray_app.models.factors import FACTOR_NAMES
 from ray_app.registry.versions import holdout_metrics, metric_tags
+from ray_app.training.evaluate import BASELINES
 from ray_app.training.gate import quality_gate
 
 ZERO = {"rank_ic": None, "rank_ic_t": None, "sharpe": math.nan, "rmse": 0.020}
 RIDGE = {"rank_ic": 0.010, "rank_ic_t": 0.8, "sharpe": 0.40, "rmse": 0.0199}
 PERSISTENCE = {"rank_ic": -0.005, "rank_ic_t": -0.4, "sharpe": -0.20, "rmse": 0.028}
+REVERSAL = {"rank_ic": 0.020, "rank_ic_t": 1.5, "sharpe": 0.90, "rmse": None}  # ranks only
 GOOD = {"rank_ic": 0.030, "rank_ic_t": 2.4, "sharpe": 1.10, "rmse": 0.0195}
 
 
 def baselines() -> dict[str, dict[str, float | None]]:
-    return {"zero": ZERO, "persistence": PERSISTENCE, "ridge": RIDGE}
+    return {"zero": ZERO, "persistence": PERSISTENCE, "ridge": RIDGE, "reversal_1d": REVERSAL}
 
 
 def test_a_challenger_that_beats_everyone_passes() -> None:
     decision = quality_gate(GOOD, {**baselines(), "champion": RIDGE}, GateSettings())
     assert decision.passed, decision.reasons
-    assert set(decision.comparisons) == {"zero", "persistence", "ridge", "champion"}
+    assert set(decision.comparisons) == {"zero", "persistence", "ridge", "reversal_1d", "champion"}
     assert all(c["passed"] for by in decision.comparisons.values() for c in by.values())
     json.dumps(decision.comparisons, allow_nan=False)  # recordable as it is
+
+
+def test_the_gate_knows_every_factor_baseline() -> None:
+    """Evaluation's baselines include the factors, which the gate compares on ranking only."""
+    assert set(FACTOR_NAMES) == {"reversal_1d", "reversal_5d", "momentum_21d"}
+    assert set(FACTOR_NAMES) < set(BASELINES)
+    others = {name: REVERSAL for name in FACTOR_NAMES}
+    decision = quality_gate(GOOD, others, GateSettings())
+    assert decision.passed
+    assert all(set(checks) == {"rank_ic", "sharpe"} for checks in decision.comparisons.values())
+
+
+def test_losing_to_a_factor_fails_naming_it() -> None:
+    """A model that cannot beat a one-line factor is not worth serving."""
+    challenger = {**GOOD, "sharpe": 0.85}  # beats ridge (0.40), not the reversal (0.90)
+    decision = quality_gate(challenger, baselines(), GateSettings())
+    assert not decision.passed
+    assert decision.reasons == [
+        "Sharpe 0.8500 does not beat reversal_1d's 0.9000 + margin 0 (needs > 0.9000)"
+    ]
 
 
 def test_losing_to_one_baseline_on_rank_ic_fails_naming_it() -> None:
@@ -75,11 +99,12 @@ def test_margins_are_applied(gate: GateSettings, failing: str) -> None:
     assert "margin" in decision.reasons[0] and "ridge" in decision.reasons[0]
 
 
-def test_every_failed_comparison_gets_its_own_reason() -> None:
+def test_every_failed_check_gets_its_own_reason() -> None:
     bad = {"rank_ic": -0.02, "rank_ic_t": -1.0, "sharpe": -1.0, "rmse": 0.03}
     decision = quality_gate(bad, baselines(), GateSettings())
-    # worse than each of the three baselines on each of the three metrics
-    assert len(decision.reasons) == 9
+    # worse than each of the three return forecasts on each of the three metrics, and than
+    # the factor on its two
+    assert len(decision.reasons) == 3 * 3 + 2
 
 
 def test_metric_tags_skip_undefined_metrics() -> None:
