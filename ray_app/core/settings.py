@@ -304,10 +304,17 @@ class EvaluateSettings(_Section):
 
 
 class GateSettings(_Section):
-    """The quality gate: margins a challenger must beat every baseline and the champion by."""
+    """The quality gate: margins a challenger must beat every baseline and the champion by,
+    and how significant its skill must be."""
 
     ic_margin: float = Field(
         0.0, description="The challenger's rank IC must exceed every other's rank IC plus this"
+    )
+    min_rank_ic_t: float = Field(
+        2.0,
+        ge=0,
+        description="The challenger's holdout rank IC must have a t-statistic (mean / (std / "
+        "sqrt(days)) of the daily rank IC) of at least this",
     )
     sharpe_margin: float = Field(
         0.0, description="The challenger's Sharpe must exceed every other's plus this"

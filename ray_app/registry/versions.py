@@ -354,11 +354,13 @@ def champion_version(settings: Settings) -> int | None:
 @dataclass
 class GateDecision:
     """The quality gate's verdict as the registry records it: passed, one reason per failed
-    comparison, and every comparison (other -> metric -> values, margin, threshold, passed)."""
+    check, every comparison (other -> metric -> values, margin, threshold, passed) and the
+    checks of the challenger alone (metric -> value, threshold, passed: the minimum t)."""
 
     passed: bool
     reasons: list[str] = field(default_factory=list)
     comparisons: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    significance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _audited(
@@ -457,6 +459,7 @@ def record_rejection(settings: Settings, version: int, actor: str, decision: Gat
         "actor": actor,
         "reason": "; ".join(decision.reasons),
         "comparisons": decision.comparisons,
+        "significance": decision.significance,
     }
     _audited(settings, client, "gate_rejected", version, payload)
 

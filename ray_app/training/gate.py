@@ -1,4 +1,5 @@
-"""The quality gate: whether a challenger beats every baseline and the champion on the holdout.
+"""The quality gate: whether a challenger beats every baseline and the champion on the holdout,
+with skill that is significant.
 
 It lives with training because it scores models (the champion is re-scored on the
 challenger's holdout rows, so its figures always carry today's metric names, whatever a
@@ -43,8 +44,8 @@ def champion_holdout_metrics(
 
 
 def _number(metrics: Mapping[str, float | None], key: str, nan_as_zero: bool) -> float:
-    """A metric for the gate: an undefined rank IC or Sharpe (a flat predictor's) counts as 0,
-    which is what a flat book earns; an undefined RMSE stays NaN and fails."""
+    """A metric for the gate: an undefined rank IC, t or Sharpe (a flat predictor's) counts
+    as 0, which is what a flat book earns; an undefined RMSE stays NaN and fails."""
     value = metrics.get(key)
     value = math.nan if value is None else float(value)
     return 0.0 if nan_as_zero and math.isnan(value) else value
@@ -103,20 +104,36 @@ def _no_worse(
     return _entry(mine, theirs, margin, threshold, passed), None if passed else reason
 
 
+def _significant(challenger: Mapping[str, float | None], minimum: float) -> Check:
+    """The challenger's rank-IC t-statistic must reach ``minimum``: a mean rank IC that beats
+    every baseline by luck, on too few or too scattered days, is not skill."""
+    mine = _number(challenger, "rank_ic_t", True)
+    passed = mine >= minimum
+    reason = (
+        f"rank-IC t-statistic {mine:.2f} is below the minimum t {minimum:g} "
+        "(gate.min_rank_ic_t): the holdout cannot tell its rank IC from 0"
+    )
+    entry = {"challenger": mine, "threshold": minimum, "passed": passed}
+    return entry, None if passed else reason
+
+
 def quality_gate(
     challenger: Mapping[str, float | None],
     others: Mapping[str, Mapping[str, float | None]],
     gate: GateSettings,
 ) -> GateDecision:
-    """Whether ``challenger`` beats every one of ``others`` (baselines, the champion) on the
-    holdout by the configured margins: higher rank IC, higher Sharpe, RMSE no worse.
+    """Whether ``challenger``'s holdout rank IC is significant (t-statistic at least
+    ``gate.min_rank_ic_t``) and it beats every one of ``others`` (baselines, the champion)
+    by the configured margins: higher rank IC, higher Sharpe, RMSE no worse.
 
     All must hold against each: a model that ranks well but whose point forecasts are worse
     than predicting zero, or that wins on rank IC but loses money after costs, is not
     promoted. A factor (``models.factors``) only ranks, so against it the RMSE does not
     apply.
     """
-    decision = GateDecision(passed=True)
+    t_entry, t_reason = _significant(challenger, gate.min_rank_ic_t)
+    decision = GateDecision(passed=True, significance={"rank_ic_t": t_entry})
+    decision.reasons += [t_reason] if t_reason else []
     for name, other in others.items():
         checks = {
             "rank_ic": _beats(challenger, name, other, "rank_ic", gate.ic_margin),
@@ -129,7 +146,8 @@ def quality_gate(
     decision.passed = not decision.reasons
     if decision.passed:
         decision.reasons = [
-            f"beats {', '.join(others) or 'nothing'} on rank IC and Sharpe, and every return "
+            f"rank-IC t {t_entry['challenger']:.2f} >= {gate.min_rank_ic_t:g}; beats "
+            f"{', '.join(others) or 'nothing'} on rank IC and Sharpe, and every return "
             "forecast among them on RMSE"
         ]
     return decision

@@ -272,5 +272,6 @@ def test_register_promote_rollback_and_audit(
     rejected = audit_log(settings)[-1]
     assert rejected["event"] == "gate_rejected" and rejected["version"] == 2
     assert rejected["comparisons"]["zero"]["rank_ic"]["passed"] is False
+    assert rejected["significance"]["rank_ic_t"]["passed"] is False
     version_tags = mlflow.MlflowClient().get_model_version(settings.mlflow.model_name, "2").tags
     assert version_tags["gate_rejected.by"] == "ci" and "IC" in version_tags["gate_rejected.reason"]

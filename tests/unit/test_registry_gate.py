@@ -1,6 +1,6 @@
-"""The quality gate: a challenger must beat every baseline and the champion on rank IC, Sharpe
-and RMSE (factors, which only rank: rank IC and Sharpe), by the configured margins, with
-undefined values counting as zero."""
+"""The quality gate: a challenger's rank IC must be significant, and it must beat every
+baseline and the champion on rank IC, Sharpe and RMSE (factors, which only rank: rank IC and
+Sharpe), by the configured margins, with undefined values counting as zero."""
 
 from __future__ import annotations
 
@@ -31,7 +31,13 @@ def test_a_challenger_that_beats_everyone_passes() -> None:
     assert decision.passed, decision.reasons
     assert set(decision.comparisons) == {"zero", "persistence", "ridge", "reversal_1d", "champion"}
     assert all(c["passed"] for by in decision.comparisons.values() for c in by.values())
+    assert decision.significance["rank_ic_t"] == {
+        "challenger": 2.4,
+        "threshold": 2.0,
+        "passed": True,
+    }
     json.dumps(decision.comparisons, allow_nan=False)  # recordable as it is
+    json.dumps(decision.significance, allow_nan=False)
 
 
 def test_the_gate_knows_every_factor_baseline() -> None:
@@ -54,6 +60,24 @@ def test_losing_to_a_factor_fails_naming_it() -> None:
     ]
 
 
+def test_enough_rank_ic_with_too_low_a_t_is_refused_naming_t() -> None:
+    """Beating every baseline on rank IC is not enough when the holdout cannot tell that
+    rank IC from 0."""
+    lucky = {**GOOD, "rank_ic_t": 1.7}
+    decision = quality_gate(lucky, baselines(), GateSettings(min_rank_ic_t=2.0))
+    assert not decision.passed
+    assert all(c["passed"] for by in decision.comparisons.values() for c in by.values())
+    assert len(decision.reasons) == 1
+    assert "t-statistic 1.70" in decision.reasons[0] and "minimum t 2" in decision.reasons[0]
+    assert decision.significance["rank_ic_t"]["passed"] is False
+    assert quality_gate(lucky, baselines(), GateSettings(min_rank_ic_t=1.5)).passed
+
+
+def test_an_undefined_t_is_not_significant() -> None:
+    decision = quality_gate({**GOOD, "rank_ic_t": None}, baselines(), GateSettings())
+    assert not decision.passed and "t-statistic 0.00" in decision.reasons[0]
+
+
 def test_losing_to_one_baseline_on_rank_ic_fails_naming_it() -> None:
     challenger = {**GOOD, "rank_ic": 0.008}
     decision = quality_gate(challenger, {"zero": ZERO, "ridge": RIDGE}, GateSettings())
@@ -67,13 +91,14 @@ def test_losing_to_one_baseline_on_rank_ic_fails_naming_it() -> None:
 
 def test_undefined_rank_ic_and_sharpe_count_as_zero() -> None:
     flat = {"rank_ic": None, "rank_ic_t": None, "sharpe": math.nan, "rmse": 0.019}
-    decision = quality_gate(flat, {"zero": ZERO}, GateSettings())
+    no_minimum = GateSettings(min_rank_ic_t=0)
+    decision = quality_gate(flat, {"zero": ZERO}, no_minimum)
     assert not decision.passed  # 0 does not beat 0
     checks = decision.comparisons["zero"]
     assert checks["rank_ic"]["challenger"] == 0.0 and checks["rank_ic"]["other"] == 0.0
     assert checks["sharpe"]["other"] == 0.0 and checks["rmse"]["passed"]
     slightly_positive = {"rank_ic": 0.001, "rank_ic_t": 0.1, "sharpe": 0.01, "rmse": 0.019}
-    assert quality_gate(slightly_positive, {"zero": ZERO}, GateSettings()).passed
+    assert quality_gate(slightly_positive, {"zero": ZERO}, no_minimum).passed
 
 
 def test_an_undefined_rmse_fails() -> None:
@@ -102,9 +127,9 @@ def test_margins_are_applied(gate: GateSettings, failing: str) -> None:
 def test_every_failed_check_gets_its_own_reason() -> None:
     bad = {"rank_ic": -0.02, "rank_ic_t": -1.0, "sharpe": -1.0, "rmse": 0.03}
     decision = quality_gate(bad, baselines(), GateSettings())
-    # worse than each of the three return forecasts on each of the three metrics, and than
-    # the factor on its two
-    assert len(decision.reasons) == 3 * 3 + 2
+    # not significant; worse than each of the three return forecasts on each of the three
+    # metrics, and than the factor on its two
+    assert len(decision.reasons) == 1 + 3 * 3 + 2
 
 
 def test_metric_tags_skip_undefined_metrics() -> None:
