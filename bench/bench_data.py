@@ -48,7 +48,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -231,14 +230,11 @@ def pandas_ingest(settings: Settings, source: CsvSource) -> list[str]:
 
 
 def pandas_features(settings: Settings) -> list[str]:
-    """What ``build_features`` does, with the context ``_featurize_batch`` builds, in one batch."""
+    """What ``build_features`` does, as ``_featurize_batch`` does it, in one batch."""
     plan = fs.plan_build(settings, None)
-    keys = ("root", "spec", "data_version", "version", "index_ticker")
-    ctx: dict[str, Any] = {k: plan[k] for k in keys}
-    index = plan["index_ticker"]
-    ctx["index_bars"] = read_bars(plan["root"], index) if index else None
-    tickers = sorted(plan["raw"]["tickers"].items())
-    rows = [fs.featurize_ticker(t, e["hash"], ctx) for t, e in tickers]
+    index_bars = read_bars(plan.root, plan.index_ticker) if plan.index_ticker else None
+    tickers = sorted(plan.raw.tickers.items())
+    rows = [fs.featurize_ticker(t, e.hash, plan, index_bars) for t, e in tickers]
     fs.record_feature_set(plan, rows)
     return [r["ticker"] for r in rows if r["status"] == "failed"]
 
@@ -274,19 +270,19 @@ def compare_roots(a: DataRoot, b: DataRoot, tickers: int) -> list[str]:
     if raw_a is None or raw_b is None:
         return ["a raw manifest is missing"]
     problems = []
-    if raw_a["version"] != raw_b["version"]:
-        problems.append(f"data version {raw_a['version']} != {raw_b['version']}")
+    if raw_a.version != raw_b.version:
+        problems.append(f"data version {raw_a.version} != {raw_b.version}")
     feat_a, feat_b = fs.feature_manifest(a), fs.feature_manifest(b)
-    if feat_a["version"] != feat_b["version"]:
-        problems.append(f"feature version {feat_a['version']} != {feat_b['version']}")
-    names_a, names_b = sorted(feat_a["tickers"]), sorted(feat_b["tickers"])
+    if feat_a.version != feat_b.version:
+        problems.append(f"feature version {feat_a.version} != {feat_b.version}")
+    names_a, names_b = sorted(feat_a.tickers), sorted(feat_b.tickers)
     if names_a != names_b or len(names_a) != tickers:
         counts = f"{len(names_a)} vs {len(names_b)}, {tickers} expected"
         problems.append(f"feature tickers differ ({counts})")
         return problems
     for ticker in names_a:
-        left = a.read_parquet(*fs.partition(feat_a["version"], ticker))
-        right = b.read_parquet(*fs.partition(feat_b["version"], ticker))
+        left = a.read_parquet(*fs.partition(feat_a.version, ticker))
+        right = b.read_parquet(*fs.partition(feat_b.version, ticker))
         try:
             pd.testing.assert_frame_equal(left, right)
         except AssertionError as exc:
@@ -322,7 +318,7 @@ def bench_size(count: int, args: argparse.Namespace) -> SizeResult:
     problems += [f"pandas loop failed {t}" for t in pandas_run.failed]
     problems += [f"Ray path failed {t}" for t in ray_run.failed]
     manifest = latest_manifest(root_a)
-    rows = int(manifest["rows"]) if manifest else 0
+    rows = manifest.rows if manifest else 0
     shutil.rmtree(roots, ignore_errors=True)
     return SizeResult(count, rows, pandas_run, ray_run, problems)
 

@@ -14,8 +14,11 @@ What it does, in one run:
    early-stopping on its test window, as ``ray-app train``'s workers do (the family's fit,
    in this process: a Ray Train worker group would add its start-up to every family alike),
    timed (the train time, on the threads ``train.torch_threads`` gives);
-3. scores each model on the holdout against the zero forecast: rank IC (``ic_mean``: the
-   per-day Spearman correlation of predictions and next-day returns) and its t-statistic;
+3. scores each model on the holdout as a release does (``evaluate.fold_predictions`` and
+   ``score_predictors``): rank IC (the per-day Spearman correlation of predictions and
+   next-day returns), its ICIR (mean / std of the daily rank IC) and t-statistic, the
+   long-short Sharpe after costs, and the quality gate's verdict against the baselines
+   (zero, persistence, ridge and the three factors, printed once) with no champion;
 4. times each family's first table as a variant builds it: ``ServedModel`` (the predictor
    built once) and ``score_frames`` over every ticker of the feature set, one torch thread
    (as in a variant replica), LightGBM predicting on one thread; ``--repeats`` rounds, the
@@ -40,13 +43,13 @@ import torch
 from bench_data import load_note, pandas_features, pandas_ingest
 
 from ray_app.core.settings import Settings, load_settings
-from ray_app.data.features import TARGET
 from ray_app.data.sources import make_source
 from ray_app.models.families import LoopSession, TrainedModel, names, spec
-from ray_app.models.metrics import summary
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.loader import ServedModel
 from ray_app.serving.predictor import ColumnSelector, score_frames
+from ray_app.training.evaluate import BASELINES, fold_predictions, score_predictors
+from ray_app.training.gate import quality_gate
 from ray_app.training.train import (
     TrainingData,
     build_arrays,
@@ -56,7 +59,7 @@ from ray_app.training.train import (
 )
 
 TARGET_RATIO = 1.0  # LightGBM's first table / the MLP's, at most
-KEYS = ["date", "ticker"]
+Scores = dict[str, dict[str, float | None]]
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,13 +74,50 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def holdout_quality(data: TrainingData, model: TrainedModel) -> dict[str, float]:
-    """The model's holdout rank IC and t-statistic (``metrics.summary``, as the gate sees)."""
+def holdout_scores(settings: Settings, data: TrainingData, model: TrainedModel) -> Scores:
+    """The model's and every baseline's holdout metrics, as a release's report holds them."""
     assert data.split.holdout is not None, "the benchmark needs split.holdout_months > 0"
-    rows = data.frame.loc[data.split.holdout.test_mask, [*KEYS, TARGET]]
-    preds = rows.merge(model.predict_frame(data.frame), on=KEYS, validate="1:1")
-    metrics = summary(preds.rename(columns={TARGET: "target_ret"}))
-    return {"rank_ic": metrics["ic_mean"], "t": metrics["ic_t_stat"], "days": metrics["ic_days"]}
+    return score_predictors(fold_predictions(data, data.split.holdout, model), settings.evaluate)
+
+
+def cell(value: float | None, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def print_quality(settings: Settings, scores: dict[str, Scores], train_s: dict[str, float]) -> None:
+    """Per family: train time, rank IC, ICIR, t, Sharpe after costs and the gate's verdict
+    against the baselines; then the baselines' own figures (those of the first family's
+    holdout rows)."""
+    head = (
+        f"{'predictor':<13} {'train s':>8} {'rank IC':>8} {'ICIR':>7} {'t':>6} "
+        f"{'Sharpe':>7} {'top-k Sh':>8}  gate"
+    )
+    print(head)
+    print("-" * len(head))
+    for kind, by_name in scores.items():
+        model = by_name["model"]
+        others = {name: by_name[name] for name in BASELINES}
+        decision = quality_gate(model, others, settings.gate)
+        verdict = "passed" if decision.passed else f"failed ({len(decision.reasons)} checks)"
+        print(
+            f"{kind:<13} {train_s[kind]:>8.1f} {cell(model['rank_ic'], 8, 4)} "
+            f"{cell(model['rank_icir'], 7, 3)} {cell(model['rank_ic_t'], 6, 2)} "
+            f"{cell(model['sharpe'], 7, 2)} {cell(model['top_k_sharpe'], 8, 2)}  {verdict}"
+        )
+    first = next(iter(scores.values()))
+    for name in BASELINES:
+        m = first[name]
+        print(
+            f"{name:<13} {'':>8} {cell(m['rank_ic'], 8, 4)} {cell(m['rank_icir'], 7, 3)} "
+            f"{cell(m['rank_ic_t'], 6, 2)} {cell(m['sharpe'], 7, 2)} "
+            f"{cell(m['top_k_sharpe'], 8, 2)}"
+        )
+    print(
+        f"holdout: {int(first['model']['rank_ic_days'] or 0)} days; Sharpe: the "
+        f"{settings.evaluate.quantile:g}-quantile long-short book, top-k: {settings.evaluate.top_k}"
+        f" a side, both after {settings.evaluate.cost_bps:g} bp per unit of turnover; gate: "
+        f"min rank-IC t {settings.gate.min_rank_ic_t:g}, no champion"
+    )
 
 
 def first_table(model: TrainedModel, table: FeatureTable) -> tuple[float, int]:
@@ -106,7 +146,7 @@ def main() -> None:
     settings.train.torch_threads = args.threads
     print(f"bench_families: {', '.join(args.families)}; {args.threads} threads; {load_note()}")
     trained: dict[str, TrainedModel] = {}
-    quality: dict[str, dict[str, float]] = {}
+    quality: dict[str, Scores] = {}
     train_s: dict[str, float] = {}
     if args.data_root is None:
         source = make_source(settings.ingest)
@@ -115,14 +155,15 @@ def main() -> None:
             raise SystemExit(f"feature set incomplete: {', '.join(failed)} failed")
     data = load_training_data(settings)
     print(
-        f"feature set {data.manifest['version']}: {len(data.frame):,} rows, "
+        f"feature set {data.manifest.version}: {len(data.frame):,} rows, "
         f"{data.frame['ticker'].nunique()} tickers, {len(data.columns)} features"
     )
     for kind in args.families:
         t0 = time.perf_counter()
         trained[kind] = fit(settings, data, kind)
         train_s[kind] = time.perf_counter() - t0
-        quality[kind] = holdout_quality(data, trained[kind])
+        quality[kind] = holdout_scores(settings, data, trained[kind])
+    print_quality(settings, quality, train_s)
     torch.set_num_threads(1)  # as a variant replica does
     table = FeatureTable.load(settings)
     times: dict[str, list[float]] = {kind: [] for kind in args.families}
@@ -134,21 +175,16 @@ def main() -> None:
             seconds, rows[kind] = first_table(trained[kind], table)
             times[kind].append(seconds)
     median = {kind: statistics.median(values) for kind, values in times.items()}
-    head = (
-        f"{'family':<10} {'steps':>6} {'train s':>8} {'rank IC':>8} {'t':>6} "
-        f"{'table rows':>10} {'table s':>8} {'/ mlp':>6}"
-    )
+    head = f"{'family':<10} {'steps':>6} {'table rows':>10} {'table s':>8} {'/ mlp':>6}"
     print(head)
     print("-" * len(head))
     for kind in args.families:
-        q = quality[kind]
         ratio = median[kind] / median["mlp"] if "mlp" in median else float("nan")
         print(
-            f"{kind:<10} {trained[kind].best_epoch:>6} {train_s[kind]:>8.1f} "
-            f"{q['rank_ic']:>8.4f} {q['t']:>6.2f} {rows[kind]:>10,} {median[kind]:>8.3f} "
+            f"{kind:<10} {trained[kind].best_epoch:>6} {rows[kind]:>10,} {median[kind]:>8.3f} "
             f"{ratio:>6.2f}"
         )
-    print(f"holdout: {int(quality[args.families[0]]['days'])} days; {load_note()}")
+    print(load_note())
     if "mlp" in median and "lightgbm" in median:
         ratio = median["lightgbm"] / median["mlp"]
         ok = ratio <= TARGET_RATIO

@@ -595,7 +595,7 @@ def main() -> None:
             fold = data.tune_fold
             arrays = tune_arrays(settings, data)
             print(
-                f"Ray started in {start_s:.1f}s; feature set {data.manifest['version']} built in "
+                f"Ray started in {start_s:.1f}s; feature set {data.manifest.version} built in "
                 f"{build_s:.1f}s: {len(data.columns)} features, tune fold "
                 f"{int(fold.train_mask.sum()):,} training / {int(fold.test_mask.sum()):,} "
                 "validation rows"

@@ -375,17 +375,35 @@ FeatureVersionOption = Annotated[
 ]
 
 
+# The columns of a report's tables: ranking skill and its significance, the Sharpe after costs
+# of the quantile and the top-k books, and the point error (none for a factor, which only ranks).
+REPORT_COLUMNS = (
+    "rank_ic",
+    "rank_icir",
+    "rank_ic_t",
+    "pearson_ic",
+    "sharpe",
+    "top_k_sharpe",
+    "rmse",
+)
+
+
+def _predictor_table(title: str, by_name: dict[str, dict[str, float | None]]) -> Table:
+    """One row per predictor (model, baselines, factors) of a report scope."""
+    table = Table(title=title)
+    table.add_column("predictor")
+    for column in REPORT_COLUMNS:
+        table.add_column(column, justify="right")
+    for name, values in by_name.items():
+        cells = (values.get(k) for k in REPORT_COLUMNS)
+        table.add_row(name, *("-" if v is None else f"{v:.4g}" for v in cells))
+    return table
+
+
 def _release_summary(release: Any) -> None:
     """The holdout table and the gate's verdict of a release."""
     holdout = release.report["metrics"].get("holdout", {})
-    table = Table(title=f"holdout: model v{release.version} against the baselines")
-    for column in ("predictor", "rmse", "directional_accuracy", "ic_mean", "ic_t_stat", "sharpe"):
-        table.add_column(column, justify="left" if column == "predictor" else "right")
-    for name, values in holdout.items():
-        cells = [values.get(k) for k in ("rmse", "directional_accuracy", "ic_mean", "ic_t_stat")]
-        cells.append(values.get("sharpe"))
-        table.add_row(name, *("-" if v is None else f"{v:.4g}" for v in cells))
-    out.print(table)
+    out.print(_predictor_table(f"holdout: model v{release.version} against the baselines", holdout))
     for warning in release.report.get("warnings", []):
         err.print(
             styled("yellow", "warning: ", str(warning.get("message", warning))), soft_wrap=True
@@ -432,8 +450,9 @@ def train(
 ) -> None:
     """Train with Ray Train, evaluate walk-forward, register the challenger, apply the gate.
 
-    Prints each epoch's losses, the holdout table (model and baselines: RMSE, directional
-    accuracy, IC, IC t-stat, Sharpe), any leak warning, the gate's verdict and the MLflow run id.
+    Prints each epoch's losses, the holdout table (model, baselines and factors: rank IC, its
+    ICIR and t-statistic, Pearson IC, the long-short and top-k Sharpe after costs, RMSE), any
+    leak warning, the gate's verdict and the MLflow run id.
     """
     from ray_app.models.families import check_settings
     from ray_app.ops.runtime import connect
@@ -549,14 +568,7 @@ def evaluate(
         for path in write_report(report, report_dir):
             out.print(f"wrote {path}")
     for scope in ("walk_forward", "holdout"):
-        by_name = report["metrics"].get(scope, {})
-        table = Table(title=f"{scope}: model {version}")
-        for column in ("predictor", "rmse", "directional_accuracy", "ic_mean", "sharpe"):
-            table.add_column(column)
-        for name, values in by_name.items():
-            cells = [values.get(k) for k in ("rmse", "directional_accuracy", "ic_mean", "sharpe")]
-            table.add_row(name, *("-" if v is None else f"{v:.4g}" for v in cells))
-        out.print(table)
+        out.print(_predictor_table(f"{scope}: model {version}", report["metrics"].get(scope, {})))
     for warning in report.get("warnings", []):
         err.print(
             styled("yellow", "warning: ", str(warning.get("message", warning))), soft_wrap=True
@@ -576,8 +588,8 @@ def models(
 ) -> None:
     """Registered model versions with their aliases, lineage and holdout metrics.
 
-    A table of every version with its aliases, creation time, feature version and holdout IC,
-    Sharpe and RMSE. With --json, per version: version, aliases, run_id, created, lineage,
+    A table of every version with its aliases, creation time, feature version and holdout rank
+    IC, Sharpe and RMSE. With --json, per version: version, aliases, run_id, created, lineage,
     holdout. `ray-app models verify` checks the versions' files against their recorded hashes.
     """
     from ray_app.registry.versions import list_versions
@@ -593,7 +605,7 @@ def models(
         out.print(f"no versions of {settings.mlflow.model_name!r} yet: run `ray-app train`")
         return
     table = Table(title=f"registered model {settings.mlflow.model_name}")
-    for column in ("version", "aliases", "created", "feature_version", "ic_mean", "sharpe", "rmse"):
+    for column in ("version", "aliases", "created", "feature_version", "rank_ic", "sharpe", "rmse"):
         table.add_column(column)
     for row in rows:
         hold = row["holdout"]
@@ -602,7 +614,7 @@ def models(
             ", ".join(row["aliases"]),
             row["created"],
             row["lineage"].get("feature_version", ""),
-            *(f"{hold[k]:.4g}" if k in hold else "-" for k in ("ic_mean", "sharpe", "rmse")),
+            *(f"{hold[k]:.4g}" if k in hold else "-" for k in ("rank_ic", "sharpe", "rmse")),
         )
     out.print(table)
 

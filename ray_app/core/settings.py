@@ -298,10 +298,16 @@ class MlflowSettings(_Section):
 
 
 class EvaluateSettings(_Section):
-    """How predictions are scored: the long-short backtest's book and costs."""
+    """How predictions are scored: the long-short backtests' books and costs."""
 
     quantile: float = Field(
         0.2, gt=0, le=0.5, description="Fraction of tickers held long and short"
+    )
+    top_k: int = Field(
+        10,
+        ge=1,
+        description="Tickers held long and short by the top-k / bottom-k book (at most half "
+        "of a day's tickers)",
     )
     cost_bps: float = Field(
         5.0, ge=0, description="Transaction cost per unit of turnover, in basis points"
@@ -309,10 +315,17 @@ class EvaluateSettings(_Section):
 
 
 class GateSettings(_Section):
-    """The quality gate: margins a challenger must beat every baseline and the champion by."""
+    """The quality gate: margins a challenger must beat every baseline and the champion by,
+    and how significant its skill must be."""
 
     ic_margin: float = Field(
-        0.0, description="The challenger's IC must exceed every other's IC plus this"
+        0.0, description="The challenger's rank IC must exceed every other's rank IC plus this"
+    )
+    min_rank_ic_t: float = Field(
+        2.0,
+        ge=0,
+        description="The challenger's holdout rank IC must have a t-statistic (mean / (std / "
+        "sqrt(days)) of the daily rank IC) of at least this",
     )
     sharpe_margin: float = Field(
         0.0, description="The challenger's Sharpe must exceed every other's plus this"

@@ -28,7 +28,7 @@ from ray_app.data.features import adjusted
 from ray_app.data.ingest import latest_manifest, partition, read_bars
 from ray_app.data.live_metrics import COLUMNS, METRICS, WINDOWS, write_live_metrics
 from ray_app.data.predictions import read_predictions
-from ray_app.models.metrics import information_coefficient, long_short_weights
+from ray_app.models.metrics import long_short_weights, pearson_ic, rank_ic
 from ray_app.registry.live import MetricPoint, log_points, version_run
 
 GROUP = ["variant", "model_name", "model_version"]
@@ -80,18 +80,6 @@ def realised_returns(
     return pd.concat(frames, ignore_index=True)
 
 
-def _pearson(frame: pd.DataFrame) -> pd.Series:
-    """Daily Pearson correlation of pred and target_ret (NaN: fewer than 2 tickers, or flat)."""
-
-    def corr(day: pd.DataFrame) -> float:
-        p, t = day["pred"].to_numpy(), day["target_ret"].to_numpy()
-        if len(p) < 2 or np.std(p) == 0 or np.std(t) == 0:
-            return float("nan")
-        return float(np.corrcoef(p, t)[0, 1])
-
-    return frame.groupby("date")[["pred", "target_ret"]].apply(corr)
-
-
 def _long_short(frame: pd.DataFrame, quantile: float) -> pd.Series:
     """Daily return of the long-short book the day's predictions make (gross, simple
     returns); NaN on a day with no ranking to trade (under two tickers, or flat preds)."""
@@ -111,8 +99,8 @@ def daily_scores(scored: pd.DataFrame, quantile: float) -> pd.DataFrame:
     daily = pd.DataFrame(
         {"n": by_day.size(), "hits": by_day["hit"].sum(), "err": by_day["err"].sum()}
     )
-    daily["ic"] = _pearson(scored)
-    daily["rank_ic"] = information_coefficient(scored).daily
+    daily["ic"] = pearson_ic(scored).daily
+    daily["rank_ic"] = rank_ic(scored).daily
     daily["long_short"] = _long_short(scored, quantile)
     return daily.sort_index()
 

@@ -31,6 +31,7 @@ from mlflow.pyfunc import PythonModel
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
 from ray_app.models.families import TrainedModel
+from ray_app.models.metrics import FORMER_NAMES
 from ray_app.registry import audit
 from ray_app.registry.tracking import connect_mlflow
 
@@ -153,12 +154,26 @@ def log_model(trained: TrainedModel, example: pd.DataFrame) -> str:
 def metric_tags(
     metrics: Mapping[str, float | None], prefix: str = HOLDOUT_PREFIX
 ) -> dict[str, str]:
-    """Metrics as version tags (``holdout.ic_mean`` -> ``"0.0123"``); undefined ones left out."""
+    """Metrics as version tags (``holdout.rank_ic`` -> ``"0.0123"``); undefined ones left out."""
     return {
         f"{prefix}{name}": f"{value:.6g}"
         for name, value in metrics.items()
         if value is not None and math.isfinite(value)
     }
+
+
+def holdout_metrics(tags: Mapping[str, str]) -> dict[str, float]:
+    """The holdout metrics a version's tags record (``metric_tags``), under today's names: a
+    version registered before a metric was renamed (``ic_mean``, now ``rank_ic``) reads as
+    if registered now."""
+    metrics = {
+        k.removeprefix(HOLDOUT_PREFIX): float(v)
+        for k, v in tags.items()
+        if k.startswith(HOLDOUT_PREFIX)
+    }
+    renamed = {FORMER_NAMES[k]: v for k, v in metrics.items() if k in FORMER_NAMES}
+    kept = {k: v for k, v in metrics.items() if k not in FORMER_NAMES}
+    return {**renamed, **kept}
 
 
 def register_challenger(
@@ -339,11 +354,13 @@ def champion_version(settings: Settings) -> int | None:
 @dataclass
 class GateDecision:
     """The quality gate's verdict as the registry records it: passed, one reason per failed
-    comparison, and every comparison (other -> metric -> values, margin, threshold, passed)."""
+    check, every comparison (other -> metric -> values, margin, threshold, passed) and the
+    checks of the challenger alone (metric -> value, threshold, passed: the minimum t)."""
 
     passed: bool
     reasons: list[str] = field(default_factory=list)
     comparisons: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    significance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _audited(
@@ -436,6 +453,7 @@ def record_rejection(settings: Settings, version: int, actor: str, decision: Gat
         "actor": actor,
         "reason": "; ".join(decision.reasons),
         "comparisons": decision.comparisons,
+        "significance": decision.significance,
     }
     _audited(settings, client, "gate_rejected", version, payload)
 
@@ -469,11 +487,7 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
                     mv.creation_timestamp / 1000, dt.timezone.utc
                 ).isoformat(timespec="seconds"),
                 "lineage": {k: tags[k] for k in LINEAGE_KEYS if k in tags},
-                "holdout": {
-                    k.removeprefix(HOLDOUT_PREFIX): float(v)
-                    for k, v in tags.items()
-                    if k.startswith(HOLDOUT_PREFIX)
-                },
+                "holdout": holdout_metrics(tags),
             }
         )
     return sorted(rows, key=lambda r: r["version"])

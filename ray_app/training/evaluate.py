@@ -5,7 +5,9 @@ stopping chose) on each fold's training rows in parallel Ray tasks, so every tes
 predicted by a model that never saw it or anything after it. The holdout is scored with the
 given model as it is, since that is the model that would be registered and served. Every
 scope compares the model with the zero, persistence and ridge baselines fitted on the same
-rows, because a daily-return model is only worth serving when it beats them.
+rows, and with the one-line factors (``models.factors``: 1- and 5-day reversal, 21-day
+momentum) ranked on the same days, because a daily-return model is only worth serving when
+it beats them.
 """
 
 from __future__ import annotations
@@ -22,13 +24,9 @@ import pandas as pd
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import EvaluateSettings, Settings
 from ray_app.data.features import TARGET
+from ray_app.models.factors import FACTOR_NAMES, factor_predictions
 from ray_app.models.families import ModelSpec, TrainedModel
-from ray_app.models.metrics import (
-    information_coefficient,
-    leak_warning,
-    long_short_backtest,
-    summary,
-)
+from ray_app.models.metrics import leak_warning, long_short_backtest, rank_ic, summary
 from ray_app.models.networks import (
     PersistenceBaseline,
     Predictor,
@@ -39,7 +37,8 @@ from ray_app.training.splits import Fold
 from ray_app.training.train import TrainingData, fit_in_process
 
 KEYS = ["date", "ticker"]
-BASELINES = ("zero", "persistence", "ridge")
+FITTED_BASELINES = ("zero", "persistence", "ridge")
+BASELINES = (*FITTED_BASELINES, *FACTOR_NAMES)
 PREDICTORS = ("model", *BASELINES)
 SCOPES = ("walk_forward", "holdout")
 ROLLING_IC_DAYS = 21
@@ -51,7 +50,8 @@ class EvaluationError(RayAppError):
 
 
 def baselines(columns: list[str]) -> dict[str, Predictor]:
-    """Fresh, unfitted baselines; ridge sees the same feature columns as the model."""
+    """Fresh, unfitted return forecasts (``FITTED_BASELINES``); ridge sees the same feature
+    columns as the model."""
     return {
         "zero": ZeroBaseline(),
         "persistence": PersistenceBaseline(),
@@ -76,15 +76,16 @@ def model_predictions(
 def fold_predictions(data: TrainingData, fold: Fold, model: TrainedModel) -> pd.DataFrame:
     """One column per predictor (model and baselines) for the fold's test rows, wide.
 
-    Baselines are fitted on the fold's training rows and scored on exactly the rows the
-    model predicts, so every predictor is judged on the same days and tickers.
+    Baselines are fitted on the fold's training rows, factors ranked among the rows of each
+    day, and all scored on exactly the rows the model predicts, so every predictor is judged
+    on the same days and tickers.
     """
     preds = model_predictions(data, fold.test_mask, model).rename(columns={"pred": "model"})
     rows = preds[KEYS].merge(data.frame.loc[fold.test_mask], on=KEYS, how="left")
     train = data.frame.loc[fold.train_mask]
     for name, baseline in baselines(data.columns).items():
         preds[name] = baseline.fit(train).predict(rows)
-    return preds
+    return pd.concat([preds, factor_predictions(data.frame, preds[KEYS])], axis=1)
 
 
 def _refit_fold(
@@ -101,11 +102,20 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def score(preds: pd.DataFrame, cfg: EvaluateSettings) -> dict[str, float | None]:
-    """``metrics.summary`` of long-form predictions, with None for metrics that are undefined."""
+def score(
+    preds: pd.DataFrame, cfg: EvaluateSettings, point_forecast: bool = True
+) -> dict[str, float | None]:
+    """``metrics.summary`` of long-form predictions, with None for metrics that are undefined
+    (a factor's rank, ``point_forecast=False``, has no point errors)."""
     if preds.empty:
         raise EvaluationError("no rows to score: the model could predict none of the test rows")
-    metrics = summary(preds, quantile=cfg.quantile, cost_bps=cfg.cost_bps)
+    metrics = summary(
+        preds,
+        quantile=cfg.quantile,
+        top_k=cfg.top_k,
+        cost_bps=cfg.cost_bps,
+        point_forecast=point_forecast,
+    )
     return {name: _finite(value) for name, value in metrics.items()}
 
 
@@ -113,8 +123,11 @@ def _long(wide: pd.DataFrame, name: str) -> pd.DataFrame:
     return wide[[*KEYS, name, TARGET]].rename(columns={name: "pred"})
 
 
-def _score_all(wide: pd.DataFrame, cfg: EvaluateSettings) -> dict[str, dict[str, float | None]]:
-    return {name: score(_long(wide, name), cfg) for name in PREDICTORS}
+def score_predictors(
+    wide: pd.DataFrame, cfg: EvaluateSettings
+) -> dict[str, dict[str, float | None]]:
+    """``score`` of every predictor of ``fold_predictions``' wide frame, by name."""
+    return {name: score(_long(wide, name), cfg, name not in FACTOR_NAMES) for name in PREDICTORS}
 
 
 def _iso(dates: Any) -> list[str]:
@@ -186,16 +199,16 @@ def _plot_series(wide: pd.DataFrame, scope: str, cfg: EvaluateSettings) -> dict[
     }
 
 
-def _ic_series(wide: pd.DataFrame) -> dict[str, list[Any]]:
-    daily = information_coefficient(_long(wide, "model")).daily
-    return {"dates": _iso(daily.index), "ic": daily.tolist()}
+def _rank_ic_series(wide: pd.DataFrame) -> dict[str, list[Any]]:
+    daily = rank_ic(_long(wide, "model")).daily
+    return {"dates": _iso(daily.index), "rank_ic": daily.tolist()}
 
 
 def _leak_warnings(metrics: dict[str, dict[str, dict[str, float | None]]]) -> list[dict[str, str]]:
     warnings = []
     for scope, by_name in metrics.items():
         model = by_name["model"]
-        message = leak_warning(model["directional_accuracy"] or 0.0, model["ic_mean"] or 0.0)
+        message = leak_warning(model["directional_accuracy"] or 0.0, model["rank_ic"] or 0.0)
         if message:
             warnings.append({"scope": scope, "message": message})
     return warnings
@@ -230,7 +243,7 @@ def _build_report(
     scopes = {"walk_forward": pd.concat(fold_preds, ignore_index=True)}
     if holdout_preds is not None:
         scopes["holdout"] = holdout_preds
-    metrics = {scope: _score_all(wide, cfg) for scope, wide in scopes.items()}
+    metrics = {scope: score_predictors(wide, cfg) for scope, wide in scopes.items()}
     split = data.split
     folds = [_fold_info(f, w) for f, w in zip(split.folds, fold_preds, strict=True)]
     holdout = None
@@ -256,9 +269,9 @@ def _build_report(
         "holdout": holdout,
         "metrics": metrics,
         "fold_metrics": {
-            f.name: _score_all(w, cfg) for f, w in zip(split.folds, fold_preds, strict=True)
+            f.name: score_predictors(w, cfg) for f, w in zip(split.folds, fold_preds, strict=True)
         },
-        "ic_series": {scope: _ic_series(wide) for scope, wide in scopes.items()},
+        "rank_ic_series": {scope: _rank_ic_series(wide) for scope, wide in scopes.items()},
         "plot": _plot_series(scopes[plot_scope], plot_scope, cfg),
         "warnings": _leak_warnings(metrics),
         "notes": _notes(data, model, [*folds, *([holdout] if holdout else [])], bool(holdout)),
@@ -351,14 +364,14 @@ def _plot_ic(report: dict[str, Any], path: Path) -> None:
 
     fig = Figure(figsize=(9, 4.5), layout="constrained")
     ax = fig.subplots()
-    for scope, series in report["ic_series"].items():
-        daily = pd.Series(series["ic"], index=pd.to_datetime(series["dates"]), dtype=float)
+    for scope, series in report["rank_ic_series"].items():
+        daily = pd.Series(series["rank_ic"], index=pd.to_datetime(series["dates"]), dtype=float)
         ax.plot(daily.index, daily.to_numpy(), ".", markersize=3, alpha=0.4, label=f"{scope} daily")
         rolling = daily.rolling(ROLLING_IC_DAYS, min_periods=1).mean()
         ax.plot(rolling.index, rolling.to_numpy(), label=f"{scope} {ROLLING_IC_DAYS}-day mean")
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.tick_params(axis="x", labelrotation=30)
-    ax.set(title="Information coefficient (daily rank correlation)", ylabel="IC")
+    ax.set(title="Rank IC (daily Spearman correlation)", ylabel="rank IC")
     ax.legend()
     fig.savefig(path, dpi=100)
 

@@ -1,7 +1,10 @@
-"""The quality gate: whether a challenger beats every baseline and the champion on the holdout.
+"""The quality gate: whether a challenger beats every baseline and the champion on the holdout,
+with skill that is significant.
 
 It lives with training because it scores models (the champion is re-scored on the
-challenger's holdout rows); the registry only records its verdict (``GateDecision``).
+challenger's holdout rows, so its figures always carry today's metric names, whatever a
+version registered earlier was tagged with); the registry only records its verdict
+(``GateDecision``).
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ray_app.core.settings import GateSettings, Settings
+from ray_app.models.factors import FACTOR_NAMES
 from ray_app.registry.versions import GateDecision, champion_version, load_version
 from ray_app.training.evaluate import model_predictions, score
 from ray_app.training.train import TrainingData
 
-GATE_LABELS = {"ic_mean": "IC", "sharpe": "Sharpe"}
+GATE_LABELS = {"rank_ic": "rank IC", "sharpe": "Sharpe"}
 
 
 def champion_holdout_metrics(
@@ -40,8 +44,8 @@ def champion_holdout_metrics(
 
 
 def _number(metrics: Mapping[str, float | None], key: str, nan_as_zero: bool) -> float:
-    """A metric for the gate: an undefined IC or Sharpe (a flat predictor's) counts as 0,
-    which is what a flat book earns; an undefined RMSE stays NaN and fails."""
+    """A metric for the gate: an undefined rank IC, t or Sharpe (a flat predictor's) counts
+    as 0, which is what a flat book earns; an undefined RMSE stays NaN and fails."""
     value = metrics.get(key)
     value = math.nan if value is None else float(value)
     return 0.0 if nan_as_zero and math.isnan(value) else value
@@ -72,7 +76,8 @@ def _beats(
     key: str,
     margin: float,
 ) -> Check:
-    """Higher is better (IC, Sharpe): the challenger must exceed the other's value + margin."""
+    """Higher is better (rank IC, Sharpe): the challenger must exceed the other's value +
+    margin."""
     mine, theirs = _number(challenger, key, True), _number(other, key, True)
     passed = mine > theirs + margin
     reason = (
@@ -99,28 +104,50 @@ def _no_worse(
     return _entry(mine, theirs, margin, threshold, passed), None if passed else reason
 
 
+def _significant(challenger: Mapping[str, float | None], minimum: float) -> Check:
+    """The challenger's rank-IC t-statistic must reach ``minimum``: a mean rank IC that beats
+    every baseline by luck, on too few or too scattered days, is not skill."""
+    mine = _number(challenger, "rank_ic_t", True)
+    passed = mine >= minimum
+    reason = (
+        f"rank-IC t-statistic {mine:.2f} is below the minimum t {minimum:g} "
+        "(gate.min_rank_ic_t): the holdout cannot tell its rank IC from 0"
+    )
+    entry = {"challenger": mine, "threshold": minimum, "passed": passed}
+    return entry, None if passed else reason
+
+
 def quality_gate(
     challenger: Mapping[str, float | None],
     others: Mapping[str, Mapping[str, float | None]],
     gate: GateSettings,
 ) -> GateDecision:
-    """Whether ``challenger`` beats every one of ``others`` (baselines, the champion) on the
-    holdout by the configured margins: higher IC, higher Sharpe, RMSE no worse.
+    """Whether ``challenger``'s holdout rank IC is significant (t-statistic at least
+    ``gate.min_rank_ic_t``) and it beats every one of ``others`` (baselines, the champion)
+    by the configured margins: higher rank IC, higher Sharpe, RMSE no worse.
 
-    All three must hold against each: a model that ranks well but whose point forecasts are
-    worse than predicting zero, or that wins on IC but loses money after costs, is not
-    promoted.
+    All must hold against each: a model that ranks well but whose point forecasts are worse
+    than predicting zero, or that wins on rank IC but loses money after costs, is not
+    promoted. A factor (``models.factors``) only ranks, so against it the RMSE does not
+    apply.
     """
-    decision = GateDecision(passed=True)
+    t_entry, t_reason = _significant(challenger, gate.min_rank_ic_t)
+    decision = GateDecision(passed=True, significance={"rank_ic_t": t_entry})
+    decision.reasons += [t_reason] if t_reason else []
     for name, other in others.items():
         checks = {
-            "ic_mean": _beats(challenger, name, other, "ic_mean", gate.ic_margin),
+            "rank_ic": _beats(challenger, name, other, "rank_ic", gate.ic_margin),
             "sharpe": _beats(challenger, name, other, "sharpe", gate.sharpe_margin),
-            "rmse": _no_worse(challenger, name, other, gate.rmse_margin),
         }
+        if name not in FACTOR_NAMES:
+            checks["rmse"] = _no_worse(challenger, name, other, gate.rmse_margin)
         decision.comparisons[name] = {key: entry for key, (entry, _) in checks.items()}
         decision.reasons += [reason for _, reason in checks.values() if reason]
     decision.passed = not decision.reasons
     if decision.passed:
-        decision.reasons = [f"beats {', '.join(others) or 'nothing'} on IC, Sharpe and RMSE"]
+        decision.reasons = [
+            f"rank-IC t {t_entry['challenger']:.2f} >= {gate.min_rank_ic_t:g}; beats "
+            f"{', '.join(others) or 'nothing'} on rank IC and Sharpe, and every return "
+            "forecast among them on RMSE"
+        ]
     return decision

@@ -17,6 +17,7 @@ import torch
 
 from ray_app.core.settings import Settings
 from ray_app.data.features import TARGET
+from ray_app.models.factors import FACTOR_NAMES
 from ray_app.models.families import TrainedModel, names, spec
 from ray_app.registry.audit import audit_log
 from ray_app.registry.tracking import connect_mlflow, lineage_tags
@@ -111,8 +112,10 @@ def test_report_scores_every_scope_and_predictor(report: dict, data: TrainingDat
     assert set(report["metrics"]) == {"walk_forward", "holdout"}
     for by_name in [*report["metrics"].values(), *report["fold_metrics"].values()]:
         assert set(by_name) == set(PREDICTORS)
-        assert by_name["zero"]["ic_mean"] is None  # a flat forecast has no rank correlation
+        assert by_name["zero"]["rank_ic"] is None  # a flat forecast has no rank correlation
         assert by_name["model"]["rmse"] > 0
+        for factor in FACTOR_NAMES:  # a factor ranks the day's tickers, it forecasts no return
+            assert by_name[factor]["rank_ic"] is not None and by_name[factor]["rmse"] is None
     assert list(report["fold_metrics"]) == ["fold_0", "fold_1"]
     folds = report["folds"]
     assert [f["test_start"] for f in folds] == ["2012-03-12", "2012-06-06"]
@@ -120,7 +123,7 @@ def test_report_scores_every_scope_and_predictor(report: dict, data: TrainingDat
     assert report["holdout"]["test_start"] == "2012-11-29"
     assert report["holdout"]["rows"] == int(data.split.holdout.test_mask.sum())
     pooled = sum(f["rows"] for f in folds)
-    assert report["metrics"]["walk_forward"]["model"]["ic_days"] == 120
+    assert report["metrics"]["walk_forward"]["model"]["rank_ic_days"] == 120
     assert pooled == int(sum(f.test_mask.sum() for f in data.split.folds))
     assert report["feature_version"] == data.manifest.version
     json.dumps(report, allow_nan=False)
@@ -138,7 +141,7 @@ def test_report_files_and_mlflow_logging(report: dict, settings: Settings, tmp_p
     assert all(p.stat().st_size > 0 for p in paths)
     assert json.loads((tmp_path / "evaluation" / "report.json").read_text())["metrics"]
     markdown = (tmp_path / "evaluation" / "report.md").read_text()
-    assert "## Holdout" in markdown and "| ic_mean |" in markdown and "![ic](ic.png)" in markdown
+    assert "## Holdout" in markdown and "| rank_ic |" in markdown and "![ic](ic.png)" in markdown
 
     experiment = connect_mlflow(settings)
     with mlflow.start_run(experiment_id=experiment) as run:
@@ -148,7 +151,7 @@ def test_report_files_and_mlflow_logging(report: dict, settings: Settings, tmp_p
         report["metrics"]["holdout"]["model"]["rmse"]
     )
     assert "fold_1.ridge.sharpe" in logged
-    assert "holdout.zero.ic_mean" not in logged  # undefined metrics are not logged
+    assert "holdout.zero.rank_ic" not in logged  # undefined metrics are not logged
     artifacts = mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")
     assert {Path(a.path).name for a in artifacts} >= {"report.md", "equity.png"}
 
@@ -219,7 +222,7 @@ def test_register_promote_rollback_and_audit(
     served = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.model_name}@challenger")
     pd.testing.assert_frame_equal(served.predict(rows), mlp.predict_frame(rows))
 
-    promote(settings, 1, actor="alice", reason="first model", metrics={"ic_mean": 0.01})
+    promote(settings, 1, actor="alice", reason="first model", metrics={"rank_ic": 0.01})
     assert champion_version(settings) == 1
     metrics, why = champion_holdout_metrics(settings, data)
     assert why is None and metrics == report["metrics"]["holdout"]["model"]
@@ -242,7 +245,7 @@ def test_register_promote_rollback_and_audit(
         ("rollback", 1, 2),
     ]
     assert [e["actor"] for e in events] == ["alice", "bob", "carol"]
-    assert events[0]["metrics"] == {"ic_mean": 0.01} and events[0]["at"] < events[2]["at"]
+    assert events[0]["metrics"] == {"rank_ic": 0.01} and events[0]["at"] < events[2]["at"]
     version_tags = mlflow.MlflowClient().get_model_version(settings.mlflow.model_name, "2").tags
     assert version_tags["promote.by"] == "bob" and version_tags["rollback.reason"] == "regression"
 
@@ -263,11 +266,12 @@ def test_register_promote_rollback_and_audit(
     )
     assert listed[1]["holdout"] == {}
 
-    flat = {"ic_mean": None, "sharpe": None, "rmse": 0.02}
+    flat = {"rank_ic": None, "rank_ic_t": None, "sharpe": None, "rmse": 0.02}
     decision = quality_gate(flat, {"zero": flat}, settings.gate)
     record_rejection(settings, 2, actor="ci", decision=decision)
     rejected = audit_log(settings)[-1]
     assert rejected["event"] == "gate_rejected" and rejected["version"] == 2
-    assert rejected["comparisons"]["zero"]["ic_mean"]["passed"] is False
+    assert rejected["comparisons"]["zero"]["rank_ic"]["passed"] is False
+    assert rejected["significance"]["rank_ic_t"]["passed"] is False
     version_tags = mlflow.MlflowClient().get_model_version(settings.mlflow.model_name, "2").tags
     assert version_tags["gate_rejected.by"] == "ci" and "IC" in version_tags["gate_rejected.reason"]

@@ -1,4 +1,5 @@
-"""Metrics on hand-computed cases: errors, rank IC, a costed long-short book, leak warnings."""
+"""Metrics on hand-computed cases: errors, rank and Pearson IC with their ICIR, costed
+long-short books (quantile and top-k), leak warnings."""
 
 from __future__ import annotations
 
@@ -7,19 +8,23 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import spearmanr
+from scipy.stats import pearsonr, spearmanr
 
 from ray_app.models.metrics import (
     PRED_COLUMNS,
+    ICResult,
     directional_accuracy,
-    information_coefficient,
     leak_warning,
     long_short_backtest,
     long_short_weights,
     mae,
     max_drawdown,
+    pearson_ic,
+    rank_ic,
     rmse,
     summary,
+    top_k_backtest,
+    top_k_weights,
 )
 
 
@@ -46,19 +51,46 @@ def test_point_errors_and_direction_by_hand() -> None:
     assert directional_accuracy(y, p) == 0.5
 
 
-def test_ic_of_a_perfect_and_a_reversed_ranking() -> None:
+@pytest.mark.parametrize("ic", [rank_ic, pearson_ic])
+def test_ic_of_a_perfect_and_a_reversed_predictor(ic: Callable[[pd.DataFrame], ICResult]) -> None:
     frame = random_preds()
-    perfect = information_coefficient(frame.assign(pred=frame["target_ret"] * 3 + 1))
-    reversed_ = information_coefficient(frame.assign(pred=-frame["target_ret"]))
+    perfect = ic(frame.assign(pred=frame["target_ret"] * 3 + 1))
+    reversed_ = ic(frame.assign(pred=-frame["target_ret"]))
     assert perfect.mean == pytest.approx(1.0) and perfect.n_days == 30
     assert reversed_.mean == pytest.approx(-1.0)
     assert np.allclose(perfect.daily, 1.0) and np.allclose(reversed_.daily, -1.0)
 
 
+def test_pearson_ic_weighs_distances_where_rank_ic_does_not() -> None:
+    """A monotone but bent predictor ranks perfectly (rank IC 1) while its Pearson IC is
+    that of the bent values, as scipy computes it per day."""
+    frame = random_preds(n_days=10, n_tickers=7, seed=5)
+    bent = frame.assign(pred=np.exp(200 * frame["target_ret"]))
+    assert rank_ic(bent).mean == pytest.approx(1.0)
+    expected = bent.groupby("date").apply(lambda d: pearsonr(d["pred"], d["target_ret"])[0])
+    result = pearson_ic(bent)
+    np.testing.assert_allclose(result.daily.to_numpy(), expected.to_numpy())
+    assert result.mean == pytest.approx(expected.mean()) and result.mean < 0.99
+
+
+def test_icir_and_t_of_a_constructed_daily_series() -> None:
+    """Four days whose Pearson IC is known exactly: +1, +1, +1 and -1 (a predictor that
+    reverses on the last day). Mean 0.5, std 1, so ICIR 0.5 and t = 0.5 * sqrt(4) = 1."""
+    days = []
+    for day, sign in zip(pd.bdate_range("2024-01-01", periods=4), (1, 1, 1, -1), strict=True):
+        target = np.array([-0.02, 0.0, 0.01, 0.03])
+        days.append(pd.DataFrame({"date": day, "ticker": list("ABCD"), "target_ret": target}))
+        days[-1]["pred"] = sign * target
+    result = pearson_ic(pd.concat(days, ignore_index=True))
+    np.testing.assert_allclose(result.daily.to_numpy(), [1, 1, 1, -1])
+    assert result.mean == pytest.approx(0.5) and result.std == pytest.approx(1.0)
+    assert result.ir == pytest.approx(0.5) and result.t_stat == pytest.approx(1.0)
+
+
 def test_ic_matches_scipy_spearman_per_day_and_its_t_stat() -> None:
     frame = random_preds(n_days=12, n_tickers=6, seed=3)
     frame.loc[frame.index[::5], "pred"] = 0.0  # ties are ranked by their average
-    result = information_coefficient(frame)
+    result = rank_ic(frame)
     expected = frame.groupby("date").apply(
         lambda day: spearmanr(day["pred"], day["target_ret"]).statistic
     )
@@ -79,7 +111,7 @@ def test_ic_skips_days_without_a_cross_section() -> None:
             ("2024-01-04", "B", 0.5, 0.02),
         ]
     )
-    result = information_coefficient(frame)
+    result = rank_ic(frame)
     assert result.n_days == 1 and result.daily.index[0] == pd.Timestamp("2024-01-02")
     assert result.mean == pytest.approx(-0.5)  # ranks (1,2,3) vs (2,3,1): -1 / 2
     assert np.isnan(result.t_stat)
@@ -128,6 +160,34 @@ def test_costs_only_lower_the_net_return() -> None:
     expected = costly.daily["gross"] - costly.daily["turnover"] * 25e-4
     np.testing.assert_allclose(costly.daily["net"], expected)
     assert costly.annual_return < free.annual_return
+
+
+def test_top_k_book_on_a_hand_made_day() -> None:
+    """One day, five tickers, k = 2: long the two highest preds (E, D), short the two lowest
+    (A, B), C not held; gross = (r_E + r_D) / 2 - (r_A + r_B) / 2 in simple returns."""
+    simple = {"A": -0.02, "B": 0.01, "C": 0.05, "D": 0.0, "E": 0.03}
+    rows = [
+        ("2024-01-02", t, float(i), float(np.log1p(r))) for i, (t, r) in enumerate(simple.items())
+    ]
+    day = preds_frame(rows)
+    weights = top_k_weights(day, k=2)
+    assert weights.iloc[0].to_dict() == {"A": -0.5, "B": -0.5, "C": 0.0, "D": 0.5, "E": 0.5}
+    book = top_k_backtest(day, k=2, cost_bps=10)
+    assert book.daily["gross"].iloc[0] == pytest.approx((0.03 + 0.0) / 2 - (-0.02 + 0.01) / 2)
+    assert book.daily["cost"].iloc[0] == pytest.approx(2 * 10e-4)  # opening turnover 2
+    # k above half the day's tickers holds two a side, never the same ticker twice.
+    assert (top_k_weights(day, k=10).iloc[0] != 0).sum() == 4
+    with pytest.raises(ValueError, match="k must be"):
+        top_k_weights(day, k=0)
+
+
+def test_top_k_holds_the_same_number_whatever_the_universe() -> None:
+    """The quantile book grows with the day's tickers; the top-k book does not."""
+    for tickers in (10, 40):
+        frame = random_preds(n_tickers=tickers)
+        assert ((top_k_weights(frame, k=3) > 0).sum(axis=1) == 3).all()
+        quantile = (long_short_weights(frame, quantile=0.2) > 0).sum(axis=1)
+        assert (quantile == tickers // 5).all()
 
 
 def test_weights_are_equal_dollar_neutral_and_quantile_sized() -> None:
@@ -180,7 +240,23 @@ def test_malformed_predictions_are_refused(
 
 
 def test_summary_is_flat_floats() -> None:
-    result = summary(random_preds(), quantile=0.25, cost_bps=5)
-    assert set(result) >= {"rmse", "ic_mean", "ic_t_stat", "sharpe", "max_drawdown"}
+    frame = random_preds()
+    result = summary(frame, quantile=0.25, top_k=2, cost_bps=5)
+    assert set(result) >= {"rmse", "rank_ic", "rank_icir", "rank_ic_t", "pearson_ic", "sharpe"}
     assert all(isinstance(v, float) for v in result.values())
-    assert result["ic_mean"] > 0.1  # the synthetic preds carry real signal
+    assert result["rank_ic"] > 0.1 and result["pearson_ic"] > 0.1  # real signal
+    ic = rank_ic(frame)
+    assert result["rank_icir"] == pytest.approx(ic.mean / ic.std)
+    assert result["rank_ic_t"] == pytest.approx(result["rank_icir"] * np.sqrt(ic.n_days))
+    assert result["top_k_sharpe"] == top_k_backtest(frame, k=2, cost_bps=5).sharpe
+
+
+def test_a_ranking_has_no_point_errors() -> None:
+    """A factor's rank orders tickers but is no return: its RMSE, MAE and direction are NaN,
+    its ranking metrics those of any predictor."""
+    frame = random_preds()
+    as_rank = summary(frame, point_forecast=False)
+    as_return = summary(frame)
+    for name in ("rmse", "mae", "directional_accuracy"):
+        assert np.isnan(as_rank[name]) and np.isfinite(as_return[name])
+    assert as_rank["rank_ic"] == as_return["rank_ic"] and as_rank["sharpe"] == as_return["sharpe"]
