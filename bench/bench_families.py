@@ -40,7 +40,7 @@ import torch
 from bench_data import load_note, pandas_features, pandas_ingest
 
 from ray_app.core.settings import Settings, load_settings
-from ray_app.data.features import TARGET
+from ray_app.data.features import LABEL, TARGET
 from ray_app.data.sources import make_source
 from ray_app.models.families import LoopSession, TrainedModel, names, spec
 from ray_app.models.metrics import summary
@@ -74,9 +74,9 @@ def parse_args() -> argparse.Namespace:
 def holdout_quality(data: TrainingData, model: TrainedModel) -> dict[str, float]:
     """The model's holdout rank IC and t-statistic (``metrics.summary``, as the gate sees)."""
     assert data.split.holdout is not None, "the benchmark needs split.holdout_months > 0"
-    rows = data.frame.loc[data.split.holdout.test_mask, [*KEYS, TARGET]]
+    rows = data.frame.loc[data.split.holdout.test_mask, [*KEYS, TARGET, LABEL]]
     preds = rows.merge(model.predict_frame(data.frame), on=KEYS, validate="1:1")
-    metrics = summary(preds.rename(columns={TARGET: "target_ret"}))
+    metrics = summary(preds)
     return {"rank_ic": metrics["ic_mean"], "t": metrics["ic_t_stat"], "days": metrics["ic_days"]}
 
 

@@ -1,9 +1,15 @@
 """Out-of-sample metrics for next-day return predictions: errors, rank skill and a backtest.
 
 Predictions arrive as a frame with columns ``date``, ``ticker``, ``pred`` and ``target_ret``
-(the realised next-day log return). Point errors alone say little for daily returns (the zero
-forecast is hard to beat on RMSE), so the information coefficient and a cost-aware long-short
-backtest measure what a model is for: ranking tickers on each day.
+(the realised next-day log return); ``summary`` also needs ``label``, what the model was
+trained to predict (``target_ret`` itself under the default label; an excess return or a
+cross-sectional rank under the others). Point errors alone say little for daily returns (the
+zero forecast is hard to beat on RMSE), so the information coefficient and a cost-aware
+long-short backtest measure what a model is for: ranking tickers on each day.
+
+Point errors compare ``pred`` with ``label``, the scale the model predicts on; the IC and the
+backtest use ``target_ret`` whatever the label, since money is made on realised returns (and
+an excess return or a rank orders a day's tickers as their returns do).
 """
 
 from __future__ import annotations
@@ -13,22 +19,25 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ray_app.data.features import LABEL
+
 PRED_COLUMNS = ("date", "ticker", "pred", "target_ret")
 TRADING_DAYS = 252
 LEAK_DIRECTIONAL_ACCURACY = 0.6
 LEAK_IC = 0.1
 
 
-def check_predictions(preds: pd.DataFrame) -> None:
+def check_predictions(preds: pd.DataFrame, columns: tuple[str, ...] = PRED_COLUMNS) -> None:
     """Refuse a frame the metrics would misread: missing columns, no rows, NaNs, duplicates."""
-    missing = [c for c in PRED_COLUMNS if c not in preds]
+    missing = [c for c in columns if c not in preds]
     if missing:
-        raise ValueError(f"predictions lack column(s) {', '.join(missing)}; need {PRED_COLUMNS}")
+        raise ValueError(f"predictions lack column(s) {', '.join(missing)}; need {columns}")
     if preds.empty:
         raise ValueError("predictions frame is empty")
-    bad = int(preds[["pred", "target_ret"]].isna().any(axis=1).sum())
+    values = [c for c in columns if c not in ("date", "ticker")]
+    bad = int(preds[values].isna().any(axis=1).sum())
     if bad:
-        raise ValueError(f"{bad} prediction row(s) have a NaN pred or target_ret")
+        raise ValueError(f"{bad} prediction row(s) have a NaN {' or '.join(values)}")
     dupes = int(preds.duplicated(["date", "ticker"]).sum())
     if dupes:
         raise ValueError(f"{dupes} prediction row(s) repeat a (date, ticker) pair")
@@ -204,9 +213,10 @@ def leak_warning(directional_accuracy: float, ic: float) -> str | None:
 def summary(
     preds: pd.DataFrame, *, quantile: float = 0.2, cost_bps: float = 5.0
 ) -> dict[str, float]:
-    """Every scalar metric of ``preds`` in one flat dict (ready for ``mlflow.log_metrics``)."""
-    check_predictions(preds)
-    y, p = preds["target_ret"].to_numpy(), preds["pred"].to_numpy()
+    """Every scalar metric of ``preds`` in one flat dict (ready for ``mlflow.log_metrics``):
+    point errors against ``label``, rank skill and the backtest against ``target_ret``."""
+    check_predictions(preds, (*PRED_COLUMNS, LABEL))
+    y, p = preds[LABEL].to_numpy(), preds["pred"].to_numpy()
     ic = information_coefficient(preds)
     book = long_short_backtest(preds, quantile=quantile, cost_bps=cost_bps)
     return {

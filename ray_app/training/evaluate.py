@@ -6,6 +6,10 @@ predicted by a model that never saw it or anything after it. The holdout is scor
 given model as it is, since that is the model that would be registered and served. Every
 scope compares the model with the zero, persistence and ridge baselines fitted on the same
 rows, because a daily-return model is only worth serving when it beats them.
+
+Models and baselines are fitted on the feature set's label (``label``); predictions are
+scored against it for point errors and against the realised return (``target_ret``) for rank
+skill and the backtest (``ray_app.models.metrics``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pandas as pd
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import EvaluateSettings, Settings
-from ray_app.data.features import TARGET
+from ray_app.data.features import LABEL, TARGET
 from ray_app.models.families import ModelSpec, TrainedModel
 from ray_app.models.metrics import (
     information_coefficient,
@@ -62,14 +66,14 @@ def baselines(columns: list[str]) -> dict[str, Predictor]:
 def model_predictions(
     data: TrainingData, test_mask: np.ndarray, model: TrainedModel
 ) -> pd.DataFrame:
-    """``date``, ``ticker``, ``pred``, ``target_ret`` for the rows of ``test_mask`` the model
-    can predict.
+    """``date``, ``ticker``, ``pred``, ``target_ret``, ``label`` for the rows of ``test_mask``
+    the model can predict.
 
     The model predicts the whole frame and the test rows are selected afterwards: a GRU's
     window for the first test days reaches back into earlier days, which were known on the
     day it predicts from. Rows without a full window are left out.
     """
-    test = data.frame.loc[test_mask, [*KEYS, TARGET]]
+    test = data.frame.loc[test_mask, [*KEYS, TARGET, LABEL]]
     return test.merge(model.predict_frame(data.frame), on=KEYS, how="inner", validate="1:1")
 
 
@@ -110,7 +114,7 @@ def score(preds: pd.DataFrame, cfg: EvaluateSettings) -> dict[str, float | None]
 
 
 def _long(wide: pd.DataFrame, name: str) -> pd.DataFrame:
-    return wide[[*KEYS, name, TARGET]].rename(columns={name: "pred"})
+    return wide[[*KEYS, name, TARGET, LABEL]].rename(columns={name: "pred"})
 
 
 def _score_all(wide: pd.DataFrame, cfg: EvaluateSettings) -> dict[str, dict[str, float | None]]:

@@ -32,6 +32,9 @@ from ray_app.data.features import (
 )
 from ray_app.data.ingest import ingest_ticker, plan_jobs, read_bars, record_manifest
 from ray_app.data.sources import CsvSource, SampleSource
+from ray_app.models.networks import RidgeBaseline
+from ray_app.training.evaluate import score
+from ray_app.training.train import load_training_data
 from tests.unit.test_features import load
 
 SAMPLE_CS = ["corr_pv_20", "kbar_body", "ret_5d", "vol_20d"]
@@ -228,3 +231,23 @@ def test_the_excess_label_without_the_index_is_refused_before_any_work(tmp_path:
     )
     with pytest.raises(FeatureSetError, match="needs the index SPY in the data version"):
         plan_build(settings, None)
+
+
+def test_training_fits_the_chosen_label_and_evaluation_scores_errors_on_it(
+    tmp_path: Path,
+) -> None:
+    """Under the rank label, the baselines fit ranks and point errors are on the rank scale
+    (the zero forecast is the day's median), while the backtest still trades returns."""
+    build_without_ray(tmp_path, SAMPLE_SPEC)
+    settings = Settings(data_root=str(tmp_path), features=SAMPLE_SPEC)
+    data = load_training_data(settings)
+    np.testing.assert_array_equal(data.frame[LABEL], data.frame[RANK_TARGET])
+    fold = data.tune_fold
+    ridge = RidgeBaseline(data.columns).fit(data.frame[fold.train_mask])
+    assert ridge.intercept == pytest.approx(data.frame.loc[fold.train_mask, LABEL].mean())
+    test = data.frame.loc[fold.test_mask, ["date", "ticker", TARGET, LABEL]]
+    zero = score(test.assign(pred=0.0), settings.evaluate)
+    assert zero["rmse"] == pytest.approx(float(np.sqrt((test[LABEL] ** 2).mean())))
+    perfect = score(test.assign(pred=test[LABEL]), settings.evaluate)
+    assert perfect["rmse"] == 0.0 and perfect["ic_mean"] == pytest.approx(1.0)
+    assert perfect["annual_return"] is not None and perfect["annual_return"] > 1.0
