@@ -3,7 +3,9 @@ real bars (cut every ticker at t), and through the feature store's pass without 
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -31,9 +33,12 @@ from ray_app.data.features import (
     cross_sectional_names,
 )
 from ray_app.data.ingest import ingest_ticker, plan_jobs, read_bars, record_manifest
+from ray_app.data.online import OfflineFeatureLookup
 from ray_app.data.sources import CsvSource, SampleSource
 from ray_app.models.networks import RidgeBaseline
+from ray_app.serving.features import FeatureTable
 from ray_app.training.evaluate import score
+from ray_app.training.gate import incomparable
 from ray_app.training.train import load_training_data
 from tests.unit.test_features import load
 
@@ -251,3 +256,39 @@ def test_training_fits_the_chosen_label_and_evaluation_scores_errors_on_it(
     perfect = score(test.assign(pred=test[LABEL]), settings.evaluate)
     assert perfect["rmse"] == 0.0 and perfect["ic_mean"] == pytest.approx(1.0)
     assert perfect["annual_return"] is not None and perfect["annual_return"] > 1.0
+
+
+def test_serving_and_the_online_lookup_answer_the_stored_companions(tmp_path: Path) -> None:
+    """What a model trained on the companions is served: the rows as stored, never the
+    companions recomputed from the one ticker a request names."""
+    version = build_without_ray(tmp_path, SAMPLE_SPEC)
+    settings = Settings(data_root=str(tmp_path), features=SAMPLE_SPEC)
+    root = DataRoot(settings.data_root)
+    columns = feature_manifest(root, version).columns
+    stored = root.read_parquet(*partition(version, "IBM")).set_index("date")
+    day = dt.date(2010, 6, 15)
+    table = FeatureTable.load(settings, version)
+    assert table.columns == columns and "vol_20d_csrank" in columns
+    window = table.window("IBM", day, 3)
+    expected = stored.loc[: pd.Timestamp(day), columns].tail(3).to_numpy()
+    np.testing.assert_array_equal(window.rows, expected)
+    row = OfflineFeatureLookup(root, version).get_online_features(["IBM"], day)["IBM"]
+    assert row.values == dict(zip(columns, expected[-1].tolist(), strict=True))
+
+
+def test_the_gate_does_not_score_a_champion_trained_on_another_label(tmp_path: Path) -> None:
+    """Same columns, other label: the champion's errors would be on another scale."""
+    on_returns = build_without_ray(
+        tmp_path, SAMPLE_SPEC.model_copy(update={"label": "next_return"})
+    )
+    build_without_ray(tmp_path, SAMPLE_SPEC)
+    data = load_training_data(Settings(data_root=str(tmp_path), features=SAMPLE_SPEC))
+    root = DataRoot(str(tmp_path))
+    champion = SimpleNamespace(columns=data.columns, feature_version=on_returns)
+    reason = incomparable(root, 3, champion, data)  # type: ignore[arg-type]
+    assert reason is not None and "trained on label target_ret" in reason
+    assert "holds target_ret_csrank" in reason
+    same = SimpleNamespace(columns=data.columns, feature_version=data.manifest.version)
+    assert incomparable(root, 3, same, data) is None  # type: ignore[arg-type]
+    gone = SimpleNamespace(columns=data.columns, feature_version="0" * 16)
+    assert incomparable(root, 3, gone, data) is None  # type: ignore[arg-type]
