@@ -135,6 +135,30 @@ class FeatureSettings(_Section):
         "SPY",
         description="Market index for the relative features, used when it is in the data version",
     )
+    alpha_features: bool = Field(
+        False,
+        description="Add the Alpha-style set: k-bar shape, moving-average gaps, volume ratios, "
+        "price-volume correlations, range and high/low positions over `alpha_windows`, and "
+        "residual momentum against the index when it is in the data version",
+    )
+    alpha_windows: list[int] = Field(
+        default_factory=lambda: [5, 10, 20, 60],
+        description="Windows of the Alpha-style features (non-empty, each >= 2); deduplicated "
+        "and sorted",
+    )
+    cross_sectional: list[str] = Field(
+        default_factory=list,
+        description="Feature columns that get `<name>_csrank` and `<name>_cszscore` "
+        "companions: their rank and z-score across the tickers of each day; deduplicated and "
+        "sorted",
+    )
+    label: Literal["next_return", "next_excess_return", "next_return_csrank"] = Field(
+        "next_return",
+        description="What models are trained to predict: the next-day log return, its excess "
+        "over the index's (needs the index in the data version), or its rank across the "
+        "day's tickers (-0.5 lowest .. 0.5 highest). Evaluation's rank metrics and backtest "
+        "and live monitoring always use the realised next-day return",
+    )
 
     @field_validator("index_ticker")
     @classmethod
@@ -147,6 +171,20 @@ class FeatureSettings(_Section):
         if not values or any(v < 1 for v in values):
             raise ValueError("must be a non-empty list of positive integers")
         return sorted(set(values))
+
+    @field_validator("alpha_windows")
+    @classmethod
+    def _windows(cls, values: list[int]) -> list[int]:
+        """A correlation or a position needs at least two days in its window."""
+        if not values or any(v < 2 for v in values):
+            raise ValueError("must be a non-empty list of integers >= 2")
+        return sorted(set(values))
+
+    @field_validator("cross_sectional")
+    @classmethod
+    def _columns(cls, names: list[str]) -> list[str]:
+        """Sorted, so the same set of names is the same spec (and feature version)."""
+        return sorted({n.strip() for n in names if n.strip()})
 
 
 class ApiSettings(_Section):

@@ -139,8 +139,9 @@ class DataRoot:
         schema = pq.read_schema(self.path(*parts), filesystem=self.fs)
         return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
 
-    def read_parquet(self, *parts: str) -> pd.DataFrame:
-        return pq.read_table(self.path(*parts), filesystem=self.fs).to_pandas()
+    def read_parquet(self, *parts: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """The Parquet file at ``parts`` (only ``columns``, when given, are read)."""
+        return pq.read_table(self.path(*parts), columns=columns, filesystem=self.fs).to_pandas()
 
     def write_json(self, payload: dict[str, Any], *parts: str) -> None:
         data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()

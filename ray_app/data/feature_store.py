@@ -3,12 +3,19 @@
 A feature set is identified by (data version, feature specification hash). Each ticker's
 rows are written by a Ray task to ``features/<version>/ticker=<T>/features.parquet``; the
 set's manifest is written last, so a set without one is incomplete and is rebuilt.
+
+A spec with cross-sectional companions or the rank label adds a second pass once every
+ticker is written: Ray Data reads the columns it needs from all partitions, groups them by
+date to compute each day's transforms (``ray_app.data.cross_section``), groups the results by
+ticker and adds them to each partition. Readers (training, the online lookup, serving) then
+find every column stored and never recompute one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +28,17 @@ from ray_app.core.errors import RayAppError
 from ray_app.core.identifiers import check_version
 from ray_app.core.settings import FeatureSettings, Settings
 from ray_app.core.storage import DataRoot
-from ray_app.data.features import TARGET, TARGET_DIR, compute_features, feature_names, spec_hash
+from ray_app.data import cross_section
+from ray_app.data.features import (
+    LABEL,
+    TARGET_DIR,
+    check_spec,
+    compute_features,
+    feature_names,
+    label_column,
+    needs_cross_section,
+    spec_hash,
+)
 from ray_app.data.ingest import latest_manifest, read_bars, read_manifest, stored_hash
 from ray_app.data.manifests import (
     FeatureManifest,
@@ -109,6 +126,13 @@ class FeatureBuildPlan(BaseModel):
         return self.raw.version
 
 
+def _metadata(plan: FeatureBuildPlan) -> dict[str, str]:
+    return {
+        "ray_app.data_version": plan.data_version,
+        "ray_app.feature_version": plan.version,
+    }
+
+
 def featurize_ticker(
     ticker: str, expected_hash: str, plan: FeatureBuildPlan, index_bars: pd.DataFrame | None
 ) -> dict[str, Any]:
@@ -132,12 +156,7 @@ def featurize_ticker(
         if frame.empty:
             raise FeatureSetError(f"{ticker}: too little history for the feature windows")
         root.write_parquet(
-            frame.drop(columns="ticker"),
-            *partition(plan.version, ticker),
-            metadata={
-                "ray_app.data_version": plan.data_version,
-                "ray_app.feature_version": plan.version,
-            },
+            frame.drop(columns="ticker"), *partition(plan.version, ticker), metadata=_metadata(plan)
         )
         row.update(
             status="ok",
@@ -186,6 +205,10 @@ def plan_build(settings: Settings, data_version: str | None) -> FeatureBuildPlan
     raw = _raw_manifest(root, data_version)
     spec: FeatureSettings = settings.features
     index = spec.index_ticker if spec.index_ticker in raw.tickers else None
+    try:
+        check_spec(spec, index is not None)
+    except ValueError as exc:
+        raise FeatureSetError(f"data version {raw.version}: {exc}") from None
     digest = spec_hash(spec, index is not None)
     return FeatureBuildPlan(
         root=root,
@@ -214,6 +237,118 @@ def stream_featurize(plan: FeatureBuildPlan) -> Iterator[dict[str, Any]]:
     yield from dataset.iter_rows()
 
 
+DAY_GROUP = "_day_group"
+TICKER_GROUP = "_ticker_group"
+
+
+def _cross_section_inputs(batch: pd.DataFrame, plan: FeatureBuildPlan, groups: int) -> pd.DataFrame:
+    """Ray Data UDF: the stored columns the cross-sectional pass reads, of the batch's
+    tickers, as one long frame, each row tagged with its day's group."""
+    columns = ["date", *cross_section.inputs(plan.spec)]
+    frames = [
+        plan.root.read_parquet(*partition(plan.version, t), columns=columns).assign(ticker=t)
+        for t in batch["ticker"]
+    ]
+    rows = pd.concat(frames, ignore_index=True)
+    days = rows["date"].to_numpy().astype("datetime64[D]").astype("int64")
+    return rows.assign(**{DAY_GROUP: days % groups})
+
+
+def _day_transforms(rows: pd.DataFrame, spec: FeatureSettings, groups: int) -> pd.DataFrame:
+    """Ray Data UDF over every row of some days: their transforms, each row tagged with its
+    ticker's group."""
+    out = cross_section.cross_section(rows, spec)
+    return out.assign(**{TICKER_GROUP: [zlib.crc32(t.encode()) % groups for t in out["ticker"]]})
+
+
+def write_cross_section(rows: pd.DataFrame, plan: FeatureBuildPlan) -> dict[str, Any]:
+    """Add one ticker's cross-sectional rows to its stored partition; a summary row
+    (``ticker``, ``reason``: empty when written), never an exception."""
+    ticker = str(rows["ticker"].iloc[0])
+    parts = partition(plan.version, ticker)
+    try:
+        stored = plan.root.read_parquet(*parts)
+        added = rows.drop(columns="ticker")
+        # Ray Data hands Arrow-backed columns: store NumPy ones, as the per-ticker pass does.
+        added = added.astype({c: "float64" for c in added.columns if c != "date"})
+        added["date"] = added["date"].astype(stored["date"].dtype)
+        merged = stored.merge(added, on="date", how="inner", validate="1:1")
+        if not len(merged) == len(added) == len(stored):
+            raise FeatureSetError(
+                f"{len(added)} cross-sectional rows for {len(stored)} stored, {len(merged)} paired"
+            )
+        plan.root.write_parquet(merged, *parts, metadata=_metadata(plan))
+        reason = ""
+    except Exception as exc:  # one ticker's failure never sinks the set
+        reason = f"{ticker}: cross-sectional pass: {type(exc).__name__}: {exc}"
+    return {"ticker": ticker, "reason": reason}
+
+
+def _write_tickers(rows: pd.DataFrame, plan: FeatureBuildPlan) -> pd.DataFrame:
+    """Ray Data UDF over every row of some tickers: ``write_cross_section`` for each."""
+    rows = rows.drop(columns=TICKER_GROUP)
+    return pd.DataFrame(
+        [write_cross_section(one, plan) for _, one in rows.groupby("ticker", sort=True)]
+    )
+
+
+def stream_cross_section(plan: FeatureBuildPlan, tickers: list[str]) -> Iterator[dict[str, Any]]:
+    """The pass over each day's tickers, once ``tickers`` are built: Ray Data groups the rows
+    by day to compute the day's transforms, then by ticker to write them. Yields each
+    ticker's summary row (``write_cross_section``).
+
+    The groups are coarse (days, or tickers, hashed into as many groups as the per-ticker
+    pass has tasks), since Ray Data calls a UDF per group and thousands of one-day calls
+    cost far more than the transforms.
+    """
+    import ray.data
+
+    from ray_app.data.sizing import batch_size_for, blocks_for
+
+    items = [{"ticker": t} for t in tickers]
+    groups = blocks_for(len(items))
+    dataset = (
+        ray.data.from_items(items, override_num_blocks=len(items))
+        .map_batches(
+            _cross_section_inputs,  # type: ignore[arg-type]  # Ray types the UDF loosely
+            batch_size=batch_size_for(len(items)),
+            batch_format="pandas",
+            fn_kwargs={"plan": plan, "groups": groups},
+            num_cpus=1,
+        )
+        .groupby(DAY_GROUP, num_partitions=groups)
+        .map_groups(
+            _day_transforms,  # type: ignore[arg-type]
+            batch_format="pandas",
+            fn_kwargs={"spec": plan.spec, "groups": groups},
+        )
+        .groupby(TICKER_GROUP, num_partitions=groups)
+        .map_groups(
+            _write_tickers,  # type: ignore[arg-type]
+            batch_format="pandas",
+            fn_kwargs={"plan": plan},
+        )
+    )
+    yield from dataset.iter_rows()
+
+
+def add_cross_section(plan: FeatureBuildPlan, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` after the cross-sectional pass over the tickers built: one it could not write
+    is failed, since its partition lacks the columns (the day's transforms were computed with
+    it all the same: a failed write is an I/O error, not a change of universe)."""
+    built = [r["ticker"] for r in rows if r["status"] == "ok"]
+    if not built:
+        return rows
+    reasons = {r["ticker"]: r["reason"] for r in stream_cross_section(plan, built)}
+    out = []
+    for row in rows:
+        reason = reasons.get(row["ticker"], f"{row['ticker']}: no cross-sectional rows")
+        if row["status"] == "ok" and reason:
+            row = {**row, "status": "failed", "reason": reason}
+        out.append(row)
+    return out
+
+
 def record_feature_set(plan: FeatureBuildPlan, rows: list[dict[str, Any]]) -> FeatureManifest:
     """Write the set's manifest (the commit point) and point ``_latest`` at it."""
     ok = {r["ticker"]: r for r in rows if r["status"] == "ok"}
@@ -236,7 +371,7 @@ def record_feature_set(plan: FeatureBuildPlan, rows: list[dict[str, Any]]) -> Fe
         spec=plan.spec,
         index_ticker=plan.index_ticker,
         columns=feature_names(plan.spec, plan.index_ticker is not None),
-        target=TARGET,
+        target=label_column(plan.spec),
         target_direction=TARGET_DIR,
         path=plan.root.display(FEATURES, plan.version),
         created_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
@@ -270,6 +405,8 @@ def build_features(
         if on_row:
             on_row(row)
     rows.sort(key=lambda r: r["ticker"])
+    if needs_cross_section(plan.spec):
+        rows = add_cross_section(plan, rows)
     manifest = record_feature_set(plan, rows)
     return FeatureBuild(plan.version, plan.data_version, rows, manifest, reused=False)
 
@@ -283,7 +420,9 @@ def load_feature_set(
 ) -> tuple[pd.DataFrame, FeatureManifest]:
     """A feature set as one frame sorted by (date, ticker), with its manifest.
 
-    ``training=True`` keeps only rows whose target is known (never the newest day).
+    ``training=True`` keeps only rows whose target is known (never the newest day). The set's
+    label column (``manifest.target``) is copied to ``label``, the column models fit;
+    ``target_ret`` stays the realised next-day return.
     """
     manifest = feature_manifest(root, version)
     wanted = sorted(tickers or manifest.tickers)
@@ -298,6 +437,7 @@ def load_feature_set(
         frame.insert(0, "ticker", ticker)
         frames.append(frame)
     data = pd.concat(frames, ignore_index=True)
+    data[LABEL] = data[manifest.target]
     if training:
         data = data[data["has_target"]]
     return data.sort_values(["date", "ticker"], kind="stable").reset_index(drop=True), manifest
@@ -322,17 +462,46 @@ def pit_sample(manifest: FeatureManifest, size: int) -> list[str]:
     return sorted(sorted(manifest.tickers, key=rank)[:size])
 
 
+def _stored_companion_inputs(root: DataRoot, manifest: FeatureManifest) -> pd.DataFrame:
+    """``ticker``, ``date`` and the columns with companions, of every ticker of the set."""
+    columns = ["date", *manifest.spec.cross_sectional]
+    return pd.concat(
+        [
+            root.read_parquet(*partition(manifest.version, t), columns=columns).assign(ticker=t)
+            for t in sorted(manifest.tickers)
+        ],
+        ignore_index=True,
+    )
+
+
+def _cut_companions(
+    universe: pd.DataFrame, names: list[str], rebuilt: pd.DataFrame
+) -> pd.DataFrame:
+    """``rebuilt`` (one ticker's rows from bars cut at t) with its cross-sectional companions,
+    computed with the other tickers' stored rows up to t: the day's universe as it stood."""
+    ticker, cut = rebuilt["ticker"].iloc[0], rebuilt["date"].max()
+    others = universe[(universe["ticker"] != ticker) & (universe["date"] <= cut)]
+    rows = pd.concat([rebuilt[["ticker", "date", *names]], others], ignore_index=True)
+    added = cross_section.companions(rows, names)[rows["ticker"] == ticker]
+    return pd.concat([rebuilt, added.set_axis(rebuilt.index)], axis=1)
+
+
 def check_point_in_time(root: DataRoot, version: str, tickers: list[str]) -> list[PointInTimeCheck]:
     """Rebuild each ticker's features from its bars (and the index's) up to a day t, the
     middle of its history, and count the stored rows up to t that differ.
 
     Features are point in time, so cutting the history at t must leave every earlier row as
-    stored: a mismatch is look-ahead, or a feature set that no longer matches its bars.
+    stored: a mismatch is look-ahead, or a feature set that no longer matches its bars. The
+    cross-sectional companions are recomputed from the rebuilt rows and the other tickers'
+    stored rows up to t (reading those columns of every ticker once), so they are checked the
+    same way.
     """
     manifest = feature_manifest(root, version)
     raw = _raw_manifest(root, manifest.data_version)
     index = manifest.index_ticker
     index_bars = read_bars(root, index) if index else None
+    names = manifest.spec.cross_sectional
+    universe = _stored_companion_inputs(root, manifest) if names else None
     checks = []
     for ticker in tickers:
         if stored_hash(root, ticker) != raw.tickers[ticker].hash:
@@ -344,6 +513,8 @@ def check_point_in_time(root: DataRoot, version: str, tickers: list[str]) -> lis
         bars = read_bars(root, ticker)
         cut_index = None if index_bars is None else index_bars[index_bars["date"] <= cut]
         rebuilt = compute_features(ticker, bars[bars["date"] <= cut], manifest.spec, cut_index)
+        if universe is not None and not rebuilt.empty:
+            rebuilt = _cut_companions(universe, names, rebuilt)
         expected = stored[stored["date"] <= cut]
         columns = manifest.columns
         if len(rebuilt) != len(expected):  # rows cannot be paired: none is verified

@@ -1,10 +1,16 @@
 """Out-of-sample metrics for next-day return predictions: errors, rank skill and a backtest.
 
 Predictions arrive as a frame with columns ``date``, ``ticker``, ``pred`` and ``target_ret``
-(the realised next-day log return). Point errors alone say little for daily returns (the zero
-forecast is hard to beat on RMSE), so the information coefficients (rank and Pearson, with
-their ICIR and t-statistic) and cost-aware long-short backtests (a quantile book and a
+(the realised next-day log return); ``summary`` also needs ``label``, what the model was
+trained to predict (``target_ret`` itself under the default label; an excess return or a
+cross-sectional rank under the others). Point errors alone say little for daily returns (the
+zero forecast is hard to beat on RMSE), so the information coefficients (rank and Pearson,
+with their ICIR and t-statistic) and cost-aware long-short backtests (a quantile book and a
 top-k / bottom-k book) measure what a model is for: ranking tickers on each day.
+
+Point errors compare ``pred`` with ``label``, the scale the model predicts on; the ICs and the
+backtests use ``target_ret`` whatever the label, since money is made on realised returns (and
+an excess return or a rank orders a day's tickers as their returns do).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ray_app.data.features import LABEL
+
 PRED_COLUMNS = ("date", "ticker", "pred", "target_ret")
 TRADING_DAYS = 252
 LEAK_DIRECTIONAL_ACCURACY = 0.6
@@ -24,16 +32,17 @@ LEAK_IC = 0.1
 FORMER_NAMES = {"ic_mean": "rank_ic", "ic_t_stat": "rank_ic_t", "ic_days": "rank_ic_days"}
 
 
-def check_predictions(preds: pd.DataFrame) -> None:
+def check_predictions(preds: pd.DataFrame, columns: tuple[str, ...] = PRED_COLUMNS) -> None:
     """Refuse a frame the metrics would misread: missing columns, no rows, NaNs, duplicates."""
-    missing = [c for c in PRED_COLUMNS if c not in preds]
+    missing = [c for c in columns if c not in preds]
     if missing:
-        raise ValueError(f"predictions lack column(s) {', '.join(missing)}; need {PRED_COLUMNS}")
+        raise ValueError(f"predictions lack column(s) {', '.join(missing)}; need {columns}")
     if preds.empty:
         raise ValueError("predictions frame is empty")
-    bad = int(preds[["pred", "target_ret"]].isna().any(axis=1).sum())
+    values = [c for c in columns if c not in ("date", "ticker")]
+    bad = int(preds[values].isna().any(axis=1).sum())
     if bad:
-        raise ValueError(f"{bad} prediction row(s) have a NaN pred or target_ret")
+        raise ValueError(f"{bad} prediction row(s) have a NaN {' or '.join(values)}")
     dupes = int(preds.duplicated(["date", "ticker"]).sum())
     if dupes:
         raise ValueError(f"{dupes} prediction row(s) repeat a (date, ticker) pair")
@@ -262,13 +271,14 @@ def summary(
     cost_bps: float = 5.0,
     point_forecast: bool = True,
 ) -> dict[str, float]:
-    """Every scalar metric of ``preds`` in one flat dict (ready for ``mlflow.log_metrics``).
+    """Every scalar metric of ``preds`` in one flat dict (ready for ``mlflow.log_metrics``):
+    point errors against ``label``, rank skill and the backtests against ``target_ret``.
 
     ``point_forecast=False`` says ``pred`` only orders the tickers (a factor's rank), so the
     point errors and the directional accuracy, which read it as a return, are NaN.
     """
-    check_predictions(preds)
-    y, p = preds["target_ret"].to_numpy(), preds["pred"].to_numpy()
+    check_predictions(preds, (*PRED_COLUMNS, LABEL))
+    y, p = preds[LABEL].to_numpy(), preds["pred"].to_numpy()
     ranked, linear = rank_ic(preds), pearson_ic(preds)
     book = long_short_backtest(preds, quantile=quantile, cost_bps=cost_bps)
     top = top_k_backtest(preds, k=top_k, cost_bps=cost_bps)

@@ -3,7 +3,9 @@ persistence and ridge baselines; no torch, no Ray.
 
 Inputs are standardised with a scaler fitted on the training window only; a model sees, per
 ticker, the last ``window`` feature rows up to and including the row it predicts for, never
-a later one. The families themselves live in ``ray_app.models.families``.
+a later one. Models and baselines fit the ``label`` column: the label the feature set chose
+(``features.label``), so none of them depends on which. The families themselves live in
+``ray_app.models.families``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from ray_app.data.features import TARGET
+from ray_app.data.features import LABEL
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def make_windows(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Windowed inputs: for each row, its ticker's last ``window`` rows ending at that row.
 
-    Returns ``X`` (n, window, features) as float32, ``y`` (the rows' targets, NaN where the
+    Returns ``X`` (n, window, features) as float32, ``y`` (the rows' labels, NaN where the
     frame has none) and the positions in ``frame`` of the rows kept, ascending. Rows with
     fewer than ``window - 1`` earlier rows of their ticker are dropped. Window the whole
     frame, then select rows with a split's mask: a test row's window may then reach back
@@ -64,8 +66,8 @@ def make_windows(
         raise ValueError(f"window must be at least 1, got {window}")
     values = frame[columns].to_numpy(dtype=np.float64)
     values = (scaler.transform(values) if scaler is not None else values).astype(np.float32)
-    target = frame[TARGET] if TARGET in frame else pd.Series(np.nan, index=frame.index)
-    target_values = target.to_numpy(dtype=np.float32)
+    label = frame[LABEL] if LABEL in frame else pd.Series(np.nan, index=frame.index)
+    label_values = label.to_numpy(dtype=np.float32)
     dates = frame["date"].to_numpy()
     blocks, kept = [], []
     for ticker, rows in frame.groupby("ticker", sort=True).indices.items():
@@ -83,7 +85,7 @@ def make_windows(
         return empty, np.empty(0, np.float32), np.empty(0, np.int64)
     index = np.concatenate(kept).astype(np.int64)
     order = np.argsort(index, kind="stable")
-    return np.concatenate(blocks)[order], target_values[index[order]], index[order]
+    return np.concatenate(blocks)[order], label_values[index[order]], index[order]
 
 
 class Predictor(Protocol):
@@ -95,7 +97,8 @@ class Predictor(Protocol):
 
 
 class ZeroBaseline:
-    """Predicts a zero log return: the random-walk forecast any model must beat."""
+    """Predicts zero: no return (or no excess return, or the day's median rank, under the
+    other labels), the random-walk forecast any model must beat."""
 
     def fit(self, frame: pd.DataFrame) -> ZeroBaseline:
         return self
@@ -137,8 +140,8 @@ class RidgeBaseline:
             raise ValueError(f"ridge alpha must be >= 0, got {self.alpha}")
         self.scaler = StandardScaler.fit(frame[self.columns])
         x = self.scaler.transform(frame[self.columns])
-        y = frame[TARGET].to_numpy(dtype=np.float64)
-        # Scaled columns have mean 0, so the unpenalised intercept is the mean target; ridge is
+        y = frame[LABEL].to_numpy(dtype=np.float64)
+        # Scaled columns have mean 0, so the unpenalised intercept is the mean label; ridge is
         # least squares on x stacked over sqrt(alpha) * I (stable even when x'x is singular).
         self.intercept = float(y.mean())
         n = len(self.columns)
@@ -155,7 +158,7 @@ class RidgeBaseline:
 
 @dataclass
 class ModelInputs:
-    """What a model consumes for some rows of a frame: inputs, targets, row positions."""
+    """What a model consumes for some rows of a frame: inputs, labels, row positions."""
 
     x: np.ndarray
     y: np.ndarray
@@ -171,5 +174,5 @@ def model_inputs(
         x, y, rows = make_windows(frame, columns, window, scaler)
         return ModelInputs(x, y, rows)
     x = scaler.transform(frame[columns]).astype(np.float32)[:, None, :]
-    target = frame[TARGET] if TARGET in frame else pd.Series(np.nan, index=frame.index)
-    return ModelInputs(x, target.to_numpy(dtype=np.float32), np.arange(len(frame)))
+    label = frame[LABEL] if LABEL in frame else pd.Series(np.nan, index=frame.index)
+    return ModelInputs(x, label.to_numpy(dtype=np.float32), np.arange(len(frame)))

@@ -9,6 +9,14 @@ a model version counts once, however many requests asked for it (served and shad
 of one version are the same number). A day whose next bar is not in yet is pending: its row
 says so and its metrics are NaN, never zero.
 
+Whatever label the model was trained on (``features.label``), its predictions are scored
+against the realised next-day log return, the one outcome every label shares: the IC, the
+rank IC and the long-short book compare each day's ordering, which an excess-return or a
+rank label keeps (they order the day's tickers as their returns do). Directional accuracy
+and MAE read the prediction as a return: under the other labels "up" means above the index
+or above the day's median, and the error mixes scales, so read them for the next-day return
+label only.
+
 Outputs: ``<data_root>/monitoring/live_metrics.parquet`` (``data.live_metrics``), which the
 Serve ingress exports as ``ray_app_live_*`` gauges; and MLflow metrics
 ``live_<variant>_<metric>_<window>`` on the run of each model version, one step per day.

@@ -149,26 +149,29 @@ INGRESS_FIRST, INGRESS_LAST = 11_000, 30_000  # below Linux's ephemeral ports (3
 
 
 def ingress_port_ranges(gcs_port: int) -> dict[str, str]:
-    """Ports this head's Serve replicas listen on for HAProxy (direct ingress), a block of its
-    own. Each head's Serve numbers its replicas' ports from the same defaults (HTTP from
-    30000, gRPC from 40000) and knows nothing of another head on the machine: with two heads,
-    one head's HAProxy took the other's replica on a shared port for its own, and requests to
-    one head were answered by the other's replicas (found when each head got API keys of its
-    own: 401s). The block is picked from the head's port and skipped while any of its ports
-    answers."""
-    slots = (INGRESS_LAST - INGRESS_FIRST) // (2 * INGRESS_PORTS)
+    """Ports of this head's Serve behind HAProxy, a block of its own: the replicas' (direct
+    ingress, HTTP and gRPC) and the fallback proxy's, which HAProxy sends requests to while no
+    replica is up. Serve takes them from the same defaults on every head (replicas from 30000
+    and 40000, the fallback at 8500 and 9500) and knows nothing of another head on the
+    machine: with two heads, one head's HAProxy fell back to the other's proxy, or took the
+    other's replica on a shared port for its own, and requests to one head were answered by
+    the other's application (found when each head got API keys of its own: 401s). The block
+    is picked from the head's port and skipped while any of its ports answers."""
+    size = 2 * INGRESS_PORTS + 2
+    slots = (INGRESS_LAST - INGRESS_FIRST) // size
     for step in range(slots):
-        base = INGRESS_FIRST + (gcs_port + step) % slots * 2 * INGRESS_PORTS
-        if not any(port_in_use(p) for p in range(base, base + 2 * INGRESS_PORTS)):
+        base = INGRESS_FIRST + (gcs_port + step) % slots * size
+        if not any(port_in_use(p) for p in range(base, base + size)):
             return {
                 "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + INGRESS_PORTS - 1),
                 "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + INGRESS_PORTS),
                 "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + 2 * INGRESS_PORTS - 1),
+                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(base + 2 * INGRESS_PORTS),
+                "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(base + 2 * INGRESS_PORTS + 1),
             }
     raise ClusterError(
-        f"no free block of {2 * INGRESS_PORTS} ports in {INGRESS_FIRST}-{INGRESS_LAST} "
-        "for the Serve replicas"
+        f"no free block of {size} ports in {INGRESS_FIRST}-{INGRESS_LAST} for Serve's replicas"
     )
 
 

@@ -8,6 +8,10 @@ scope compares the model with the zero, persistence and ridge baselines fitted o
 rows, and with the one-line factors (``models.factors``: 1- and 5-day reversal, 21-day
 momentum) ranked on the same days, because a daily-return model is only worth serving when
 it beats them.
+
+Models and baselines are fitted on the feature set's label (``label``); predictions are
+scored against it for point errors and against the realised return (``target_ret``) for rank
+skill and the backtest (``ray_app.models.metrics``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pandas as pd
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import EvaluateSettings, Settings
-from ray_app.data.features import TARGET
+from ray_app.data.features import LABEL, TARGET
 from ray_app.models.factors import FACTOR_NAMES, factor_predictions
 from ray_app.models.families import ModelSpec, TrainedModel
 from ray_app.models.metrics import leak_warning, long_short_backtest, rank_ic, summary
@@ -62,14 +66,14 @@ def baselines(columns: list[str]) -> dict[str, Predictor]:
 def model_predictions(
     data: TrainingData, test_mask: np.ndarray, model: TrainedModel
 ) -> pd.DataFrame:
-    """``date``, ``ticker``, ``pred``, ``target_ret`` for the rows of ``test_mask`` the model
-    can predict.
+    """``date``, ``ticker``, ``pred``, ``target_ret``, ``label`` for the rows of ``test_mask``
+    the model can predict.
 
     The model predicts the whole frame and the test rows are selected afterwards: a GRU's
     window for the first test days reaches back into earlier days, which were known on the
     day it predicts from. Rows without a full window are left out.
     """
-    test = data.frame.loc[test_mask, [*KEYS, TARGET]]
+    test = data.frame.loc[test_mask, [*KEYS, TARGET, LABEL]]
     return test.merge(model.predict_frame(data.frame), on=KEYS, how="inner", validate="1:1")
 
 
@@ -120,7 +124,7 @@ def score(
 
 
 def _long(wide: pd.DataFrame, name: str) -> pd.DataFrame:
-    return wide[[*KEYS, name, TARGET]].rename(columns={name: "pred"})
+    return wide[[*KEYS, name, TARGET, LABEL]].rename(columns={name: "pred"})
 
 
 def score_predictors(

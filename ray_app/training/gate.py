@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ray_app.core.settings import GateSettings, Settings
+from ray_app.core.storage import DataRoot
+from ray_app.data.feature_store import read_feature_manifest
 from ray_app.models.factors import FACTOR_NAMES
+from ray_app.models.families import TrainedModel
 from ray_app.registry.versions import GateDecision, champion_version, load_version
 from ray_app.training.evaluate import model_predictions, score
 from ray_app.training.train import TrainingData
@@ -22,11 +25,33 @@ from ray_app.training.train import TrainingData
 GATE_LABELS = {"rank_ic": "rank IC", "sharpe": "Sharpe"}
 
 
+def incomparable(
+    root: DataRoot, version: int, champion: TrainedModel, data: TrainingData
+) -> str | None:
+    """Why ``champion`` cannot be scored on ``data``'s rows, or None: other feature columns,
+    or another label (its predictions are on another scale than the errors are measured on;
+    a champion whose feature set is no longer on disk is taken to share the label)."""
+    if champion.columns != data.columns:
+        return (
+            f"champion v{version} was trained on other feature columns than feature set "
+            f"{data.manifest.version} holds ({len(champion.columns)} vs {len(data.columns)}):"
+            " it cannot be scored on these rows"
+        )
+    trained_on = read_feature_manifest(root, champion.feature_version)
+    if trained_on is not None and trained_on.target != data.manifest.target:
+        return (
+            f"champion v{version} was trained on label {trained_on.target} and feature set "
+            f"{data.manifest.version} holds {data.manifest.target}: its errors cannot be "
+            "compared with the challenger's"
+        )
+    return None
+
+
 def champion_holdout_metrics(
     settings: Settings, data: TrainingData
 ) -> tuple[dict[str, float | None] | None, str | None]:
     """The current champion's metrics on ``data``'s holdout rows, or None and the reason it
-    cannot be compared (no holdout, no champion, different feature columns)."""
+    cannot be compared (no holdout, no champion, different feature columns or label)."""
     holdout = data.split.holdout
     if holdout is None:
         return None, "no holdout to compare on (split.holdout_months is 0)"
@@ -34,12 +59,9 @@ def champion_holdout_metrics(
     if version is None:
         return None, f"registered model {settings.mlflow.model_name!r} has no champion yet"
     champion = load_version(settings, version)
-    if champion.columns != data.columns:
-        return None, (
-            f"champion v{version} was trained on other feature columns than feature set "
-            f"{data.manifest.version} holds ({len(champion.columns)} vs {len(data.columns)}):"
-            " it cannot be scored on these rows"
-        )
+    reason = incomparable(DataRoot(settings.data_root), version, champion, data)
+    if reason is not None:
+        return None, reason
     return score(model_predictions(data, holdout.test_mask, champion), settings.evaluate), None
 
 

@@ -63,8 +63,10 @@ def min_embargo(spec: FeatureSettings, horizon: int = 1, sequence_window: int = 
     """The smallest safe embargo in trading dates: the target horizon plus the longest look-back.
 
     The look-back is the largest window, lag or return horizon of ``spec`` (the MACD signal
-    line averages a series built on the slow average, so it counts slow + signal), widened by
-    a sequence model's input window beyond its last row.
+    line averages a series built on the slow average, so it counts slow + signal; the
+    Alpha-style windows count when that set is on), widened by a sequence model's input
+    window beyond its last row. Cross-sectional companions read their own day only, so they
+    add nothing.
     """
     if horizon < 1 or sequence_window < 1:
         raise ValueError(
@@ -81,6 +83,7 @@ def min_embargo(spec: FeatureSettings, horizon: int = 1, sequence_window: int = 
         spec.atr_window,
         spec.volume_window,
         spec.beta_window,
+        *(spec.alpha_windows if spec.alpha_features else []),
     ]
     return horizon + max(lookbacks) + sequence_window - 1
 

@@ -6,14 +6,17 @@ import datetime as dt
 from pathlib import Path
 
 import cloudpickle
+import numpy as np
 import pandas as pd
 import pytest
 import redis
 
 import tests.yf_frames
-from ray_app.core.settings import Settings, YahooSettings
+from ray_app.core.settings import FeatureSettings, Settings, YahooSettings
 from ray_app.core.storage import DataRoot
-from ray_app.data.feature_store import build_features, load_feature_set
+from ray_app.data.cross_section import cross_section
+from ray_app.data.feature_store import build_features, check_point_in_time, load_feature_set
+from ray_app.data.features import RANK_TARGET, TARGET, cross_sectional_names
 from ray_app.data.ingest import run_ingest
 from ray_app.data.online import OfflineFeatureLookup, open_lookup
 from ray_app.data.sources import YahooSource
@@ -64,6 +67,29 @@ def test_feature_sets_are_versioned_by_data_and_spec(ray_address: str, tmp_path:
         "features", built.version, "ticker=IBM", "features.parquet"
     )
     assert meta["ray_app.data_version"] == built.data_version
+
+
+def test_the_cross_sectional_pass_on_ray_stores_what_the_day_makes(
+    ray_address: str, tmp_path: Path
+) -> None:
+    """Companions and the rank label through Ray Data's two group-bys: equal to the last bit
+    to the same transforms over the stored rows, point in time, and reused on a rerun."""
+    spec = FeatureSettings(
+        alpha_features=True, cross_sectional=["kbar_body", "ret_5d"], label="next_return_csrank"
+    )
+    settings = sample_settings(tmp_path / "cs").model_copy(update={"features": spec})
+    run_ingest(settings)
+    built = build_features(settings)
+    assert not built.failed and built.manifest.target == RANK_TARGET
+    root = DataRoot(settings.data_root)
+    frame, manifest = load_feature_set(root, built.version, training=False)
+    assert manifest.columns[-4:] == cross_sectional_names(spec)
+    again = cross_section(frame[["ticker", "date", "kbar_body", "ret_5d", TARGET]], spec)
+    for column in [*cross_sectional_names(spec), RANK_TARGET]:
+        np.testing.assert_array_equal(frame[column].to_numpy(), again[column].to_numpy())
+    checks = check_point_in_time(root, built.version, sorted(manifest.tickers))
+    assert [c.mismatched for c in checks] == [0] * 5
+    assert build_features(settings).reused
 
 
 def test_yahoo_source_on_ray_retries_and_reports(ray_address: str, tmp_path: Path) -> None:

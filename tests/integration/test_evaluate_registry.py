@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ray_app.core.settings import Settings
-from ray_app.data.features import TARGET
+from ray_app.data.features import LABEL
 from ray_app.models.factors import FACTOR_NAMES
 from ray_app.models.families import TrainedModel, names, spec
 from ray_app.registry.audit import audit_log
@@ -84,10 +84,10 @@ NOISE_HPARAMS = {
 
 
 def noise_model(settings: Settings, data: TrainingData, kind: str) -> TrainedModel:
-    """A ``kind`` model fitted on targets shuffled across rows: it can have learnt nothing
+    """A ``kind`` model fitted on labels shuffled across rows: it can have learnt nothing
     real."""
     frame = data.frame.copy()
-    frame[TARGET] = np.random.default_rng(0).permutation(frame[TARGET].to_numpy())
+    frame[LABEL] = np.random.default_rng(0).permutation(frame[LABEL].to_numpy())
     noise = TrainingData(frame, data.columns, data.manifest, data.split)
     model = spec(settings, kind, NOISE_HPARAMS[kind])
     return fit_in_process(noise, settings, holdout_train(data), None, model=model)

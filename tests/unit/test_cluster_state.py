@@ -70,20 +70,20 @@ def test_a_reused_raylet_id_marks_nothing() -> None:
 
 
 def test_two_heads_get_disjoint_replica_ports_and_a_busy_block_is_skipped() -> None:
-    """Each head's Serve replicas listen on a block of their own (Serve numbers them from the
-    same defaults on every head), below the ephemeral range, and never on a port in use."""
+    """Each head's Serve replicas and fallback proxy listen on a block of their own (Serve
+    takes them from the same defaults on every head), below the ephemeral range, and never on
+    a port in use."""
     import socket
 
     from ray_app.ops.cluster import INGRESS_PORTS, ingress_port_ranges
 
     def block(env: dict[str, str]) -> range:
-        return range(
-            int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]),
-            int(env["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"]) + 1,
-        )
+        ports = [int(v) for v in env.values()]
+        assert int(env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]) not in (8500, 9500)
+        return range(min(ports), max(ports) + 1)
 
     first, second = block(ingress_port_ranges(6380)), block(ingress_port_ranges(6381))
-    assert len(first) == len(second) == 2 * INGRESS_PORTS
+    assert len(first) == len(second) == 2 * INGRESS_PORTS + 2
     assert not set(first) & set(second) and first.stop <= 32768
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", first.start + 150))

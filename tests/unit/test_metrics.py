@@ -39,7 +39,9 @@ def random_preds(n_days: int = 30, n_tickers: int = 8, seed: int = 0) -> pd.Data
     tickers = np.tile([f"T{i}" for i in range(n_tickers)], n_days)
     target = rng.normal(0, 0.02, len(dates))
     pred = 0.3 * target + rng.normal(0, 0.02, len(dates))
-    return pd.DataFrame({"date": dates, "ticker": tickers, "pred": pred, "target_ret": target})
+    return pd.DataFrame(
+        {"date": dates, "ticker": tickers, "pred": pred, "target_ret": target, "label": target}
+    )
 
 
 def test_point_errors_and_direction_by_hand() -> None:
@@ -227,6 +229,8 @@ def test_leak_warning_thresholds() -> None:
     ("change", "message"),
     [
         (lambda f: f.drop(columns="target_ret"), "lack column"),
+        (lambda f: f.drop(columns="label"), "lack column"),
+        (lambda f: f.assign(label=np.where(f.index == 4, np.nan, f["label"])), "NaN pred or"),
         (lambda f: f.iloc[:0], "empty"),
         (lambda f: f.assign(pred=np.where(f.index == 3, np.nan, f["pred"])), "1 prediction row"),
         (lambda f: pd.concat([f, f.iloc[:2]]), "repeat a"),
@@ -237,6 +241,17 @@ def test_malformed_predictions_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         summary(change(random_preds()))
+
+
+def test_point_errors_are_on_the_label_and_rank_skill_on_the_realised_return() -> None:
+    """A rank-label model is scored on its own scale for errors, on returns for money."""
+    frame = random_preds()
+    ranked = frame.assign(label=frame.groupby("date")["target_ret"].rank(pct=True) - 0.5)
+    on_returns, on_ranks = summary(frame), summary(ranked.assign(pred=ranked["label"]))
+    assert on_ranks["rmse"] == 0.0 and on_ranks["directional_accuracy"] == 1.0
+    assert on_returns["rmse"] > 0.0
+    assert on_ranks["ic_mean"] == pytest.approx(1.0)  # the label orders each day's returns
+    assert on_ranks["annual_return"] > on_returns["annual_return"]
 
 
 def test_summary_is_flat_floats() -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ray_app.core.settings import Settings, SettingsError, load_settings
-from ray_app.data.features import TARGET
+from ray_app.data.features import LABEL
 from ray_app.models.families import (
     Arrays,
     FitConfig,
@@ -73,7 +73,7 @@ def panel(
     frame[COLUMNS] = x
     frame["ret_1d"] = rng.normal(0, 0.01, len(frame))
     weights = np.array([1.0, -0.5, 0.25, 0.0])
-    frame[TARGET] = signal * x @ weights + rng.normal(0, 0.002, len(frame))
+    frame[LABEL] = signal * x @ weights + rng.normal(0, 0.002, len(frame))
     return frame
 
 
@@ -203,7 +203,7 @@ def test_scaler_and_ridge_are_fitted_on_the_training_window_only() -> None:
     ridge = RidgeBaseline(COLUMNS, alpha=1.0).fit(frame[train])
     wild = frame.copy()
     wild.loc[~train, COLUMNS] = wild.loc[~train, COLUMNS] * 1000 + 50
-    wild.loc[~train, TARGET] = 1.0
+    wild.loc[~train, LABEL] = 1.0
     scaler_wild = StandardScaler.fit(wild.loc[train, COLUMNS])
     ridge_wild = RidgeBaseline(COLUMNS, alpha=1.0).fit(wild[train])
     np.testing.assert_array_equal(scaler.mean, scaler_wild.mean)
@@ -216,9 +216,9 @@ def test_scaler_and_ridge_are_fitted_on_the_training_window_only() -> None:
 def test_ridge_with_alpha_zero_is_least_squares() -> None:
     rng = np.random.default_rng(4)
     frame = pd.DataFrame(rng.normal(size=(12, 3)), columns=COLUMNS[:3])
-    frame[TARGET] = rng.normal(size=12)
+    frame[LABEL] = rng.normal(size=12)
     design = np.column_stack([np.ones(12), frame[COLUMNS[:3]].to_numpy()])
-    beta = np.linalg.lstsq(design, frame[TARGET].to_numpy(), rcond=None)[0]
+    beta = np.linalg.lstsq(design, frame[LABEL].to_numpy(), rcond=None)[0]
     ridge = RidgeBaseline(COLUMNS[:3], alpha=0.0).fit(frame)
     np.testing.assert_allclose(ridge.predict(frame), design @ beta, atol=1e-10)
     shrunk = RidgeBaseline(COLUMNS[:3], alpha=50.0).fit(frame)
@@ -246,12 +246,12 @@ def test_windows_only_hold_the_tickers_own_past_rows() -> None:
     frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
     frame["tid"] = frame["ticker"].map({"AAA": 1.0, "BBB": 2.0, "CCC": 3.0})
     frame["day"] = (frame["date"] - dates[0]).dt.days.astype(float)
-    frame[TARGET] = np.arange(len(frame), dtype=float)
+    frame[LABEL] = np.arange(len(frame), dtype=float)
     x, y, index = make_windows(frame, ["tid", "day"], window=5)
     counts = frame.groupby("ticker").size()
     assert len(index) == sum(max(0, n - 4) for n in counts)  # BBB's 4 rows make no window
     assert np.all(np.diff(index) > 0)
-    np.testing.assert_array_equal(y, frame[TARGET].to_numpy()[index])
+    np.testing.assert_array_equal(y, frame[LABEL].to_numpy()[index])
     assert x.shape == (len(index), 5, 2)
     rows_day = frame["day"].to_numpy()[index]
     assert np.all(x[:, :, 0] == frame["tid"].to_numpy()[index][:, None])  # own ticker only
@@ -280,7 +280,7 @@ def test_mlp_learns_a_linear_signal_better_than_zero() -> None:
     losses = [h["train_loss"] for h in history]
     assert losses[-1] < losses[0]
     test = frame[~train]
-    y = test[TARGET].to_numpy()
+    y = test[LABEL].to_numpy()
     test_mse = np.mean((model.predict_frame(test)["pred"].to_numpy() - y) ** 2)
     assert test_mse < 0.1 * np.mean(y**2)
 
@@ -288,13 +288,13 @@ def test_mlp_learns_a_linear_signal_better_than_zero() -> None:
 def test_lightgbm_learns_a_nonlinear_signal_better_than_zero_and_ridge() -> None:
     """An interaction of two features: trees find it, a linear model cannot."""
     frame = panel(n_days=800, signal=0.0)
-    frame[TARGET] = 0.01 * np.sign(frame["f0"] * frame["f1"]) + 0.002 * frame["f2"]
+    frame[LABEL] = 0.01 * np.sign(frame["f0"] * frame["f1"]) + 0.002 * frame["f2"]
     train = (frame["date"] < pd.Timestamp("2023-06-01")).to_numpy()
     params = LightGBMParams(num_boost_round=150, min_data_in_leaf=20, learning_rate=0.1)
     model, _ = fit("lightgbm", frame, train, params)
     assert model.best_epoch == 150  # no validation rows: the full length
     test = frame[~train]
-    y = test[TARGET].to_numpy()
+    y = test[LABEL].to_numpy()
     mse = np.mean((model.predict_frame(test)["pred"].to_numpy() - y) ** 2)
     ridge = RidgeBaseline(COLUMNS, alpha=1.0).fit(frame[train])
     assert mse < 0.2 * np.mean(y**2)
@@ -354,7 +354,7 @@ def test_gru_uses_the_past_rows_in_its_window() -> None:
     """The target is a feature from two rows back: invisible to one row, learnable in a window."""
     frame = panel(n_days=600, signal=0.0)
     lagged = frame.groupby("ticker")["f0"].shift(2)
-    frame[TARGET] = 0.01 * lagged.fillna(0.0)
+    frame[LABEL] = 0.01 * lagged.fillna(0.0)
     hp = TorchParams(
         hidden_size=32, num_layers=1, dropout=0.0, lr=3e-3, batch_size=64, epochs=15, window=4
     )
@@ -362,7 +362,7 @@ def test_gru_uses_the_past_rows_in_its_window() -> None:
     model, _ = fit("gru", frame, train, hp)
     preds = model.predict_frame(frame).merge(frame, on=["date", "ticker"])
     test = preds[preds["date"] >= pd.Timestamp("2022-10-01")]
-    y = test[TARGET].to_numpy()
+    y = test[LABEL].to_numpy()
     zero_mse = np.mean(y**2)
     assert np.mean((test["pred"].to_numpy() - y) ** 2) < 0.1 * zero_mse
     ridge = RidgeBaseline(COLUMNS, alpha=0.0).fit(frame[train])
@@ -384,7 +384,7 @@ def test_training_is_deterministic_given_a_seed() -> None:
 
 def test_fit_epoch_and_evaluate_loss_report_per_sample_means() -> None:
     frame = panel(n_days=50)
-    x, y = frame[COLUMNS].to_numpy(np.float32), frame[TARGET].to_numpy(np.float32)
+    x, y = frame[COLUMNS].to_numpy(np.float32), frame[LABEL].to_numpy(np.float32)
     hp = TorchParams(hidden_size=8, dropout=0.0, lr=1e-2)
     model, loss_fn = torch_family("mlp").build(len(COLUMNS), hp), nn.MSELoss()
     eval_loader = make_loader(x, y, batch_size=7, shuffle=False)  # uneven last batch

@@ -130,6 +130,8 @@ def test_min_embargo_is_horizon_plus_longest_look_back() -> None:
     assert min_embargo(FeatureSettings(beta_window=100), horizon=5) == 105
     assert min_embargo(FeatureSettings(macd=(12, 50, 30))) == 1 + 80
     assert min_embargo(FeatureSettings(), sequence_window=20) == 1 + 60 + 19
+    assert min_embargo(FeatureSettings(alpha_windows=[120])) == 1 + 60  # the set is off
+    assert min_embargo(FeatureSettings(alpha_features=True, alpha_windows=[120])) == 1 + 120
     with pytest.raises(ValueError, match="horizon"):
         min_embargo(FeatureSettings(), horizon=0)
 
