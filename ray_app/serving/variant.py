@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import time
 from typing import Any
 
@@ -42,6 +43,7 @@ from ray_app.serving.predictor import (
 )
 
 logger = logging.getLogger("ray.serve")
+PICKLES = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 
@@ -52,6 +54,9 @@ class Variant:
 
     def __init__(self, name: str, args: ServeArgs) -> None:
         torch.set_num_threads(1)  # replicas share the machine's cores; threads only contend
+        # Models load from weights and JSON (``TrainedModel.load``); should any MLflow flavour
+        # be asked to unpickle here, MLflow refuses (it reads this at every load).
+        os.environ[PICKLES] = "false"
         self.name = name
         self._args = args
         self._loader = import_loader(args.loader)(args)

@@ -10,9 +10,11 @@ not fail (the registry is imported lazily, by the variant, only when it loads a 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -20,6 +22,7 @@ import requests
 
 from ray_app.registry import versions as registry
 from ray_app.registry.tracking import connect_mlflow
+from ray_app.serving.variant import PICKLES
 from ray_app.training.train import TrainingData, fit_in_process
 from tests.conftest import local_auth
 from tests.integration.test_serve_app import wait_until
@@ -50,8 +53,8 @@ def versions(settings: registry.Settings, data: TrainingData) -> Iterator[list[i
     yield [version]
 
 
-def replica_modules(prefix: str) -> dict[str, list[str]]:
-    """The ray_app modules each replica of the application has imported, by replica."""
+def on_replicas(prefix: str, ask: Any) -> dict[str, Any]:
+    """``ask()`` run inside each replica of the application, by replica."""
     import ray
 
     names = [
@@ -60,11 +63,7 @@ def replica_modules(prefix: str) -> dict[str, list[str]]:
         if a["name"].startswith(f"SERVE_REPLICA::{prefix}#")
     ]
     return {
-        name: ray.get(
-            ray.get_actor(name, namespace="serve").__ray_call__.remote(
-                lambda _: sorted(m for m in sys.modules if m.startswith("ray_app"))
-            )
-        )
+        name: ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(lambda _: ask()))
         for name in names
     }
 
@@ -93,7 +92,9 @@ def test_a_version_pickled_under_the_old_path_loads_and_serves(
 
 def test_no_serve_replica_imports_training(url: str, versions: list[int]) -> None:  # noqa: F811
     wait_until(lambda: requests.get(f"{url}/readyz", timeout=10).status_code == 200, 90)
-    loaded = replica_modules("ray-app")
+    loaded = on_replicas(
+        "ray-app", lambda: sorted(m for m in sys.modules if m.startswith("ray_app"))
+    )
     print({name.split("#")[1]: len(modules) for name, modules in loaded.items()})
     assert {name.split("#")[1] for name in loaded} >= {"Ingress", "champion", "challenger"}
     variant = next(m for name, m in loaded.items() if "#champion#" in name)
@@ -101,3 +102,5 @@ def test_no_serve_replica_imports_training(url: str, versions: list[int]) -> Non
     for name, modules in loaded.items():
         training = [m for m in modules if m.startswith("ray_app.training")]
         assert not training, f"{name} imported {training}"
+    pickles = on_replicas("ray-app", lambda: os.environ.get(PICKLES))
+    assert {v for n, v in pickles.items() if "#Ingress#" not in n} == {"false"}, pickles
