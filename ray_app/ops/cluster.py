@@ -148,7 +148,9 @@ INGRESS_PORTS = 100  # per protocol: far more replicas than one machine's head r
 INGRESS_FIRST, INGRESS_LAST = 11_000, 30_000  # below Linux's ephemeral ports (32768-60999)
 
 
-def ingress_port_ranges(gcs_port: int) -> dict[str, str]:
+def ingress_port_ranges(
+    gcs_port: int, in_use: Callable[[int], bool] = port_in_use
+) -> dict[str, str]:
     """Ports of this head's Serve behind HAProxy, a block of its own: the replicas' (direct
     ingress, HTTP and gRPC) and the fallback proxy's, which HAProxy sends requests to while no
     replica is up. Serve takes them from the same defaults on every head (replicas from 30000
@@ -161,7 +163,7 @@ def ingress_port_ranges(gcs_port: int) -> dict[str, str]:
     slots = (INGRESS_LAST - INGRESS_FIRST) // size
     for step in range(slots):
         base = INGRESS_FIRST + (gcs_port + step) % slots * size
-        if not any(port_in_use(p) for p in range(base, base + size)):
+        if not any(in_use(p) for p in range(base, base + size)):
             return {
                 "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + INGRESS_PORTS - 1),

@@ -237,7 +237,7 @@ def make_api(
                     f"API key {caller.key_id} has role {caller.role.name}; this needs {role.name}",
                 )
             limiter = auth.limiter
-            wait = await limiter.retry_after(caller) if limiter else None
+            wait = limiter.retry_after(caller) if limiter else None
             if limiter is not None and wait is not None:
                 auth.metrics.auth_refused("rate_limited")
                 raise HTTPException(

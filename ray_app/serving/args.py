@@ -157,7 +157,8 @@ def check_weights(weights: dict[str, float]) -> None:
 class RateLimitSpec(_Strict):
     """Requests per API key, counted in Redis (the setting `api.rate_limit_redis_url`) so that
     the limit holds across every ingress replica: at most ``requests`` in each ``window_s``
-    window, or the key's own `rate_limit`. While Redis cannot be reached requests pass."""
+    window, or the key's own `rate_limit`; each replica syncs its count every 50 ms (see
+    `ray_app.serving.auth`), and counts alone while Redis cannot be reached."""
 
     requests: int = Field(1000, ge=1, description="Requests a key may make in one window")
     window_s: int = Field(1, ge=1, le=3600, description="Window length in seconds")

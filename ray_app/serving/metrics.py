@@ -72,8 +72,8 @@ class IngressMetrics:
         self._refused = metrics.Counter(
             "app_serve_auth_refusals",
             description="Requests refused by auth (unauthenticated: 401, forbidden: 403, "
-            "rate_limited: 429), and requests let through unlimited (limiter_down: Redis "
-            "unreachable)",
+            "rate_limited: 429), and rate-limit syncs that failed (limiter_down: Redis "
+            "unreachable, the replica counts alone)",
             tag_keys=_keys("reason"),
         )
         self._log_written = metrics.Counter(

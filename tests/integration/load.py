@@ -75,12 +75,6 @@ def _ask(session: requests.Session, url: str, body: dict[str, Any]) -> Answer:
     return Answer(time.monotonic(), 200, data["variant"], data["model_version"], first)
 
 
-# Ray starts its workers, Serve's replicas among them, at this niceness; the clients run at
-# it too, so that on a machine of 2 cores clients sending as fast as they can do not starve a
-# replica that is starting, as clients on other machines would not.
-WORKER_NICENESS = 15
-
-
 @contextmanager
 def load(
     url: str,
@@ -93,7 +87,6 @@ def load(
     out, stop = Load(), threading.Event()
 
     def client(offset: int) -> None:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
         with requests.Session() as session:
             session.headers.update(headers or {})
             i = offset

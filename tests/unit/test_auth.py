@@ -1,4 +1,5 @@
-"""The API's auth pieces without a Serve app: the insecure mode and the limiter's fail-open."""
+"""The API's auth pieces without a Serve app: insecure mode, keys, and the rate limiter
+shared by two replicas through Redis (the real one the suite runs beside) or counting alone."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import json
 import logging
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -48,18 +50,45 @@ def test_keys_mode_matches_keys_from_the_secret(tmp_path: Path) -> None:
     assert auth.limiter.limit(Caller("x", Role.predict)) == 1000
 
 
-def test_an_unreachable_redis_lets_requests_pass_and_is_counted(
+def test_two_replicas_share_one_count_through_redis() -> None:
+    """Each replica admits from memory and learns the others' admissions at its next sync
+    (the real Redis the suite runs beside)."""
+    spec = RateLimitSpec(requests=5, window_s=60)
+    replicas = [RateLimiter(spec, Settings(), Refusals()) for _ in range(2)]
+    caller = Caller(f"desk-{uuid.uuid4().hex}", Role.predict)
+    a, b = replicas
+
+    async def scenario() -> list[int | None]:
+        first = [a.retry_after(caller) for _ in range(3)]
+        await a.sync()
+        second = [b.retry_after(caller)]  # b has not heard of a's three yet
+        await b.sync()  # now it has: 4 in all
+        third = [b.retry_after(caller), b.retry_after(caller)]
+        await a.sync()
+        return [*first, *second, *third, a.retry_after(caller)]
+
+    got = asyncio.run(scenario())
+    assert got[:5] == [None] * 5
+    assert got[5] is not None and 1 <= got[5] <= 60  # the 6th: over the limit of 5
+    assert got[6] is None  # a synced nothing new, so it still believes 3 were made
+
+
+def test_without_redis_each_replica_counts_alone_and_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = Settings(api={"rate_limit_redis_url": f"redis://127.0.0.1:{closed_port()}/0"})
     refusals = Refusals()
-    limiter = RateLimiter(RateLimitSpec(requests=1), settings, refusals)
+    limiter = RateLimiter(RateLimitSpec(requests=2, window_s=60), settings, refusals)
     caller = Caller("desk", Role.predict)
 
-    async def twice() -> list[int | None]:
-        return [await limiter.retry_after(caller), await limiter.retry_after(caller)]
+    async def scenario() -> list[int | None]:
+        admitted = [limiter.retry_after(caller), limiter.retry_after(caller)]
+        await limiter.sync()
+        await limiter.sync()  # nothing new: not even tried
+        return [*admitted, limiter.retry_after(caller)]
 
     with caplog.at_level(logging.WARNING, logger="ray.serve"):
-        assert asyncio.run(twice()) == [None, None]
-    assert refusals.reasons == ["limiter_down", "limiter_down"]  # the second: paused, not asked
-    assert caplog.text.count("rate limit off for 5 s") == 1
+        got = asyncio.run(scenario())
+    assert got[:2] == [None, None] and got[2] is not None
+    assert refusals.reasons == ["limiter_down"]
+    assert "rate limit counted by this replica alone" in caplog.text

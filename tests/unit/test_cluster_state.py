@@ -73,8 +73,6 @@ def test_two_heads_get_disjoint_replica_ports_and_a_busy_block_is_skipped() -> N
     """Each head's Serve replicas and fallback proxy listen on a block of their own (Serve
     takes them from the same defaults on every head), below the ephemeral range, and never on
     a port in use."""
-    import socket
-
     from ray_app.ops.cluster import INGRESS_PORTS, ingress_port_ranges
 
     def block(env: dict[str, str]) -> range:
@@ -82,11 +80,12 @@ def test_two_heads_get_disjoint_replica_ports_and_a_busy_block_is_skipped() -> N
         assert int(env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]) not in (8500, 9500)
         return range(min(ports), max(ports) + 1)
 
-    first, second = block(ingress_port_ranges(6380)), block(ingress_port_ranges(6381))
+    def free(port: int) -> bool:
+        return False
+
+    first, second = block(ingress_port_ranges(6380, free)), block(ingress_port_ranges(6381, free))
     assert len(first) == len(second) == 2 * INGRESS_PORTS + 2
     assert not set(first) & set(second) and first.stop <= 32768
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", first.start + 150))
-        busy.listen()
-        moved = block(ingress_port_ranges(6380))
-    assert first.start + 150 not in moved
+    busy = first.start + 150
+    moved = block(ingress_port_ranges(6380, lambda port: port == busy))
+    assert busy not in moved

@@ -254,7 +254,7 @@ def test_training_fits_the_chosen_label_and_evaluation_scores_errors_on_it(
     zero = score(test.assign(pred=0.0), settings.evaluate)
     assert zero["rmse"] == pytest.approx(float(np.sqrt((test[LABEL] ** 2).mean())))
     perfect = score(test.assign(pred=test[LABEL]), settings.evaluate)
-    assert perfect["rmse"] == 0.0 and perfect["ic_mean"] == pytest.approx(1.0)
+    assert perfect["rmse"] == 0.0 and perfect["rank_ic"] == pytest.approx(1.0)
     assert perfect["annual_return"] is not None and perfect["annual_return"] > 1.0
 
 

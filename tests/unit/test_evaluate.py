@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ray_app.core.settings import EvaluateSettings
-from ray_app.data.features import TARGET
+from ray_app.data.features import LABEL, TARGET
 from ray_app.models.factors import FACTOR_NAMES, daily_rank
 from ray_app.training.evaluate import BASELINES, PREDICTORS, fold_predictions, score_predictors
 from ray_app.training.splits import DateRange, Fold
@@ -21,13 +21,22 @@ TICKERS = ["A", "B", "C", "D", "E", "F"]
 
 
 def feature_rows(seed: int = 0) -> pd.DataFrame:
-    """Rows with ``ret_1d`` and the target (the next row's ``ret_1d``), as a feature set has."""
+    """Rows with ``ret_1d``, the target (the next row's ``ret_1d``) and the label (the target
+    itself under the default label), as a loaded feature set has."""
     rng = np.random.default_rng(seed)
     frames = []
     for ticker in TICKERS:
         ret = rng.normal(0, 0.02, len(DAYS) + 1)
         frames.append(
-            pd.DataFrame({"ticker": ticker, "date": DAYS, "ret_1d": ret[:-1], TARGET: ret[1:]})
+            pd.DataFrame(
+                {
+                    "ticker": ticker,
+                    "date": DAYS,
+                    "ret_1d": ret[:-1],
+                    TARGET: ret[1:],
+                    LABEL: ret[1:],
+                }
+            )
         )
     return pd.concat(frames, ignore_index=True)
 

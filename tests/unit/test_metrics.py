@@ -250,7 +250,7 @@ def test_point_errors_are_on_the_label_and_rank_skill_on_the_realised_return() -
     on_returns, on_ranks = summary(frame), summary(ranked.assign(pred=ranked["label"]))
     assert on_ranks["rmse"] == 0.0 and on_ranks["directional_accuracy"] == 1.0
     assert on_returns["rmse"] > 0.0
-    assert on_ranks["ic_mean"] == pytest.approx(1.0)  # the label orders each day's returns
+    assert on_ranks["rank_ic"] == pytest.approx(1.0)  # the label orders each day's returns
     assert on_ranks["annual_return"] > on_returns["annual_return"]
 
 
