@@ -1378,6 +1378,26 @@ def cluster_api_key(
     print(f"Authorization: Bearer {key}" if header else key)
 
 
+@cluster_app.command("haproxy-launcher")
+def cluster_haproxy_launcher(
+    path: Annotated[Path, typer.Argument(help="Where to write the script")],
+    stats_host: Annotated[
+        str, typer.Option(help="Address of HAProxy's stats and Prometheus ports")
+    ] = "127.0.0.1",
+) -> None:
+    """Write the script Serve runs as its HAProxy (name it in RAY_SERVE_HAPROXY_BINARY_PATH)
+    where `cluster up` does not run, such as the inference image on KubeRay.
+
+    It edits the config Serve wrote, then runs Serve's own HAProxy: a client's X-Request-ID is
+    dropped unless it is 1-64 of [A-Za-z0-9._-] (Serve then makes one), the stats and
+    Prometheus ports listen on --stats-host, and the admin socket is for its user only.
+    """
+    from ray_app.ops.cluster import write_launcher
+    from ray_app.ops.tls import haproxy_binary
+
+    out.print(f"HAProxy launcher: {write_launcher(path, stats_host, haproxy_binary())}")
+
+
 @cluster_app.command("down")
 def cluster_down(config: ConfigOption = None) -> None:
     """Stop the local head, alive or dead, and every process it started or left behind

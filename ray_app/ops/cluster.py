@@ -234,6 +234,14 @@ def serve_haproxy_launcher(cfg: ClusterSettings, env: dict[str, str]) -> Path | 
             real = tls.haproxy_binary()
         except tls.TlsError:
             return None
+    return write_launcher(script, host, real)
+
+
+def write_launcher(script: Path, host: str, real: str) -> Path:
+    """``LAUNCHER`` at ``script`` (mode 0700), wrapping the HAProxy binary ``real``, with the
+    stats and metrics ports on ``host``; also what an image runs (``cluster haproxy-launcher``)."""
+    from ray_app.ops import tls
+
     text = LAUNCHER.replace("@HOST@", host).replace("@REAL@", shlex.quote(real))
     tls.write_private(script, text.encode(), 0o700)
     return script

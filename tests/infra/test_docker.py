@@ -148,6 +148,19 @@ def test_the_inference_image_serves_on_its_own_address(tmp_path: Path) -> None:
     assert image == with_host(local, "0.0.0.0")
 
 
+@pytest.mark.parametrize("target", ["inference", "train"])  # train: the RayService's image
+def test_the_serving_images_run_serves_haproxy_through_the_launcher(target: str) -> None:
+    """The launcher the image's RUN writes is the HAProxy Serve runs (its ENV), so a RayService
+    drops bad X-Request-IDs as a local head does."""
+    stage = dockerfile_stages()[target]
+    (run,) = [i for i in keyword(stage, "RUN") if "haproxy-launcher" in i.args]
+    (env,) = [i for i in keyword(stage, "ENV") if "RAY_SERVE_HAPROXY_BINARY_PATH" in i.args]
+    words = shlex.split(run.args)
+    assert words[:3] == ["ray-app", "cluster", "haproxy-launcher"]
+    assert env.args == f"RAY_SERVE_HAPROXY_BINARY_PATH={words[3]}"
+    assert words[4:] == ["--stats-host", "0.0.0.0"]
+
+
 def test_copy_sources_exist_and_are_in_the_build_context() -> None:
     ignore = dockerignore_rules(DOCKERFILE.with_name(DOCKERFILE.name + ".dockerignore"))
     missing, ignored = [], []

@@ -280,6 +280,34 @@ def test_launcher_moves_stats_and_metrics_to_loopback(tmp_path: Path, serve_host
     assert checked.returncode == 0, checked.stderr + checked.stdout
 
 
+def test_the_image_launcher_drops_a_bad_request_id_and_opens_the_stats_ports(
+    tmp_path: Path,
+) -> None:
+    """`ray-app cluster haproxy-launcher`, as the inference image runs it for KubeRay, where
+    Serve's HAProxy would otherwise echo any X-Request-ID: the same rule as `cluster up`'s,
+    the stats and Prometheus ports on every address for the pod's scrapes."""
+    from tests.conftest import ray_app_command
+
+    folder = tmp_path / "hap"
+    folder.mkdir()
+    config = ray_haproxy_config(folder, "0.0.0.0")
+    script = tmp_path / "serve-haproxy"
+    done = ray_app_command(
+        ["cluster", "haproxy-launcher", str(script), "--stats-host", "0.0.0.0"], {}, plain=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert os.access(script, os.X_OK) and script.stat().st_mode & 0o077 == 0
+    text = script.read_text()
+    assert "del-header x-request-id" in text and "exec " in text
+    # Serve runs it with its own arguments; -c makes the real HAProxy check the edited config
+    checked = subprocess.run(
+        [str(script), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+    assert sorted(binds(config)) == sorted(["0.0.0.0:19101", "*:18000", "0.0.0.0:18404"])
+    assert "del-header x-request-id unless" in config.read_text()
+
+
 def test_launcher_is_off_without_a_host(tmp_path: Path) -> None:
     cfg = ClusterSettings(state_dir=tmp_path, haproxy_stats_host=None)
     assert serve_haproxy_launcher(cfg, {}) is None
