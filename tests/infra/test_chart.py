@@ -732,15 +732,21 @@ def test_certificate_chain_check_can_fail() -> None:
     assert "not an Issuer of the chart" in chain_problems(issuers, certificates, leaf)[0]
 
 
+def _ray_app_containers(pod: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The pod's Ray containers that run ray-app (not KubeRay's job submitter), with their env."""
+    return [
+        (c, {e["name"]: e.get("value") for e in c.get("env", [])})
+        for c in pod["containers"]
+        if c["name"].startswith("ray-") and c["name"] != "ray-job-submitter"
+    ]
+
+
 def mlflow_ca_problems(where: str, pod: dict[str, Any], secret: str) -> list[str]:
     """A Ray container that talks to MLflow must trust the server's CA: its
     MLFLOW_TRACKING_SERVER_CERT_PATH is ca.crt of Secret ``secret``, mounted read-only."""
     problems = []
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    for c in pod["containers"]:
-        if not c["name"].startswith("ray-") or c["name"] == "ray-job-submitter":
-            continue
-        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    for c, env in _ray_app_containers(pod):
         path = env.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
         if path is None:
             problems.append(f"{where}/{c['name']}: no MLFLOW_TRACKING_SERVER_CERT_PATH")
@@ -801,10 +807,7 @@ def secrets_problems(where: str, pod: dict[str, Any], secret: str) -> list[str]:
     file backend from Secret ``secret``, mounted read-only where RAY_APP_SECRETS__DIR says."""
     problems = []
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    for c in pod["containers"]:
-        if not c["name"].startswith("ray-") or c["name"] == "ray-job-submitter":
-            continue
-        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    for c, env in _ray_app_containers(pod):
         if env.get("RAY_APP_SECRETS__BACKEND") != "file":
             problems.append(f"{where}/{c['name']}: secrets backend is not file")
             continue
