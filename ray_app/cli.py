@@ -1227,33 +1227,14 @@ def keys_add(
 
     Written through the secrets backend (file or vault; env cannot be written) and recorded in
     the audit trail first. Running ingress replicas accept it within secrets.refresh_s plus a
-    second.
+    second. An admin key can do the same over HTTP: POST /v1/admin/keys.
     """
-    from ray_app.core.api_keys import (
-        KEY_ID,
-        KeyEntry,
-        hash_api_key,
-        new_api_key,
-        stored_entries,
-        write_entries,
-    )
-    from ray_app.registry.audit import recorded
+    from ray_app.registry.keys import add_key
 
-    if not KEY_ID.match(key_id):
-        raise RayAppError(f"key id {key_id[:64]!r}: use 1-64 of letters, digits and '._-'")
-    if role not in Role.__members__:
-        raise RayAppError(f"--role {role[:64]!r}: use one of {', '.join(Role.__members__)}")
     settings, secrets = _key_secrets(config)
-    entries = stored_entries(secrets)
-    if key_id in entries:
-        raise RayAppError(f"key id {key_id} exists: revoke it first, or choose another id")
-    key = new_api_key()
-    entries[key_id] = KeyEntry(hash=hash_api_key(key), role=Role[role], rate_limit=rate_limit)
-    payload = {"key_id": key_id, "role": role, "rate_limit": rate_limit}
-    who = _actor(actor)
-    recorded(settings, "api_key_added", who, payload, lambda: write_entries(secrets, entries))
-    err.print(f"key {key_id} (role {role}) added; it is shown once, here:")
-    print(key)
+    made = add_key(settings, secrets, key_id, role, rate_limit, _actor(actor))
+    err.print(f"key {made.id} (role {made.role}) added; it is shown once, here:")
+    print(made.key)
 
 
 @keys_app.command("revoke")
@@ -1262,28 +1243,22 @@ def keys_revoke(
 ) -> None:
     """Remove a key's hash from the secret: running ingress replicas refuse it (401) within
     secrets.refresh_s plus a second. Recorded in the audit trail first."""
-    from ray_app.core.api_keys import stored_entries, write_entries
-    from ray_app.registry.audit import recorded
+    from ray_app.registry.keys import revoke_key
 
     settings, secrets = _key_secrets(config)
-    entries = stored_entries(secrets)
-    if entries.pop(key_id, None) is None:
-        raise RayAppError(f"no key {key_id!r} (keys: {', '.join(sorted(entries)) or 'none'})")
-    payload = {"key_id": key_id}
-    who = _actor(actor)
-    recorded(settings, "api_key_revoked", who, payload, lambda: write_entries(secrets, entries))
+    revoke_key(settings, secrets, key_id, _actor(actor))
     out.print(f"key {key_id} revoked")
 
 
 @keys_app.command("list")
 def keys_list(config: ConfigOption = None) -> None:
     """Each key's id, role and rate limit (never its hash)."""
-    from ray_app.core.api_keys import stored_entries
+    from ray_app.registry.keys import list_keys
 
     _, secrets = _key_secrets(config)
-    for key_id, entry in sorted(stored_entries(secrets).items()):
-        limit = "the API's limit" if entry.rate_limit is None else f"{entry.rate_limit}/window"
-        out.print(f"{key_id}: {entry.role.name}, {limit}")
+    for key in list_keys(secrets):
+        limit = "the API's limit" if key.rate_limit is None else f"{key.rate_limit}/window"
+        out.print(f"{key.id}: {key.role}, {limit}")
 
 
 cluster_app = typer.Typer(help="The local Ray head (token auth, dashboard, Serve ingress).")

@@ -167,8 +167,9 @@ class ApiKeys:
 
 
 def stored_entries(secrets: Secrets) -> dict[str, KeyEntry]:
-    """The keys in the secret now (none when it is not set yet), for changing them."""
-    value = secrets.optional(API_KEY_HASHES)
+    """The keys in the secret now (none when it is not set yet), read from the backend
+    whatever ``secrets`` cached, for changing them."""
+    value = secrets.optional(API_KEY_HASHES, fresh=True)
     return {} if value is None else ApiKeys(secrets).reload()
 
 

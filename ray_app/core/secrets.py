@@ -232,14 +232,15 @@ class Secrets:
             raise SecretError(f"secret {name} is not set ({self.backend.where(name)})")
         return value
 
-    def optional(self, name: str) -> SecretStr | None:
-        """The secret ``name``, or None when it is not set (for what may run without one)."""
+    def optional(self, name: str, *, fresh: bool = False) -> SecretStr | None:
+        """The secret ``name``, or None when it is not set (for what may run without one).
+        ``fresh`` reads the backend whatever the cache holds: a change reads what it changes."""
         if not _NAME.match(name):
             raise SecretError(f"{name!r} is not a secret name (lower case, digits, _)")
         now = self._clock()
         with self._lock:
             cached = self._cache.get(name)
-        if cached is not None and now - cached[0] < self.refresh_s:
+        if cached is not None and now - cached[0] < self.refresh_s and not fresh:
             return cached[1]
         value = self.backend.read(name)
         if value is not None:

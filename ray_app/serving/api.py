@@ -10,11 +10,13 @@ and the request model is a local of ``make_api``.
 """
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Annotated, Any, Protocol, cast
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
@@ -24,18 +26,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ray_app.core.api_keys import Caller, Role
 from ray_app.core.logs import access_fields
+from ray_app.core.secrets import SecretError
 from ray_app.core.storage import DataRoot
 from ray_app.data.ab_evidence import read_evidence
 from ray_app.data.live_metrics import latest_gauges, read_live_metrics
+from ray_app.registry.keys import KeyExists, NewKey, UnknownKey, add_key, list_keys, revoke_key
 from ray_app.serving.auth import Authorizer
 from ray_app.serving.schemas import (
     SCORE_DOC,
     AbEvidence,
     CacheStatus,
     Health,
+    KeysResponse,
     LiveQuality,
     ModelsResponse,
     MonitoringResponse,
+    NewKeyRequest,
     PredictionLogStatus,
     PredictRequest,
     PredictResponse,
@@ -64,8 +70,9 @@ variant, whose answers are logged and never returned.
 
 **Auth.** `/v1/*` needs `Authorization: Bearer <key>`: 401 without a known key, 403 when
 the key's role may not call the route (`predict`: `/v1/predict`; `operator`: also
-`/v1/models` and `/v1/monitoring`; `admin`: everything), 429 with `Retry-After` over the
-key's rate limit. `/healthz`, `/readyz` and this schema are open.
+`/v1/models` and `/v1/monitoring`; `admin`: also `/v1/admin/keys`, which changes state), 429
+with `Retry-After` over the key's rate limit; 503 with `Retry-After` when a replica's queue is
+full. `/healthz`, `/readyz` and this schema are open.
 
 **Score.** {SCORE_DOC}
 
@@ -303,6 +310,8 @@ def make_api(
     async def monitoring() -> MonitoringResponse:
         return await asyncio.to_thread(monitoring_view, root)
 
+    _admin_routes(app, auth, allowed(Role.admin))
+
     @app.get("/healthz", response_model=Health, summary="Liveness: the replica answers")
     async def healthz() -> Health:
         return Health()
@@ -321,6 +330,62 @@ def make_api(
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     return app
+
+
+def _admin_routes(app: FastAPI, auth: Authorizer, admin: Any) -> None:
+    """The routes that change state: the API keys, changed as ``ray-app keys`` changes them
+    (``ray_app.registry.keys``: audited first, with the calling key's id as the actor)."""
+    responses = error_responses(401, 403, 409, 429)
+
+    def changes() -> tuple[Any, Any]:
+        if auth.keys is None:
+            raise ApiError(409, "auth.mode is insecure: this API checks no keys to change")
+        return auth.settings, auth.keys.secrets
+
+    @app.get("/v1/admin/keys", response_model=KeysResponse, responses=responses, summary="API keys")
+    async def keys(_: Annotated[Caller, admin]) -> KeysResponse:
+        return KeysResponse(keys=await asyncio.to_thread(list_keys, changes()[1]))
+
+    @app.post(
+        "/v1/admin/keys",
+        status_code=201,
+        response_model=NewKey,
+        responses=error_responses(401, 403, 409, 422, 429),
+        summary="Make an API key; the answer is the only time the key is shown",
+    )
+    async def add(body: NewKeyRequest, caller: Annotated[Caller, admin]) -> NewKey:
+        settings, secrets = changes()
+        actor = f"api-key:{caller.key_id}"
+        with _conflicts():
+            return await asyncio.to_thread(
+                add_key, settings, secrets, body.id, body.role, body.rate_limit, actor
+            )
+
+    @app.delete(
+        "/v1/admin/keys/{key_id}",
+        status_code=204,
+        responses=error_responses(401, 403, 404, 409, 429),
+        summary="Revoke an API key: every replica refuses it within secrets.refresh_s + 1 s",
+    )
+    async def revoke(key_id: str, caller: Annotated[Caller, admin]) -> Response:
+        settings, secrets = changes()
+        with _conflicts():
+            await asyncio.to_thread(
+                revoke_key, settings, secrets, key_id, f"api-key:{caller.key_id}"
+            )
+        return Response(status_code=204)
+
+
+@contextlib.contextmanager
+def _conflicts() -> Iterator[None]:
+    """A key change's refusals as HTTP statuses: a taken id or a secret that cannot be written
+    (the env backend, the last key) is 409, an unknown id 404."""
+    try:
+        yield
+    except UnknownKey as exc:
+        raise ApiError(404, str(exc)) from None
+    except (KeyExists, SecretError) as exc:
+        raise ApiError(409, str(exc)) from None
 
 
 def _errors(app: FastAPI) -> None:

@@ -132,6 +132,7 @@ class Authorizer:
 
     def __init__(self, spec: AuthSpec, settings: Settings, metrics: RefusalMetrics) -> None:
         self.spec = spec
+        self.settings = settings
         self.insecure = spec.mode == "insecure"
         self.metrics = metrics
         self.keys = None if self.insecure else ApiKeys(open_secrets(settings))

@@ -8,7 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from ray_app.core.api_keys import KEY_ID, Role
 from ray_app.core.identifiers import TICKER_PATTERN
+from ray_app.registry.keys import KeyInfo
 
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -170,6 +172,26 @@ class AbEvidence(BaseModel):
 class MonitoringResponse(BaseModel):
     live: list[LiveQuality]
     ab: list[AbEvidence] = Field(description="Empty before the first daily A/B step")
+
+
+class NewKeyRequest(BaseModel):
+    """A key to make: its id, role and, where it needs its own quota, its rate limit."""
+
+    model_config = ConfigDict(extra="forbid", title="NewKeyRequest")
+
+    id: str = Field(pattern=KEY_ID.pattern, description="1-64 of A-Za-z0-9._-", examples=["desk"])
+    role: Literal[tuple(Role.__members__)] = Field(  # type: ignore[valid-type]
+        Role.predict.name, description="What the key may call"
+    )
+    rate_limit: int | None = Field(
+        None, ge=1, description="Requests per window (default: the API's own limit)"
+    )
+
+
+class KeysResponse(BaseModel):
+    """Every API key by id, with its role and own rate limit; never a key or its hash."""
+
+    keys: list[KeyInfo]
 
 
 class Health(BaseModel):

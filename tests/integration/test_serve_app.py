@@ -44,15 +44,18 @@ from ray_app.serving.args import ServeArgs
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.loader import ServedModel
 from tests.integration.conftest import run_cli
+from tests.integration.vault import Bao
 
 pytestmark = pytest.mark.integration
 
 TICKERS = ["AAPL", "GOOG", "IBM", "MSFT"]
 SERVE_CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
+SECRET_PATH = "serve-app"  # the app's secret in Vault (KV v2, mount secret/)
 KEY = new_api_key()  # operator: what most tests here send
 PREDICT_KEY = new_api_key()
 LIMITED_KEY = new_api_key()  # predict, 5 requests per window
 ROTATED_KEY = new_api_key()
+ADMIN_KEY = new_api_key()
 LIMITED = 5
 VERSIONS = {"champion": 1, "challenger": 2, "raising": 3, "sleepy": 4}
 VARIANTS = ["champion", "challenger"]
@@ -123,26 +126,30 @@ def key_entries(*extra: tuple[str, str, str]) -> dict[str, Any]:
         "tester": {"hash": hash_api_key(KEY), "role": "operator"},
         "client": {"hash": hash_api_key(PREDICT_KEY), "role": "predict"},
         "limited": {"hash": hash_api_key(LIMITED_KEY), "rate_limit": LIMITED},
+        "root": {"hash": hash_api_key(ADMIN_KEY), "role": "admin"},
     }
     for key_id, key, role in extra:
         entries[key_id] = {"hash": hash_api_key(key), "role": role}
     return entries
 
 
-def write_keys(secrets_dir: Path, entries: dict[str, Any]) -> None:
-    """Replace the secret atomically, as kubelet updates a mounted Secret."""
-    staged = secrets_dir / ".api_key_hashes.new"
-    staged.write_text(json.dumps(entries))
-    staged.replace(secrets_dir / "api_key_hashes")
+def write_keys(bao: Bao, entries: dict[str, Any]) -> None:
+    """Replace the app's key hashes in Vault, as an operator's `bao kv put` would."""
+    bao.write(SECRET_PATH, api_key_hashes=json.dumps(entries))
 
 
-def app_config(data_root: Path) -> dict[str, Any]:
+def ingress_token(bao: Bao) -> str:
+    """The ingress's Vault token: it reads the app's secret and, for the admin API's key
+    changes, patches it; nothing else."""
+    allowed = '["read", "create", "update", "patch"]'
+    policy = f'path "secret/data/{SECRET_PATH}" {{ capabilities = {allowed} }}'
+    return bao.token("serve-app", policy)
+
+
+def app_config(data_root: Path, bao: Bao) -> dict[str, Any]:
     """The application as serve_config.yaml would hold it, with the fake loader, and keys from
-    the file secrets backend (a mounted Secret) beside the data root, read every second."""
-    secrets_dir = data_root.parent / "secrets"
-    if not secrets_dir.exists():
-        secrets_dir.mkdir()
-        write_keys(secrets_dir, key_entries())
+    Vault (OpenBao, the vault secrets backend), read every second."""
+    write_keys(bao, key_entries())
     args = {
         "data_root": str(data_root),
         "variants": [
@@ -165,9 +172,11 @@ def app_config(data_root: Path) -> dict[str, Any]:
         "import_path": "ray_app.serving.app:build_app",
         "runtime_env": {
             "env_vars": {
-                "RAY_APP_SECRETS__BACKEND": "file",
-                "RAY_APP_SECRETS__DIR": str(data_root.parent / "secrets"),
+                "RAY_APP_SECRETS__BACKEND": "vault",
+                "RAY_APP_SECRETS__VAULT__ADDRESS": bao.address,
+                "RAY_APP_SECRETS__VAULT__PATH": SECRET_PATH,
                 "RAY_APP_SECRETS__REFRESH_S": "1",
+                "VAULT_TOKEN": ingress_token(bao),  # on a cluster: a Vault Agent's token file
             }
         },
         "logging_config": {"encoding": "JSON", "enable_access_log": False},
@@ -218,7 +227,7 @@ def table(data_root: Path) -> FeatureTable:
 
 
 @pytest.fixture(scope="module")
-def deployed(data_root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def deployed(data_root: Path, bao: Bao) -> Iterator[tuple[str, dict[str, Any]]]:
     from ray import serve
 
     port = free_port()
@@ -226,7 +235,7 @@ def deployed(data_root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         http_options={"host": "127.0.0.1", "port": port},
         controller_options={"runtime_env": {"env_vars": fast_serve_env()}},
     )
-    config = app_config(data_root)
+    config = app_config(data_root, bao)
     apply(config)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: requests.get(f"{url}/readyz", timeout=5).status_code == 200, 60)
@@ -368,14 +377,13 @@ def test_a_key_over_its_limit_gets_429_with_retry_after(url: str) -> None:
     assert s.post(f"{url}/v1/predict", json={"tickers": ["AAPL"]}).status_code == 200
 
 
-def test_a_rotated_key_works_within_a_second_of_refresh_and_the_old_one_stops(
-    url: str, data_root: Path
+def test_a_key_rotated_in_vault_works_within_a_second_of_refresh_and_the_old_one_stops(
+    url: str, bao: Bao
 ) -> None:
-    """Keys rotated in the secret while serving: within refresh_s (1 s) plus the ingress's
+    """Keys rotated in Vault while serving: within refresh_s (1 s) plus the ingress's
     one-second reload, on every replica, the new key works and the removed one gets 401."""
-    secrets_dir = data_root.parent / "secrets"
     old = new_api_key()
-    write_keys(secrets_dir, key_entries(("old", old, "predict")))
+    write_keys(bao, key_entries(("old", old, "predict")))
     body = {"tickers": ["AAPL"]}
 
     def status(key: str) -> int:
@@ -386,13 +394,68 @@ def test_a_rotated_key_works_within_a_second_of_refresh_and_the_old_one_stops(
         return all(status(ROTATED_KEY) == 200 and status(old) == 401 for _ in range(10))
 
     wait_until(lambda: all(status(old) == 200 for _ in range(10)), 10)
-    write_keys(secrets_dir, key_entries(("new", ROTATED_KEY, "predict")))
+    write_keys(bao, key_entries(("new", ROTATED_KEY, "predict")))
     rotated = time.monotonic()
     wait_until(rotated_everywhere, 10)
     took = time.monotonic() - rotated
     assert took <= 1.0 + 1.0 + 1.0, took  # refresh_s + reload period + one poll of slack
     print(f"rotation seen on every replica after {took:.2f} s")
-    write_keys(secrets_dir, key_entries())
+    write_keys(bao, key_entries())
+
+
+def test_an_admin_key_adds_and_revokes_keys_over_http_and_each_change_is_audited(
+    url: str, data_root: Path, bao: Bao
+) -> None:
+    """POST/DELETE /v1/admin/keys change the keys in Vault as `ray-app keys` does: the new key
+    works on every replica within refresh_s plus the reload, the revoked one stops, and each
+    change is in the audit trail with the calling key's id as the actor."""
+    from ray_app.registry.audit import audit_log, verify
+
+    admin, keys_url = bearer(ADMIN_KEY), f"{url}/v1/admin/keys"
+    refused = requests.get(keys_url, headers=bearer(KEY), timeout=10)
+    assert refused.status_code == 403 and refused.json()["detail"].endswith("this needs admin")
+    listed = requests.get(keys_url, headers=admin, timeout=10)
+    assert listed.status_code == 200 and "hash" not in listed.text
+    assert {k["id"]: k["role"] for k in listed.json()["keys"]}["root"] == "admin"
+
+    made = requests.post(
+        keys_url, json={"id": "desk", "role": "operator"}, headers=admin, timeout=10
+    )
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]
+    assert made.json() == {"id": "desk", "role": "operator", "rate_limit": None, "key": key}
+
+    def status(with_key: str) -> int:
+        return requests.get(f"{url}/v1/models", headers=bearer(with_key), timeout=10).status_code
+
+    start = time.monotonic()
+    wait_until(lambda: all(status(key) == 200 for _ in range(10)), 10)
+    added_s = time.monotonic() - start
+    for body, code, reason in [
+        ({"id": "desk"}, 409, "key id desk exists"),
+        ({"id": "a/b"}, 422, "string_pattern_mismatch"),
+        ({"id": "x", "role": "root"}, 422, "literal_error"),
+        ({"id": "x", "rate_limit": 0}, 422, "greater_than_equal"),
+    ]:
+        answer = requests.post(keys_url, json=body, headers=admin, timeout=10)
+        assert answer.status_code == code and reason in answer.text, answer.text
+    unknown = requests.delete(f"{keys_url}/nobody", headers=admin, timeout=10)
+    assert unknown.status_code == 404 and "no key 'nobody'" in unknown.json()["detail"]
+
+    assert requests.delete(f"{keys_url}/desk", headers=admin, timeout=10).status_code == 204
+    start = time.monotonic()
+    wait_until(lambda: all(status(key) == 401 for _ in range(10)), 10)
+    revoked_s = time.monotonic() - start
+    assert max(added_s, revoked_s) <= 1.0 + 1.0 + 1.0, (added_s, revoked_s)
+    print(f"admin API: key usable after {added_s:.2f} s, refused after {revoked_s:.2f} s")
+
+    settings = Settings(data_root=str(data_root))
+    changes = [e for e in audit_log(settings) if e["event"].startswith("api_key")]
+    assert [(e["event"], e["key_id"], e["actor"]) for e in changes] == [
+        ("api_key_added", "desk", "api-key:root"),
+        ("api_key_revoked", "desk", "api-key:root"),
+    ]
+    assert verify(settings).intact and key not in json.dumps(changes)
 
 
 @pytest.mark.parametrize(
@@ -524,6 +587,46 @@ def test_a_failing_or_slow_shadow_changes_nothing(
         assert counts["error"] > 0 and counts["ok"] == 0
     else:
         assert counts["dropped"] > 0 and counts["sent"] <= counts["dropped"]
+
+
+def test_overload_gets_a_quick_503_with_retry_after_not_a_growing_queue(
+    url: str, config: dict[str, Any], table: FeatureTable
+) -> None:
+    """Past max_ongoing_requests an ingress replica queues at most max_queued_requests and
+    refuses the rest at once (503, Retry-After from serve_config.yaml's backpressure_config).
+    Here both are small and the model is stuck for 5 s, so 24 requests at once overflow the two
+    replicas: the refused ones come back within a second, the admitted ones answer."""
+    shipped = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["deployments"][0]
+    limits = {"max_ongoing_requests": 2, "max_queued_requests": 1}
+    stuck = with_model(config, "champion", "sleepy")
+    stuck["deployments"][0].update(limits, backpressure_config=shipped["backpressure_config"])
+    apply(stuck)
+    wait_until(lambda: model_version(url, "champion") == VERSIONS["sleepy"], 20)
+    aapl_days = table.frames["AAPL"][0][-24:]  # no two requests share a cache entry
+    days = [str(day) for day in aapl_days]
+
+    def one(day: str) -> tuple[int, str | None, float]:
+        start = time.perf_counter()
+        answer = requests.post(
+            f"{url}/v1/predict", json={"tickers": ["AAPL"], "as_of": day}, headers=bearer(KEY)
+        )
+        return answer.status_code, answer.headers.get("Retry-After"), time.perf_counter() - start
+
+    try:
+        with ThreadPoolExecutor(len(days)) as pool:
+            answers = list(pool.map(one, days))
+    finally:
+        apply(config)
+    refused = [a for a in answers if a[0] == 503]
+    admitted = len(answers) - len(refused)
+    assert {a[0] for a in answers} == {200, 503}, answers
+    assert admitted <= 2 * sum(limits.values()), answers  # two replicas, each 2 + 1
+    assert all(retry == "1" and took < 1.0 for _, retry, took in refused), refused
+    print(
+        f"overload: {len(refused)} of {len(answers)} refused, slowest refusal "
+        f"{max(a[2] for a in refused):.2f} s"
+    )
+    wait_until(lambda: model_version(url, "champion") == VERSIONS["champion"], 20)
 
 
 def test_a_killed_shadow_replica_changes_nothing(url: str, config: dict[str, Any]) -> None:

@@ -39,6 +39,7 @@ from tests.integration.test_serve_app import (
     free_port,
     wait_until,
 )
+from tests.integration.vault import Bao
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,9 @@ class Front:
 
 
 @pytest.fixture(scope="module")
-def serving(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+def serving(
+    ray_address: str, bao: Bao, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Serving]:
     from ray import serve
 
     from ray_app.core.settings import Settings
@@ -79,7 +82,7 @@ def serving(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     http_options = {**yaml.safe_load(SERVE_CONFIG.read_text())["http_options"], "port": port}
     env = fast_serve_env()
     serve.start(http_options=http_options, controller_options={"runtime_env": {"env_vars": env}})
-    apply(app_config(root))
+    apply(app_config(root, bao))
     wait_until(
         lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200, 90
     )

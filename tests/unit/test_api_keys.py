@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,7 +148,7 @@ def test_keys_are_added_listed_and_revoked_through_the_cli_and_audited(tmp_path:
         assert refused.returncode == 2 and reason in refused.stderr, refused.stderr
     bad_role = ray_app_command(["keys", "add", "x", "--role", "root"], env, plain=True)
     assert bad_role.returncode == 2
-    assert "--role 'root': use one of predict, operator, admin" in bad_role.stderr
+    assert "role 'root': use one of predict, operator, admin" in bad_role.stderr
 
     assert ray_app_command(["keys", "revoke", "desk-1"], env, plain=True).returncode == 0
     assert api_keys(secrets_dir).match(key) is None
@@ -175,3 +176,39 @@ def test_the_env_backend_cannot_be_written(tmp_path: Path) -> None:
     done = ray_app_command(["keys", "add", "desk-1"], env, plain=True)
     assert done.returncode == 2
     assert "env secrets backend cannot be written: set RAY_APP_SECRET_API_KEY_HASHES" in done.stderr
+
+
+def test_key_changes_from_two_processes_at_once_keep_every_key(tmp_path: Path) -> None:
+    """Two admin calls on two ingress replicas (here: two processes, each with its cached
+    secrets) add keys at the same moment: the data root's lock makes each change read what the
+    other wrote, so no key is dropped, and the audit chain stays intact."""
+    import multiprocessing
+
+    from ray_app.core.settings import Settings
+    from ray_app.registry.audit import verify
+
+    write_hashes(tmp_path, {"root": KEY_A})
+    settings = Settings(data_root=str(tmp_path / "data"))
+    context = multiprocessing.get_context("spawn")
+    go = context.Barrier(2)  # both start changing at the same moment, imports done
+    workers = [
+        context.Process(target=_add_keys, args=(tmp_path, settings, prefix, go)) for prefix in "ab"
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    stored = json.loads((tmp_path / "api_key_hashes").read_text())
+    assert sorted(stored) == sorted(["root", *(f"{p}{i}" for p in "ab" for i in range(20))])
+    report = verify(settings)
+    assert report.intact and report.entries == 40, report.problems
+
+
+def _add_keys(folder: Path, settings: object, prefix: str, go: Any) -> None:
+    from ray_app.registry.keys import add_key
+
+    secrets = Secrets(FileBackend(folder), 10.0, allow_placeholders=True)
+    go.wait()
+    for i in range(20):
+        add_key(settings, secrets, f"{prefix}{i}", "predict", None, "api-key:root")  # type: ignore[arg-type]
