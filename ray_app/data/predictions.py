@@ -128,16 +128,22 @@ def _day(folder: str) -> dt.date | None:
 
 
 def read_predictions(
-    root: DataRoot, start: dt.date | None = None, end: dt.date | None = None
+    root: DataRoot,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    columns: list[str] | None = None,
 ) -> pd.DataFrame:
     """Every logged prediction whose request day (UTC) lies in ``[start, end]`` (either bound
-    None: open), with exactly ``COLUMNS``; an empty frame with them when there is none."""
-    tables = [SCHEMA.empty_table()]
+    None: open), with exactly ``COLUMNS`` (or ``columns``: Parquet reads no others); an empty
+    frame with them when there is none."""
+    tables = [SCHEMA.empty_table().select(columns or SCHEMA.names)]
     for folder in root.list_dirs(PREDICTIONS):
         day = _day(folder)
         if day is None or (start and day < start) or (end and day > end):
             continue
         for file in root.list_files(PREDICTIONS, folder):
             path = root.path(PREDICTIONS, folder, file)
-            tables.append(pq.read_table(path, filesystem=root.fs, schema=SCHEMA))
+            tables.append(
+                pq.read_table(path, columns=columns, filesystem=root.fs, schema=SCHEMA)
+            )
     return pa.concat_tables(tables).to_pandas()

@@ -23,6 +23,7 @@ from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.ab_evidence import empty_evidence, write_evidence
+from ray_app.data.predictions import read_predictions
 from ray_app.monitoring import ab, sources
 from ray_app.monitoring.outcomes import realised_returns
 
@@ -321,7 +322,7 @@ def record_daily_evidence(settings: Settings) -> str:
     feature dates, written under ``reports/ab/<newest day>/`` and as the evidence table the
     ingress exports; a one-line account of it."""
     root = DataRoot(settings.data_root)
-    logged = sources.read_log(root, None, None)["feature_date"]
+    logged = read_predictions(root, columns=["feature_date"])["feature_date"]
     if logged.empty:
         write_evidence(root, empty_evidence())
         return "no logged prediction yet"

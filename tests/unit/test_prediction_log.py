@@ -69,6 +69,10 @@ def test_rows_read_back_with_the_schema_partitioned_by_request_day(tmp_path: Pat
     assert len(pd.read_parquet(tmp_path / "predictions")) == 3  # plain pandas reads it too
     empty = read_predictions(DataRoot(str(tmp_path / "nothing")))
     assert tuple(empty.columns) == COLUMNS and empty.empty
+    dates = read_predictions(root, columns=["feature_date"])  # what the daily A/B step reads
+    assert list(dates.columns) == ["feature_date"] and list(dates["feature_date"]) == [DAY] * 3
+    nothing = read_predictions(DataRoot(str(tmp_path / "nothing")), columns=["feature_date"])
+    assert list(nothing.columns) == ["feature_date"] and nothing.empty
 
 
 def test_two_replicas_write_files_of_their_own(tmp_path: Path) -> None:
