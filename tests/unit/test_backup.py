@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import mlflow
@@ -166,3 +167,34 @@ def test_a_backup_goes_to_a_new_folder_and_names_what_lives_elsewhere(
     manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
     assert manifest["mlflow_store"] is None and manifest["artifacts"] == "mlartifacts"
     assert "mlflow.db" in manifest["files"]  # an old SQLite file under the root is data too
+
+
+def test_a_sqlite_store_in_use_is_copied_as_of_its_last_commit(root: Path, tmp_path: Path) -> None:
+    """A store in WAL mode keeps its newest commits in ``-wal`` until a checkpoint, and a
+    writer may hold a transaction open: the backup has every commit and nothing uncommitted,
+    where a copy of the database file alone would lack the commits."""
+    path = root / "dagster" / "storage" / "runs.db"
+    path.parent.mkdir(parents=True)
+    writer, other = sqlite3.connect(path), sqlite3.connect(path)
+    try:
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        writer.execute("CREATE TABLE runs (id INTEGER)")
+        writer.executemany("INSERT INTO runs VALUES (?)", [(i,) for i in range(100)])
+        writer.commit()
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO runs VALUES (-1)")  # open while the backup runs
+        assert (root / "dagster" / "storage" / "runs.db-wal").stat().st_size > 0
+        dest = backed_up(root, tmp_path / "backup")
+    finally:
+        other.rollback()
+        other.close()
+        writer.close()
+    manifest = json.loads((dest / MANIFEST).read_text())
+    assert not any(name.endswith(("-wal", "-shm")) for name in manifest["files"])
+    copy = sqlite3.connect(dest / ROOT / "dagster" / "storage" / "runs.db")
+    try:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert copy.execute("SELECT count(*), min(id) FROM runs").fetchone() == (100, 0)
+    finally:
+        copy.close()
