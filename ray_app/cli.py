@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -29,6 +29,9 @@ from ray_app.core.errors import RayAppError
 from ray_app.core.secrets import Secrets, redact_uris, redact_url
 from ray_app.core.settings import CONFIG_ENV, Settings, load_settings
 from ray_app.models import family_names
+
+if TYPE_CHECKING:
+    from ray_app.ops.backup import BackupManifest
 
 app = typer.Typer(
     help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
@@ -1062,6 +1065,94 @@ def audit_verify(config: ConfigOption = None, data_root: DataRootOption = None) 
     out.print(Text.assemble("audit trail ", verdict, f": {report.entries} entries{legacy}"))
     if not report.intact:
         raise typer.Exit(1)
+
+
+@contextmanager
+def _file_progress(label: str, total: int | None) -> Iterator[Callable[[str], None]]:
+    """A progress bar advanced once per file (``total`` None: counted as they come)."""
+    with Progress(
+        TextColumn("{task.description}", style="bold", markup=False),
+        BarColumn(),
+        TextColumn("{task.completed} files"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda name: progress.update(task, advance=1, description=f"{label} {name}")
+
+
+def _backup_table(title: str, manifest: BackupManifest, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    for what, value in [
+        ("files", f"{len(manifest.files)} ({manifest.total_bytes / 2**20:.1f} MiB)"),
+        ("MLflow store", manifest.mlflow_store or "not included (see below)"),
+        ("MLflow artifacts", manifest.artifacts or "not included (see below)"),
+        ("audit entries", str(manifest.audit_entries)),
+        (
+            "written by",
+            f"ray-app {manifest.ray_app_version}, {manifest.created_at:%Y-%m-%d %H:%M:%S %Z}",
+        ),
+        *rows,
+    ]:
+        table.add_row(what, value)
+    return table
+
+
+@app.command("backup")
+def backup_command(
+    dest: Annotated[Path, typer.Argument(help="A new (or empty) folder to write the backup to")],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Back up the data root to the folder DEST: MLflow store, artifacts, audit trail, data.
+
+    DEST gets backup.json (ray-app version, time, what was included, the sha256 of every file)
+    and root/, a copy of the data root. The SQLite MLflow store is copied with SQLite's online
+    backup API, so a running pipeline or server may keep writing. A database outside the root
+    (a tracking server's PostgreSQL) is named as not included: back it up with pg_dump. It does
+    not start Ray.
+    """
+    from ray_app.ops.backup import backup
+
+    settings = _settings(config, data_root=data_root)
+    with _file_progress("backing up", None) as advance:
+        manifest = backup(settings, dest, advance)
+    out.print(_backup_table(f"backup {dest}", manifest, [("of data root", manifest.source_root)]))
+    for note in manifest.not_included:
+        err.print(styled("yellow", "not included: ", note), soft_wrap=True)
+
+
+@app.command("restore")
+def restore_command(
+    src: Annotated[Path, typer.Argument(help="A backup folder written by `ray-app backup`")],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="Restore over a non-empty data root, which is moved aside (kept)"),
+    ] = False,
+) -> None:
+    """Restore the backup SRC as the data root (--data-root, or the configured one).
+
+    Checks every file of SRC against the sha256 in its backup.json before writing anything
+    (a changed backup: exit 2, nothing written), builds the root in a hidden folder beside the
+    target, points the MLflow store at the new place, verifies the audit trail, then renames
+    it into place. Refuses a non-empty data root unless --force. It does not start Ray.
+    """
+    from ray_app.ops.backup import local_root, read_manifest, restore
+
+    settings = _settings(config, data_root=data_root)
+    with _file_progress("restoring", len(read_manifest(src).files)) as advance:
+        manifest, aside = restore(settings, src, force, advance)
+    rows = [("restored to", str(local_root(settings))), ("from root", manifest.source_root)]
+    if aside is not None:
+        rows.append(("previous root moved to", str(aside)))
+    out.print(_backup_table(f"restored {src}", manifest, rows))
+    for note in manifest.not_included:
+        err.print(styled("yellow", "restore separately: ", note), soft_wrap=True)
 
 
 ab_app = typer.Typer(help="A/B evidence from realised returns.", no_args_is_help=True)

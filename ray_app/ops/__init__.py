@@ -2,7 +2,8 @@
 daily pipeline.
 
 Owns ``cluster`` (``ray-app cluster up/down/status``), ``runtime`` (``connect``: the only
-place that calls ``ray.init``) and ``deploy`` (``serve deploy`` of the registry's versions
-and the smoke request). It sits above training and serving; the Dagster assets of
-``ray_app.orchestration``, the CLI and ``jobs/`` sit above it.
+place that calls ``ray.init``), ``deploy`` (``serve deploy`` of the registry's versions
+and the smoke request) and ``backup`` (``ray-app backup/restore`` of a local data root). It
+sits above training and serving; the Dagster assets of ``ray_app.orchestration``, the CLI
+and ``jobs/`` sit above it.
 """
