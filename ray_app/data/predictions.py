@@ -143,7 +143,5 @@ def read_predictions(
             continue
         for file in root.list_files(PREDICTIONS, folder):
             path = root.path(PREDICTIONS, folder, file)
-            tables.append(
-                pq.read_table(path, columns=columns, filesystem=root.fs, schema=SCHEMA)
-            )
+            tables.append(pq.read_table(path, columns=columns, filesystem=root.fs, schema=SCHEMA))
     return pa.concat_tables(tables).to_pandas()
