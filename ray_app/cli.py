@@ -286,11 +286,13 @@ def data_status_command(
 ) -> None:
     """Raw data and feature set versions, paths, tickers, date ranges, rows and freshness.
 
-    Shows the latest raw data version and every complete feature set: versions, ticker counts,
-    rows, first and last date, days since the last bar, paths. A feature set is marked
-    (latest) when _latest.json points at it and (stale) when it was built from another data
-    version than the current one. With --json: {"data_root", "raw", "features"}, where raw is
-    null before the first ingest. It does not start Ray.
+    Shows the latest raw data version, every older one kept (any whose bars were overwritten
+    before versions were kept is marked unreadable) and every complete feature set: versions,
+    ticker counts, rows, first and last date, days since the last bar, paths. A feature set
+    is marked (latest) when _latest.json points at it and (stale) when it was built from
+    another data version than the current one. With --json: {"data_root", "raw",
+    "raw_versions", "features"}, where raw is null before the first ingest. It does not start
+    Ray.
     """
     from ray_app.data.catalog import data_status
 
@@ -315,6 +317,20 @@ def data_status_command(
         str(raw["days_since_last_bar"]),
         raw["path"],
     )
+    for kept in status["raw_versions"]:
+        if kept["latest"]:
+            continue
+        mark = f" (unreadable: {', '.join(kept['unreadable'])})" if kept["unreadable"] else ""
+        table.add_row(
+            f"raw (older){mark}",
+            kept["version"],
+            str(kept["tickers"]),
+            str(kept["rows"]),
+            "",
+            kept["last_date"],
+            "",
+            "",
+        )
     for fs in status["features"]:
         kind = (
             "features"
@@ -347,6 +363,8 @@ def migrate(
     Commands refuse a data root written by an older ray-app and name this command. Every raw
     and feature manifest is upgraded and checked before any is written, then each file is
     replaced atomically; a second run changes nothing and says so. It does not start Ray.
+    From schema version 1, each ticker's bars.parquet moves to its content-addressed name;
+    older data versions whose bars it overwrote are listed as unreadable.
     """
     from ray_app.data.manifests import SCHEMA_VERSION
     from ray_app.data.migrate import migrate as migrate_root
@@ -356,7 +374,16 @@ def migrate(
     for change in done.upgraded:
         found = "unversioned" if change.from_version is None else f"v{change.from_version}"
         out.print(f"{verb} {change.path}: {found} -> v{SCHEMA_VERSION}", soft_wrap=True)
-    if not done.upgraded:
+    for moved in done.moved:
+        action = "would move" if dry_run else "moved"
+        out.print(f"{action} {moved} to its content-addressed name", soft_wrap=True)
+    for version, tickers in sorted(done.unreadable.items()):
+        out.print(
+            f"data version {version}: the bars of {', '.join(tickers)} were overwritten by a "
+            "later ingest; it stays listed but cannot be read or rebuilt",
+            soft_wrap=True,
+        )
+    if not done.changed:
         out.print(
             f"data root {done.data_root} is up to date: {done.current} manifest(s) at schema "
             f"version {SCHEMA_VERSION}, nothing changed",
