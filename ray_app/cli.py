@@ -350,6 +350,91 @@ def data_status_command(
     out.print(table)
 
 
+@data_app.command("pin")
+def data_pin(
+    version: Annotated[str, typer.Argument(help="Raw data version to keep")],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    note: Annotated[str, typer.Option(help="Why it is kept (shown by data gc)")] = "",
+) -> None:
+    """Keep a data version (and its feature sets) through every `data gc`, until unpinned.
+
+    Pins live in <data_root>/_pins.json. The version must exist. It does not start Ray.
+    """
+    from ray_app.core.storage import DataRoot
+    from ray_app.data.retention import pin
+
+    root = DataRoot(_settings(config, data_root=data_root).data_root)
+    pins = pin(root, version, note)
+    out.print(f"pinned data version {version}; pinned now: {', '.join(sorted(pins.versions))}")
+
+
+@data_app.command("unpin")
+def data_unpin(
+    version: Annotated[str, typer.Argument(help="Pinned raw data version")],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Let `data gc` remove a data version again once it is old and unprotected."""
+    from ray_app.core.storage import DataRoot
+    from ray_app.data.retention import unpin
+
+    root = DataRoot(_settings(config, data_root=data_root).data_root)
+    pins = unpin(root, version)
+    out.print(
+        f"unpinned data version {version}; pinned now: {', '.join(sorted(pins.versions)) or 'none'}"
+    )
+
+
+@data_app.command("gc")
+def data_gc(
+    keep: Annotated[
+        int, typer.Option(min=0, help="How many of the newest raw data versions to keep")
+    ],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print what would be removed")
+    ] = False,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray dashboard URL, to read the feature set the cluster serves (default: "
+            "RAY_DASHBOARD_ADDRESS, else http://localhost:8265; none answering: none served)"
+        ),
+    ] = None,
+) -> None:
+    """Remove old raw data versions, their feature sets and the partitions no kept version names.
+
+    Keeps the --keep newest raw versions and, whatever their age, the latest, every pinned one
+    (`data pin`), every one a registered model version's lineage names (data_version or
+    feature_version tag; a registry that cannot be read refuses the gc) and the one serving
+    reads (the feature version pinned in the running Serve config or in pipeline.serve_config,
+    and the latest feature set). A feature set goes with its data version. Runs under the data
+    root's raw-manifest lock, so no ingest records a version meanwhile. Prints every version
+    kept with why, and what went. It does not start Ray.
+    """
+    from ray_app.ops.data_gc import run_gc
+
+    settings = _settings(config, data_root=data_root)
+    run = run_gc(settings, keep, dry_run=dry_run, address=address)
+    plan = run.plan
+    gone = "would remove" if dry_run else "removed"
+    for version, reasons in plan.kept.items():
+        out.print(f"kept {version}: {'; '.join(reasons)}", soft_wrap=True)
+    for version in plan.removed:
+        out.print(f"{gone} {version}", soft_wrap=True)
+    for feature in plan.removed_features:
+        out.print(f"{gone} feature set {feature}", soft_wrap=True)
+    out.print(
+        f"{'dry run: ' if dry_run else ''}{len(plan.kept)} data version(s) kept, "
+        f"{len(plan.removed)} {gone}; {len(plan.kept_features)} feature set(s) kept, "
+        f"{len(plan.removed_features)} {gone}; {len(plan.removed_files)} partition file(s) "
+        f"{gone} ({plan.removed_bytes / 1e6:.1f} MB), {plan.kept_files} kept",
+        soft_wrap=True,
+    )
+
+
 @app.command()
 def migrate(
     config: ConfigOption = None,
