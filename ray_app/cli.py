@@ -435,6 +435,42 @@ def data_gc(
     )
 
 
+@data_app.command("export")
+def data_export(
+    version: Annotated[str, typer.Argument(help="Raw data version to export")],
+    dvc: Annotated[
+        Path,
+        typer.Option(
+            "--dvc",
+            help="Destination folder, laid out as a data root; `dvc add` runs on it when it "
+            "lies in a DVC repository",
+        ),
+    ],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Copy one data version (manifest, partitions, its feature sets) out of the data root.
+
+    The copy is a data root of its own (`ray-app data status --data-root DEST` reads it), its
+    latest pointers on the exported version; exporting another version into DEST adds it.
+    Inside a DVC repository it ends with `dvc add DEST`: commit DEST.dvc with git and
+    `dvc push`. DVC never owns the live data root: a DEST inside it is refused.
+    """
+    from ray_app.core.storage import DataRoot
+    from ray_app.data.export import export_version
+
+    root = DataRoot(_settings(config, data_root=data_root).data_root)
+    done = export_version(root, version, dvc)
+    sets = ", ".join(done.feature_versions) or "none"
+    out.print(
+        f"exported data version {done.version} ({done.files} files, {done.bytes / 1e6:.1f} MB; "
+        f"feature sets: {sets}) to {done.dest}",
+        soft_wrap=True,
+    )
+    if done.dvc_file:
+        out.print(f"dvc add: {done.dvc_file}; commit it with git, then `dvc push`", soft_wrap=True)
+
+
 @app.command()
 def migrate(
     config: ConfigOption = None,
