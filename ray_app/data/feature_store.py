@@ -380,8 +380,17 @@ def record_feature_set(plan: FeatureBuildPlan, rows: list[dict[str, Any]]) -> Fe
         last_date=max(e.last_date for e in tickers.values()),
     )
     write_manifest_file(plan.root, manifest, FEATURES, plan.version, MANIFEST)
-    plan.root.write_json({"version": plan.version}, FEATURES, LATEST)
+    _point_latest(plan)
     return manifest
+
+
+def _point_latest(plan: FeatureBuildPlan) -> None:
+    """Point ``_latest`` at the plan's set, unless it is of an older data version than the
+    latest: serving follows the pointer, and rebuilding an old version (``features
+    --data-version OLD``) must not roll what is served back to old data."""
+    latest = latest_manifest(plan.root)
+    if latest is None or latest.version == plan.data_version:
+        plan.root.write_json({"version": plan.version}, FEATURES, LATEST)
 
 
 def build_features(
@@ -395,7 +404,7 @@ def build_features(
     plan = plan_build(settings, data_version)
     existing = read_feature_manifest(plan.root, plan.version)
     if existing and not force:
-        plan.root.write_json({"version": plan.version}, FEATURES, LATEST)
+        _point_latest(plan)
         return FeatureBuild(plan.version, plan.data_version, [], existing, reused=True)
     rows = []
     for row in stream_featurize(plan):

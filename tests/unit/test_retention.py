@@ -20,6 +20,7 @@ from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import (
     feature_manifest,
     featurize_ticker,
+    latest_feature_version,
     plan_build,
     record_feature_set,
 )
@@ -188,3 +189,12 @@ def test_gc_on_a_root_without_a_registry_creates_none(data_root: Path) -> None:
     assert json.loads(
         ray_app_command(["data", "status", "--json", "--data-root", str(data_root)], {}).stdout
     )["raw_versions"][0]["latest"]
+
+
+def test_rebuilding_an_old_version_leaves_the_latest_feature_set_pointer(data_root: Path) -> None:
+    """Serving follows features/_latest.json: a rebuild of an old data version must not move it."""
+    (v1, f1), _, (_, f3) = build_versions(data_root)
+    plan = plan_build(Settings(data_root=str(data_root)), v1.version)
+    rows = [featurize_ticker(t, plan, None) for t in sorted(v1.tickers)]
+    assert record_feature_set(plan, rows).version == f1
+    assert latest_feature_version(DataRoot(str(data_root))) == f3
