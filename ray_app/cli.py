@@ -289,11 +289,13 @@ def data_status_command(
 ) -> None:
     """Raw data and feature set versions, paths, tickers, date ranges, rows and freshness.
 
-    Shows the latest raw data version and every complete feature set: versions, ticker counts,
-    rows, first and last date, days since the last bar, paths. A feature set is marked
-    (latest) when _latest.json points at it and (stale) when it was built from another data
-    version than the current one. With --json: {"data_root", "raw", "features"}, where raw is
-    null before the first ingest. It does not start Ray.
+    Shows the latest raw data version, every older one kept (any whose bars were overwritten
+    before versions were kept is marked unreadable) and every complete feature set: versions,
+    ticker counts, rows, first and last date, days since the last bar, paths. A feature set
+    is marked (latest) when _latest.json points at it and (stale) when it was built from
+    another data version than the current one. With --json: {"data_root", "raw",
+    "raw_versions", "features"}, where raw is null before the first ingest. It does not start
+    Ray.
     """
     from ray_app.data.catalog import data_status
 
@@ -318,6 +320,20 @@ def data_status_command(
         str(raw["days_since_last_bar"]),
         raw["path"],
     )
+    for kept in status["raw_versions"]:
+        if kept["latest"]:
+            continue
+        mark = f" (unreadable: {', '.join(kept['unreadable'])})" if kept["unreadable"] else ""
+        table.add_row(
+            f"raw (older){mark}",
+            kept["version"],
+            str(kept["tickers"]),
+            str(kept["rows"]),
+            "",
+            kept["last_date"],
+            "",
+            "",
+        )
     for fs in status["features"]:
         kind = (
             "features"
@@ -337,6 +353,127 @@ def data_status_command(
     out.print(table)
 
 
+@data_app.command("pin")
+def data_pin(
+    version: Annotated[str, typer.Argument(help="Raw data version to keep")],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    note: Annotated[str, typer.Option(help="Why it is kept (shown by data gc)")] = "",
+) -> None:
+    """Keep a data version (and its feature sets) through every `data gc`, until unpinned.
+
+    Pins live in <data_root>/_pins.json. The version must exist. It does not start Ray.
+    """
+    from ray_app.core.storage import DataRoot
+    from ray_app.data.retention import pin
+
+    root = DataRoot(_settings(config, data_root=data_root).data_root)
+    pins = pin(root, version, note)
+    out.print(f"pinned data version {version}; pinned now: {', '.join(sorted(pins.versions))}")
+
+
+@data_app.command("unpin")
+def data_unpin(
+    version: Annotated[str, typer.Argument(help="Pinned raw data version")],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Let `data gc` remove a data version again once it is old and unprotected."""
+    from ray_app.core.storage import DataRoot
+    from ray_app.data.retention import unpin
+
+    root = DataRoot(_settings(config, data_root=data_root).data_root)
+    pins = unpin(root, version)
+    out.print(
+        f"unpinned data version {version}; pinned now: {', '.join(sorted(pins.versions)) or 'none'}"
+    )
+
+
+@data_app.command("gc")
+def data_gc(
+    keep: Annotated[
+        int, typer.Option(min=0, help="How many of the newest raw data versions to keep")
+    ],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print what would be removed")
+    ] = False,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray dashboard URL, to read the feature set the cluster serves (default: "
+            "RAY_DASHBOARD_ADDRESS, else http://localhost:8265; none answering: none served)"
+        ),
+    ] = None,
+) -> None:
+    """Remove old raw data versions, their feature sets and the partitions no kept version names.
+
+    Keeps the --keep newest raw versions and, whatever their age, the latest, every pinned one
+    (`data pin`), every one a registered model version's lineage names (data_version or
+    feature_version tag; a registry that cannot be read refuses the gc) and the one serving
+    reads (the feature version pinned in the running Serve config or in pipeline.serve_config,
+    and the latest feature set). A feature set goes with its data version. Runs under the data
+    root's raw-manifest lock, so no ingest records a version meanwhile. Prints every version
+    kept with why, and what went. It does not start Ray.
+    """
+    from ray_app.ops.data_gc import run_gc
+
+    settings = _settings(config, data_root=data_root)
+    run = run_gc(settings, keep, dry_run=dry_run, address=address)
+    plan = run.plan
+    gone = "would remove" if dry_run else "removed"
+    for version, reasons in plan.kept.items():
+        out.print(f"kept {version}: {'; '.join(reasons)}", soft_wrap=True)
+    for version in plan.removed:
+        out.print(f"{gone} {version}", soft_wrap=True)
+    for feature in plan.removed_features:
+        out.print(f"{gone} feature set {feature}", soft_wrap=True)
+    out.print(
+        f"{'dry run: ' if dry_run else ''}{len(plan.kept)} data version(s) kept, "
+        f"{len(plan.removed)} {gone}; {len(plan.kept_features)} feature set(s) kept, "
+        f"{len(plan.removed_features)} {gone}; {len(plan.removed_files)} partition file(s) "
+        f"{gone} ({plan.removed_bytes / 1e6:.1f} MB), {plan.kept_files} kept",
+        soft_wrap=True,
+    )
+
+
+@data_app.command("export")
+def data_export(
+    version: Annotated[str, typer.Argument(help="Raw data version to export")],
+    dvc: Annotated[
+        Path,
+        typer.Option(
+            "--dvc",
+            help="Destination folder, laid out as a data root; `dvc add` runs on it when it "
+            "lies in a DVC repository",
+        ),
+    ],
+    config: ConfigOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Copy one data version (manifest, partitions, its feature sets) out of the data root.
+
+    The copy is a data root of its own (`ray-app data status --data-root DEST` reads it), its
+    latest pointers on the exported version; exporting another version into DEST adds it.
+    Inside a DVC repository it ends with `dvc add DEST`: commit DEST.dvc with git and
+    `dvc push`. DVC never owns the live data root: a DEST inside it is refused.
+    """
+    from ray_app.core.storage import DataRoot
+    from ray_app.data.export import export_version
+
+    root = DataRoot(_settings(config, data_root=data_root).data_root)
+    done = export_version(root, version, dvc)
+    sets = ", ".join(done.feature_versions) or "none"
+    out.print(
+        f"exported data version {done.version} ({done.files} files, {done.bytes / 1e6:.1f} MB; "
+        f"feature sets: {sets}) to {done.dest}",
+        soft_wrap=True,
+    )
+    if done.dvc_file:
+        out.print(f"dvc add: {done.dvc_file}; commit it with git, then `dvc push`", soft_wrap=True)
+
+
 @app.command()
 def migrate(
     config: ConfigOption = None,
@@ -350,6 +487,8 @@ def migrate(
     Commands refuse a data root written by an older ray-app and name this command. Every raw
     and feature manifest is upgraded and checked before any is written, then each file is
     replaced atomically; a second run changes nothing and says so. It does not start Ray.
+    From schema version 1, each ticker's bars.parquet moves to its content-addressed name;
+    older data versions whose bars it overwrote are listed as unreadable.
     """
     from ray_app.data.manifests import SCHEMA_VERSION
     from ray_app.data.migrate import migrate as migrate_root
@@ -359,7 +498,16 @@ def migrate(
     for change in done.upgraded:
         found = "unversioned" if change.from_version is None else f"v{change.from_version}"
         out.print(f"{verb} {change.path}: {found} -> v{SCHEMA_VERSION}", soft_wrap=True)
-    if not done.upgraded:
+    for moved in done.moved:
+        action = "would move" if dry_run else "moved"
+        out.print(f"{action} {moved} to its content-addressed name", soft_wrap=True)
+    for version, tickers in sorted(done.unreadable.items()):
+        out.print(
+            f"data version {version}: the bars of {', '.join(tickers)} were overwritten by a "
+            "later ingest; it stays listed but cannot be read or rebuilt",
+            soft_wrap=True,
+        )
+    if not done.changed:
         out.print(
             f"data root {done.data_root} is up to date: {done.current} manifest(s) at schema "
             f"version {SCHEMA_VERSION}, nothing changed",

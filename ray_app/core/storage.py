@@ -143,8 +143,14 @@ class DataRoot:
         """The Parquet file at ``parts`` (only ``columns``, when given, are read)."""
         return pq.read_table(self.path(*parts), columns=columns, filesystem=self.fs).to_pandas()
 
-    def write_json(self, payload: dict[str, Any], *parts: str) -> None:
-        data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+    def read_bytes(self, *parts: str) -> bytes:
+        """The file at ``parts`` as it is stored (copies between roots keep it bit for bit)."""
+        with self.fs.open_input_stream(self.path(*parts)) as stream:
+            data: bytes = stream.read()
+        return data
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Atomically write ``data`` as the file at ``parts``."""
 
         def write(tmp: str) -> None:
             with self.fs.open_output_stream(tmp) as out:
@@ -152,12 +158,36 @@ class DataRoot:
 
         self._commit(self.path(*parts), write)
 
+    def modified(self, *parts: str) -> dt.datetime | None:
+        """When the file at ``parts`` was last written (UTC), where the filesystem says."""
+        mtime = self.fs.get_file_info(self.path(*parts)).mtime
+        return None if mtime is None else mtime.astimezone(dt.timezone.utc)
+
+    def size(self, *parts: str) -> int:
+        """The size in bytes of the file at ``parts``."""
+        return int(self.fs.get_file_info(self.path(*parts)).size or 0)
+
+    def delete(self, *parts: str) -> None:
+        """Remove the file at ``parts``; a folder left empty goes too (nothing reads it)."""
+        self.fs.delete_file(self.path(*parts))
+        parent = parts[:-1]
+        if parent and not self.fs.get_file_info(pafs.FileSelector(self.path(*parent))):
+            self.fs.delete_dir(self.path(*parent))
+
+    def delete_dir(self, *parts: str) -> None:
+        """Remove the folder at ``parts`` with all it holds."""
+        self.fs.delete_dir(self.path(*parts))
+
+    def write_json(self, payload: dict[str, Any], *parts: str) -> None:
+        self.write_bytes(
+            json.dumps(payload, indent=2, sort_keys=True, default=str).encode(), *parts
+        )
+
     def read_json(self, *parts: str) -> dict[str, Any] | None:
         """The JSON object at ``parts``, or None when there is none."""
         if not self.exists(*parts):
             return None
-        with self.fs.open_input_stream(self.path(*parts)) as stream:
-            loaded: dict[str, Any] = json.loads(stream.read())
+        loaded: dict[str, Any] = json.loads(self.read_bytes(*parts))
         return loaded
 
     @contextmanager

@@ -8,7 +8,7 @@ from typing import Any
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import FEATURES, latest_feature_version, read_feature_manifest
-from ray_app.data.ingest import RAW, latest_manifest
+from ray_app.data.ingest import latest_manifest, manifest_path, raw_versions
 
 
 def _age_days(day: dt.date, today: dt.date) -> int:
@@ -16,15 +16,37 @@ def _age_days(day: dt.date, today: dt.date) -> int:
 
 
 def data_status(settings: Settings, today: dt.date | None = None) -> dict[str, Any]:
-    """Versions, paths (Parquet datasets pandas can read), tickers, ranges, rows, freshness."""
+    """Versions, paths (the raw manifest, and its tickers' Parquet ``files``, which
+    ``pandas.read_parquet`` reads as one frame; a feature set's folder, a Parquet dataset),
+    tickers, ranges, rows, freshness, and every raw version kept (``raw_versions``: whether
+    it can still be read)."""
     today = today or dt.date.today()
     root = DataRoot(settings.data_root)
-    status: dict[str, Any] = {"data_root": root.display(), "raw": None, "features": []}
+    status: dict[str, Any] = {
+        "data_root": root.display(),
+        "raw": None,
+        "raw_versions": [],
+        "features": [],
+    }
     raw = latest_manifest(root)
+    for kept in raw_versions(root):
+        status["raw_versions"].append(
+            {
+                "version": kept.version,
+                "parent": kept.parent,
+                "created_at": kept.created_at.isoformat(),
+                "tickers": len(kept.tickers),
+                "rows": kept.rows,
+                "last_date": kept.last_date.isoformat(),
+                "latest": raw is not None and kept.version == raw.version,
+                "unreadable": kept.unreadable,
+            }
+        )
     if raw is not None:
         status["raw"] = {
             "version": raw.version,
-            "path": root.display(RAW),
+            "path": root.display(*manifest_path(raw.version)),
+            "files": [root.display(*e.path.split("/")) for e in raw.tickers.values() if e.path],
             "source": raw.source,
             "created_at": raw.created_at.isoformat(),
             "tickers": sorted(raw.tickers),

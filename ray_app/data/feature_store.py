@@ -39,7 +39,7 @@ from ray_app.data.features import (
     needs_cross_section,
     spec_hash,
 )
-from ray_app.data.ingest import latest_manifest, read_bars, read_manifest, stored_hash
+from ray_app.data.ingest import latest_manifest, read_bars, read_manifest
 from ray_app.data.manifests import (
     FeatureManifest,
     FeatureTickerEntry,
@@ -134,7 +134,7 @@ def _metadata(plan: FeatureBuildPlan) -> dict[str, str]:
 
 
 def featurize_ticker(
-    ticker: str, expected_hash: str, plan: FeatureBuildPlan, index_bars: pd.DataFrame | None
+    ticker: str, plan: FeatureBuildPlan, index_bars: pd.DataFrame | None
 ) -> dict[str, Any]:
     """Compute and store one ticker's features; a summary row, never an exception."""
     root = plan.root
@@ -148,11 +148,7 @@ def featurize_ticker(
         "reason": "",
     }
     try:
-        if stored_hash(root, ticker) != expected_hash:
-            raise FeatureSetError(
-                f"{ticker}: raw bars changed since data version {plan.data_version}"
-            )
-        frame = compute_features(ticker, read_bars(root, ticker), plan.spec, index_bars)
+        frame = compute_features(ticker, read_bars(root, ticker, plan.raw), plan.spec, index_bars)
         if frame.empty:
             raise FeatureSetError(f"{ticker}: too little history for the feature windows")
         root.write_parquet(
@@ -175,13 +171,9 @@ def featurize_ticker(
 
 
 def _featurize_batch(batch: pd.DataFrame, plan: FeatureBuildPlan) -> pd.DataFrame:
-    index_bars = read_bars(plan.root, plan.index_ticker) if plan.index_ticker else None
-    return pd.DataFrame(
-        [
-            featurize_ticker(t, h, plan, index_bars)
-            for t, h in zip(batch["ticker"], batch["hash"], strict=False)
-        ]
-    )
+    index = plan.index_ticker
+    index_bars = read_bars(plan.root, index, plan.raw) if index else None
+    return pd.DataFrame([featurize_ticker(t, plan, index_bars) for t in batch["ticker"]])
 
 
 @dataclass
@@ -203,6 +195,12 @@ def plan_build(settings: Settings, data_version: str | None) -> FeatureBuildPlan
     """Everything a task needs to build the feature set of ``data_version`` (default latest)."""
     root = DataRoot(settings.data_root)
     raw = _raw_manifest(root, data_version)
+    if raw.unreadable:
+        raise FeatureSetError(
+            f"data version {raw.version} cannot be rebuilt: the bars of "
+            f"{', '.join(raw.unreadable)} were overwritten by a later ingest before ray-app "
+            "kept every data version (the root was migrated from schema version 1)"
+        )
     spec: FeatureSettings = settings.features
     index = spec.index_ticker if spec.index_ticker in raw.tickers else None
     try:
@@ -226,7 +224,7 @@ def stream_featurize(plan: FeatureBuildPlan) -> Iterator[dict[str, Any]]:
 
     from ray_app.data.sizing import batch_size_for
 
-    items = [{"ticker": t, "hash": e.hash} for t, e in sorted(plan.raw.tickers.items())]
+    items = [{"ticker": t} for t in sorted(plan.raw.tickers)]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _featurize_batch,  # type: ignore[arg-type]  # Ray types the UDF loosely
         batch_size=batch_size_for(len(items)),
@@ -382,8 +380,17 @@ def record_feature_set(plan: FeatureBuildPlan, rows: list[dict[str, Any]]) -> Fe
         last_date=max(e.last_date for e in tickers.values()),
     )
     write_manifest_file(plan.root, manifest, FEATURES, plan.version, MANIFEST)
-    plan.root.write_json({"version": plan.version}, FEATURES, LATEST)
+    _point_latest(plan)
     return manifest
+
+
+def _point_latest(plan: FeatureBuildPlan) -> None:
+    """Point ``_latest`` at the plan's set, unless it is of an older data version than the
+    latest: serving follows the pointer, and rebuilding an old version (``features
+    --data-version OLD``) must not roll what is served back to old data."""
+    latest = latest_manifest(plan.root)
+    if latest is None or latest.version == plan.data_version:
+        plan.root.write_json({"version": plan.version}, FEATURES, LATEST)
 
 
 def build_features(
@@ -397,7 +404,7 @@ def build_features(
     plan = plan_build(settings, data_version)
     existing = read_feature_manifest(plan.root, plan.version)
     if existing and not force:
-        plan.root.write_json({"version": plan.version}, FEATURES, LATEST)
+        _point_latest(plan)
         return FeatureBuild(plan.version, plan.data_version, [], existing, reused=True)
     rows = []
     for row in stream_featurize(plan):
@@ -499,18 +506,14 @@ def check_point_in_time(root: DataRoot, version: str, tickers: list[str]) -> lis
     manifest = feature_manifest(root, version)
     raw = _raw_manifest(root, manifest.data_version)
     index = manifest.index_ticker
-    index_bars = read_bars(root, index) if index else None
+    index_bars = read_bars(root, index, raw) if index else None
     names = manifest.spec.cross_sectional
     universe = _stored_companion_inputs(root, manifest) if names else None
     checks = []
     for ticker in tickers:
-        if stored_hash(root, ticker) != raw.tickers[ticker].hash:
-            raise FeatureSetError(
-                f"{ticker}: raw bars changed since data version {manifest.data_version}"
-            )
         stored = root.read_parquet(*partition(version, ticker))
         cut = stored["date"].iloc[len(stored) // 2]
-        bars = read_bars(root, ticker)
+        bars = read_bars(root, ticker, raw)
         cut_index = None if index_bars is None else index_bars[index_bars["date"] <= cut]
         rebuilt = compute_features(ticker, bars[bars["date"] <= cut], manifest.spec, cut_index)
         if universe is not None and not rebuilt.empty:

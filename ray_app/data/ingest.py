@@ -7,6 +7,11 @@ manifest: the content hash of every stored partition, which together form the da
 It does so under the data root's manifest lock, so concurrent ingests keep each other's
 tickers. Incremental runs fetch a few stored bars again, because a split or a dividend
 re-adjusts the whole stored history; a ticker whose overlap moved is refetched in full.
+
+Partitions are content addressed (``raw/ticker=<T>/<hash16>.parquet``) and never
+overwritten: a new ingest adds files beside the old ones, so every data version a manifest
+records stays readable (``read_bars(root, ticker, manifest)``) until ``ray-app data gc``
+removes it. Only the ``LATEST.json`` pointer moves, in one atomic write.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from ray_app.core.errors import RayAppError
 from ray_app.core.identifiers import InvalidIdentifierError, check_ticker, check_version
 from ray_app.core.settings import IngestSettings, Settings
 from ray_app.core.storage import DataRoot, combine_hashes, frame_hash
@@ -38,7 +44,7 @@ from ray_app.data.validation import (
 RAW = "raw"
 MANIFESTS = "_manifests"
 LATEST = "LATEST.json"
-BARS_FILE = "bars.parquet"
+HASH_CHARS = 16  # of a partition's content hash in its file name
 MANIFEST_LOCK = "raw-manifest"
 MANIFEST_LOCK_TIMEOUT_S = 120.0  # the locked section takes well under a second
 
@@ -46,9 +52,14 @@ OK, UNCHANGED, UP_TO_DATE, FAILED = "ok", "unchanged", "up-to-date", "failed"
 REFETCHED = "refetched"
 
 
-def partition(ticker: str) -> tuple[str, str, str]:
-    """Path parts of a ticker's raw partition below the data root."""
-    return (RAW, f"ticker={ticker}", BARS_FILE)
+class UnrecoverableBarsError(RayAppError, LookupError):
+    """A data version whose bars were overwritten before partitions were content addressed."""
+
+
+def partition(ticker: str, digest: str) -> str:
+    """The path below the data root of ``ticker``'s partition with content hash ``digest``:
+    the same bars always land on the same file, and different bars never on one."""
+    return f"{RAW}/ticker={ticker}/{digest[:HASH_CHARS]}.parquet"
 
 
 def latest_manifest(root: DataRoot) -> RawManifest | None:
@@ -56,28 +67,81 @@ def latest_manifest(root: DataRoot) -> RawManifest | None:
     pointer = root.read_json(RAW, MANIFESTS, LATEST)
     if pointer is None:
         return None
-    return read_manifest_file(root, RawManifest, RAW, MANIFESTS, f"{pointer['version']}.json")
+    return read_manifest_file(root, RawManifest, *manifest_path(pointer["version"]))
+
+
+def raw_versions(root: DataRoot) -> list[RawManifest]:
+    """Every raw data version recorded under ``root``, newest first: by creation time, and
+    within one second by the parent chain from the latest (each version's parent is the
+    latest it extended, so the chain is the order they were recorded in)."""
+    found = {
+        name.removesuffix(".json"): read_manifest(root, name.removesuffix(".json"))
+        for name in root.list_files(RAW, MANIFESTS)
+        if name.endswith(".json") and name != LATEST
+    }
+    pointer = root.read_json(RAW, MANIFESTS, LATEST)
+    chain: dict[str, int] = {}
+    version = pointer["version"] if pointer else None
+    while version in found and version not in chain:
+        chain[version] = len(chain)
+        version = found[version].parent
+    return sorted(
+        found.values(),
+        key=lambda m: (-m.created_at.timestamp(), chain.get(m.version, len(chain)), m.version),
+    )
+
+
+def manifest_path(version: str) -> tuple[str, str, str]:
+    """Path parts of data version ``version``'s manifest below the data root."""
+    return (RAW, MANIFESTS, f"{check_version(version, 'data version')}.json")
 
 
 def read_manifest(root: DataRoot, version: str) -> RawManifest:
-    name = f"{check_version(version, 'data version')}.json"
-    manifest = read_manifest_file(root, RawManifest, RAW, MANIFESTS, name)
+    manifest = read_manifest_file(root, RawManifest, *manifest_path(version))
     if manifest is None:
         raise KeyError(f"data version {version} does not exist under {root.display(RAW)}")
     return manifest
 
 
-def read_bars(root: DataRoot, ticker: str) -> pd.DataFrame:
-    """The stored bars of ``ticker``."""
-    return root.read_parquet(*partition(ticker))[BAR_COLUMNS]
+def entry_path(manifest: RawManifest, ticker: str) -> str:
+    """Where ``ticker``'s bars of ``manifest`` are stored; UnrecoverableBarsError for bars that
+    a later ingest overwrote before this ray-app kept every version (a migrated root)."""
+    path = manifest.tickers[ticker].path
+    if path is None:
+        raise UnrecoverableBarsError(
+            f"data version {manifest.version} cannot be read: the bars of {ticker} were "
+            "overwritten by a later ingest before ray-app kept every data version (the root "
+            "was migrated from schema version 1); use a version `ray-app data status` lists "
+            "as readable"
+        )
+    return path
+
+
+def read_bars(root: DataRoot, ticker: str, manifest: RawManifest | None = None) -> pd.DataFrame:
+    """The bars of ``ticker`` in data version ``manifest`` (default: the latest)."""
+    manifest = manifest or latest_manifest(root)
+    if manifest is None or ticker not in manifest.tickers:
+        version = manifest.version if manifest else "(none ingested)"
+        raise KeyError(f"{ticker} is not in data version {version}")
+    return root.read_parquet(*entry_path(manifest, ticker).split("/"))[BAR_COLUMNS]
 
 
 @dataclass(frozen=True)
 class TickerJob:
-    """One ticker to ingest; ``since`` is the first date not yet stored (incremental runs)."""
+    """One ticker to ingest; ``since`` is the first date not yet stored (incremental runs),
+    ``base`` the partition of the latest data version the new bars extend or replace."""
 
     ticker: str
     since: dt.date | None
+    base: StoredPartition | None
+
+
+@dataclass(frozen=True)
+class StoredPartition:
+    """A partition a manifest records: its file below the root and its content hash."""
+
+    path: str
+    hash: str
 
 
 def ingest_ticker(
@@ -93,6 +157,7 @@ def ingest_ticker(
         "last_date": "",
         "reason": "",
         "hash": "",
+        "path": "",
         "layout": "",
         "warnings": "",
     }
@@ -110,13 +175,18 @@ def _ingest(job: TickerJob, source: Source, cfg: IngestSettings, root: DataRoot)
         check_ticker(job.ticker)
     except InvalidIdentifierError as exc:
         raise TickerError(str(exc)) from None
-    if job.since is None:
-        return _ingest_full(job.ticker, source, cfg, root)
-    return _ingest_incremental(job.ticker, job.since, source, cfg, root)
+    if job.since is None or job.base is None:
+        return _ingest_full(job.ticker, job.base, source, cfg, root)
+    return _ingest_incremental(job.ticker, job.since, job.base, source, cfg, root)
 
 
 def _ingest_incremental(
-    ticker: str, since: dt.date, source: Source, cfg: IngestSettings, root: DataRoot
+    ticker: str,
+    since: dt.date,
+    base: StoredPartition,
+    source: Source,
+    cfg: IngestSettings,
+    root: DataRoot,
 ) -> dict[str, Any]:
     """Append the bars after the stored ones, refetching the overlap to check the stored tail.
 
@@ -124,38 +194,38 @@ def _ingest_incremental(
     differently (a split or a dividend since the last run), the whole history is refetched.
     """
     if not _sessions_between(cfg, since, cfg.end):
-        return _stored_summary(root, ticker, UP_TO_DATE)  # weekend, holiday, same day
-    stored = read_bars(root, ticker)
+        return _stored_summary(root, base, UP_TO_DATE)  # weekend, holiday, same day
+    stored = root.read_parquet(*base.path.split("/"))[BAR_COLUMNS]
     overlap = stored.tail(cfg.overlap_days)
     first = overlap["date"].iloc[0].date() if len(overlap) else since
     try:
         fetched: Fetched = source.fetch(ticker, max(filter(None, [cfg.start, first])), cfg.end)
     except NoBarsError:
-        return _stored_summary(root, ticker, UP_TO_DATE)  # today's bar not published yet
+        return _stored_summary(root, base, UP_TO_DATE)  # today's bar not published yet
     if fetched.bars.empty:
-        return _stored_summary(root, ticker, UP_TO_DATE, fetched.layout)
+        return _stored_summary(root, base, UP_TO_DATE, fetched.layout)
     fresh, report = validate_bars(ticker, fetched.bars, cfg)
     drift = adjustment_drift(overlap, fresh)
     if drift is not None and drift.size > cfg.overlap_tolerance:
-        return _refetch(ticker, source, cfg, root, drift)
+        return _refetch(ticker, base, source, cfg, root, drift)
     new = fresh[fresh["date"] > stored["date"].iloc[-1]]
     if new.empty:
-        return _stored_summary(root, ticker, UP_TO_DATE, fetched.layout)
+        return _stored_summary(root, base, UP_TO_DATE, fetched.layout)
     bars = pd.concat([stored, new], ignore_index=True)
     check_calendar(bars.iloc[len(stored) - 1 :], cfg, report)  # across the seam too
-    return _store(root, ticker, bars, source, fetched.layout, report, len(new))
+    return _store(root, ticker, base, bars, source, fetched.layout, report, len(new))
 
 
 def _ingest_full(
-    ticker: str, source: Source, cfg: IngestSettings, root: DataRoot
+    ticker: str, base: StoredPartition | None, source: Source, cfg: IngestSettings, root: DataRoot
 ) -> dict[str, Any]:
-    """Fetch and store the whole history; ``unchanged`` when it equals the stored bars."""
+    """Fetch and store the whole history; ``unchanged`` when it equals ``base``'s bars."""
     fetched = source.fetch(ticker, cfg.start, cfg.end)
     if fetched.bars.empty:
         span = f"{cfg.start or 'the first bar'} to {cfg.end or 'today'}"
         raise TickerError(f"{ticker}: no bars from {span}")
     bars, report = validate_bars(ticker, fetched.bars, cfg)
-    return _store(root, ticker, bars, source, fetched.layout, report, len(bars))
+    return _store(root, ticker, base, bars, source, fetched.layout, report, len(bars))
 
 
 @dataclass(frozen=True)
@@ -188,10 +258,15 @@ def adjustment_drift(stored: pd.DataFrame, fetched: pd.DataFrame) -> Drift | Non
 
 
 def _refetch(
-    ticker: str, source: Source, cfg: IngestSettings, root: DataRoot, drift: Drift
+    ticker: str,
+    base: StoredPartition,
+    source: Source,
+    cfg: IngestSettings,
+    root: DataRoot,
+    drift: Drift,
 ) -> dict[str, Any]:
     """The full history again: the stored one no longer matches the source's adjustment."""
-    row = _ingest_full(ticker, source, cfg, root)
+    row = _ingest_full(ticker, base, source, cfg, root)
     note = f"history re-adjusted (adj_close x{drift.ratio:.4f} on {drift.date}): refetched"
     return {
         **row,
@@ -203,20 +278,24 @@ def _refetch(
 def _store(
     root: DataRoot,
     ticker: str,
+    base: StoredPartition | None,
     bars: pd.DataFrame,
     source: Source,
     layout: str,
     report: ValidationReport,
     new_rows: int,
 ) -> dict[str, Any]:
-    """Write ``bars`` as the ticker's partition unless it holds them already; summarise them."""
+    """Write ``bars`` to their content-addressed partition unless it exists (a file there holds
+    these very bars: never rewrite it); ``unchanged`` when they are ``base``'s bars."""
     digest = frame_hash(bars)
-    status = UNCHANGED if stored_hash(root, ticker) == digest else OK
-    if status == OK:
+    status = UNCHANGED if base is not None and base.hash == digest else OK
+    path = partition(ticker, digest)
+    if not root.exists(*path.split("/")):
         metadata = {"ray_app.hash": digest, "ray_app.source": source.name}
-        root.write_parquet(bars, *partition(ticker), metadata=metadata)
+        root.write_parquet(bars, *path.split("/"), metadata=metadata)
     return {
         **_summary(bars, status, digest, layout),
+        "path": path,
         "new_rows": new_rows if status == OK else 0,
         "warnings": "; ".join(report.warnings()),
     }
@@ -227,13 +306,6 @@ def _sessions_between(cfg: IngestSettings, first: dt.date, last: dt.date | None)
     sessions = exchange_sessions(cfg.exchange)
     end = pd.Timestamp(last or dt.date.today())
     return bool(((sessions >= pd.Timestamp(first)) & (sessions <= end)).any())
-
-
-def stored_hash(root: DataRoot, ticker: str) -> str | None:
-    """The content hash recorded in a ticker's partition, without reading its rows."""
-    if not root.exists(*partition(ticker)):
-        return None
-    return root.read_metadata(*partition(ticker)).get("ray_app.hash")
 
 
 def _summary(bars: pd.DataFrame, status: str, digest: str, layout: str) -> dict[str, Any]:
@@ -247,9 +319,11 @@ def _summary(bars: pd.DataFrame, status: str, digest: str, layout: str) -> dict[
     }
 
 
-def _stored_summary(root: DataRoot, ticker: str, status: str, layout: str = "") -> dict[str, Any]:
-    bars = read_bars(root, ticker)
-    return _summary(bars, status, stored_hash(root, ticker) or frame_hash(bars), layout)
+def _stored_summary(
+    root: DataRoot, base: StoredPartition, status: str, layout: str = ""
+) -> dict[str, Any]:
+    bars = root.read_parquet(*base.path.split("/"), columns=["date"])
+    return {**_summary(bars, status, base.hash, layout), "path": base.path}
 
 
 @dataclass
@@ -278,19 +352,38 @@ def plan_jobs(
     jobs = []
     for ticker in dict.fromkeys(tickers):
         entry = stored.get(ticker)
-        since = None if full_refresh or entry is None else entry.last_date + dt.timedelta(days=1)
-        jobs.append(TickerJob(ticker, since))
+        if entry is None or entry.path is None:  # nothing readable to extend: fetch it all
+            jobs.append(TickerJob(ticker, None, None))
+            continue
+        since = None if full_refresh else entry.last_date + dt.timedelta(days=1)
+        jobs.append(TickerJob(ticker, since, StoredPartition(entry.path, entry.hash)))
     return jobs
 
 
 def _ingest_batch(
     batch: pd.DataFrame, source: Source, cfg: IngestSettings, root: DataRoot
 ) -> pd.DataFrame:
-    rows = [
-        ingest_ticker(TickerJob(t, s.date() if pd.notna(s) else None), source, cfg, root)
-        for t, s in zip(batch["ticker"], pd.to_datetime(batch["since"]), strict=False)
-    ]
+    columns = [batch[c].tolist() for c in ("ticker", "since", "path", "hash")]
+    rows = [ingest_ticker(_job(*item), source, cfg, root) for item in zip(*columns, strict=True)]
     return pd.DataFrame(rows)
+
+
+def _item(job: TickerJob) -> dict[str, str | None]:
+    """``job`` as a row of the Ray Dataset of jobs (strings: Arrow keeps them as they are)."""
+    return {
+        "ticker": job.ticker,
+        "since": job.since.isoformat() if job.since else None,
+        "path": job.base.path if job.base else None,
+        "hash": job.base.hash if job.base else None,
+    }
+
+
+def _job(ticker: str, since: Any, path: Any, digest: Any) -> TickerJob:
+    """The job a row of the Dataset of jobs (``_item``) stands for (a missing value may come
+    back as None or NaN)."""
+    day = dt.date.fromisoformat(since) if isinstance(since, str) else None
+    base = StoredPartition(path, digest) if isinstance(path, str) else None
+    return TickerJob(ticker, day, base)
 
 
 def stream_ingest(
@@ -306,7 +399,7 @@ def stream_ingest(
     from ray_app.data.sizing import batch_size_for
 
     cfg = settings.ingest
-    items = [{"ticker": j.ticker, "since": j.since.isoformat() if j.since else None} for j in jobs]
+    items = [_item(j) for j in jobs]
     cap = cfg.yahoo.max_concurrency if source.name == "yahoo" else None
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _ingest_batch,  # type: ignore[arg-type]  # Ray types the UDF loosely
@@ -328,7 +421,25 @@ def record_manifest(
     so that concurrent ingests of other tickers keep each other's entries.
     """
     with root.lock(MANIFEST_LOCK, MANIFEST_LOCK_TIMEOUT_S):
+        _fail_missing_partitions(root, rows)
         return _extend_manifest(root, source, rows)
+
+
+def _fail_missing_partitions(root: DataRoot, rows: list[dict[str, Any]]) -> None:
+    """Turn into failures (in place, so the run reports them) the rows whose partition is gone.
+
+    A ``ray-app data gc`` that ran between a task's write and this manifest found the file
+    referenced by no manifest and removed it (or an old version's file this run reused):
+    recording it would point the new version at nothing. The ticker keeps its previous entry;
+    ingesting again stores it anew.
+    """
+    for row in rows:
+        if row["status"] != FAILED and not root.exists(*row["path"].split("/")):
+            row.update(
+                status=FAILED,
+                reason=f"{row['ticker']}: its partition {row['path']} was removed (by "
+                "`ray-app data gc`) while this ingest ran; ingest again",
+            )
 
 
 def _extend_manifest(
@@ -346,7 +457,7 @@ def _extend_manifest(
                 last_date=dt.date.fromisoformat(row["last_date"]),
                 hash=row["hash"],
                 source=source.name,
-                path=root.display(*partition(row["ticker"])),
+                path=row["path"],
             )
     if not entries:
         return previous, False
@@ -365,7 +476,7 @@ def _extend_manifest(
         first_date=min(e.first_date for e in entries.values()),
         last_date=max(e.last_date for e in entries.values()),
     )
-    write_manifest_file(root, manifest, RAW, MANIFESTS, f"{version}.json")
+    write_manifest_file(root, manifest, *manifest_path(version))
     root.write_json({"version": version}, RAW, MANIFESTS, LATEST)
     return manifest, True
 
@@ -411,7 +522,7 @@ def audit_stored_bars(root: DataRoot, cfg: IngestSettings) -> list[StoredBarsAud
     manifest = latest_manifest(root)
     audits = []
     for ticker in sorted(manifest.tickers if manifest else []):
-        bars = read_bars(root, ticker)
+        bars = read_bars(root, ticker, manifest)
         try:
             _, report = validate_bars(ticker, bars, cfg.model_copy(update={"bad_rows": "drop"}))
         except TickerError as exc:  # no valid row left at all

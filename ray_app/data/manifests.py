@@ -17,7 +17,7 @@ from ray_app.core.errors import RayAppError
 from ray_app.core.settings import FeatureSettings
 from ray_app.core.storage import DataRoot
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATE = "ray-app migrate"
 
 
@@ -30,14 +30,20 @@ class _Record(BaseModel):
 
 
 class RawTickerEntry(_Record):
-    """One ticker's stored partition in a raw data version."""
+    """One ticker's stored partition in a raw data version.
+
+    ``path`` is the partition's file below the data root (``raw/ticker=<T>/<hash16>.parquet``,
+    never overwritten), relative so that a copy of the root (``ray-app data export``) reads
+    as the original does. It is None for bars that a later ingest overwrote before ray-app
+    kept every version (schema version 1, migrated): listed, but not readable.
+    """
 
     rows: int
     first_date: dt.date
     last_date: dt.date
     hash: str
     source: str
-    path: str
+    path: str | None
 
 
 class RawManifest(_Record):
@@ -53,6 +59,11 @@ class RawManifest(_Record):
     rows: int
     first_date: dt.date
     last_date: dt.date
+
+    @property
+    def unreadable(self) -> list[str]:
+        """Tickers whose bars are gone (overwritten before versions were kept)."""
+        return sorted(t for t, e in self.tickers.items() if e.path is None)
 
 
 class FeatureTickerEntry(_Record):

@@ -10,6 +10,13 @@ and running again finishes the job. A root already current is left untouched.
 
 The upgraded file keeps every field the old one had; only ``schema_version`` and what the
 steps change differ.
+
+Schema version 2 keeps every data version's bars (content-addressed partitions). Version 1
+wrote each ticker's bars in place (``raw/ticker=<T>/bars.parquet``), so only the bars of the
+last ingest survive: the migration copies each such file to its content-addressed name, points
+every manifest entry whose hash it holds there, and marks the entries whose bars were
+overwritten as unreadable (``path`` null). The copies are written before any manifest, and the
+old files are deleted only after every manifest is, so a crash at any point loses nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +28,14 @@ from typing import Any
 from ray_app.core.errors import RayAppError
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import FEATURES, MANIFEST
-from ray_app.data.ingest import LATEST, MANIFEST_LOCK, MANIFEST_LOCK_TIMEOUT_S, MANIFESTS, RAW
+from ray_app.data.ingest import (
+    LATEST,
+    MANIFEST_LOCK,
+    MANIFEST_LOCK_TIMEOUT_S,
+    MANIFESTS,
+    RAW,
+    partition,
+)
 from ray_app.data.manifests import (
     SCHEMA_VERSION,
     FeatureManifest,
@@ -31,22 +45,62 @@ from ray_app.data.manifests import (
 )
 
 Payload = dict[str, Any]
+LEGACY_BARS = "bars.parquet"  # schema version 1's one partition per ticker, overwritten
 
 
 class MigrationError(RayAppError):
     """A data root that cannot be migrated; nothing in it was changed."""
 
 
-def _first_versioned(payload: Payload) -> Payload:
+@dataclass(frozen=True)
+class LegacyBars:
+    """A schema version 1 partition, ``raw/ticker=<T>/bars.parquet``, and the content-addressed
+    file it becomes."""
+
+    ticker: str
+    hash: str
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return (RAW, f"ticker={self.ticker}", LEGACY_BARS)
+
+    @property
+    def target(self) -> str:
+        return partition(self.ticker, self.hash)
+
+
+@dataclass(frozen=True)
+class Partitions:
+    """The raw partitions a manifest entry can point to once the legacy files are copied."""
+
+    paths: frozenset[str]
+
+
+def _first_versioned(payload: Payload, _: Partitions) -> Payload:
     """Unversioned (before schema versions) to 1: version 1 kept the fields as they were."""
     return payload
 
 
+def _content_addressed(payload: Payload, stored: Partitions) -> Payload:
+    """1 to 2: each raw entry's ``path`` is its content-addressed file below the root, or None
+    when no stored file holds its bars (a later ingest overwrote them)."""
+    if "spec_hash" in payload:  # a feature manifest: unchanged
+        return payload
+    tickers = {}
+    for ticker, entry in payload["tickers"].items():
+        path = partition(ticker, entry["hash"])
+        tickers[ticker] = {**entry, "path": path if path in stored.paths else None}
+    return {**payload, "tickers": tickers}
+
+
 # STEPS[n] upgrades a manifest of schema version n to n + 1; no schema_version is version 0.
-STEPS: tuple[Callable[[Payload], Payload], ...] = (_first_versioned,)
+STEPS: tuple[Callable[[Payload, Partitions], Payload], ...] = (
+    _first_versioned,
+    _content_addressed,
+)
 
 
-def upgrade(payload: Payload, where: str) -> Payload:
+def upgrade(payload: Payload, where: str, stored: Partitions) -> Payload:
     """``payload`` at the current schema version; ManifestFormatError for a newer one."""
     found = payload.get("schema_version", 0)
     if not isinstance(found, int) or found < 0:
@@ -57,7 +111,7 @@ def upgrade(payload: Payload, where: str) -> Payload:
             f"({SCHEMA_VERSION}): upgrade ray-app instead"
         )
     for version in range(found, SCHEMA_VERSION):
-        payload = {**STEPS[version](payload), "schema_version": version + 1}
+        payload = {**STEPS[version](payload, stored), "schema_version": version + 1}
     return payload
 
 
@@ -79,6 +133,12 @@ class Migration:
     upgraded: list[ManifestUpgrade]
     current: int
     dry_run: bool
+    moved: list[str]  # legacy partitions copied to their content-addressed name
+    unreadable: dict[str, list[str]]  # data version -> tickers whose bars were overwritten
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.upgraded or self.moved)
 
 
 def _manifest_files(
@@ -98,7 +158,31 @@ def _manifest_files(
     return [(RawManifest, p) for p in raw] + [(FeatureManifest, p) for p in features]
 
 
-def plan_migration(root: DataRoot) -> tuple[list[ManifestUpgrade], int]:
+def legacy_partitions(root: DataRoot) -> list[LegacyBars]:
+    """Every schema version 1 partition still under ``root``, with its content hash."""
+    found = []
+    for folder in root.list_dirs(RAW):
+        parts = (RAW, folder, LEGACY_BARS)
+        if folder.startswith("ticker=") and root.exists(*parts):
+            digest = root.read_metadata(*parts).get("ray_app.hash")
+            if digest is None:
+                raise ManifestFormatError(f"{root.display(*parts)} has no ray_app.hash")
+            found.append(LegacyBars(folder.removeprefix("ticker="), digest))
+    return found
+
+
+def _stored_partitions(root: DataRoot, legacy: list[LegacyBars]) -> Partitions:
+    """The content-addressed files there are now, and those the legacy files become."""
+    present = {
+        f"{RAW}/{folder}/{name}"
+        for folder in root.list_dirs(RAW)
+        for name in root.list_files(RAW, folder)
+        if name != LEGACY_BARS
+    }
+    return Partitions(frozenset(present | {bars.target for bars in legacy}))
+
+
+def plan_migration(root: DataRoot, stored: Partitions) -> tuple[list[ManifestUpgrade], int]:
     """(the manifests to rewrite, upgraded and validated; how many are current already)."""
     upgrades, current = [], 0
     for model, parts in _manifest_files(root):
@@ -110,23 +194,48 @@ def plan_migration(root: DataRoot) -> tuple[list[ManifestUpgrade], int]:
         if payload.get("schema_version") == SCHEMA_VERSION:
             current += 1
             continue
-        upgraded = upgrade(payload, where)
+        upgraded = upgrade(payload, where, stored)
         parse_manifest(model, upgraded, where)  # never write what the readers would refuse
         upgrades.append(ManifestUpgrade(parts, where, payload.get("schema_version"), upgraded))
     return upgrades, current
 
 
+def _unreadable(upgrades: list[ManifestUpgrade]) -> dict[str, list[str]]:
+    """Data version -> the tickers an upgraded raw manifest lists without readable bars."""
+    found = {}
+    for change in upgrades:
+        if change.parts[0] == RAW:
+            lost = sorted(t for t, e in change.payload["tickers"].items() if e["path"] is None)
+            if lost:
+                found[change.payload["version"]] = lost
+    return found
+
+
 def migrate(data_root: str, *, dry_run: bool = False) -> Migration:
     """Upgrade every manifest under ``data_root`` in place (``dry_run``: only say which).
 
-    Holds the raw manifest lock, so no ingest extends a manifest while it is rewritten.
+    Holds the raw manifest lock, so no ingest extends a manifest while it is rewritten, and
+    no ``data gc`` removes a partition.
     """
     root = DataRoot(data_root)
     if not root.exists():
         raise MigrationError(f"data root {root.display()} does not exist")
     with root.lock(MANIFEST_LOCK, MANIFEST_LOCK_TIMEOUT_S):
-        upgrades, current = plan_migration(root)
+        legacy = legacy_partitions(root)
+        upgrades, current = plan_migration(root, _stored_partitions(root, legacy))
         if not dry_run:
+            for bars in legacy:  # the copies first: a manifest never points to a missing file
+                if not root.exists(*bars.target.split("/")):
+                    root.write_bytes(root.read_bytes(*bars.parts), *bars.target.split("/"))
             for change in upgrades:
                 root.write_json(change.payload, *change.parts)
-    return Migration(root.display(), upgrades, current, dry_run)
+            for bars in legacy:  # and the old files last, once nothing reads them
+                root.delete(*bars.parts)
+    return Migration(
+        root.display(),
+        upgrades,
+        current,
+        dry_run,
+        [root.display(*bars.parts) for bars in legacy],
+        _unreadable(upgrades),
+    )

@@ -33,7 +33,7 @@ import pandas as pd
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.features import adjusted
-from ray_app.data.ingest import latest_manifest, partition, read_bars
+from ray_app.data.ingest import latest_manifest, read_bars
 from ray_app.data.live_metrics import COLUMNS, METRICS, WINDOWS, write_live_metrics
 from ray_app.data.predictions import read_predictions
 from ray_app.models.metrics import long_short_weights, pearson_ic, rank_ic
@@ -71,9 +71,9 @@ def realised_returns(
     wanted = tickers if tickers is not None else stored
     frames = []
     for ticker in wanted:
-        if not root.exists(*partition(ticker)):
+        if manifest is None or ticker not in manifest.tickers:
             continue
-        px = adjusted(read_bars(root, ticker))
+        px = adjusted(read_bars(root, ticker, manifest))
         days = pd.to_datetime(px["date"]).dt.date
         ret = np.log(px["close"]).diff().shift(-1)
         frame = pd.DataFrame({"ticker": ticker, "feature_date": days, "realised_return": ret})

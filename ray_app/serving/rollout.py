@@ -58,6 +58,10 @@ class RolloutError(RayAppError):
     """A rollout that cannot be planned or applied; the message says which part and why."""
 
 
+class DashboardUnreachableError(RolloutError):
+    """No Ray dashboard answers at the address: no cluster runs there (or not yet)."""
+
+
 @dataclass(frozen=True)
 class ServingState:
     """The application's args and the user_config of each of its deployments."""
@@ -286,7 +290,7 @@ def running_config(address: str, headers: dict[str, str]) -> dict[str, Any] | No
             f"{exc.reason} (token auth: set RAY_AUTH_TOKEN_PATH)"
         ) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise RolloutError(
+        raise DashboardUnreachableError(
             f"cannot reach the Ray dashboard at {address} ({exc}): start the cluster or pass "
             "its address (--address / RAY_DASHBOARD_ADDRESS)"
         ) from None

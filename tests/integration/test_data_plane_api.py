@@ -14,6 +14,7 @@ import redis
 import tests.yf_frames
 from ray_app.core.settings import FeatureSettings, Settings, YahooSettings
 from ray_app.core.storage import DataRoot
+from ray_app.data.catalog import data_status
 from ray_app.data.cross_section import cross_section
 from ray_app.data.feature_store import build_features, check_point_in_time, load_feature_set
 from ray_app.data.features import RANK_TARGET, TARGET, cross_sectional_names
@@ -179,6 +180,6 @@ def test_redis_online_store_answers_like_the_offline_store(
 def test_ingested_partitions_are_a_pandas_dataset(ray_address: str, tmp_path: Path) -> None:
     settings = sample_settings(tmp_path / "pd", tickers=["IBM", "MSFT"])
     result = run_ingest(settings)
-    frame = pd.read_parquet(tmp_path / "pd" / "raw")
+    frame = pd.read_parquet(data_status(settings)["raw"]["files"])
     assert len(frame) == result.manifest.rows if result.manifest else False
     assert sorted(frame["ticker"].astype(str).unique()) == ["IBM", "MSFT"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +14,8 @@ import pandas as pd
 import pytest
 
 from ray_app.core.storage import DataRoot
-from ray_app.data.ingest import latest_manifest, read_manifest, stored_hash
+from ray_app.data.feature_store import check_point_in_time, load_feature_set
+from ray_app.data.ingest import latest_manifest, read_bars, read_manifest
 from tests.integration.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -42,7 +44,7 @@ def test_real_kaggle_bars_are_ingested_and_featurized(
         and feature_set["latest"]
         and feature_set["current"]
     )
-    bars = pd.read_parquet(raw["path"])
+    bars = pd.read_parquet(raw["files"])
     assert len(bars) == raw["rows"] and set(bars["ticker"].astype(str)) == set(raw["tickers"])
     table = pd.read_parquet(feature_set["path"])
     assert len(table) == feature_set["rows"] and "beta_60d" in table.columns
@@ -191,12 +193,12 @@ def test_a_broken_refresh_never_loses_stored_bars(
         "GOOD",
     ]
     assert run_cli(args, ray_address, tmp_path).returncode == 0
-    before = stored_hash(DataRoot(root), "GOOD")
+    before = latest_manifest(DataRoot(root))
     (messy_folder / "GOOD.csv").write_bytes(b"")
     broken = run_cli([*args, "--full-refresh"], ray_address, tmp_path)
     assert broken.returncode == 1 and "GOOD.csv: file is empty" in broken.stdout
-    assert stored_hash(DataRoot(root), "GOOD") == before
-    assert len(pd.read_parquet(Path(root) / "raw" / "ticker=GOOD")) == 80
+    assert latest_manifest(DataRoot(root)) == before
+    assert len(read_bars(DataRoot(root), "GOOD")) == 80
 
 
 def test_two_ingests_at_once_keep_both_tickers(ray_address: str, tmp_path: Path) -> None:
@@ -254,7 +256,7 @@ def test_a_re_adjusted_history_is_refetched(ray_address: str, tmp_path: Path) ->
     after = latest_manifest(DataRoot(root))
     assert before and after and after.parent == before.version
     assert after.tickers["SPLIT"].rows == 80
-    stored = pd.read_parquet(Path(root) / "raw" / "ticker=SPLIT")
+    stored = read_bars(DataRoot(root), "SPLIT")
     assert np.allclose(stored["adj_close"], split["Adj Close"])
 
 
@@ -323,12 +325,12 @@ def test_an_old_data_root_is_refused_until_migrated(ray_address: str, tmp_path: 
 
     refused = run_cli(["features", "--data-root", str(root)], ray_address, tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "no schema version (an older format; this ray-app reads 1)" in refused.stderr
+    assert "no schema version (an older format; this ray-app reads 2)" in refused.stderr
     assert f"run `ray-app migrate --data-root {root}`" in refused.stderr
 
     migrated = run_cli(["migrate", "--data-root", str(root)], ray_address, tmp_path)
     assert migrated.returncode == 0, migrated.stderr
-    assert "2 manifest(s) upgraded to schema version 1, 0 already current" in migrated.stdout
+    assert "2 manifest(s) upgraded to schema version 2, 0 already current" in migrated.stdout
     upgraded = {p: p.read_text() for p in manifests}
     reused = run_cli(["features", "--data-root", str(root)], ray_address, tmp_path)
     assert reused.returncode == 0, reused.stderr
@@ -338,3 +340,39 @@ def test_an_old_data_root_is_refused_until_migrated(ray_address: str, tmp_path: 
     assert again.returncode == 0, again.stderr
     assert "nothing changed" in again.stdout
     assert {p: p.read_text() for p in manifests} == upgraded
+
+
+def test_an_old_data_version_rebuilds_exactly_its_feature_set(
+    ray_address: str, kaggle_dir: Path, tmp_path: Path
+) -> None:
+    """Ingest up to a day, build features, ingest the days after it (the partitions of every
+    ticker change), delete the old feature set and rebuild it with --data-version: the same
+    feature version and the same frame, to the last bit; the point-in-time check of the old
+    set reads the old bars."""
+    root = str(tmp_path / "data")
+    ingest = ["ingest", "--source", "csv", "--path", str(kaggle_dir), "--data-root", root]
+    ingest += ["--tickers", "AIG,CSX,CME", "--start", "2015-01-01"]
+    assert run_cli([*ingest, "--end", "2017-06-30"], ray_address, tmp_path).returncode == 0
+    old = latest_manifest(DataRoot(root))
+    built = run_cli(["features", "--data-root", root], ray_address, tmp_path)
+    assert built.returncode == 0, built.stderr
+    first, manifest = load_feature_set(DataRoot(root), training=False)
+
+    later = run_cli(ingest, ray_address, tmp_path)  # up to the last bar, 2017-11-10
+    assert later.returncode == 0, later.stderr
+    new = latest_manifest(DataRoot(root))
+    assert old and new and new.version != old.version and new.last_date.isoformat() > "2017-11"
+    shutil.rmtree(Path(root) / "features" / manifest.version)
+
+    rebuilt = run_cli(
+        ["features", "--data-root", root, "--data-version", old.version], ray_address, tmp_path
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"feature set {manifest.version}: " in " ".join(rebuilt.stdout.split())
+    again, again_manifest = load_feature_set(DataRoot(root), manifest.version, training=False)
+    assert again_manifest.data_version == old.version and again["date"].max() < pd.Timestamp(
+        "2017-07-01"
+    )
+    pd.testing.assert_frame_equal(again, first)
+    audit = check_point_in_time(DataRoot(root), manifest.version, sorted(manifest.tickers))
+    assert [c.mismatched for c in audit] == [0, 0, 0]

@@ -34,7 +34,7 @@ from ray_app.core.api_keys import hash_api_key, new_api_key
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import build_features
-from ray_app.data.ingest import run_ingest
+from ray_app.data.ingest import read_bars, run_ingest
 from ray_app.data.predictions import COLUMNS, read_predictions
 from ray_app.models.families import TrainedModel, get
 from ray_app.models.families._torch import TorchFamily, TorchParams
@@ -812,7 +812,7 @@ def test_precomputed_predictions_equal_the_per_request_ones(
 
 def raw_returns(root: Path, ticker: str) -> pd.Series:
     """The next-day log return of ``ticker`` per date, straight from its raw bars."""
-    bars = pd.read_parquet(root / "raw" / f"ticker={ticker}" / "bars.parquet")
+    bars = read_bars(DataRoot(str(root)), ticker)
     close = bars["adj_close"].to_numpy()
     nxt = np.append(close[1:], np.nan)
     return pd.Series(np.log(nxt / close), index=pd.to_datetime(bars["date"]).dt.date)

@@ -183,7 +183,7 @@ def build_without_ray(root: Path, spec: FeatureSettings) -> str:
         data_root, source, [ingest_ticker(j, source, settings.ingest, data_root) for j in jobs]
     )
     plan = plan_build(settings, None)
-    rows = [featurize_ticker(t, e.hash, plan, None) for t, e in sorted(plan.raw.tickers.items())]
+    rows = [featurize_ticker(t, plan, None) for t in sorted(plan.raw.tickers)]
     stored = pd.concat(
         [
             data_root.read_parquet(*partition(plan.version, t)).assign(ticker=t)

@@ -50,7 +50,7 @@ def test_the_data_root_refuses_paths_outside_it(tmp_path: Path, parts: tuple[str
 def test_a_source_ticker_that_cannot_name_a_folder_fails_alone(tmp_path: Path) -> None:
     settings = Settings(data_root=str(tmp_path / "data"), ingest={"source": "sample"})
     root = DataRoot(settings.data_root)
-    row = ingest_ticker(TickerJob(ESCAPE, None), SampleSource(), settings.ingest, root)
+    row = ingest_ticker(TickerJob(ESCAPE, None, None), SampleSource(), settings.ingest, root)
     assert row["status"] == "failed" and "is not a ticker" in row["reason"]
     assert not (tmp_path / "ESCAPED").exists() and not list(tmp_path.rglob("*.parquet"))
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from ray_app.core.settings import Settings
-from ray_app.core.storage import DataRoot
+from ray_app.core.storage import DataRoot, frame_hash
 from ray_app.data import ingest
 from ray_app.data.ingest import (
     ingest_ticker,
@@ -27,15 +27,20 @@ from ray_app.data.manifests import RawManifest
 from ray_app.data.sources import PRICE_COLUMNS, Fetched, SampleSource, TickerError, clip_range
 
 
-def summary_row(ticker: str) -> dict[str, Any]:
-    """A summary row as an ingest task returns it for a newly stored ticker."""
+def summary_row(root: DataRoot, ticker: str) -> dict[str, Any]:
+    """A summary row as an ingest task returns it for a newly stored ticker, whose three bars
+    it stores as that task does."""
+    bars = history(3)
+    digest = frame_hash(bars)
+    root.write_parquet(bars, *ingest.partition(ticker, digest).split("/"), metadata={})
     return {
         "ticker": ticker,
         "status": "ok",
         "rows": 3,
         "first_date": "2024-01-02",
         "last_date": "2024-01-04",
-        "hash": f"hash-of-{ticker}",
+        "hash": digest,
+        "path": ingest.partition(ticker, digest),
     }
 
 
@@ -47,7 +52,7 @@ def test_interleaved_manifest_writers_keep_both_tickers(
     overwrites it with AAPL's, from a stale read: IBM is lost. With it, the second waits."""
     root = DataRoot(str(tmp_path))
     other = threading.Thread(
-        target=record_manifest, args=(root, SampleSource(), [summary_row("IBM")])
+        target=record_manifest, args=(root, SampleSource(), [summary_row(root, "IBM")])
     )
 
     def read_then_let_the_other_writer_in(where: DataRoot) -> dict[str, Any] | None:
@@ -58,7 +63,7 @@ def test_interleaved_manifest_writers_keep_both_tickers(
         return previous
 
     monkeypatch.setattr(ingest, "latest_manifest", read_then_let_the_other_writer_in)
-    record_manifest(root, SampleSource(), [summary_row("AAPL")])
+    record_manifest(root, SampleSource(), [summary_row(root, "AAPL")])
     other.join()
     manifest = latest_manifest(root)
     assert manifest is not None and sorted(manifest.tickers) == ["AAPL", "IBM"]
@@ -180,3 +185,42 @@ def test_a_failed_refetch_keeps_the_stored_bars_and_the_other_tickers(tmp_path: 
     assert after.tickers["AAA"] == before.tickers["AAA"]
     assert len(read_bars(DataRoot(str(tmp_path)), "AAA")) == 30
     assert rows["BBB"]["status"] == "ok"
+
+
+def test_every_version_stays_readable_after_later_ingests(tmp_path: Path) -> None:
+    """Partitions are content addressed and never overwritten: the first version's bars read
+    back as they were after a refetch and an append changed both tickers."""
+    root = DataRoot(str(tmp_path))
+    source = Revising({"AAA": history(seed=1), "BBB": history(seed=2)})
+    _, first = ingest_locally(tmp_path, source, DAY_ONE)
+    stored = {t: read_bars(root, t) for t in first.tickers}
+    files = {p: p.read_bytes() for p in tmp_path.glob("raw/ticker=*/*.parquet")}
+    source.bars["AAA"] = adjusted(source.bars["AAA"], 0.5)
+    _, second = ingest_locally(tmp_path, source, DAY_TWO)
+
+    assert {p: p.read_bytes() for p in files} == files  # not one byte rewritten
+    for ticker, bars in stored.items():
+        pd.testing.assert_frame_equal(read_bars(root, ticker, first), bars)
+        assert len(read_bars(root, ticker, second)) == 40
+        assert first.tickers[ticker].path == ingest.partition(ticker, first.tickers[ticker].hash)
+    assert len(list(tmp_path.glob("raw/ticker=*/*.parquet"))) == 4
+    assert latest_manifest(root) == second
+
+
+def test_an_ingest_whose_partition_vanished_keeps_the_previous_entry(tmp_path: Path) -> None:
+    """A ``data gc`` between a task's write and the manifest removed the file as unreferenced:
+    the ticker fails with the reason, and the new version never points at a missing file."""
+    root = DataRoot(str(tmp_path))
+    source = Revising({"AAA": history(seed=1), "BBB": history(seed=2)})
+    _, before = ingest_locally(tmp_path, source, DAY_ONE)
+    settings = Settings(data_root=str(tmp_path), ingest={"end": DAY_TWO})
+    jobs = plan_jobs(settings, source, root, full_refresh=False)
+    rows = [ingest_ticker(job, source, settings.ingest, root) for job in jobs]
+    root.delete(*rows[0]["path"].split("/"))
+    after, _ = record_manifest(root, source, rows)
+    assert (
+        rows[0]["status"] == "failed"
+        and "was removed (by `ray-app data gc`)" in (rows[0]["reason"])
+    )
+    assert after is not None and after.tickers["AAA"] == before.tickers["AAA"]
+    assert after.tickers["BBB"].rows == 40
