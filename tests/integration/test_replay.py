@@ -199,4 +199,8 @@ def test_live_metrics_equal_metrics_from_the_raw_bars(replayed: Any) -> None:
     for row in scored.itertuples():
         expected = daily.loc[(row.variant, row.day)]
         for name in ("rank_ic", "ic", "mae", "directional_accuracy"):
-            assert getattr(row, name) == pytest.approx(expected[name], abs=1e-9), (row, name)
+            # rel 1e-6: a ticker-day answered twice (served and shadowed) may come once from
+            # the precomputed table and once live, float32 networks rounding the last bits
+            # differently in a batch of the whole table
+            close = pytest.approx(expected[name], rel=1e-6, abs=1e-9)
+            assert getattr(row, name) == close, (row, name)
