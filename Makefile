@@ -59,9 +59,13 @@ cluster-up: $(STAMP)
 cluster-down: $(STAMP)
 	$(BIN)/ray-app cluster down --config $(CONFIG)
 
-## test: the whole suite (unit, infra, integration and end-to-end on real Ray, MLflow, Redis)
+## test: the whole suite (unit, infra, integration and end-to-end on real Ray, MLflow, Redis).
+## Unit and infra tests need no Ray and share nothing, so two xdist workers run them; the
+## integration and end-to-end tests share one Ray head and run in one process, as their
+## timings (the chaos tests) are measured on an otherwise quiet machine.
 test: $(STAMP) tools-checkov tools-helm
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 tests/unit tests/infra
+	$(BIN)/python -m pytest tests/integration tests/e2e
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
