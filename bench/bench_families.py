@@ -20,9 +20,10 @@ What it does, in one run:
    long-short Sharpe after costs, and the quality gate's verdict against the baselines
    (zero, persistence, ridge and the three factors, printed once) with no champion;
 4. times each family's first table as a variant builds it: ``ServedModel`` (the predictor
-   built once) and ``score_frames`` over every ticker of the feature set, one torch thread
-   (as in a variant replica), LightGBM predicting on one thread; ``--repeats`` rounds, the
-   families in turn within each round, medians reported, and the ratio to the MLP's.
+   built once) and ``score_frames`` over every ticker of the feature set: the torch
+   families in NumPy (as in a variant replica), LightGBM predicting on one thread;
+   ``--repeats`` rounds, the families in turn within each round, medians reported, and the
+   ratio to the MLP's.
 
 Target: LightGBM's first table / MLP's first table <= 1.0 (exit status 1 when it is not).
 
@@ -39,7 +40,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from bench_data import load_note, pandas_features, pandas_ingest
 
 from ray_app.core.settings import Settings, load_settings
@@ -164,7 +164,6 @@ def main() -> None:
         train_s[kind] = time.perf_counter() - t0
         quality[kind] = holdout_scores(settings, data, trained[kind])
     print_quality(settings, quality, train_s)
-    torch.set_num_threads(1)  # as a variant replica does
     table = FeatureTable.load(settings)
     times: dict[str, list[float]] = {kind: [] for kind in args.families}
     rows = {}

@@ -78,7 +78,6 @@ from typing import Any
 import mlflow
 import numpy as np
 import requests
-import torch
 import yaml
 from bench_data import OUT, fresh_root, load_note, local_ray, write_universe
 from fastapi import FastAPI, HTTPException
@@ -194,7 +193,6 @@ def request_lines(settings: Settings, mix: str, seed: int) -> list[str]:
 
 def plain_api(settings: Settings) -> FastAPI:
     """The obvious server: one process, the champion and the feature table in memory."""
-    torch.set_num_threads(1)
     version = registry.resolve_version(settings, "champion")
     trained = registry.load_version(settings, version)
     model = ServedModel(settings.mlflow.model_name, version, trained)

@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 from ray import serve
 
 from ray_app.core.secrets import redact_uris
@@ -53,7 +52,6 @@ class Variant:
     """One model variant; deployed once per ``VariantSpec`` under the variant's name."""
 
     def __init__(self, name: str, args: ServeArgs) -> None:
-        torch.set_num_threads(1)  # replicas share the machine's cores; threads only contend
         # Models load from weights and JSON (``TrainedModel.load``); should any MLflow flavour
         # be asked to unpickle here, MLflow refuses (it reads this at every load).
         os.environ[PICKLES] = "false"

@@ -25,7 +25,7 @@ def weights_file(settings: Settings, version: int) -> Path:  # noqa: F811
     name = settings.mlflow.model_name
     source = mlflow.MlflowClient().get_model_version(name, str(version)).source
     location = mlflow.get_logged_model(source.removeprefix("models:/")).artifact_location
-    path = Path(urlparse(location).path) / "artifacts" / "model" / "weights.pt"
+    path = Path(urlparse(location).path) / "artifacts" / "model" / "weights.npz"
     assert path.is_file() and path.is_relative_to(settings.data_root), path
     return path
 
@@ -36,12 +36,12 @@ def test_registration_hashes_the_files_and_a_changed_file_is_refused(
 ) -> None:
     version = register(settings, data, seed=0)
     tags = mlflow.MlflowClient().get_model_version(settings.mlflow.model_name, str(version)).tags
-    assert {f"{HASH_TAG}weights.pt", f"{HASH_TAG}model.json"} <= set(tags)
+    assert {f"{HASH_TAG}weights.npz", f"{HASH_TAG}model.json"} <= set(tags)
     assert load_version(settings, version).columns == data.columns
 
     path = weights_file(settings, version)
     path.write_bytes(path.read_bytes() + b"\0")
-    with pytest.raises(ModelIntegrityError, match=r"file\(s\) weights.pt do not match"):
+    with pytest.raises(ModelIntegrityError, match=r"file\(s\) weights.npz do not match"):
         load_version(settings, version)
     result = run_cli(["models", "verify", "--data-root", settings.data_root], "", Path.cwd())
     assert result.returncode == 1 and f"version {version}: mismatch" in result.stdout
@@ -54,7 +54,7 @@ def test_an_unhashed_version_is_refused_until_an_operator_backfills_it(
     version = register(settings, data, seed=1)
     client = mlflow.MlflowClient()
     name = settings.mlflow.model_name
-    for key in ("weights.pt", "model.json"):  # as registered before hashes were recorded
+    for key in ("weights.npz", "model.json"):  # as registered before hashes were recorded
         client.delete_model_version_tag(name, str(version), f"{HASH_TAG}{key}")
     with pytest.raises(ModelIntegrityError, match="no file hashes"):
         load_version(settings, version)

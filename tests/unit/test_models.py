@@ -28,9 +28,8 @@ from ray_app.models.families import (
     search_spaces,
     spec,
 )
-from ray_app.models.families._torch import (
-    TorchFamily,
-    TorchParams,
+from ray_app.models.families._torch import LEGACY_WEIGHTS_FILE, TorchFamily, TorchParams, as_arrays
+from ray_app.models.families._torch_fit import (
     evaluate_loss,
     fit_epoch,
     make_loader,
@@ -179,6 +178,57 @@ def test_build_model_is_seeded_and_predicts_one_value_per_input(kind: str, shape
     np.testing.assert_array_equal(out, 0.0)  # untrained, it is the zero forecast
     with pytest.raises(ValueError, match="n_features"):
         family.build(0, hp)
+
+
+@pytest.mark.parametrize(
+    ("kind", "layers", "window"), [("mlp", 1, 1), ("mlp", 3, 1), ("gru", 1, 6), ("gru", 2, 6)]
+)
+def test_the_numpy_forward_computes_what_the_torch_module_does(
+    kind: str, layers: int, window: int
+) -> None:
+    """Serving predicts through the family's NumPy ``forward``: it must equal the trained
+    module's output (eval mode) on random weights, every layer and gate exercised."""
+    hp = TorchParams(hidden_size=16, num_layers=layers, dropout=0.3, window=window)
+    family = torch_family(kind)
+    module = family.build(5, hp, seed=3)
+    torch.manual_seed(0)
+    module.load_state_dict({k: torch.randn_like(v) for k, v in module.state_dict().items()})
+    x = np.random.default_rng(1).normal(size=(64, window, 5)).astype(np.float32)
+    expected = predict(module, x)
+    got = family.forward(as_arrays(module.state_dict()), hp, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(expected).mean() > 0.1  # not the zero-started head
+
+
+def test_a_version_saved_as_weights_pt_still_loads(tmp_path: Path) -> None:
+    """Versions registered before ``weights.npz`` hold torch's ``weights.pt``."""
+    frame = panel(n_days=60)
+    model, _ = fit("mlp", frame, np.ones(len(frame), bool), TorchParams(hidden_size=4, epochs=1))
+    model.save(tmp_path)
+    state = {k: torch.from_numpy(v) for k, v in as_arrays(model.weights).items()}
+    torch.save(state, tmp_path / LEGACY_WEIGHTS_FILE)
+    (tmp_path / "weights.npz").unlink()
+    loaded = TrainedModel.load(tmp_path)
+    pd.testing.assert_frame_equal(loaded.predict_frame(frame), model.predict_frame(frame))
+
+
+def test_serving_a_torch_family_never_imports_torch(tmp_path: Path) -> None:
+    """What a variant replica does on a restart (its module, then a model from the node's
+    cache, then a prediction), in a fresh process: torch stays out of it."""
+    frame = panel(n_days=30)
+    model, _ = fit(
+        "gru", frame, np.ones(len(frame), bool), TorchParams(hidden_size=4, epochs=1, window=3)
+    )
+    model.save(tmp_path)
+    code = (
+        "import sys, numpy as np; import ray_app.serving.variant; "
+        "from ray_app.models.families import TrainedModel; "
+        f"m = TrainedModel.load(__import__('pathlib').Path({str(tmp_path)!r})); "
+        "print(m.predictor()(np.zeros((2, 3, len(m.columns)), np.float32)).shape, "
+        "'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["(2,)", "False"], out.stderr
 
 
 def test_scaler_statistics_round_trip_and_constant_columns() -> None:
@@ -340,7 +390,7 @@ def test_every_family_saves_data_not_pickles_and_loads_the_same_predictions(
     model, _ = fit(kind, frame, train, params)
     model.save(tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["model.json", "model.txt" if kind == "lightgbm" else "weights.pt"]
+    assert files == ["model.json", "model.txt" if kind == "lightgbm" else "weights.npz"]
     if kind == "lightgbm":
         assert (tmp_path / "model.txt").read_text().startswith("tree\n")  # LightGBM's text
     loaded = TrainedModel.load(tmp_path)

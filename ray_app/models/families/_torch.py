@@ -1,25 +1,26 @@
-"""What the PyTorch families share: hyperparameters, the epoch loop with early stopping, and
-weights saved as tensors; no Ray.
+"""What the PyTorch families share, without importing torch: hyperparameters, the search
+space, the weights on disk and the forward pass that serves them.
 
-A torch family (``mlp``, ``gru``) only says which ``nn.Module`` it builds and how wide its
-window is; ``TorchFamily`` does the rest. The loop reports each epoch (with its state, the
-best epoch's weights included) through a ``LoopSession``: Ray Train checkpoints it so an
-interrupted run resumes where it stopped, Tune trials report it to the scheduler.
+A torch family (``mlp``, ``gru``) says which ``nn.Module`` it trains (``module``, built with
+torch, which only training imports: ``_torch_fit``) and how that module's forward pass runs
+on its weights in NumPy (``forward``). Serving, evaluation and the registry predict through
+``forward``: a variant replica that restarts after a crash then imports no torch, which was
+more than half of the time before it answered again. A unit test holds each family's
+``forward`` to its module's output.
+
+Weights are saved as a NumPy ``.npz`` of the state dict's arrays (read with pickles
+refused); versions registered before hold ``weights.pt``, which still load, through torch.
 """
 
 from __future__ import annotations
 
-import copy
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from ray_app.core.settings import SearchDimension
 from ray_app.models.families._family import (
@@ -32,8 +33,12 @@ from ray_app.models.families._family import (
     TrainedModel,
 )
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-WEIGHTS_FILE = "weights.pt"
+if TYPE_CHECKING:
+    from torch import nn
+
+WEIGHTS_FILE = "weights.npz"
+LEGACY_WEIGHTS_FILE = "weights.pt"  # torch.save of the state dict, before weights.npz
+Weights = Mapping[str, np.ndarray]
 
 
 class TorchParams(BaseModel):
@@ -67,83 +72,21 @@ def torch_space() -> dict[str, SearchDimension]:
     }
 
 
-def zero_start(layer: nn.Linear) -> nn.Linear:
-    """Zero the output layer, so an untrained model predicts 0 (the random-walk forecast):
-    daily log returns are ~0.01, and a default-initialised head starts ~10x off and spends
-    its first epochs only shrinking its outputs."""
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
+def as_arrays(weights: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A state dict as float32 NumPy arrays: tensors (fresh from training) or arrays (loaded)."""
+    return {
+        k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=np.float32)
+        for k, v in weights.items()
+    }
 
 
-def as_tensor(a: np.ndarray) -> torch.Tensor:
-    """A float32 tensor sharing ``a``'s memory when it can; copies read-only arrays (pandas
-    hands those out under copy-on-write), which torch refuses to share."""
-    return torch.from_numpy(np.require(a, dtype=np.float32, requirements=["W"]))
+def linear(x: np.ndarray, weights: Weights, name: str) -> np.ndarray:
+    """``nn.Linear`` called ``name`` applied to ``x``."""
+    return x @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
 
 
-def make_loader(
-    x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0
-) -> DataLoader[Any]:
-    """Batches of float32 tensors; shuffled (within the training window only) by its own
-    seeded generator, so the order is the same on every run."""
-    dataset = TensorDataset(as_tensor(x), as_tensor(y))
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-
-def make_optimizer(model: nn.Module, hparams: TorchParams) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def fit_epoch(
-    model: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer, loss_fn: LossFn
-) -> float:
-    """One pass over ``loader``; the mean training loss per sample."""
-    model.train()
-    device, total, count = _device(model), 0.0, 0
-    for xb, yb in loader:
-        xb, yb = xb.to(device), yb.to(device)
-        optimizer.zero_grad()
-        loss = loss_fn(model(xb), yb)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(yb)
-        count += len(yb)
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def evaluate_loss(model: nn.Module, loader: DataLoader[Any], loss_fn: LossFn) -> float:
-    """The mean loss per sample over ``loader``, dropout off and no gradients."""
-    model.eval()
-    device, total, count = _device(model), 0.0, 0
-    for xb, yb in loader:
-        xb, yb = xb.to(device), yb.to(device)
-        total += loss_fn(model(xb), yb).item() * len(yb)
-        count += len(yb)
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-    """Predicted log returns for the windows in ``x``, as float64."""
-    model.eval()
-    device = _device(model)
-    tensor = as_tensor(x)
-    starts = range(0, len(tensor), batch_size)
-    parts = [model(tensor[i : i + batch_size].to(device)).cpu() for i in starts]
-    return torch.cat(parts).numpy().astype(np.float64) if parts else np.empty(0)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside a DistributedDataParallel wrapper (or the model itself)."""
-    inner = getattr(model, "module", model)
-    return inner if isinstance(inner, nn.Module) else model
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # no overflow warning for large negative x
 
 
 class TorchFamily(Family):
@@ -156,22 +99,24 @@ class TorchFamily(Family):
 
     @abstractmethod
     def module(self, n_features: int, params: TorchParams) -> nn.Module:
-        """A freshly initialised module (under the caller's seed)."""
+        """A freshly initialised module (under the caller's seed); imports torch."""
+
+    @abstractmethod
+    def forward(self, weights: Weights, params: TorchParams, x: np.ndarray) -> np.ndarray:
+        """What ``module``'s ``forward`` computes in eval mode, in NumPy: one prediction per
+        window of ``x`` (rows, window, features)."""
 
     def build(self, n_features: int, params: TorchParams, seed: int = 0) -> nn.Module:
         """A freshly initialised model; the same seed gives the same weights, leaving torch's
         global random state untouched."""
-        if n_features < 1:
-            raise ValueError(f"n_features must be at least 1, got {n_features}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.module(n_features, params)
+        from ray_app.models.families._torch_fit import build
+
+        return build(self, n_features, params, seed)
 
     def fit(
         self, arrays: Arrays, params: TorchParams, config: FitConfig, session: LoopSession
     ) -> FitResult:
-        state = self.train_loop(arrays, params, config, session)
-        return self.result(state)
+        return self.result(self.train_loop(arrays, params, config, session))
 
     @staticmethod
     def result(state: dict[str, Any]) -> FitResult:
@@ -182,68 +127,27 @@ class TorchFamily(Family):
     def train_loop(
         self, arrays: Arrays, params: TorchParams, config: FitConfig, session: LoopSession
     ) -> dict[str, Any]:
-        """Epochs with early stopping on validation loss; returns the last state (the best
-        epoch's weights under ``best_state``).
+        """Epochs with early stopping on validation loss (``_torch_fit.train_loop``)."""
+        from ray_app.models.families._torch_fit import train_loop
 
-        Each data-parallel worker trains on its own shard of the training rows; validation is
-        measured on all of them. Without validation rows the training loss stands in.
-        """
-        torch.set_num_threads(config.threads)
-        torch.manual_seed(config.seed + session.rank)
-        shard = slice(session.rank, None, session.world)
-        model = session.prepare(self.build(arrays.x_train.shape[-1], params, seed=config.seed))
-        optimizer, loss_fn = make_optimizer(model, params), nn.MSELoss()
-        val_loader = make_loader(arrays.x_val, arrays.y_val, 8192, shuffle=False)
-        state = session.restore() or {
-            "epoch": 0,
-            "best_loss": float("inf"),
-            "best_epoch": 0,
-            "bad": 0,
-            "history": [],
-        }
-        if "model" in state:
-            _unwrap(model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        while state["epoch"] < params.epochs and state["bad"] < config.patience:
-            loader = make_loader(
-                arrays.x_train[shard],
-                arrays.y_train[shard],
-                params.batch_size,
-                shuffle=True,
-                seed=config.seed + state["epoch"],
-            )
-            train_loss = fit_epoch(model, loader, optimizer, loss_fn)
-            has_val = len(arrays.y_val) > 0
-            val_loss = evaluate_loss(model, val_loader, loss_fn) if has_val else train_loss
-            state["epoch"] += 1
-            if val_loss < state["best_loss"]:
-                best = copy.deepcopy(_unwrap(model).state_dict())
-                state.update(best_loss=val_loss, best_epoch=state["epoch"], bad=0, best_state=best)
-            else:
-                state["bad"] += 1
-            state.update(model=_unwrap(model).state_dict(), optimizer=optimizer.state_dict())
-            metrics = {
-                "epoch": state["epoch"],
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "best_val_loss": state["best_loss"],
-                "best_epoch": state["best_epoch"],
-            }
-            state["history"].append(metrics)
-            session.report(metrics, state)
-        return state
+        return train_loop(self, arrays, params, config, session)
 
     def predictor(self, model: TrainedModel) -> Predict:
-        module = self.build(len(model.columns), model.hparams)  # type: ignore[arg-type]
-        module.load_state_dict(model.weights)
-        module.eval()
-        return lambda x: predict(module, x)
+        weights, params = as_arrays(model.weights), model.hparams
+        assert isinstance(params, TorchParams)
+        return lambda x: self.forward(weights, params, np.asarray(x, np.float32)).astype(np.float64)
 
     def save_weights(self, weights: Any, folder: Path) -> None:
-        torch.save(weights, folder / WEIGHTS_FILE)
+        np.savez(folder / WEIGHTS_FILE, **as_arrays(weights))
 
     def load_weights(self, folder: Path) -> Any:
-        return torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        if not (folder / WEIGHTS_FILE).is_file() and (folder / LEGACY_WEIGHTS_FILE).is_file():
+            import torch  # a version registered before weights.npz
+
+            state = torch.load(folder / LEGACY_WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            return as_arrays(state)
+        with np.load(folder / WEIGHTS_FILE, allow_pickle=False) as saved:
+            return {k: saved[k] for k in saved.files}
 
     def fixed_length(self, params: TorchParams, best_epoch: int) -> TorchParams:
         return params.model_copy(update={"epochs": max(1, best_epoch)})

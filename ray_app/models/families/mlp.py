@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ray_app.models.families._family import register
-from ray_app.models.families._torch import TorchFamily, TorchParams, zero_start
+from ray_app.models.families._torch import TorchFamily, TorchParams, Weights, linear
 
-
-class MLP(nn.Module):
-    """Feed-forward net on one feature vector -> one predicted log return; reads the last row
-    of each (rows, window, features) input."""
-
-    def __init__(self, n_features: int, hidden_size: int, num_layers: int, dropout: float):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = n_features
-        for _ in range(num_layers):
-            layers += [nn.Linear(width, hidden_size), nn.ReLU(), nn.Dropout(dropout)]
-            width = hidden_size
-        layers.append(zero_start(nn.Linear(width, 1)))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x[:, -1] if x.dim() == 3 else x).squeeze(-1)
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class MlpFamily(TorchFamily):
@@ -34,7 +20,25 @@ class MlpFamily(TorchFamily):
         return 1
 
     def module(self, n_features: int, params: TorchParams) -> nn.Module:
-        return MLP(n_features, params.hidden_size, params.num_layers, params.dropout)
+        """``num_layers`` of Linear, ReLU and Dropout, then a zero-started Linear to one
+        predicted log return, on each input's last row."""
+        from torch import nn
+
+        from ray_app.models.families._torch_fit import LastRow, zero_start
+
+        layers: list[nn.Module] = []
+        width = n_features
+        for _ in range(params.num_layers):
+            layers += [nn.Linear(width, params.hidden_size), nn.ReLU(), nn.Dropout(params.dropout)]
+            width = params.hidden_size
+        layers.append(zero_start(nn.Linear(width, 1)))
+        return LastRow(nn.Sequential(*layers))
+
+    def forward(self, weights: Weights, params: TorchParams, x: np.ndarray) -> np.ndarray:
+        h = x[:, -1]
+        for layer in range(params.num_layers):  # net.{3i} is Linear; ReLU and Dropout follow
+            h = np.maximum(linear(h, weights, f"net.{3 * layer}"), 0.0)
+        return linear(h, weights, f"net.{3 * params.num_layers}")[:, 0]
 
 
 FAMILY = register(MlpFamily())
