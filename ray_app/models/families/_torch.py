@@ -138,7 +138,7 @@ class TorchFamily(Family):
         return lambda x: self.forward(weights, params, np.asarray(x, np.float32)).astype(np.float64)
 
     def save_weights(self, weights: Any, folder: Path) -> None:
-        np.savez(folder / WEIGHTS_FILE, **as_arrays(weights))
+        np.savez(folder / WEIGHTS_FILE, allow_pickle=False, **as_arrays(weights))
 
     def load_weights(self, folder: Path) -> Any:
         if not (folder / WEIGHTS_FILE).is_file() and (folder / LEGACY_WEIGHTS_FILE).is_file():

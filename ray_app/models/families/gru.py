@@ -46,7 +46,7 @@ class GruFamily(TorchFamily):
                 for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
             }
             inputs = seq @ w["weight_ih"].T + w["bias_ih"]  # every step at once
-            h = np.zeros((len(x), params.hidden_size), np.float32)
+            h: np.ndarray = np.zeros((len(x), params.hidden_size), np.float32)
             steps = []
             for t in range(seq.shape[1]):
                 ir, iz, in_ = np.split(inputs[:, t], 3, axis=1)
