@@ -128,11 +128,13 @@ def replica_pids(dashboard: str, app: str = "ray-app") -> dict[str, list[int]]:
     return pids
 
 
-def kill_replica(dashboard: str, deployment: str) -> int:
-    """``kill -9`` one replica process of ``deployment``; its pid."""
+def kill_replica(dashboard: str, deployment: str) -> tuple[int, float]:
+    """``kill -9`` one replica process of ``deployment``; its pid and when (monotonic) it was
+    killed: after the state API found it, which takes a while on a loaded machine."""
     pid = replica_pids(dashboard)[deployment][0]
+    killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    return pid
+    return pid, killed_at
 
 
 def all_running(expected: dict[str, int], app: str = "ray-app") -> bool:
@@ -148,19 +150,30 @@ def all_running(expected: dict[str, int], app: str = "ray-app") -> bool:
 def recovery_s(
     dashboard: str, expected: dict[str, int], killed: int, since: float, timeout_s: float = 60.0
 ) -> float:
-    """Seconds from ``since`` (monotonic) until process ``killed`` is replaced: every
-    deployment has its number of live replica processes, none of them ``killed``, and all
-    RUNNING in ``serve status`` (which says RUNNING for a dead one until Serve notices).
-    Polled every ``POLL_S``, one state-API call each time: the measurement must not take the
-    CPU the replica needs to start (on 2 cores, a call per deployment every 0.1 s did)."""
-    deadline = since + timeout_s
+    """Seconds from ``since`` (monotonic) until process ``killed`` is replaced: ``serve
+    status`` shows every deployment's replicas RUNNING again after it showed the killed one's
+    deployment short of that (it says RUNNING for a dead replica until Serve notices), and the
+    live replica processes are as many as expected, none of them ``killed``.
+
+    ``serve status`` is one call to the controller every ``POLL_S``; the state API (through
+    the dashboard, slow on a loaded machine) only confirms the processes once status says
+    RUNNING, so how long it takes to answer is not counted as recovery, and the measurement
+    leaves the CPU to the replica that is starting."""
+    deadline, noticed = since + timeout_s, False
     while time.monotonic() < deadline:
-        alive = replica_pids(dashboard)
-        replaced = all(
-            len(alive.get(n, [])) == count and killed not in alive[n]
-            for n, count in expected.items()
-        )
-        if replaced and all_running(expected):
-            return time.monotonic() - since
+        running = all_running(expected)
+        at = time.monotonic()
+        noticed = noticed or not running
+        if running and noticed and replaced(dashboard, expected, killed):
+            return at - since
         time.sleep(POLL_S)
     raise TimeoutError(f"replicas not all RUNNING within {timeout_s}s: {expected}")
+
+
+def replaced(dashboard: str, expected: dict[str, int], killed: int) -> bool:
+    """Whether every deployment has its number of live replica processes, none ``killed``."""
+    alive = replica_pids(dashboard)
+    return all(
+        len(alive.get(name, [])) == count and killed not in alive[name]
+        for name, count in expected.items()
+    )
