@@ -232,9 +232,8 @@ def pandas_ingest(settings: Settings, source: CsvSource) -> list[str]:
 def pandas_features(settings: Settings) -> list[str]:
     """What ``build_features`` does, as ``_featurize_batch`` does it, in one batch."""
     plan = fs.plan_build(settings, None)
-    index_bars = read_bars(plan.root, plan.index_ticker) if plan.index_ticker else None
-    tickers = sorted(plan.raw.tickers.items())
-    rows = [fs.featurize_ticker(t, e.hash, plan, index_bars) for t, e in tickers]
+    index_bars = read_bars(plan.root, plan.index_ticker, plan.raw) if plan.index_ticker else None
+    rows = [fs.featurize_ticker(t, plan, index_bars) for t in sorted(plan.raw.tickers)]
     fs.record_feature_set(plan, rows)
     return [r["ticker"] for r in rows if r["status"] == "failed"]
 
