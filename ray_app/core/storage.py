@@ -131,8 +131,17 @@ class DataRoot:
         self.write_table(table.replace_schema_metadata(merged), *parts)
 
     def write_table(self, table: pa.Table, *parts: str) -> None:
-        """Atomically write an Arrow ``table`` as it is (its schema, its metadata)."""
-        self._commit(self.path(*parts), lambda p: pq.write_table(table, p, filesystem=self.fs))
+        """Atomically write an Arrow ``table`` as it is (its schema, its metadata).
+
+        Only text columns are dictionary-encoded: prices and features rarely repeat, so a
+        dictionary for them is built and thrown away, which made writing a feature partition
+        2.5x slower and its file larger.
+        """
+        text = [f.name for f in table.schema if _repeats(f.type)]
+        self._commit(
+            self.path(*parts),
+            lambda p: pq.write_table(table, p, filesystem=self.fs, use_dictionary=text),
+        )
 
     def read_metadata(self, *parts: str) -> dict[str, str]:
         """The key/value metadata in a Parquet file's schema (reads the footer only)."""
@@ -280,3 +289,10 @@ def combine_hashes(parts: dict[str, str]) -> str:
     """One hash over named hashes, independent of dict order."""
     joined = "\n".join(f"{k}:{parts[k]}" for k in sorted(parts))
     return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def _repeats(kind: pa.DataType) -> bool:
+    """Whether a column of this type is worth a dictionary (names, labels, categories)."""
+    return bool(
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind)
+    )

@@ -142,12 +142,15 @@ def spec_hash(spec: FeatureSettings, with_market: bool) -> str:
 
 def adjusted(bars: pd.DataFrame) -> pd.DataFrame:
     """OHLC scaled by the adjustment factor, so splits and dividends are not moves."""
-    factor = bars["adj_close"] / bars["close"]
-    out = pd.DataFrame({"date": bars["date"].to_numpy()})
-    for col in ("open", "high", "low", "close"):
-        out[col] = (bars[col] * factor).to_numpy()
-    out["volume"] = bars["volume"].to_numpy()
-    return out
+    factor = (bars["adj_close"] / bars["close"]).to_numpy()
+    columns = {"date": bars["date"].to_numpy()}
+    columns |= {col: bars[col].to_numpy() * factor for col in ("open", "high", "low", "close")}
+    return pd.DataFrame(columns | {"volume": bars["volume"].to_numpy()})
+
+
+def adjusted_close(bars: pd.DataFrame) -> np.ndarray:
+    """The close of ``adjusted(bars)`` alone (the index needs no other column)."""
+    return bars["close"].to_numpy() * (bars["adj_close"] / bars["close"]).to_numpy()
 
 
 def _rsi(close: pd.Series, window: int) -> pd.Series:
@@ -277,9 +280,11 @@ def _market(
     ``resid_mom_{w}`` (with the Alpha-style set) is the w-day return the index does not
     explain: own w-day log return minus today's beta times the index's.
     """
-    index_px = adjusted(index_bars)[["date", "close"]].rename(columns={"close": "index_close"})
-    joined = pd.merge_asof(px[["date"]], index_px, on="date", direction="backward")
-    log_index = np.log(joined["index_close"])
+    # As of each date: the index's last bar on or before it (merge_asof "backward", done
+    # with searchsorted since both are sorted by date: a tenth of the cost).
+    at = np.searchsorted(index_bars["date"].to_numpy(), px["date"].to_numpy(), side="right") - 1
+    index_close = np.where(at >= 0, adjusted_close(index_bars)[np.maximum(at, 0)], np.nan)
+    log_index = pd.Series(np.log(index_close), index=px.index)
     cols: dict[str, pd.Series] = {}
     for h in spec.return_horizons:
         cols[f"excess_ret_{h}d"] = own[f"ret_{h}d"] - log_index.diff(h)
@@ -327,17 +332,20 @@ def compute_features(
     if index_bars is not None:
         cols.update(_market(px, index_bars, spec, cols))
     names = ticker_feature_names(spec, with_market)
-    frame = pd.DataFrame({name: cols[name].to_numpy(dtype="float64") for name in names})
-    frame = frame.replace([np.inf, -np.inf], np.nan)
-    frame.insert(0, "date", px["date"].to_numpy())
-    frame.insert(0, "ticker", ticker)
+    values = np.column_stack([cols[name].to_numpy(dtype="float64") for name in names])
+    values[np.isinf(values)] = np.nan
     target = np.log(px["close"]).diff().shift(-1)
-    frame[TARGET] = target.to_numpy()
-    frame[TARGET_DIR] = (target > 0).astype("int8").to_numpy()
-    known = target.notna()
+    excess = None
     if index_bars is not None and spec.label == "next_excess_return":
         excess = _excess_target(px, index_bars, target)
-        frame[EXCESS_TARGET] = excess.to_numpy()
-        known &= excess.notna()
-    frame["has_target"] = known.to_numpy()
-    return frame[frame[names].notna().all(axis=1)].reset_index(drop=True)
+    known = target.notna() if excess is None else target.notna() & excess.notna()
+    keep = ~np.isnan(values).any(axis=1)
+    frame = pd.DataFrame(values[keep], columns=names)  # one block: cheap to build and write
+    frame.insert(0, "date", px["date"].to_numpy()[keep])
+    frame.insert(0, "ticker", ticker)
+    frame[TARGET] = target.to_numpy()[keep]
+    frame[TARGET_DIR] = (target > 0).astype("int8").to_numpy()[keep]
+    if excess is not None:
+        frame[EXCESS_TARGET] = excess.to_numpy()[keep]
+    frame["has_target"] = known.to_numpy()[keep]
+    return frame

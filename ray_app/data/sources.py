@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 from tenacity import (
     RetryError,
@@ -90,25 +91,22 @@ def normalise_columns(raw: pd.DataFrame, origin: str, column_map: dict[str, str]
     that validation can report them row by row instead of failing the whole file.
     """
     mapping = {k.lower(): v for k, v in column_map.items()}
-    renamed: dict[str, str] = {}
+    found: dict[str, pd.Series] = {}
     for col in raw.columns:
         key = str(col).strip().lower()
         target = mapping.get(key) or _ALIASES.get(key)
-        if target and target not in renamed.values():
-            renamed[col] = target
-    frame = raw[list(renamed)].rename(columns=renamed)
-    missing = [c for c in BAR_COLUMNS if c not in frame.columns and c != "adj_close"]
+        if target and target not in found:
+            found[target] = raw[col]
+    missing = [c for c in BAR_COLUMNS if c not in found and c != "adj_close"]
     if missing:
         raise TickerError(f"{origin}: missing column(s) {', '.join(missing)}")
-    if "adj_close" not in frame.columns:
-        frame["adj_close"] = frame["close"]
-    frame = frame[BAR_COLUMNS].copy()
+    columns = {"date": _exchange_dates(found["date"]).to_numpy()}
     for col in BAR_COLUMNS[1:]:
-        if frame[col].dtype.kind not in "fi":
-            frame[col] = pd.to_numeric(frame[col], errors="coerce")
-        frame[col] = frame[col].astype("float64")
-    frame["date"] = _exchange_dates(frame["date"])
-    return frame.reset_index(drop=True)
+        values = found.get(col, found["close"])  # no adj_close: the close is unadjusted
+        if values.dtype.kind not in "fi":
+            values = pd.to_numeric(values, errors="coerce")
+        columns[col] = values.to_numpy(dtype="float64", na_value=np.nan)
+    return pd.DataFrame(columns)  # built once: per-column assignment cost more than parsing
 
 
 def _exchange_dates(values: pd.Series) -> pd.Series:
