@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ CHAOS_S = float(os.environ.get("CHAOS_SECONDS", "20"))
 # that the one request a killed ingress may be writing (HAProxy cannot replay an answer that
 # has begun) stays within the 0.01% bound.
 MIN_REQUESTS = 20_000
+QUESTION = {"tickers": ["AAPL", "MSFT"], "as_of": "2012-06-01"}
 
 
 @pytest.fixture(scope="module")
@@ -108,28 +109,48 @@ def versions(settings: Settings, data: TrainingData) -> list[int]:
     return [register(settings, data, seed) for seed in (0, 1)]
 
 
-@pytest.fixture(scope="module")
-def config_path(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository's serve_config.yaml on a free port, reading this module's store."""
-    path = tmp_path_factory.mktemp("serve-config") / "serve_config.yaml"
-    shutil.copy(SERVE_CONFIG, path)
-    config = yaml.safe_load(path.read_text())
+def serve_config_for(settings: Settings, folder: Path, **args: Any) -> Path:
+    """The repository's serve_config.yaml, written into ``folder``, on a free port (HAProxy's
+    own ports too), reading the store of ``settings``; ``args`` go on top of the app's."""
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": free_port()}
     config["controller_options"]["runtime_env"]["env_vars"] = fast_serve_env()
-    args = config["applications"][0]["args"]
-    args.update(data_root=settings.data_root, mlflow_tracking_uri=tracking_uri(settings))
-    args["features_poll_s"] = FEATURES_POLL_S
+    store = {"data_root": settings.data_root, "mlflow_tracking_uri": tracking_uri(settings)}
+    config["applications"][0]["args"].update(store, **args)
+    path = folder / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-@pytest.fixture(scope="module")
-def url(versions: list[int], config_path: Path, ray_head: Head) -> Iterator[str]:
+def http_url(config_path: Path) -> str:
+    """Where the app of the Serve config at ``config_path`` answers."""
+    return f"http://127.0.0.1:{yaml.safe_load(config_path.read_text())['http_options']['port']}"
+
+
+@contextmanager
+def serving(config_path: Path, head: Head) -> Iterator[str]:
+    """`serve deploy` of ``config_path`` on the session's head (which starts Serve with the
+    file's options), its URL, and Serve shut down after, so the next module starts its own."""
     from ray import serve
 
-    deploy(config_path, ray_head.dashboard)  # starts Serve with the file's options
-    yield f"http://127.0.0.1:{yaml.safe_load(config_path.read_text())['http_options']['port']}"
-    serve.shutdown()
+    deploy(config_path, head.dashboard)
+    try:
+        yield http_url(config_path)
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def config_path(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository's serve_config.yaml on a free port, reading this module's store."""
+    folder = tmp_path_factory.mktemp("serve-config")
+    return serve_config_for(settings, folder, features_poll_s=FEATURES_POLL_S)
+
+
+@pytest.fixture(scope="module")
+def url(versions: list[int], config_path: Path, ray_head: Head) -> Iterator[str]:
+    with serving(config_path, ray_head) as url:
+        yield url
 
 
 def signed(head: Head) -> dict[str, str]:
@@ -179,17 +200,23 @@ def test_without_a_champion_nothing_is_served_until_one_is_promoted(
     assert config_path.read_text() == desired  # the desired config is never rewritten
     wait_until(lambda: ready_everywhere(url), 60)
 
-    body = requests.post(
-        f"{url}/v1/predict",
-        json={"tickers": ["AAPL", "MSFT"], "as_of": "2012-06-01"},
-        headers=local_auth(),
-        timeout=10,
-    ).json()
-    assert (body["variant"], body["model_version"]) == ("champion", versions[0])
-    rows = data.frame[data.frame["date"] == pd.Timestamp("2012-06-01")]
-    expected = load_version(settings, versions[0]).predict_frame(rows).set_index("ticker")["pred"]
-    for pred in body["predictions"]:
-        assert pred["predicted_return"] == pytest.approx(expected[pred["ticker"]], rel=1e-5)
+    expected = offline(settings, data, versions[0])
+    answer = requests.post(f"{url}/v1/predict", json=QUESTION, headers=local_auth(), timeout=10)
+    assert answered(answer.json()) == ("champion", versions[0], expected)
+
+
+def offline(settings: Settings, data: TrainingData, version: int) -> object:
+    """What ``version`` of the registry predicts for each of QUESTION's tickers on its day,
+    loaded and run in this process (to float32's precision): what a served answer must be."""
+    rows = data.frame[data.frame["date"] == pd.Timestamp(QUESTION["as_of"])]
+    predicted = load_version(settings, version).predict_frame(rows).set_index("ticker")["pred"]
+    return pytest.approx({t: float(predicted[t]) for t in QUESTION["tickers"]}, rel=1e-5)
+
+
+def answered(body: dict[str, Any]) -> tuple[str, int, dict[str, float]]:
+    """Who answered a prediction (variant, model version) and what it predicted per ticker."""
+    predicted = {p["ticker"]: p["predicted_return"] for p in body["predictions"]}
+    return body["variant"], body["model_version"], predicted
 
 
 def ready_everywhere(url: str) -> bool:
