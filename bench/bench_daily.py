@@ -153,7 +153,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tickers", type=int, default=500, help="SPY included (default 500)")
     parser.add_argument("--years", type=int, default=20, help="years of daily bars (default 20)")
-    parser.add_argument("--smoke", action="store_true", help="quick check: 20 tickers x 6 years (the fewest the default split accepts)")
+    parser.add_argument("--smoke", action="store_true", help="quick check: 20 tickers x 6 years")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray instance")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic universe")
     parser.add_argument("--out", type=Path, default=OUT, help="cache and scratch folder")
