@@ -89,6 +89,7 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py
+	$(BIN)/python bench/bench_daily.py
 	$(BIN)/python bench/bench_tune.py
 	$(BIN)/python bench/bench_families.py
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
