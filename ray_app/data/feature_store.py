@@ -220,14 +220,12 @@ def plan_build(settings: Settings, data_version: str | None) -> FeatureBuildPlan
 
 def stream_featurize(plan: FeatureBuildPlan) -> Iterator[dict[str, Any]]:
     """Build every ticker of ``plan`` in Ray tasks and yield each summary row as it arrives."""
-    import ray.data
+    from ray_app.data.sizing import ticker_blocks
 
-    from ray_app.data.sizing import batch_size_for
-
-    items = [{"ticker": t} for t in sorted(plan.raw.tickers)]
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+    items: list[dict[str, str | None]] = [{"ticker": t} for t in sorted(plan.raw.tickers)]
+    dataset = ticker_blocks(items).map_batches(
         _featurize_batch,  # type: ignore[arg-type]  # Ray types the UDF loosely
-        batch_size=batch_size_for(len(items)),
+        batch_size=None,
         batch_format="pandas",
         fn_kwargs={"plan": plan},
         num_cpus=1,
@@ -299,17 +297,15 @@ def stream_cross_section(plan: FeatureBuildPlan, tickers: list[str]) -> Iterator
     pass has tasks), since Ray Data calls a UDF per group and thousands of one-day calls
     cost far more than the transforms.
     """
-    import ray.data
+    from ray_app.data.sizing import blocks_for, ticker_blocks
 
-    from ray_app.data.sizing import batch_size_for, blocks_for
-
-    items = [{"ticker": t} for t in tickers]
+    items: list[dict[str, str | None]] = [{"ticker": t} for t in tickers]
     groups = blocks_for(len(items))
     dataset = (
-        ray.data.from_items(items, override_num_blocks=len(items))
+        ticker_blocks(items)
         .map_batches(
             _cross_section_inputs,  # type: ignore[arg-type]  # Ray types the UDF loosely
-            batch_size=batch_size_for(len(items)),
+            batch_size=None,
             batch_format="pandas",
             fn_kwargs={"plan": plan, "groups": groups},
             num_cpus=1,

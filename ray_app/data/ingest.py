@@ -396,14 +396,20 @@ def stream_ingest(
     """
     import ray.data
 
-    from ray_app.data.sizing import batch_size_for
+    from ray_app.data.sizing import ticker_blocks
 
     cfg = settings.ingest
     items = [_item(j) for j in jobs]
     cap = cfg.yahoo.max_concurrency if source.name == "yahoo" else None
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+    # Yahoo: one ticker per task, so the capped tasks wait on the network side by side.
+    dataset = (
+        ray.data.from_items(items, override_num_blocks=len(items))
+        if cap is not None
+        else ticker_blocks(items)
+    )
+    dataset = dataset.map_batches(
         _ingest_batch,  # type: ignore[arg-type]  # Ray types the UDF loosely
-        batch_size=batch_size_for(len(items)) if cap is None else 1,
+        batch_size=None if cap is None else 1,
         batch_format="pandas",
         fn_kwargs={"source": source, "cfg": cfg, "root": root},
         concurrency=cap,

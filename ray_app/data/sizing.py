@@ -7,7 +7,10 @@ never imports the layer above it.
 
 from __future__ import annotations
 
-import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ray.data
 
 
 def blocks_for(items: int, per_cpu: int = 4) -> int:
@@ -18,6 +21,13 @@ def blocks_for(items: int, per_cpu: int = 4) -> int:
     return max(1, min(items, cpus * per_cpu))
 
 
-def batch_size_for(items: int, per_cpu: int = 4) -> int:
-    """Items per Ray Data batch, so ``items`` split into ``blocks_for(items)`` tasks."""
-    return max(1, math.ceil(items / blocks_for(items, per_cpu)))
+def ticker_blocks(items: list[dict[str, str | None]]) -> ray.data.Dataset:
+    """A Dataset of ``items`` in ``blocks_for`` blocks: ``map_batches`` with ``batch_size=None``
+    then runs one task per block.
+
+    One block per item would balance no better and cost far more: Ray Data schedules every
+    block, which at 500 tickers took about a second per stage on 2 CPUs against 0.2 s for 8.
+    """
+    import ray.data
+
+    return ray.data.from_items(items, override_num_blocks=blocks_for(len(items)))
