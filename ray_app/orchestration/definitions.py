@@ -12,6 +12,7 @@ each runner materialises the same assets for the same state.
 import datetime as dt
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -42,6 +43,7 @@ class Plan:
     selected: list[dg.AssetKey] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
     fresh: list[dg.AssetKey] = field(default_factory=list)
+    held: list[dg.AssetKey] = field(default_factory=list)  # stale, but the caller held them
     versions: dict[str, str] = field(default_factory=dict)  # data versions of the fresh ones
     order: list[dg.AssetKey] = field(default_factory=list)  # every asset of the job, in order
 
@@ -71,10 +73,18 @@ def _serving_answers(settings: Settings) -> bool:
 
 
 def plan_run(
-    settings: Settings, defs: dg.Definitions, instance: dg.DagsterInstance, force: bool = False
+    settings: Settings,
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    force: bool = False,
+    hold: Collection[str] = (),
 ) -> Plan:
     """Observe the source, then select every stale or missing asset of the job and all
-    assets below those (they will see a new upstream version), in topological order."""
+    assets below those (they will see a new upstream version), in topological order.
+
+    An asset named in ``hold`` is not selected however stale it is, and does not pull in
+    what is below it: a held ``model_release`` must not rerun ``drift`` on every later run
+    while it stays stale (a replay's or a daily run's days without retraining)."""
     observe_source(settings, instance)
     graph = defs.resolve_asset_graph()
     keys = graph.materializable_asset_keys  # the job's selection: every asset but the source
@@ -108,7 +118,7 @@ def plan_run(
             plan.fresh.append(key)
             plan.versions[name] = resolver.get_current_data_version(key).value
             continue
-        plan.selected.append(key)
+        (plan.held if name in hold else plan.selected).append(key)
     return plan
 
 

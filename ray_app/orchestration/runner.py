@@ -101,14 +101,12 @@ def _run(settings: Settings, force: bool, hold: Collection[str]) -> DailyRun:
     """Plan against the persistent instance and execute the selected assets."""
     with open_instance(settings) as instance:
         defs = build_definitions(settings)
-        plan = plan_run(settings, defs, instance, force)
+        plan = plan_run(settings, defs, instance, force, hold)
         fresh = [
             AssetOutcome(name, UP_TO_DATE, version=plan.versions[name])
             for name in (k.to_user_string() for k in plan.fresh)
         ]
-        held = [k for k in plan.selected if k.to_user_string() in hold]
-        plan.selected = [k for k in plan.selected if k not in held]
-        fresh += [AssetOutcome(k.to_user_string(), HELD) for k in held]
+        fresh += [AssetOutcome(k.to_user_string(), HELD) for k in plan.held]
         if not plan.selected:
             return DailyRun(assets=fresh)
         result = defs.resolve_job_def(JOB).execute_in_process(

@@ -169,3 +169,49 @@ def test_dagster_ui_runs_dagster_dev_on_the_pipelines_instance(
     home = (tmp_path / "data" / "dagster").resolve()
     assert env["DAGSTER_HOME"] == str(home) and (home / "dagster.yaml").is_file()
     assert env["RAY_APP_CONFIG_FILE"] == str(config.resolve())
+
+
+def _materialise(
+    instance: dg.DagsterInstance, defs: dg.Definitions, key: str, version: str
+) -> None:
+    """Record ``key`` as made with ``version`` from its parents' current data versions, as a
+    run records it (the tags Dagster's staleness reads), without running anything."""
+    from dagster._core.definitions.data_version import (
+        CODE_VERSION_TAG,
+        DATA_VERSION_TAG,
+        get_input_data_version_tag,
+        get_input_event_pointer_tag,
+    )
+
+    graph = defs.resolve_asset_graph()
+    asset = dg.AssetKey(key)
+    tags = {DATA_VERSION_TAG: version, CODE_VERSION_TAG: graph.get(asset).code_version or ""}
+    for parent in graph.get(asset).parent_keys:
+        record = instance.get_latest_data_version_record(
+            parent, is_source=parent.path == ["bar_source"]
+        )
+        assert record is not None
+        tags[get_input_data_version_tag(parent)] = record.event_log_entry.tags[DATA_VERSION_TAG]
+        tags[get_input_event_pointer_tag(parent)] = str(record.storage_id)
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, tags=tags))
+
+
+def test_a_held_asset_stays_stale_without_rerunning_what_is_below_it(tmp_path: Path) -> None:
+    """A day without retraining holds model_release back; on the next run with nothing new,
+    drift (below it, already run on the new features) must not run again because of it."""
+    settings = csv_settings(tmp_path)
+    settings.pipeline.deploy = False  # a deployment reruns while nothing answers
+    defs = build_definitions(settings)
+    held = {"search", "model_release"}
+    with dg.instance_for_test() as instance:
+        plan_run(settings, defs, instance)  # observes the source
+        for key in [k for k in ASSETS if k not in ("deployment", "signals")]:
+            _materialise(instance, defs, key, "1")
+        assert plan_run(settings, defs, instance).selected == []
+        for key in ("feature_set", "live_metrics", "ab_evidence", "drift"):  # a new day
+            _materialise(instance, defs, key, "2")
+        plan = plan_run(settings, defs, instance, hold=held)
+        assert plan.selected == []
+        assert [k.to_user_string() for k in plan.held] == ["search", "model_release"]
+        unheld = plan_run(settings, defs, instance)
+        assert [k.to_user_string() for k in unheld.selected] == ["search", "model_release", "drift"]
