@@ -22,7 +22,7 @@ What it does, for each universe size (default 100 and 500 tickers, 20 years of X
    2 CPUs, into data root A;
 5. checks that A and B hold the same raw data version and, ticker by ticker, equal feature
    Parquet files, and that each Polars output holds A's tickers, A's raw bars exactly and
-   A's features (same columns and rows, values within rtol 1e-9 and atol 1e-12);
+   A's features (same columns and rows, values within rtol 1e-8 and atol 1e-12);
 6. reports rows per second of each path, the ratios to the Ray path, the driver's peak
    memory, the Polars process's peak RSS and the largest feature difference from Polars.
 
@@ -86,7 +86,12 @@ INDEX = "SPY"
 SPEED_TARGET = 1.5
 POLARS_TARGET = 1.0  # Polars with 2 threads / the Ray path, in seconds
 POLARS_THREADS = (1, 2)
-RTOL, ATOL = 1e-9, 1e-12  # Polars' features against the project's
+# Polars' features against the project's. Not 1e-9: pandas' rolling std (the project's) is
+# an online algorithm that adds and removes values, and its rounding error grows along a
+# series whose level moves. In the 500-ticker universe it is 3.3e-9 relative off a two-pass
+# std (SYN0175's Bollinger std, as its close falls from 404 to 34), where Polars' is within
+# 1e-14. A wrong window, lag or ddof moves values by 1e-3 and more.
+RTOL, ATOL = 1e-8, 1e-12
 MB = 1024 * 1024
 YAHOO_COLUMNS = ["Date", "Open", "High", "Low", "Close", "Adj Close", "Volume"]
 
