@@ -123,7 +123,9 @@ class DataRoot:
 
     def write_parquet(self, frame: pd.DataFrame, *parts: str, metadata: dict[str, str]) -> None:
         """Atomically write ``frame`` (index dropped) with ``metadata`` in the schema."""
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        # One thread: Arrow's per-column pool costs more than it saves on a ticker's frame,
+        # and the data stages already run one task per CPU.
+        table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
         merged = {
             **(table.schema.metadata or {}),
             **{k.encode(): v.encode() for k, v in metadata.items()},

@@ -88,10 +88,20 @@ def calendar_findings(dates: pd.Series, exchange: str) -> tuple[int, int]:
     """(sessions between the first and last date with no bar, weekday bars on no session)."""
     if dates.empty:
         return 0, 0
-    sessions = exchange_sessions(exchange)
-    window = sessions[(sessions >= dates.iloc[0]) & (sessions <= dates.iloc[-1])]
-    known = dates[dates >= sessions[0]]  # the calendar does not reach further back
-    return int((~window.isin(dates)).sum()), int((~known.isin(sessions)).sum())
+    sessions = exchange_sessions(exchange).to_numpy()
+    days = dates.to_numpy(dtype="datetime64[ns]")
+    window = sessions[
+        np.searchsorted(sessions, days[0]) : np.searchsorted(sessions, days[-1], "right")
+    ]
+    known = days[days >= sessions[0]]  # the calendar does not reach further back
+    # Both sides are sorted and without repeats: membership is a binary search, not a hash.
+    return int((~_members(window, days)).sum()), int((~_members(known, sessions)).sum())
+
+
+def _members(values: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is in ``sorted_pool`` (sorted ascending, not empty)."""
+    at = np.searchsorted(sorted_pool, values).clip(max=len(sorted_pool) - 1)
+    return np.asarray(sorted_pool[at] == values)
 
 
 def check_calendar(bars: pd.DataFrame, cfg: IngestSettings, report: ValidationReport) -> None:
