@@ -394,7 +394,6 @@ def stream_ingest(
     Ray Data retries a task whose worker died; failures inside a task are summary rows.
     Yahoo jobs run one ticker per task, at most ``max_concurrency`` at a time cluster-wide.
     """
-    import ray.data
 
     from ray_app.data.sizing import ticker_blocks
 
@@ -402,11 +401,7 @@ def stream_ingest(
     items = [_item(j) for j in jobs]
     cap = cfg.yahoo.max_concurrency if source.name == "yahoo" else None
     # Yahoo: one ticker per task, so the capped tasks wait on the network side by side.
-    dataset = (
-        ray.data.from_items(items, override_num_blocks=len(items))
-        if cap is not None
-        else ticker_blocks(items)
-    )
+    dataset = ticker_blocks(items, len(items) if cap is not None else None)
     dataset = dataset.map_batches(
         _ingest_batch,  # type: ignore[arg-type]  # Ray types the UDF loosely
         batch_size=None if cap is None else 1,
