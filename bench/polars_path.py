@@ -45,8 +45,8 @@ import polars as pl
 
 from ray_app.core.settings import FeatureSettings, IngestSettings, Settings
 from ray_app.data.features import TARGET, TARGET_DIR, ticker_feature_names
-from ray_app.data.sources import _ALIASES, BAR_COLUMNS, PRICE_COLUMNS
-from ray_app.data.validation import _OHLC_TOLERANCE
+from ray_app.data.sources import BAR_COLUMNS, COLUMN_ALIASES, PRICE_COLUMNS
+from ray_app.data.validation import OHLC_TOLERANCE
 
 RAW, FEATURES = "raw", "features"
 TICKER = "ticker"
@@ -69,7 +69,7 @@ def header_map(path: Path, column_map: dict[str, str]) -> dict[str, str]:
     renamed: dict[str, str] = {}
     for col in header:
         key = col.strip().strip('"').lower()
-        target = mapping.get(key) or _ALIASES.get(key)
+        target = mapping.get(key) or COLUMN_ALIASES.get(key)
         if target and target not in renamed.values():
             renamed[col] = target
     missing = [c for c in BAR_COLUMNS if c not in renamed.values() and c != "adj_close"]
@@ -118,7 +118,7 @@ def invalid_row() -> pl.Expr:
     values = [pl.col(c) for c in BAR_COLUMNS[1:]]
     body_low = pl.min_horizontal("open", "close")
     body_high = pl.max_horizontal("open", "close")
-    slack = _OHLC_TOLERANCE * pl.col("high").abs()
+    slack = OHLC_TOLERANCE * pl.col("high").abs()
     date = pl.col("date")
     return pl.any_horizontal(
         date.is_null(),

@@ -32,7 +32,7 @@ PRICE_COLUMNS = ["open", "high", "low", "close", "adj_close"]
 EXCHANGE_TZ = "America/New_York"
 
 # Header names seen in the wild -> our bar fields (matched case-insensitively).
-_ALIASES = {
+COLUMN_ALIASES = {
     "date": "date",
     "datetime": "date",
     "timestamp": "date",
@@ -94,7 +94,7 @@ def normalise_columns(raw: pd.DataFrame, origin: str, column_map: dict[str, str]
     found: dict[str, pd.Series] = {}
     for col in raw.columns:
         key = str(col).strip().lower()
-        target = mapping.get(key) or _ALIASES.get(key)
+        target = mapping.get(key) or COLUMN_ALIASES.get(key)
         if target and target not in found:
             found[target] = raw[col]
     missing = [c for c in BAR_COLUMNS if c not in found and c != "adj_close"]

@@ -19,7 +19,7 @@ from ray_app.core.settings import IngestSettings
 from ray_app.data.sources import BAR_COLUMNS, PRICE_COLUMNS, TickerError
 
 # Relative slack for the OHLC ordering: adjusted prices carry rounding in the last digit.
-_OHLC_TOLERANCE = 1e-6
+OHLC_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -55,7 +55,7 @@ def _row_problems(bars: pd.DataFrame) -> dict[str, np.ndarray]:
     col = {c: bars[c].to_numpy(dtype="float64", na_value=np.nan) for c in BAR_COLUMNS[1:]}
     dates = bars["date"].to_numpy(dtype="datetime64[ns]")
     body_low, body_high = np.fmin(col["open"], col["close"]), np.fmax(col["open"], col["close"])
-    slack = _OHLC_TOLERANCE * np.abs(col["high"])
+    slack = OHLC_TOLERANCE * np.abs(col["high"])
     no_date = np.isnat(dates)
     # 1970-01-01 was a Thursday (Monday = 0); NaT's integer is masked out.
     weekday = (dates.astype("datetime64[D]").astype("int64") + 3) % 7
