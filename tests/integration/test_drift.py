@@ -126,3 +126,27 @@ def test_served_rows_come_from_the_log_per_variant_and_shifted_predictions_drift
     assert np.isclose(
         table.loc[("champion", "ret_1d"), "psi"], table.loc[("challenger", "ret_1d"), "psi"]
     )
+
+
+def test_a_versions_training_window_is_scored_once_then_read_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference (the training window's rows and the model's predictions over them) is
+    what a daily run spent its time on; a version's is kept under the data root and read back
+    with the same statistics, and built anew when the row limit changes."""
+    from ray_app.monitoring import drift
+
+    first = run_drift(settings, DAY).table
+    kept = list(Path(settings.data_root, *drift.REFERENCES).rglob("*.parquet"))
+    assert [p.name for p in kept] == [f"{resolve_version(settings, 'champion')}.parquet"]
+
+    def rebuilt(*_args: object) -> drift.Reference:
+        raise AssertionError("the kept reference was built again")
+
+    monkeypatch.setattr(drift, "_build_reference", rebuilt)
+    again = run_drift(settings, DAY).table
+    pd.testing.assert_frame_equal(first, again)
+    fewer = settings.model_copy(deep=True)
+    fewer.drift.reference_max_rows = 500
+    with pytest.raises(AssertionError, match="built again"):
+        run_drift(fewer, DAY)
