@@ -150,9 +150,18 @@ class DataRoot:
         schema = pq.read_schema(self.path(*parts), filesystem=self.fs)
         return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
 
-    def read_parquet(self, *parts: str, columns: list[str] | None = None) -> pd.DataFrame:
-        """The Parquet file at ``parts`` (only ``columns``, when given, are read)."""
-        return pq.read_table(self.path(*parts), columns=columns, filesystem=self.fs).to_pandas()
+    def read_parquet(
+        self,
+        *parts: str,
+        columns: list[str] | None = None,
+        filters: list[tuple[str, str, Any]] | None = None,
+    ) -> pd.DataFrame:
+        """The Parquet file at ``parts`` (only ``columns``, and the rows ``filters`` keep, in
+        pyarrow's ``[(column, op, value)]`` form, when given)."""
+        table = pq.read_table(
+            self.path(*parts), columns=columns, filters=filters, filesystem=self.fs
+        )
+        return table.to_pandas()
 
     def read_bytes(self, *parts: str) -> bytes:
         """The file at ``parts`` as it is stored (copies between roots keep it bit for bit)."""

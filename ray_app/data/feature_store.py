@@ -420,13 +420,16 @@ def load_feature_set(
     *,
     training: bool = True,
     tickers: list[str] | None = None,
+    since: dt.date | None = None,
 ) -> tuple[pd.DataFrame, FeatureManifest]:
     """A feature set as one frame sorted by (date, ticker), with its manifest.
 
     ``training=True`` keeps only rows whose target is known (never the newest day). The set's
     label column (``manifest.target``) is copied to ``label``, the column models fit;
-    ``target_ret`` stays the realised next-day return.
+    ``target_ret`` stays the realised next-day return. ``since`` keeps the rows of that day
+    and later (the daily drift needs the newest rows, not twenty years of them).
     """
+    filters = None if since is None else [("date", ">=", pd.Timestamp(since))]
     manifest = feature_manifest(root, version)
     wanted = sorted(tickers or manifest.tickers)
     unknown = [t for t in wanted if t not in manifest.tickers]
@@ -436,7 +439,7 @@ def load_feature_set(
         )
     frames = []
     for ticker in wanted:
-        frame = root.read_parquet(*partition(manifest.version, ticker))
+        frame = root.read_parquet(*partition(manifest.version, ticker), filters=filters)
         frame.insert(0, "ticker", ticker)
         frames.append(frame)
     data = pd.concat(frames, ignore_index=True)

@@ -39,7 +39,7 @@ from ray_app.data.drift_table import (
     report_path,
     write_drift,
 )
-from ray_app.data.feature_store import load_feature_set
+from ray_app.data.feature_store import feature_manifest, load_feature_set
 from ray_app.data.predictions import read_predictions
 from ray_app.models.families import TrainedModel
 from ray_app.registry.versions import (
@@ -53,6 +53,8 @@ from ray_app.registry.versions import (
 )
 
 EPS = 1e-4  # share given to an empty PSI bin: the index stays finite
+HISTORY_DAYS = 400  # feature rows read before the first day measured (calendar days) ...
+HISTORY_SESSIONS = 250  # ... enough for a model whose input reads this many rows back
 REFERENCES = ("monitoring", "drift", "references")
 REFERENCES_KEPT = 8  # model versions per registered model whose reference is kept
 REFERENCE_KEY = "ray_app.reference"  # feature version and row limit it was built with
@@ -142,7 +144,7 @@ def run_drift(
     start = day - dt.timedelta(days=cfg.window_days - 1)
     log = (read_log or _read_log)(root, start, day)
     served = log[log["role"] == "served"] if len(log) else log
-    features, _ = load_feature_set(root, training=False)
+    features, whole = _recent_features(root, cfg, day, served)
     if len(served):
         source, groups = LOG, _served_groups(served, features)
     else:
@@ -151,11 +153,29 @@ def run_drift(
     references: dict[tuple[str, int], tuple[TrainedModel, Reference]] = {}
     for group in groups:
         model, reference = _reference(settings, group, references)
+        if not whole and model.window > HISTORY_SESSIONS:  # its inputs reach further back
+            (features, _), whole = load_feature_set(root, training=False), True
         rows = _with_predictions(group.rows, model, features)
         tables.append(_measure(cfg, group, model.columns, rows, reference, day, source))
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=[*COLUMNS])
     write_drift(root, day, table, render_report(table, day, source))
     return DriftResult(day, source, table, report_path(root, day))
+
+
+def _recent_features(
+    root: DataRoot, cfg: DriftSettings, day: dt.date, served: pd.DataFrame
+) -> tuple[pd.DataFrame, bool]:
+    """The newest feature set's rows from ``HISTORY_DAYS`` before the first row measured,
+    and whether that is the whole set: the rows measured and the input windows of models
+    that read up to ``HISTORY_SESSIONS`` rows back, without reading twenty years."""
+    manifest = feature_manifest(root)
+    first = min(day, manifest.last_date) - dt.timedelta(days=2 * cfg.window_days + 10)
+    if len(served):
+        first = min(first, pd.to_datetime(served["feature_date"]).min().date())
+    since = first - dt.timedelta(days=HISTORY_DAYS)
+    if since <= manifest.first_date:
+        return load_feature_set(root, training=False)[0], True
+    return load_feature_set(root, training=False, since=since)[0], False
 
 
 def _read_log(root: DataRoot, start: dt.date, end: dt.date) -> pd.DataFrame:

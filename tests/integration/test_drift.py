@@ -150,3 +150,25 @@ def test_a_versions_training_window_is_scored_once_then_read_back(
     fewer.drift.reference_max_rows = 500
     with pytest.raises(AssertionError, match="built again"):
         run_drift(fewer, DAY)
+
+
+def test_only_recent_rows_are_read_unless_a_models_window_reaches_further(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The day's rows and a model's input windows need the newest rows only; a model whose
+    window reaches past them gets the whole set, and the statistics are the same."""
+    from ray_app.monitoring import drift
+
+    real, sinces = drift.load_feature_set, []
+
+    def spy(*args: object, **kwargs: object) -> tuple[pd.DataFrame, object]:
+        sinces.append(kwargs.get("since"))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(drift, "load_feature_set", spy)
+    recent = run_drift(settings, DAY).table
+    assert len(sinces) == 1 and sinces[0] is not None
+    monkeypatch.setattr(drift, "HISTORY_SESSIONS", 0)  # every model reads further back
+    whole = run_drift(settings, DAY).table
+    assert sinces[1:] == [sinces[0], None]
+    pd.testing.assert_frame_equal(recent, whole)
