@@ -142,15 +142,20 @@ def spec_hash(spec: FeatureSettings, with_market: bool) -> str:
 
 def adjusted(bars: pd.DataFrame) -> pd.DataFrame:
     """OHLC scaled by the adjustment factor, so splits and dividends are not moves."""
-    factor = (bars["adj_close"] / bars["close"]).to_numpy()
+    factor = _factor(bars)
     columns = {"date": bars["date"].to_numpy()}
     columns |= {col: bars[col].to_numpy() * factor for col in ("open", "high", "low", "close")}
     return pd.DataFrame(columns | {"volume": bars["volume"].to_numpy()})
 
 
-def adjusted_close(bars: pd.DataFrame) -> np.ndarray:
+def _factor(bars: pd.DataFrame) -> np.ndarray:
+    """The adjustment factor of each bar (dividends and splits since)."""
+    return (bars["adj_close"] / bars["close"]).to_numpy()
+
+
+def _adjusted_close(bars: pd.DataFrame) -> np.ndarray:
     """The close of ``adjusted(bars)`` alone (the index needs no other column)."""
-    return bars["close"].to_numpy() * (bars["adj_close"] / bars["close"]).to_numpy()
+    return bars["close"].to_numpy() * _factor(bars)
 
 
 def _rsi(close: pd.Series, window: int) -> pd.Series:
@@ -283,7 +288,7 @@ def _market(
     # As of each date: the index's last bar on or before it (merge_asof "backward", done
     # with searchsorted since both are sorted by date: a tenth of the cost).
     at = np.searchsorted(index_bars["date"].to_numpy(), px["date"].to_numpy(), side="right") - 1
-    index_close = np.where(at >= 0, adjusted_close(index_bars)[np.maximum(at, 0)], np.nan)
+    index_close = np.where(at >= 0, _adjusted_close(index_bars)[np.maximum(at, 0)], np.nan)
     log_index = pd.Series(np.log(index_close), index=px.index)
     cols: dict[str, pd.Series] = {}
     for h in spec.return_horizons:
@@ -304,7 +309,7 @@ def _market(
 def _excess_target(px: pd.DataFrame, index_bars: pd.DataFrame, target: pd.Series) -> pd.Series:
     """``target`` minus the index's log return between the same two closes; NaN when the index
     has no bar on either day (an as-of stand-in would span other days than the target)."""
-    index_close = adjusted(index_bars).set_index("date")["close"]
+    index_close = pd.Series(_adjusted_close(index_bars), index=index_bars["date"])
     log_index = np.log(px["date"].map(index_close))
     return target - (log_index.shift(-1) - log_index)
 

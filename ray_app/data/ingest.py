@@ -394,7 +394,6 @@ def stream_ingest(
     Ray Data retries a task whose worker died; failures inside a task are summary rows.
     Yahoo jobs run one ticker per task, at most ``max_concurrency`` at a time cluster-wide.
     """
-
     from ray_app.data.sizing import ticker_blocks
 
     cfg = settings.ingest

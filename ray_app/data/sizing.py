@@ -35,10 +35,6 @@ def ticker_blocks(
     """
     import ray.data
 
-    context = ray.data.DataContext.get_current()
-    reserving = context.op_resource_reservation_enabled
-    context.op_resource_reservation_enabled = False  # the new Dataset copies the context
-    try:
-        return ray.data.from_items(items, override_num_blocks=blocks or blocks_for(len(items)))
-    finally:
-        context.op_resource_reservation_enabled = reserving
+    dataset = ray.data.from_items(items, override_num_blocks=blocks or blocks_for(len(items)))
+    dataset.context.op_resource_reservation_enabled = False  # its own copy; later stages inherit
+    return dataset
