@@ -44,7 +44,8 @@ def cs_zscore(values: pd.Series, day: pd.Series) -> pd.Series:
     by_day = values.groupby(day)
     spread = by_day.transform("max") - by_day.transform("min")
     std = by_day.transform("std", ddof=0).where(spread > 0, 0.0)
-    return ratio_or_zero(values - by_day.transform("mean"), std).where(values.notna())
+    zscore = ratio_or_zero(values - by_day.transform("mean"), std)
+    return pd.Series(zscore, index=values.index).where(values.notna())
 
 
 def inputs(spec: FeatureSettings) -> list[str]:

@@ -123,7 +123,7 @@ def read_bars(root: DataRoot, ticker: str, manifest: RawManifest | None = None) 
     if manifest is None or ticker not in manifest.tickers:
         version = manifest.version if manifest else "(none ingested)"
         raise KeyError(f"{ticker} is not in data version {version}")
-    return root.read_parquet(*entry_path(manifest, ticker).split("/"))[BAR_COLUMNS]
+    return root.read_parquet(*entry_path(manifest, ticker).split("/"), columns=BAR_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def _ingest_incremental(
     """
     if not _sessions_between(cfg, since, cfg.end):
         return _stored_summary(root, base, UP_TO_DATE)  # weekend, holiday, same day
-    stored = root.read_parquet(*base.path.split("/"))[BAR_COLUMNS]
+    stored = root.read_parquet(*base.path.split("/"), columns=BAR_COLUMNS)
     overlap = stored.tail(cfg.overlap_days)
     first = overlap["date"].iloc[0].date() if len(overlap) else since
     try:

@@ -115,10 +115,44 @@ def _exchange_dates(values: pd.Series) -> pd.Series:
         return values.dt.tz_convert(EXCHANGE_TZ).dt.tz_localize(None).dt.normalize()
     if values.dtype.kind == "M":
         return values.dt.normalize().astype("datetime64[ns]")
+    iso = _iso_days(values.to_numpy())
+    if iso is not None:
+        return pd.Series(iso.astype("datetime64[ns]"), index=values.index, name=values.name)
     parsed = pd.to_datetime(
         values.astype("string").str.slice(0, 10), format="%Y-%m-%d", errors="coerce"
     )
     return parsed.astype("datetime64[ns]")
+
+
+_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9])
+_NS_RANGE = (np.datetime64("1678-01-01", "D"), np.datetime64("2261-12-31", "D"))
+
+
+def _iso_days(values: np.ndarray) -> np.ndarray | None:
+    """``values`` as days when every one starts with a valid ``YYYY-MM-DD`` (what files hold),
+    else None, and ``_exchange_dates`` parses them one by one with pandas instead.
+
+    NumPy reads this one shape in a tenth of pandas' time. Only exactly that shape is taken
+    (ASCII digits, dashes at 4 and 7), on which both give the same day; anything else, such
+    as a missing cell or an impossible date, leaves it to pandas, which makes it NaT.
+    """
+    try:
+        head = values.astype("S10")  # the first ten characters, as the slow path slices
+    except (UnicodeEncodeError, ValueError, TypeError):
+        return None
+    if not len(head):
+        return None
+    chars = head.view(np.uint8).reshape(len(head), 10)
+    digits = chars[:, _DIGITS]
+    if not (((digits >= 48) & (digits <= 57)).all() and (chars[:, [4, 7]] == 45).all()):
+        return None
+    try:
+        days = head.astype("datetime64[D]")
+    except ValueError:  # a month or day out of range
+        return None
+    if len(days) and (days.min() < _NS_RANGE[0] or days.max() > _NS_RANGE[1]):
+        return None  # beyond nanosecond timestamps: pandas says how
+    return days
 
 
 def clip_range(bars: pd.DataFrame, start: dt.date | None, end: dt.date | None) -> pd.DataFrame:

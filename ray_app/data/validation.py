@@ -112,8 +112,9 @@ def check_calendar(bars: pd.DataFrame, cfg: IngestSettings, report: ValidationRe
 
 def jump_dates(bars: pd.DataFrame, limit: float) -> list[str]:
     """Dates whose adjusted close moved more than ``limit`` in log terms from the day before."""
-    moves = np.log(bars["adj_close"]).diff().abs()
-    return [d.date().isoformat() for d in bars.loc[moves > limit, "date"]]
+    log_close = np.log(bars["adj_close"].to_numpy())
+    jumped = np.abs(np.diff(log_close)) > limit  # NaN (a missing close) is no jump
+    return [str(day) for day in bars["date"].to_numpy()[1:][jumped].astype("datetime64[D]")]
 
 
 def validate_bars(
