@@ -47,6 +47,30 @@ def test_the_data_root_refuses_paths_outside_it(tmp_path: Path, parts: tuple[str
     assert sorted(p.name for p in tmp_path.rglob("*")) == []
 
 
+@pytest.mark.parametrize("form", ["path", "file URI"])
+def test_a_symlink_inside_the_data_root_that_leads_out_is_refused(
+    tmp_path: Path, form: str
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    data = tmp_path / "data"
+    (data / "raw").mkdir(parents=True)
+    (data / "raw" / "ticker=AAPL").symlink_to(outside, target_is_directory=True)
+    (data / "features").symlink_to(data / "raw")  # a link that stays inside is fine
+    root = DataRoot(str(data) if form == "path" else f"file://{data}")
+    with pytest.raises(PathEscapeError) as refused:
+        root.write_parquet(
+            pd.DataFrame({"x": [1]}), "raw", "ticker=AAPL", "bars.parquet", metadata={}
+        )
+    assert str(refused.value) == (
+        f"refused a path outside the data root {root.uri}: 'raw/ticker=AAPL/bars.parquet' "
+        f"resolves to {outside / 'bars.parquet'}"
+    )
+    assert list(outside.iterdir()) == []
+    root.write_parquet(pd.DataFrame({"x": [1]}), "features", "f.parquet", metadata={})
+    assert (data / "raw" / "f.parquet").is_file()
+
+
 def test_a_source_ticker_that_cannot_name_a_folder_fails_alone(tmp_path: Path) -> None:
     settings = Settings(data_root=str(tmp_path / "data"), ingest={"source": "sample"})
     root = DataRoot(settings.data_root)
