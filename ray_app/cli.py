@@ -1673,9 +1673,14 @@ def _show_dead(report: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(report, indent=2))
         return
     err.print(
-        f"[red]the head at {report['address']} is dead[/] (its GCS is gone); "
-        f"{len(report['leftovers'])} leftover process(es) of {report['session_dir']}:",
+        styled(
+            "red",
+            f"the head at {report['address']} is dead",
+            f" (its GCS is gone); {len(report['leftovers'])} leftover process(es) of "
+            f"{report['session_dir']}:",
+        ),
         highlight=False,
+        soft_wrap=True,
     )
     for proc in report["leftovers"]:
         err.print(f"  {proc['pid']}  {proc['command']}", highlight=False, soft_wrap=True)
