@@ -1144,7 +1144,8 @@ def rollout_command(
     model reference must resolve in the registry, or nothing moves. Prints the registry event
     (if any), the new weights and shadow, and what was deployed. On Kubernetes git owns what
     serves: --gitops CHECKOUT commits the change for Argo CD instead. Each rollout is an entry
-    of the audit trail.
+    of the audit trail, written before the deploy or the commit; one that fails adds a
+    rollout_failed entry.
     """
     import yaml
 

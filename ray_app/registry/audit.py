@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray_app.core.errors import RayAppError
+from ray_app.core.secrets import redact_uris
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 
@@ -126,13 +127,14 @@ def recorded(
 ) -> dict[str, Any]:
     """Append the event, then make the ``change``: the entry comes first so that no change
     goes unrecorded; a change that fails is recorded by a second entry (``<event>_failed``,
-    naming the first's ``seq``) and re-raised. The first entry, as written."""
+    naming the first's ``seq`` and the error, URIs without their userinfo) and re-raised. The
+    first entry, as written."""
     entry = append(settings, event, actor, payload)
     try:
         change()
     except Exception as exc:
         failure: dict[str, Any] = {k: payload[k] for k in ("version", "key_id") if k in payload}
-        failure.update(failed_seq=entry["seq"], reason=str(exc))
+        failure.update(failed_seq=entry["seq"], reason=redact_uris(str(exc)))
         append(settings, f"{event}_failed", actor, failure)
         raise
     return entry
