@@ -1,5 +1,5 @@
-"""The audit trail: promotions, rollbacks, gate rejections, rollouts and API key changes as
-hash-chained entries.
+"""The audit trail: promotions, rollbacks, gate rejections, backfills of model file hashes,
+rollouts and API key changes (from the command line or the admin API) as hash-chained entries.
 
 Each event is one JSON file under ``<data_root>/registry/audit`` (one object per event, so
 the trail works on object stores and S3 Object Lock can keep each entry immutable). Entries
