@@ -1144,7 +1144,8 @@ def rollout_command(
     model reference must resolve in the registry, or nothing moves. Prints the registry event
     (if any), the new weights and shadow, and what was deployed. On Kubernetes git owns what
     serves: --gitops CHECKOUT commits the change for Argo CD instead. Each rollout is an entry
-    of the audit trail.
+    of the audit trail, written before the deploy or the commit; one that fails adds a
+    rollout_failed entry.
     """
     import yaml
 
@@ -1673,9 +1674,14 @@ def _show_dead(report: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(report, indent=2))
         return
     err.print(
-        f"[red]the head at {report['address']} is dead[/] (its GCS is gone); "
-        f"{len(report['leftovers'])} leftover process(es) of {report['session_dir']}:",
+        styled(
+            "red",
+            f"the head at {report['address']} is dead",
+            f" (its GCS is gone); {len(report['leftovers'])} leftover process(es) of "
+            f"{report['session_dir']}:",
+        ),
         highlight=False,
+        soft_wrap=True,
     )
     for proc in report["leftovers"]:
         err.print(f"  {proc['pid']}  {proc['command']}", highlight=False, soft_wrap=True)

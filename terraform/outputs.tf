@@ -48,6 +48,12 @@ output "gcs_redis_address" {
   value       = var.enable_redis ? module.redis[0].url : null
 }
 
+output "redis_auth_token" {
+  description = "Redis AUTH token, for the secret redis_password in Vault (secret/ray-app); null when enable_redis is false"
+  value       = var.enable_redis ? module.redis[0].auth_token : null
+  sensitive   = true
+}
+
 output "namespace" {
   description = "Kubernetes namespace to apply cluster/ray-cluster.yaml in"
   value       = module.ray_platform.namespace

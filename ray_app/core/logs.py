@@ -9,6 +9,8 @@ Nothing here runs at import. Entrypoints (the CLI, and so jobs/) call :func:`con
 Serve ingress does not format its own lines: Serve's JSON formatter writes them, with the
 record's ``ray_serve_extra_fields`` at the top level; :func:`access_fields` gives those extra
 fields their ECS names, and :class:`EcsFormatter` writes a record carrying them the same way.
+Both strip the userinfo of URIs: ``EcsFormatter`` as it formats, and each replica's
+:class:`RedactUris` filter before Serve's formatters see a record.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ ECS_VERSION = "8.17.0"
 SERVICE_NAME = "ray-app"
 # Serve's attribute for a record's extra fields (it puts them at the top of its JSON lines).
 EXTRA_FIELDS = "ray_serve_extra_fields"
+SERVE_LOGGER = "ray.serve"  # the logger of Serve's replicas, whose handlers Serve sets
 LEVEL_ENV = "RAY_APP_LOG_LEVEL"
 ACCESS_DATASET = "ray_app.access"
 
@@ -75,6 +78,39 @@ class EcsFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = ecs_document(record, self.service_name)
         return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+class RedactUris(logging.Filter):
+    """Strips the userinfo from every URI in a record before any handler formats it: its
+    message, its traceback and the string values of its extra fields. Serve's own formatters,
+    not :class:`EcsFormatter`, write a replica's lines, so the redaction cannot live in the
+    formatter there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            record.msg, record.args = redact_uris(record.getMessage()), ()
+        except (TypeError, ValueError):  # a bad format string: the handler reports it
+            return True
+        if record.exc_info and record.exc_info[0] is not None:
+            # Formatters reuse exc_text rather than format the exception again.
+            record.exc_text = redact_uris(logging.Formatter().formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redact_uris(record.stack_info)
+        extra = getattr(record, EXTRA_FIELDS, None)
+        if isinstance(extra, dict):
+            redacted = {k: redact_uris(v) if isinstance(v, str) else v for k, v in extra.items()}
+            setattr(record, EXTRA_FIELDS, redacted)
+        return True
+
+
+def redact_serve_logs() -> None:
+    """Redact every record of Serve's logger in this process: the replica's own lines, Serve's
+    (a failed request's traceback) and the prints it redirects there. Called first by each
+    replica; a filter on the logger survives Serve replacing its handlers on a new
+    ``logging_config``."""
+    logger = logging.getLogger(SERVE_LOGGER)
+    if not any(isinstance(f, RedactUris) for f in logger.filters):
+        logger.addFilter(RedactUris())
 
 
 def configure(level: str | int | None = None, stream: IO[str] | None = None) -> None:

@@ -278,7 +278,9 @@ def open_secrets(settings: Settings) -> Secrets:
     )
 
 
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@]*@")
+# Userinfo runs to the last ``@`` before the path, as urllib reads it: a password may hold an
+# unencoded ``@``, and stopping at the first one would leave the rest of it in the message.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
 
 
 def redact_uris(text: str) -> str:

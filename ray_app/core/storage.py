@@ -73,16 +73,19 @@ class DataRoot:
 
     def path(self, *parts: str) -> str:
         """The filesystem path of ``parts`` below the root; PathEscapeError for one that
-        resolves outside it (``..`` or an absolute part), whatever produced the parts."""
-        _ = self.fs
+        resolves outside it (``..``, an absolute part, or on a local root a symbolic link that
+        leads out), whatever produced the parts. Object stores have no links: there the path
+        is resolved as text."""
+        local = isinstance(self.fs, pafs.LocalFileSystem)
         base = self._base.rstrip("/")
         joined = "/".join([base, *parts])
-        normal = posixpath.normpath(joined)
+        resolved = os.path.realpath(joined) if local else posixpath.normpath(joined)
         if any(p.startswith("/") for p in parts) or not (
-            normal == base or normal.startswith(f"{base}/")
+            resolved == base or resolved.startswith(f"{base}/")
         ):
             raise PathEscapeError(
-                f"refused a path outside the data root {self.uri}: {'/'.join(parts)!r}"
+                f"refused a path outside the data root {self.uri}: {'/'.join(parts)!r} "
+                f"resolves to {resolved}"
             )
         return joined
 
@@ -284,9 +287,12 @@ def _this_process() -> dict[str, Any]:
 
 
 def _open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    """The filesystem of ``uri`` and the root's path on it; a local root's path with its own
+    links resolved, so that ``DataRoot.path`` compares resolved paths with it."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    fs, base = pafs.FileSystem.from_uri(uri)
+    return fs, os.path.realpath(base) if isinstance(fs, pafs.LocalFileSystem) else base
 
 
 def frame_hash(frame: pd.DataFrame) -> str:

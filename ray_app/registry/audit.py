@@ -1,5 +1,5 @@
-"""The audit trail: promotions, rollbacks, gate rejections, rollouts and API key changes as
-hash-chained entries.
+"""The audit trail: promotions, rollbacks, gate rejections, backfills of model file hashes,
+rollouts and API key changes (from the command line or the admin API) as hash-chained entries.
 
 Each event is one JSON file under ``<data_root>/registry/audit`` (one object per event, so
 the trail works on object stores and S3 Object Lock can keep each entry immutable). Entries
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray_app.core.errors import RayAppError
+from ray_app.core.secrets import redact_uris
 from ray_app.core.settings import Settings
 from ray_app.core.storage import DataRoot
 
@@ -126,13 +127,14 @@ def recorded(
 ) -> dict[str, Any]:
     """Append the event, then make the ``change``: the entry comes first so that no change
     goes unrecorded; a change that fails is recorded by a second entry (``<event>_failed``,
-    naming the first's ``seq``) and re-raised. The first entry, as written."""
+    naming the first's ``seq`` and the error, URIs without their userinfo) and re-raised. The
+    first entry, as written."""
     entry = append(settings, event, actor, payload)
     try:
         change()
     except Exception as exc:
         failure: dict[str, Any] = {k: payload[k] for k in ("version", "key_id") if k in payload}
-        failure.update(failed_seq=entry["seq"], reason=str(exc))
+        failure.update(failed_seq=entry["seq"], reason=redact_uris(str(exc)))
         append(settings, f"{event}_failed", actor, failure)
         raise
     return entry

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ray_app.core.api_keys import Caller, Role
 from ray_app.core.logs import access_fields
-from ray_app.core.secrets import SecretError
+from ray_app.core.secrets import SecretError, redact_uris
 from ray_app.core.storage import DataRoot
 from ray_app.data.ab_evidence import read_evidence
 from ray_app.data.live_metrics import latest_gauges, read_live_metrics
@@ -137,6 +137,39 @@ async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
+class InternalErrors:
+    """Anything unforeseen as a 500 that names the request id, with the traceback in the log
+    (which the replica's filter redacts: ``redact_serve_logs``) and not in the response.
+
+    The error stops here. Starlette's own 500 handler re-raises it, and Serve then logs it
+    again in the replica and, as a ``RayTaskError`` quoting the message, in the proxy, where
+    no filter of ours runs. Inside ``AccessLog``, so the access line carries the error."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_started)
+        except Exception as exc:
+            state = scope["state"]
+            logger.exception("unhandled error in request %s", state["request_id"])
+            state["error"] = f"{type(exc).__name__}: {exc}"
+            if not started:
+                detail = f"internal error; request id {state['request_id']}"
+                await JSONResponse({"detail": detail}, status_code=500)(scope, receive, send)
+
+
 class AccessLog:
     """One structured log line and the metrics of every API request: request id, API key id,
     client key, variant, model version, status and latency; never the API key itself."""
@@ -219,6 +252,7 @@ def make_api(
     """The FastAPI app of one ingress replica."""
     app = FastAPI(title="ray-app prediction API", version="1.0", description=DESCRIPTION)
     app.add_middleware(BodyLimit, max_bytes=service.args.max_body_bytes)
+    app.add_middleware(InternalErrors)  # the last added is the outermost
     app.add_middleware(AccessLog, metrics=metrics)
     _errors(app)
     bearer = HTTPBearer(auto_error=False, description="An API key")
@@ -389,22 +423,15 @@ def _conflicts() -> Iterator[None]:
 
 
 def _errors(app: FastAPI) -> None:
-    """Service errors as their status and reason; anything unforeseen as a 500 that names the
-    request id, with the traceback in the log and not in the response."""
+    """Service errors as their status and reason, without the userinfo of any URI in it: a
+    reason may quote an exception."""
 
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        request.state.error = exc.reason
-        return JSONResponse({"detail": exc.reason}, status_code=exc.status)
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.state.request_id
-        logger.exception("unhandled error in request %s", request_id)
-        request.state.error = f"{type(exc).__name__}: {exc}"
-        return JSONResponse({"detail": f"internal error; request id {request_id}"}, status_code=500)
+        request.state.error = reason = redact_uris(exc.reason)
+        return JSONResponse({"detail": reason}, status_code=exc.status)
 
     app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(Exception, unexpected)
 
 
 def models_status(service: PredictionService, auth_mode: str) -> ModelsResponse:

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from ray_app.core.logs import redact_serve_logs
 from ray_app.core.storage import DataRoot
 from ray_app.data.feature_store import latest_feature_version
 from ray_app.data.live_metrics import LiveGauge, latest_gauges, read_live_metrics
@@ -73,6 +74,7 @@ class Ingress:
     """Routes, looks up features, caches, and calls the variant the route picks."""
 
     def __init__(self, args: ServeArgs, variants: dict[str, DeploymentHandle]) -> None:
+        redact_serve_logs()
         clients: dict[str, VariantClient] = {n: HandleClient(h) for n, h in variants.items()}
         self.metrics = IngressMetrics()
         settings = args.settings()

@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from pydantic import ValidationError
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.raycli import failure, ray_cli, token_env
+from ray_app.core.secrets import redact_uris
 from ray_app.core.settings import Settings
 from ray_app.serving.args import (
     INGRESS,
@@ -359,14 +361,12 @@ def _resolver(settings: Settings) -> Callable[[str], int]:
     return resolve
 
 
-def _deploy_config(config: dict[str, Any], address: str) -> str:
-    """``serve deploy`` ``config`` from a file of its own, which nothing else reads; where
-    it went, for the audit trail."""
+def _deploy_config(config: dict[str, Any], address: str) -> None:
+    """``serve deploy`` ``config`` from a file of its own, which nothing else reads."""
     with tempfile.TemporaryDirectory(prefix="ray-app-rollout-") as folder:
         path = Path(folder) / "serve_config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         deploy(path, address)
-    return f"serve deploy to {address}"
 
 
 def rollout(
@@ -388,7 +388,8 @@ def rollout(
     With ``gitops`` (a git checkout of the repository Argo CD syncs to a RayService), git owns
     what serves: the plan starts from that checkout's ``serve_config.yaml``, and the change is
     committed there (``gitops.apply_serving_change``) instead of deployed; pushing is the
-    caller's. Every rollout that moves something is an entry of the audit trail.
+    caller's. Every rollout that moves something is an entry of the audit trail, written
+    before the deploy or the commit; one that fails adds a ``rollout_failed`` entry.
     """
     from ray_app.registry import versions as registry
 
@@ -418,32 +419,44 @@ def rollout(
         raise RolloutError(str(exc)) from None
     rendered = render(config, new)
     if apply:
-        where = _commit(gitops, new, reason) if gitops else _deploy_config(rendered, address)
-        _audit(settings, new, actor, reason, where)
+        if gitops is not None:
+            target, act = f"git commit in {gitops}", partial(_commit, gitops, new, reason)
+        else:
+            act = partial(_deploy_config, rendered, address)
+            target = f"serve deploy to {redact_uris(address)}"
+        _audited(settings, new, actor, reason, target, act)
     source = str(gitops) if gitops else "cluster" if running else str(path)
     return RolloutResult(new, rendered, source, event, apply)
 
 
-def _commit(checkout: Path, state: ServingState, reason: str) -> str:
-    """Commit ``state``'s user_config to ``checkout``; where it went, for the audit trail."""
+def _commit(checkout: Path, state: ServingState, reason: str) -> None:
+    """Commit ``state``'s user_config to ``checkout``."""
     configs = {INGRESS: state.ingress.model_dump(mode="json")}
     configs |= {name: v.model_dump(mode="json") for name, v in state.variants.items()}
     try:
-        done = apply_serving_change(checkout, configs, commit=True, message=f"rollout: {reason}")
+        apply_serving_change(checkout, configs, commit=True, message=f"rollout: {reason}")
     except GitOpsError as exc:
         raise RolloutError(str(exc)) from None
-    return f"git commit {done.commit} in {checkout}" if done.commit else f"no change in {checkout}"
 
 
-def _audit(settings: Settings, state: ServingState, actor: str, reason: str, where: str) -> None:
+def _audited(
+    settings: Settings,
+    state: ServingState,
+    actor: str,
+    reason: str,
+    target: str,
+    act: Callable[[], None],
+) -> None:
+    """``act`` (the deploy or the commit to ``target``), recorded in the audit trail first, as
+    the registry's moves are (``audit.recorded``): a failure adds a ``rollout_failed`` entry."""
     from ray_app.registry import audit
 
     payload = {
         "reason": reason,
-        "applied": where,
+        "target": target,
         "weights": state.ingress.weights,
         "shadow": state.ingress.shadow.model_dump() if state.ingress.shadow else None,
         "feature_version": state.ingress.feature_version,
         "refs": {name: v.ref for name, v in state.variants.items()},
     }
-    audit.append(settings, "rollout", actor, payload)
+    audit.recorded(settings, "rollout", actor, payload, act)

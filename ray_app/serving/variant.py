@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from ray_app.core.logs import redact_serve_logs
 from ray_app.core.secrets import redact_uris
 from ray_app.core.storage import DataRoot
 from ray_app.data.signals import ServedTable, write_scores
@@ -52,6 +53,7 @@ class Variant:
     """One model variant; deployed once per ``VariantSpec`` under the variant's name."""
 
     def __init__(self, name: str, args: ServeArgs) -> None:
+        redact_serve_logs()
         # Models load from weights and JSON (``TrainedModel.load``); should any MLflow flavour
         # be asked to unpickle here, MLflow refuses (it reads this at every load).
         os.environ[PICKLES] = "false"

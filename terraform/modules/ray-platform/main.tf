@@ -85,10 +85,13 @@ resource "kubernetes_secret_v1" "redis" {
   }
 }
 
-# RAY_APP_ONLINE__REDIS_URL for the online feature store (database 1; the GCS uses 0),
-# RAY_APP_API__RATE_LIMIT_REDIS_URL for the prediction API's per-key counters (database 2), and
-# its password apart, for ray-app's env secrets backend: with RAY_APP_ENVIRONMENT=prod a
-# password inside a setting's URL is refused.
+# RAY_APP_ONLINE__REDIS_URL for the online feature store (database 1; the GCS uses 0) and
+# RAY_APP_API__RATE_LIMIT_REDIS_URL for the prediction API's per-key counters (database 2),
+# without a password: with RAY_APP_ENVIRONMENT=prod a password inside a setting's URL is
+# refused. ray-app reads the password as its secret redis_password, from the Secret
+# ray-app-secrets that every Ray pod mounts (file backend), which the External Secrets
+# Operator fills from Vault (cluster/external-secrets/); an env-backend variable here would be
+# ignored there.
 resource "kubernetes_secret_v1" "env" {
   count = var.enable_redis ? 1 : 0
 
@@ -100,7 +103,6 @@ resource "kubernetes_secret_v1" "env" {
   data = {
     RAY_APP_ONLINE__REDIS_URL         = "rediss://${var.redis_host}:${var.redis_port}/1"
     RAY_APP_API__RATE_LIMIT_REDIS_URL = "rediss://${var.redis_host}:${var.redis_port}/2"
-    RAY_APP_SECRET_REDIS_PASSWORD     = var.redis_password
   }
 }
 
