@@ -12,7 +12,8 @@ import pytest
 
 from ray_app.core.settings import Settings
 from ray_app.registry.audit import audit_log
-from ray_app.registry.versions import HASH_TAG, ModelIntegrityError, load_version
+from ray_app.registry.integrity import HASH_TAG, ModelIntegrityError
+from ray_app.registry.versions import load_version
 from ray_app.training.train import TrainingData
 from tests.integration.conftest import run_cli
 from tests.integration.test_serve_registry import data, register, settings  # noqa: F401
