@@ -1,8 +1,9 @@
 """The registry layer: everything that talks to MLflow.
 
 Owns ``tracking`` (tracking URI, artifact location, lineage tags) and ``versions`` (the
-pyfunc model, registration, aliases, promote and rollback), ``audit`` (the hash-chained
-trail) and ``keys`` (audited API key changes). It records the
+pyfunc model, registration, aliases, promote and rollback), ``integrity`` (the files' hashes
+and their check, without MLflow), ``audit`` (the hash-chained trail) and ``keys`` (audited API
+key changes). It records the
 quality gate's verdict but never scores a model, so serving can load models through it
 without loading training code. May import ``models``, ``data`` and ``core``.
 """

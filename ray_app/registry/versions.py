@@ -12,7 +12,6 @@ written before the alias moves, and as tags on the model version (visible in the
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 import tempfile
@@ -28,11 +27,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 
-from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
 from ray_app.models.families import TrainedModel
 from ray_app.models.metrics import FORMER_NAMES
-from ray_app.registry import audit
+from ray_app.registry import audit, integrity
+from ray_app.registry.integrity import (
+    ModelIntegrityError,
+    RegistryError,
+    check_files,
+    file_hashes,
+)
 from ray_app.registry.tracking import connect_mlflow
 
 CHAMPION = "champion"
@@ -54,15 +58,6 @@ PREVIOUS_CHAMPION = "previous_champion"
 # its family's own (``Family.requirements``).
 REQUIREMENTS = ("mlflow", "pandas", "numpy", "pydantic")
 MAX_TAG_CHARS = 5000
-HASH_TAG = "sha256."
-
-
-class RegistryError(RayAppError, LookupError):
-    """A registered model, version or alias that does not exist, or a move that makes no sense."""
-
-
-class ModelIntegrityError(RegistryError):
-    """A version whose files are not those recorded at registration, or were never recorded."""
 
 
 class DailyReturnModel(PythonModel):
@@ -249,48 +244,32 @@ def _model_files(model_uri: str, into: Path) -> Path:
     return root / "artifacts" / "model"
 
 
-def file_hashes(folder: Path) -> dict[str, str]:
-    """``sha256.<file>`` -> hex digest of every file of a model folder: the version tags a
-    load checks, so a file changed in the artifact store is refused, not served."""
-    return {
-        f"{HASH_TAG}{path.name}": hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.iterdir())
-        if path.is_file()
-    }
+def fetch_checked(settings: Settings, version: int, into: Path) -> Path:
+    """The folder of ``version``'s weights and JSON description, downloaded under ``into``
+    and checked against the hashes recorded at registration (ModelIntegrityError if not)."""
+    client = _client(settings)
+    name = settings.mlflow.model_name
+    tags = dict(_version(client, name, version).tags)
+    folder = _model_files(f"models:/{name}/{version}", into)
+    check_files(name, version, tags, folder)
+    return folder
 
 
-def _check_files(name: str, version: int, tags: Mapping[str, str], folder: Path) -> None:
-    recorded = {k: v for k, v in tags.items() if k.startswith(HASH_TAG)}
-    if not recorded:
-        raise ModelIntegrityError(
-            f"version {version} of {name!r} has no file hashes (registered before they were "
-            "recorded): an operator checks it and runs `ray-app models verify --backfill`"
-        )
-    found = file_hashes(folder)
-    if found != recorded:
-        changed = sorted(
-            k.removeprefix(HASH_TAG)
-            for k in recorded.keys() | found.keys()
-            if recorded.get(k) != found.get(k)
-        )
-        raise ModelIntegrityError(
-            f"version {version} of {name!r}: file(s) {', '.join(changed)} do not match the "
-            "sha256 recorded at registration; refusing to load it"
-        )
+def recorded_hashes(settings: Settings, version: int) -> dict[str, str]:
+    """The file hashes recorded for ``version`` at registration (``integrity``): what a copy
+    of its files kept elsewhere (a serving node's cache) must match. One call, no download."""
+    client = _client(settings)
+    return integrity.recorded(_version(client, settings.mlflow.model_name, version).tags)
 
 
 def load_version(settings: Settings, ref: str | int) -> TrainedModel:
     """The model behind an alias or version number, loaded from its weights and JSON
     description (``weights_only``: nothing is unpickled) after its files are checked against
-    the hashes recorded at registration. Serving and evaluation load models only here."""
-    client = _client(settings)
-    name = settings.mlflow.model_name
+    the hashes recorded at registration. Serving and evaluation load models only here (or,
+    serving, from a cached copy checked against ``recorded_hashes``)."""
     version = resolve_version(settings, ref)
-    tags = dict(_version(client, name, version).tags)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _model_files(f"models:/{name}/{version}", Path(tmp))
-        _check_files(name, version, tags, folder)
-        return TrainedModel.load(folder)
+        return TrainedModel.load(fetch_checked(settings, version, Path(tmp)))
 
 
 @dataclass
@@ -315,7 +294,7 @@ def verify_versions(settings: Settings, backfill: bool, actor: str) -> list[Vers
     for row in list_versions(settings):
         version = int(row["version"])
         tags = dict(_version(client, name, version).tags)
-        untagged = not any(k.startswith(HASH_TAG) for k in tags)
+        untagged = not integrity.recorded(tags)
         with tempfile.TemporaryDirectory() as tmp:
             folder = _model_files(f"models:/{name}/{version}", Path(tmp))
             if untagged and backfill:
@@ -323,7 +302,7 @@ def verify_versions(settings: Settings, backfill: bool, actor: str) -> list[Vers
                 checks.append(VersionCheck(version, "backfilled"))
                 continue
             try:
-                _check_files(name, version, tags, folder)
+                check_files(name, version, tags, folder)
                 checks.append(VersionCheck(version, "ok"))
             except ModelIntegrityError as exc:
                 checks.append(

@@ -587,7 +587,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def _mlflow_auth_config_reader() -> Callable[[], Any]:
+def mlflow_auth_config_reader() -> Callable[[], Any]:
     """MLflow's own ``read_auth_config``, loaded from its file: importing the package
     ``mlflow.server.auth`` needs Flask-WTF (``mlflow[auth]``), which the server image has and
     the test environment need not."""
@@ -604,8 +604,11 @@ def _mlflow_auth_config_reader() -> Callable[[], Any]:
     return reader
 
 
-def test_mlflow_start_script_writes_the_auth_config_mlflow_reads(tmp_path: Path) -> None:
-    """Run the container's script with a stand-in `mlflow` and a password holding `%`."""
+def run_mlflow_start_script(
+    tmp_path: Path, **env: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The MLflow container's start script, run with ``env`` and a stand-in `mlflow` that
+    writes its arguments to the returned file; its ini folder moved under ``tmp_path``."""
     deployment, _ = _mlflow()
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     script = container["args"][0].replace("/tmp/mlflow", str(tmp_path / "mlflow"))
@@ -614,20 +617,27 @@ def test_mlflow_start_script_writes_the_auth_config_mlflow_reads(tmp_path: Path)
     fake = bin_dir / "mlflow"
     fake.write_text('#!/bin/sh\necho "$@" > "$ARGS_OUT"\n')
     fake.chmod(0o755)
-    database = "postgresql://mlflow:p%40ss%25w0rd@db.example:5432/mlflow_auth"
-    env = {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "MLFLOW_AUTH_DATABASE_URI": database,
-        "ARGS_OUT": str(tmp_path / "args"),
-    }
+    args = tmp_path / "args"
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "ARGS_OUT": str(args), **env}
     done = subprocess.run(
         [*container["command"], script], env=env, capture_output=True, text=True, check=False
     )
+    return done, args
+
+
+def test_mlflow_start_script_writes_the_auth_config_mlflow_reads(tmp_path: Path) -> None:
+    """Run the container's script with a stand-in `mlflow` and a password holding `%`."""
+    database = "postgresql://mlflow:p%40ss%25w0rd@db.example:5432/mlflow_auth"
+    done, args_file = run_mlflow_start_script(
+        tmp_path,
+        MLFLOW_AUTH_DATABASE_URI=database,
+        MLFLOW_AUTH_ADMIN_PASSWORD="x7-Lq9vR2mKt4wZ",
+    )
     assert done.returncode == 0, done.stderr
-    args = (tmp_path / "args").read_text().split()
+    args = args_file.read_text().split()
     assert args[:3] == ["server", "--app-name", "basic-auth"]
 
-    read_auth_config = _mlflow_auth_config_reader()
+    read_auth_config = mlflow_auth_config_reader()
     ini = tmp_path / "mlflow" / "basic_auth.ini"
     assert oct(ini.stat().st_mode & 0o777) == "0o600"
     os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
@@ -1012,3 +1022,20 @@ def test_a_committed_serving_change_reaches_the_rendered_ray_service(
 
     committed = yaml.safe_load((checkout / gitops.SERVE_CONFIG).read_text())
     assert config == with_host(committed, chart.default_values()["serve"]["httpHost"])
+
+
+@pytest.mark.parametrize("password", ["password1234", "short-pass", ""])
+def test_mlflow_start_script_refuses_the_old_default_or_a_short_admin_password(
+    tmp_path: Path, password: str
+) -> None:
+    """MLflow's old default admin password (and one under its 12 characters) stops the
+    container before MLflow runs, naming the Secret's key, never the value."""
+    done, args_file = run_mlflow_start_script(
+        tmp_path,
+        MLFLOW_AUTH_DATABASE_URI="postgresql://mlflow@db.example:5432/mlflow_auth",
+        MLFLOW_AUTH_ADMIN_PASSWORD=password,
+    )
+    assert done.returncode == 1 and not args_file.exists()
+    assert "refused: key admin-password of Secret ray-app-mlflow" in done.stderr
+    assert not (tmp_path / "mlflow").exists()  # nothing written, not even the ini
+    assert "short-pass" not in done.stderr  # a password is never echoed

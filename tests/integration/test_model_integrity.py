@@ -1,21 +1,39 @@
 """Models are data: a version's files are hashed at registration, loaded from weights and
 JSON (nothing unpickled), and refused when they changed or were never hashed, until an
-operator backfills the hashes on purpose (recorded in the audit trail)."""
+operator backfills the hashes on purpose (recorded in the audit trail); a running variant
+asked to serve a changed version refuses it and keeps the one it serves."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
 import pytest
+import requests
 
 from ray_app.core.settings import Settings
 from ray_app.registry.audit import audit_log
-from ray_app.registry.versions import HASH_TAG, ModelIntegrityError, load_version
+from ray_app.registry.integrity import HASH_TAG, ModelIntegrityError
+from ray_app.registry.versions import load_version, promote
+from ray_app.serving.rollout import Change, rollout
 from ray_app.training.train import TrainingData
+from tests.conftest import Head, local_auth
 from tests.integration.conftest import run_cli
-from tests.integration.test_serve_registry import data, register, settings  # noqa: F401
+from tests.integration.test_serve_app import wait_until
+from tests.integration.test_serve_registry import (
+    QUESTION,
+    answered,
+    data,  # noqa: F401
+    offline,
+    ready_everywhere,
+    register,
+    serve_config_for,
+    serving,
+    settings,  # noqa: F401
+    signed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +86,59 @@ def test_an_unhashed_version_is_refused_until_an_operator_backfills_it(
     entry = audit_log(settings)[-1]
     assert (entry["event"], entry["version"]) == ("hashes_backfilled", version)
     assert entry["actor"] == entry["os_user"]
+
+
+def ask(url: str) -> tuple[str, int, dict[str, float]]:
+    """Who answered QUESTION, with which version, and what it predicted."""
+    answer = requests.post(f"{url}/v1/predict", json=QUESTION, headers=local_auth(), timeout=10)
+    return answered(answer.json())
+
+
+def champion_status(url: str) -> dict[str, Any]:
+    """The champion's entry of ``/v1/models``, as an operator reads it."""
+    models = requests.get(f"{url}/v1/models", headers=local_auth(), timeout=10).json()
+    return next(v for v in models["variants"] if v["name"] == "champion")  # type: ignore[no-any-return]
+
+
+def test_a_running_variant_refuses_a_changed_version_and_keeps_serving(
+    settings: Settings,  # noqa: F811
+    data: TrainingData,  # noqa: F811
+    ray_head: Head,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The shipped serve_config.yaml serves a champion; a version whose weights changed after
+    registration is pinned to it as `ray-app rollout --pin champion=N` does. The variant
+    refuses the version, answers on with the one it had, /v1/models gives the operator the
+    reason on every ingress replica, and /readyz only its generic code."""
+    good = register(settings, data, seed=2)
+    promote(settings, good, "tester", "serves while a changed version is refused")
+    variants = [
+        {"name": "champion", "ref": "champion", "weight": 1.0},
+        {"name": "challenger", "ref": str(good), "weight": 0.0},  # not the moving alias
+    ]
+    config_path = serve_config_for(
+        settings, tmp_path_factory.mktemp("integrity"), variants=variants
+    )
+    expected = offline(settings, data, good)
+
+    with serving(config_path, ray_head) as url:
+        wait_until(lambda: ready_everywhere(url), 120)
+        assert ask(url) == ("champion", good, expected)
+        changed = register(settings, data, seed=3)
+        weights = weights_file(settings, changed)
+        weights.write_bytes(weights.read_bytes() + b"\0")
+        rollout(settings, config_path, Change(pins={"champion": str(changed)}), **signed(ray_head))
+
+        def refused() -> bool:
+            status = champion_status(url)
+            return status["ref"] == str(changed) and "do not match" in (status["error"] or "")
+
+        wait_until(lambda: all(refused() for _ in range(4)), 60)  # both ingress replicas
+        status = champion_status(url)
+        assert status["model_version"] == good and status["ready"]
+        assert status["error"].startswith(f"cannot load '{changed}': version {changed} of ")
+        assert "file(s) weights.npz do not match the sha256" in status["error"]
+        assert ask(url) == ("champion", good, expected)
+        readiness = requests.get(f"{url}/readyz", timeout=10)
+        assert readiness.status_code == 200
+        assert readiness.json()["reasons"] == ["load_failed:champion"]

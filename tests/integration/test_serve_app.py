@@ -2,15 +2,20 @@
 
 One Serve instance for the module, on a free port, deployed declaratively (the controller
 path `serve deploy` takes), so that changing a deployment's user_config reconfigures the
-running replicas instead of replacing them. The loader (``FakeRegistry``, named by its import
-path in the args) serves two tiny MLPs (versions 1 and 2), a model that raises (3) and one
-that sleeps 5 s per call (4).
+running replicas instead of replacing them. The Ingress runs as many replicas as the shipped
+serve_config.yaml gives it (2), behind HAProxy: what holds "on every replica" (the rate limit,
+key rotation, overload) is tested across both, and per-replica views (shadow counts, the
+precomputed tables) are read from each replica's own address. The loader (``FakeRegistry``,
+named by its import path in the args) serves two tiny MLPs (versions 1 and 2), a model that
+raises (3) and one that sleeps 5 s per call (4).
 """
 
 from __future__ import annotations
 
 import copy
+import csv
 import datetime as dt
+import io
 import json
 import socket
 import statistics
@@ -59,6 +64,8 @@ ADMIN_KEY = new_api_key()
 LIMITED = 5
 VERSIONS = {"champion": 1, "challenger": 2, "raising": 3, "sleepy": 4}
 VARIANTS = ["champion", "challenger"]
+SHIPPED_INGRESS = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["deployments"][0]
+INGRESS_REPLICAS = SHIPPED_INGRESS["num_replicas"]
 
 
 def tiny_model(table: FeatureTable, version: int) -> TrainedModel:
@@ -183,7 +190,11 @@ def app_config(data_root: Path, bao: Bao) -> dict[str, Any]:
         "logging_config": {"encoding": "JSON", "enable_access_log": False},
         "args": args,
         "deployments": [
-            {"name": "Ingress", "user_config": {"weights": weights({"champion": 1.0})}}
+            {
+                "name": "Ingress",
+                "num_replicas": INGRESS_REPLICAS,
+                "user_config": {"weights": weights({"champion": 1.0})},
+            }
         ],
     }
 
@@ -228,30 +239,36 @@ def table(data_root: Path) -> FeatureTable:
 
 
 @pytest.fixture(scope="module")
-def deployed(data_root: Path, bao: Bao) -> Iterator[tuple[str, dict[str, Any]]]:
+def deployed(data_root: Path, bao: Bao) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """Serve's URL, the app's config and HAProxy's stats page."""
     from ray import serve
 
-    port = free_port()
+    port, env = free_port(), fast_serve_env()
     serve.start(
         http_options={"host": "127.0.0.1", "port": port},
-        controller_options={"runtime_env": {"env_vars": fast_serve_env()}},
+        controller_options={"runtime_env": {"env_vars": env}},
     )
     config = app_config(data_root, bao)
     apply(config)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: requests.get(f"{url}/readyz", timeout=5).status_code == 200, 60)
-    yield url, config
+    yield url, config, f"http://127.0.0.1:{env['RAY_SERVE_HAPROXY_STATS_PORT']}/stats"
     serve.shutdown()
 
 
 @pytest.fixture(scope="module")
-def url(deployed: tuple[str, dict[str, Any]]) -> str:
+def url(deployed: tuple[str, dict[str, Any], str]) -> str:
     return deployed[0]
 
 
 @pytest.fixture(scope="module")
-def config(deployed: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+def config(deployed: tuple[str, dict[str, Any], str]) -> dict[str, Any]:
     return deployed[1]
+
+
+@pytest.fixture(scope="module")
+def haproxy_stats(deployed: tuple[str, dict[str, Any], str]) -> str:
+    return deployed[2]
 
 
 @pytest.fixture
@@ -358,24 +375,49 @@ def test_a_key_may_call_what_its_role_allows(url: str) -> None:
     assert models["auth"] == "keys"
 
 
+def replica_urls() -> list[str]:
+    """The address of each running Ingress replica (its direct ingress, where HAProxy sends
+    requests), so that a test can ask one replica instead of whichever HAProxy picks. Each
+    listens on http_options.host (127.0.0.1) of the session's one node, as HAProxy reaches it."""
+    import ray
+    from ray import serve
+
+    controller = serve.context._get_global_client()._controller
+    groups = ray.get(controller.get_target_groups.remote("ray-app", True))
+    http = [group for group in groups if group.protocol == "HTTP"]
+    return [f"http://127.0.0.1:{target.port}" for group in http for target in group.targets]
+
+
+# Between two syncs a replica may admit a request the other admitted but it has not learned of
+# yet (see ray_app.serving.auth); requests 70 ms apart, alternating, give each replica one
+# request every 140 ms, about the 2 x 50 ms it takes for one replica's count to reach the other.
+SYNC_SLACK = INGRESS_REPLICAS
+
+
 def test_a_key_over_its_limit_gets_429_with_retry_after(url: str) -> None:
-    """The limit holds across both ingress replicas (counted in Redis, synced every 50 ms):
-    of requests paced past each sync, no more than the key's quota per window passes."""
+    """The limit holds across the ingress replicas: 12 requests in each of three one-second
+    windows, sent to each replica in turn at its own address, are admitted at most 5 per
+    window (plus the sync's slack), where a limit per replica would admit 10."""
+    replicas, body = replica_urls(), {"tickers": ["AAPL"]}
+    assert len(replicas) == INGRESS_REPLICAS, replicas
+    got: dict[int, list[requests.Response]] = {}
     with requests.Session() as s:
         s.headers.update(bearer(LIMITED_KEY))
-        start = time.time()
-        got = []
-        for _ in range(4 * LIMITED):
-            got.append(s.post(f"{url}/v1/predict", json={"tickers": ["AAPL"]}))
-            time.sleep(0.12)
-        windows = int(time.time()) - int(start) + 1
-    statuses = [r.status_code for r in got]
-    assert set(statuses) == {200, 429} and statuses.count(200) <= LIMITED * windows
-    refused = next(r for r in got if r.status_code == 429)
+        for window in range(int(time.time()) + 1, int(time.time()) + 4):
+            for i in range(12):
+                time.sleep(max(0.0, window + 0.02 + 0.07 * i - time.time()))
+                answer = s.post(f"{replicas[i % len(replicas)]}/v1/predict", json=body)
+                got.setdefault(window, []).append(answer)
+    admitted = {w: [r.status_code for r in answers].count(200) for w, answers in got.items()}
+    print(f"admitted per window, of 12 over {len(replicas)} replicas: {list(admitted.values())}")
+    assert all(LIMITED <= n <= LIMITED + SYNC_SLACK for n in admitted.values()), admitted
+    assert {r.status_code for answers in got.values() for r in answers} == {200, 429}
+    refused = next(r for answers in got.values() for r in answers if r.status_code == 429)
     assert refused.headers["Retry-After"] == "1"  # the rest of a one-second window, rounded up
     assert "API key limited is over its limit of 5 requests per 1 s" in refused.json()["detail"]
     time.sleep(1.0)
-    assert s.post(f"{url}/v1/predict", json={"tickers": ["AAPL"]}).status_code == 200
+    answer = requests.post(f"{url}/v1/predict", json=body, headers=bearer(LIMITED_KEY))
+    assert answer.status_code == 200
 
 
 def test_a_key_rotated_in_vault_works_within_a_second_of_refresh_and_the_old_one_stops(
@@ -554,20 +596,48 @@ def models(url: str) -> dict[str, Any]:
     return answer.json()  # type: ignore[no-any-return]
 
 
-def serves_precomputed(url: str, variant: str) -> bool:
-    """Whether ``variant`` takes all the traffic and every variant answers from its table."""
-    found = models(url)["variants"]
-    weight = found[VARIANTS.index(variant)]["weight"]
-    return weight == 1 and all(v["precomputed"] for v in found)
+def replicas_up(stats: str) -> int:
+    """How many Ingress replicas HAProxy sends requests to now (UP on its stats page): one
+    that Serve just started or reconfigured is UP after two health checks."""
+    text = requests.get(f"{stats};csv", timeout=5).text.removeprefix("# ")
+    return sum(
+        row["pxname"] == "http-ray-app"
+        and row["svname"].startswith("SERVE_REPLICA")
+        and row["status"] == "UP"
+        for row in csv.DictReader(io.StringIO(text))
+    )
 
 
-def shadow_counts(url: str) -> dict[str, Any]:
-    return models(url)["shadow"]  # type: ignore[no-any-return]
+def every_replica_models() -> list[dict[str, Any]]:
+    """``/v1/models`` of each Ingress replica: what one replica holds (its tables, its shadow
+    counts) is its own, and HAProxy answers from either."""
+    return [models(replica) for replica in replica_urls()]
 
 
-def model_version(url: str, variant: str) -> int | None:
-    found = {v["name"]: v["model_version"] for v in models(url)["variants"]}
-    return found[variant]
+def serves_precomputed(variant: str) -> bool:
+    """Whether, on every Ingress replica, ``variant`` takes all the traffic and every variant
+    answers from its table."""
+
+    def ready(found: list[dict[str, Any]]) -> bool:
+        weight = found[VARIANTS.index(variant)]["weight"]
+        return weight == 1 and all(v["precomputed"] for v in found)
+
+    return all(ready(m["variants"]) for m in every_replica_models())
+
+
+def shadow_counts() -> dict[str, int]:
+    """The shadow's counts, summed over the Ingress replicas (each counts its own mirrors)."""
+    shadows = [m["shadow"] for m in every_replica_models()]
+    return {k: sum(s[k] for s in shadows) for k, v in shadows[0].items() if isinstance(v, int)}
+
+
+def model_version(variant: str) -> int | None:
+    """The version of ``variant`` every Ingress replica reports; None while they differ."""
+    found = {
+        next(v["model_version"] for v in m["variants"] if v["name"] == variant)
+        for m in every_replica_models()
+    }
+    return found.pop() if len(found) == 1 else None
 
 
 @pytest.mark.parametrize("model", ["raising", "sleepy"])
@@ -577,9 +647,9 @@ def test_a_failing_or_slow_shadow_changes_nothing(
     expected, plain_latency = run_round(url)
     shadowed = with_model(config, "challenger", model)
     apply(with_ingress(shadowed, shadow={"variant": "challenger", "fraction": 1.0}))
-    wait_until(lambda: model_version(url, "challenger") == VERSIONS[model], 10)
+    wait_until(lambda: model_version("challenger") == VERSIONS[model], 10)
     got, latency = run_round(url)
-    counts = shadow_counts(url)
+    counts = shadow_counts()
     apply(config)
     assert got == expected  # same statuses, same bodies: 0 extra errors
     assert statistics.median(latency) < statistics.median(plain_latency) + 0.05
@@ -591,18 +661,22 @@ def test_a_failing_or_slow_shadow_changes_nothing(
 
 
 def test_overload_gets_a_quick_503_with_retry_after_not_a_growing_queue(
-    url: str, config: dict[str, Any], table: FeatureTable
+    url: str, config: dict[str, Any], table: FeatureTable, haproxy_stats: str
 ) -> None:
     """Past max_ongoing_requests an ingress replica queues at most max_queued_requests and
     refuses the rest at once (503, Retry-After from serve_config.yaml's backpressure_config).
-    Here both are small and the model is stuck for 5 s, so 24 requests at once overflow the two
-    replicas: the refused ones come back within a second, the admitted ones answer."""
-    shipped = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["deployments"][0]
+    Here both are small and the model is stuck for 5 s, so 24 requests at once through HAProxy
+    overflow both replicas: more are admitted than one replica holds (both took their share)
+    and no more than both hold; the refused ones come back within a second, the admitted ones
+    answer."""
     limits = {"max_ongoing_requests": 2, "max_queued_requests": 1}
     stuck = with_model(config, "champion", "sleepy")
-    stuck["deployments"][0].update(limits, backpressure_config=shipped["backpressure_config"])
+    stuck["deployments"][0].update(
+        limits, backpressure_config=SHIPPED_INGRESS["backpressure_config"]
+    )
     apply(stuck)
-    wait_until(lambda: model_version(url, "champion") == VERSIONS["sleepy"], 20)
+    wait_until(lambda: model_version("champion") == VERSIONS["sleepy"], 20)
+    wait_until(lambda: replicas_up(haproxy_stats) == INGRESS_REPLICAS, 20)
     aapl_days = table.frames["AAPL"][0][-24:]  # no two requests share a cache entry
     days = [str(day) for day in aapl_days]
 
@@ -621,13 +695,14 @@ def test_overload_gets_a_quick_503_with_retry_after_not_a_growing_queue(
     refused = [a for a in answers if a[0] == 503]
     admitted = len(answers) - len(refused)
     assert {a[0] for a in answers} == {200, 503}, answers
-    assert admitted <= 2 * sum(limits.values()), answers  # two replicas, each 2 + 1
+    held = sum(limits.values())  # by one replica: 2 answering + 1 queued
+    assert held < admitted <= INGRESS_REPLICAS * held, answers
     assert all(retry == "1" and took < 1.0 for _, retry, took in refused), refused
     print(
         f"overload: {len(refused)} of {len(answers)} refused, slowest refusal "
         f"{max(a[2] for a in refused):.2f} s"
     )
-    wait_until(lambda: model_version(url, "champion") == VERSIONS["champion"], 20)
+    wait_until(lambda: model_version("champion") == VERSIONS["champion"], 20)
 
 
 def test_a_killed_shadow_replica_changes_nothing(url: str, config: dict[str, Any]) -> None:
@@ -641,7 +716,7 @@ def test_a_killed_shadow_replica_changes_nothing(url: str, config: dict[str, Any
     assert len(names) == 1
     ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
     got, _ = run_round(url)
-    counts = shadow_counts(url)
+    counts = shadow_counts()
     apply(config)
     assert got == expected
     assert counts["sent"] > 0 and counts["error"] + counts["timeout"] + counts["dropped"] > 0
@@ -790,10 +865,12 @@ def test_precomputed_predictions_equal_the_per_request_ones(
     precomputing = copy.deepcopy(config)
     precomputing["args"]["precompute"] = True
     apply(with_ingress(precomputing, shadow={"variant": "challenger", "fraction": 1.0}))
-    wait_until(lambda: all(v["precomputed"] for v in models(url)["variants"]), 60)
+    wait_until(
+        lambda: all(v["precomputed"] for m in every_replica_models() for v in m["variants"]), 60
+    )
     got, _ = run_round(url)
     assert got == approx(expected)
-    counts = shadow_counts(url)
+    counts = shadow_counts()
     assert counts["precomputed"] == len(expected) and counts["sent"] == 0
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
 
@@ -847,7 +924,7 @@ def test_the_log_signals_and_monitor_close_the_loop(
                 shadow={"variant": "challenger", "fraction": 1.0},
             )
         )
-        wait_until(lambda v=variant: serves_precomputed(url, v), 30)
+        wait_until(lambda v=variant: serves_precomputed(v), 30)
         for day in days:
             for tickers in (TICKERS[:2], TICKERS[2:]):
                 answer = requests.post(
