@@ -23,7 +23,9 @@ What it does, in one run:
    built once) and ``score_frames`` over every ticker of the feature set: the torch
    families in NumPy (as in a variant replica), LightGBM predicting on one thread;
    ``--repeats`` rounds, the families in turn within each round, medians reported, and the
-   ratio to the MLP's.
+   ratio to the MLP's; beside it, the time to read the persisted table back, which is what a
+   variant replica that restarts (or a second one, or a rollback) pays instead
+   (``read_served_scores``).
 
 Target: LightGBM's first table / MLP's first table <= 1.0 (exit status 1 when it is not).
 
@@ -43,6 +45,8 @@ import numpy as np
 from bench_data import load_note, pandas_features, pandas_ingest
 
 from ray_app.core.settings import Settings, load_settings
+from ray_app.core.storage import DataRoot
+from ray_app.data.signals import ServedTable, read_served_scores, write_scores
 from ray_app.data.sources import make_source
 from ray_app.models.families import LoopSession, TrainedModel, names, spec
 from ray_app.serving.features import FeatureTable
@@ -120,13 +124,25 @@ def print_quality(settings: Settings, scores: dict[str, Scores], train_s: dict[s
     )
 
 
-def first_table(model: TrainedModel, table: FeatureTable) -> tuple[float, int]:
-    """Seconds to build the served model and its table over every ticker; rows predicted."""
+def first_table(model: TrainedModel, table: FeatureTable) -> tuple[float, dict[str, np.ndarray]]:
+    """Seconds to build the served model and its table over every ticker; the table."""
     t0 = time.perf_counter()
     served = ServedModel("bench", 1, model)
     preds = score_frames(served, ColumnSelector(served.columns), tuple(table.columns), table.frames)
-    seconds = time.perf_counter() - t0
-    return seconds, int(sum(np.isfinite(p).sum() for p in preds.values()))
+    return time.perf_counter() - t0, preds
+
+
+def read_back(root: DataRoot, kind: str, table: FeatureTable) -> float:
+    """Seconds for a replica that restarts to read the persisted table back."""
+    t0 = time.perf_counter()
+    dates = {t: days for t, (days, _) in table.frames.items()}
+    held = read_served_scores(root, persisted(kind, table), dates)
+    assert held is not None and len(held) == len(table.frames)
+    return time.perf_counter() - t0
+
+
+def persisted(kind: str, table: FeatureTable) -> ServedTable:
+    return ServedTable(kind, f"bench-{kind}", "1", table.feature_version)
 
 
 def fit(settings: Settings, data: TrainingData, kind: str) -> TrainedModel:
@@ -166,22 +182,30 @@ def main() -> None:
     print_quality(settings, quality, train_s)
     table = FeatureTable.load(settings)
     times: dict[str, list[float]] = {kind: [] for kind in args.families}
+    reads: dict[str, list[float]] = {kind: [] for kind in args.families}
     rows = {}
-    for kind in args.families:  # warm-up: imports, first allocations
-        first_table(trained[kind], table)
+    store = DataRoot(str(root))
+    for kind in args.families:  # warm-up: imports, first allocations; the persisted tables
+        _, preds = first_table(trained[kind], table)
+        frames = {t: (table.frames[t][0], preds[t]) for t in table.frames}
+        write_scores(store, persisted(kind, table), frames)
+        rows[kind] = int(sum(np.isfinite(p).sum() for p in preds.values()))
     for _ in range(args.repeats):
         for kind in args.families:
-            seconds, rows[kind] = first_table(trained[kind], table)
-            times[kind].append(seconds)
+            times[kind].append(first_table(trained[kind], table)[0])
+            reads[kind].append(read_back(store, kind, table))
     median = {kind: statistics.median(values) for kind, values in times.items()}
-    head = f"{'family':<10} {'steps':>6} {'table rows':>10} {'table s':>8} {'/ mlp':>6}"
+    head = (
+        f"{'family':<10} {'steps':>6} {'table rows':>10} {'table s':>8} {'/ mlp':>6} "
+        f"{'read back s':>11}"
+    )
     print(head)
     print("-" * len(head))
     for kind in args.families:
         ratio = median[kind] / median["mlp"] if "mlp" in median else float("nan")
         print(
             f"{kind:<10} {trained[kind].best_epoch:>6} {rows[kind]:>10,} {median[kind]:>8.3f} "
-            f"{ratio:>6.2f}"
+            f"{ratio:>6.2f} {statistics.median(reads[kind]):>11.3f}"
         )
     print(load_note())
     if "mlp" in median and "lightgbm" in median:

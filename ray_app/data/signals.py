@@ -6,7 +6,10 @@ table the ingress answers from). It persists that table once, here::
     <data_root>/signals/model=<model_name>/version=<model_version>/<feature_version>.parquet
         ticker, feature_date, predicted_return
 
-and records which one it serves in ``<data_root>/signals/variants/<variant>.json``. A day's
+and records which one it serves in ``<data_root>/signals/variants/<variant>.json``. A model
+version and a feature set never change once written, so the table is the same for every
+replica that serves them: a replica that restarts, a second one, or the one a rollback returns
+to reads it back (``read_served_scores``) rather than predicting every row again. A day's
 signals (``daily_signals``) are read from those tables: per ticker, the newest row on or
 before the day, exactly the number ``/v1/predict`` with ``as_of`` answers, ranked within each
 variant (1: the highest predicted return). ``ray-app signals --date D`` prints or exports them
@@ -89,6 +92,12 @@ def write_scores(
     )
     parts = scores_parts(served.model_name, served.model_version, served.feature_version)
     root.write_table(table, *parts)
+    point_variant(root, served)
+    return root.display(*parts)
+
+
+def point_variant(root: DataRoot, served: ServedTable) -> None:
+    """Record that ``served.variant`` serves the table of ``served``'s model and feature set."""
     root.write_json(
         {
             "model_name": served.model_name,
@@ -99,7 +108,35 @@ def write_scores(
         VARIANTS,
         f"{served.variant}.json",
     )
-    return root.display(*parts)
+
+
+def read_served_scores(
+    root: DataRoot, served: ServedTable, dates: dict[str, np.ndarray]
+) -> dict[str, np.ndarray] | None:
+    """The persisted table of ``served``'s model and feature set, per ticker aligned with
+    ``dates`` (its feature rows' dates; NaN where the table holds no prediction), as
+    ``write_scores`` was given it; None when none was persisted, or when it names a ticker or
+    a date the rows lack (it was then not written from these rows)."""
+    parts = scores_parts(served.model_name, served.model_version, served.feature_version)
+    if not root.exists(*parts):
+        return None
+    table = pq.read_table(root.path(*parts), filesystem=root.fs, schema=SCORE_SCHEMA)
+    names = table.column("ticker").combine_chunks().dictionary_encode()
+    codes = names.indices.to_numpy()
+    days = table.column("feature_date").to_numpy().astype("datetime64[D]")
+    preds = table.column("predicted_return").to_numpy()
+    out = {ticker: np.full(len(d), np.nan) for ticker, d in dates.items()}
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names.dictionary) + 1))
+    for code, ticker in enumerate(names.dictionary.to_pylist()):
+        rows = order[bounds[code] : bounds[code + 1]]
+        if ticker not in dates:
+            return None
+        at = np.searchsorted(dates[ticker], days[rows])
+        if (at >= len(dates[ticker])).any() or (dates[ticker][at] != days[rows]).any():
+            return None
+        out[ticker][at] = preds[rows]
+    return out
 
 
 def read_scores(

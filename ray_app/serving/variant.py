@@ -17,6 +17,8 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ from ray import serve
 from ray_app.core.logs import redact_serve_logs
 from ray_app.core.secrets import redact_uris
 from ray_app.core.storage import DataRoot
-from ray_app.data.signals import ServedTable, write_scores
+from ray_app.data.signals import ServedTable, point_variant, read_served_scores, write_scores
 from ray_app.serving.args import ServeArgs, VariantConfig
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.loader import import_loader
@@ -46,6 +48,16 @@ logger = logging.getLogger("ray.serve")
 PICKLES = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
+
+
+@dataclass
+class _Held:
+    """A replica's predictions for one model and feature set, per ticker; ``persisted`` once
+    written to (or read from) the data root."""
+
+    served: ServedTable
+    preds: dict[str, np.ndarray]
+    persisted: bool
 
 
 @serve.deployment(max_ongoing_requests=128)
@@ -71,7 +83,8 @@ class Variant:
         self._retry: asyncio.Task[None] | None = None
         self._table: FeatureTable | None = None
         self._table_lock = asyncio.Lock()
-        self._held: tuple[ServedTable, dict[str, np.ndarray]] | None = None
+        self._held: _Held | None = None
+        self._scoring = asyncio.Lock()
         self._persisting: set[asyncio.Task[None]] = set()
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
@@ -121,34 +134,60 @@ class Variant:
 
     async def scores(self, feature_version: str, tickers: list[str]) -> Scores | None:
         """Predictions of the model serving now for every row of ``tickers`` in feature set
-        ``feature_version``, computed in a thread while requests keep being answered; None
-        without a model. The ingress asks once per model version and feature set."""
+        ``feature_version``; None without a model. Each row is predicted once per model and
+        feature set, in a thread while requests keep being answered: every ingress replica
+        asks, and they wait for one pass (``_scoring``); a table persisted earlier (by this
+        replica before a restart, or by another) is read back instead."""
         if self._serving is None:
             return None
         model, select = self._serving
         table = await self._feature_table(feature_version)
-        frames = {t: table.frames[t] for t in tickers if t in table.frames}
-        columns = tuple(table.columns)
-        preds = await asyncio.to_thread(score_frames, model, select, columns, frames)
-        self._hold(ServedTable(self.name, model.name, str(model.version), table.feature_version))
-        self._collect(table, preds)
+        served = ServedTable(self.name, model.name, str(model.version), table.feature_version)
+        async with self._scoring:
+            held = await self._table_of(served, table)
+            todo = {t: table.frames[t] for t in tickers if t in table.frames and t not in held}
+            if todo:
+                columns = tuple(table.columns)
+                held.update(await asyncio.to_thread(score_frames, model, select, columns, todo))
+                self._persist_when_complete(table)
+        preds = {t: held[t] for t in tickers if t in held}
         return Scores(model.name, model.version, table.feature_version, preds)
 
-    def _hold(self, served: ServedTable) -> None:
-        if self._held is None or self._held[0] != served:
-            self._held = (served, {})
+    async def _table_of(self, served: ServedTable, table: FeatureTable) -> dict[str, np.ndarray]:
+        """The predictions held for ``served``'s model and feature set: those of this replica
+        so far, or the persisted table read back (and pointed at), or none yet."""
+        if self._held is not None and self._held.served == served:
+            return self._held.preds
+        root = DataRoot(self._args.settings().data_root)
+        dates = {t: days for t, (days, _) in table.frames.items()}
+        try:
+            stored = await asyncio.to_thread(read_served_scores, root, served, dates)
+        except Exception as exc:  # an unreadable table is predicted again
+            logger.warning("variant %s: persisted signals not read: %s", self.name, repr(exc))
+            stored = None
+        self._held = _Held(served, stored or {}, persisted=stored is not None)
+        if stored is not None:
+            self._spawn(asyncio.to_thread(point_variant, root, served))
+            logger.info(
+                "variant %s: signals of %s v%s read back",
+                self.name,
+                served.model_name,
+                served.model_version,
+            )
+        return self._held.preds
 
-    def _collect(self, table: FeatureTable, preds: dict[str, np.ndarray]) -> None:
-        """Gather the ingress's calls for one model and feature set; once every ticker is in,
-        persist the table as the variant's signals (in a thread, off the answer)."""
-        assert self._held is not None
-        served, held = self._held
-        complete = len(held) == len(table.frames)
-        held.update(preds)
-        if complete or len(held) < len(table.frames):
-            return  # written already, or more calls to come
-        frames = {t: (table.frames[t][0], held[t]) for t in table.frames}
-        task = asyncio.create_task(self._persist(served, frames))
+    def _persist_when_complete(self, table: FeatureTable) -> None:
+        """Once every ticker is predicted, persist the table as the variant's signals (in a
+        thread, off the answer), once."""
+        held = self._held
+        if held is None or held.persisted or len(held.preds) < len(table.frames):
+            return
+        held.persisted = True
+        frames = {t: (table.frames[t][0], held.preds[t]) for t in table.frames}
+        self._spawn(self._persist(held.served, frames))
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
         self._persisting.add(task)
         task.add_done_callback(self._persisting.discard)
 

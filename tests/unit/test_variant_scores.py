@@ -1,0 +1,144 @@
+"""A variant predicts each row of a feature set once per model: the ingress replicas that ask
+together wait for one pass, and a replica that restarts reads the persisted table back.
+
+No Ray: the class ``@serve.deployment`` wrapped, a counting fake model through the loader
+hook, and an in-memory feature set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ray_app.core.storage import DataRoot
+from ray_app.data.signals import scores_parts, served_tables
+from ray_app.serving.args import AuthSpec, ServeArgs
+from ray_app.serving.features import FeatureTable
+from ray_app.serving.predictor import ServingModel
+from ray_app.serving.variant import Variant
+
+COLUMNS = ["ret_1d", "vol_20d"]
+DAYS = np.arange(np.datetime64("2024-01-01"), np.datetime64("2024-01-11"))
+
+
+@dataclass
+class Counting:
+    """A window-3 model whose prediction is the window's sum; counts the windows it scores."""
+
+    name: str = "m"
+    version: int = 7
+    kind: str = "mlp"
+    columns: list[str] = field(default_factory=lambda: list(COLUMNS))
+    window: int = 3
+    feature_version: str = "fs1"
+    scored: list[int] = field(default_factory=list)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.scored.append(len(x))
+        return np.asarray(x.sum(axis=(1, 2)), dtype=np.float64)
+
+
+MODELS: list[Counting] = []
+
+
+def counting_loader(args: ServeArgs) -> object:
+    def load(ref: str) -> ServingModel:
+        MODELS.append(Counting())
+        return MODELS[-1]
+
+    return load
+
+
+def table(days: np.ndarray = DAYS) -> FeatureTable:
+    rng = np.random.default_rng(0)
+    frames = {
+        "AAPL": (days, rng.normal(size=(len(days), 2))),
+        "MSFT": (days[2:], rng.normal(size=(len(days) - 2, 2))),
+        "IBM": (days[:2], rng.normal(size=(2, 2))),  # shorter than the window: no prediction
+    }
+    return FeatureTable("fs1", COLUMNS, frames)
+
+
+async def variant(tmp_path: Path, name: str = "champion") -> Variant:
+    args = ServeArgs(
+        data_root=str(tmp_path),
+        auth=AuthSpec(mode="insecure", rate_limit=None),
+        loader=f"{__name__}:counting_loader",
+    )
+    replica = Variant.func_or_class(name, args)
+    await replica.reconfigure({"ref": "champion"})
+    return replica
+
+
+async def settle(replica: Variant) -> None:
+    while replica._persisting:
+        await asyncio.gather(*replica._persisting)
+
+
+@pytest.fixture(autouse=True)
+def feature_set(monkeypatch: pytest.MonkeyPatch) -> list[FeatureTable]:
+    """The feature set the variant reads; a test may swap the table it holds."""
+    held = [table()]
+    monkeypatch.setattr(
+        FeatureTable, "load", classmethod(lambda cls, settings, version=None: held[0])
+    )
+    MODELS.clear()
+    return held
+
+
+def test_two_ingress_replicas_asking_at_once_get_one_pass(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        replica = await variant(tmp_path)
+        tickers = ["AAPL", "IBM", "MSFT"]
+        first, second = await asyncio.gather(
+            replica.scores("fs1", tickers), replica.scores("fs1", tickers)
+        )
+        assert first is not None and second is not None
+        assert MODELS[0].scored == [8, 6]  # AAPL's and MSFT's windows, once each
+        for ticker in tickers:
+            np.testing.assert_array_equal(first.preds[ticker], second.preds[ticker])
+        assert np.isnan(first.preds["IBM"]).all() and np.isnan(first.preds["AAPL"][:2]).all()
+        await settle(replica)
+
+    asyncio.run(scenario())
+    assert DataRoot(str(tmp_path)).exists(*scores_parts("m", "7", "fs1"))
+
+
+def test_a_restarted_replica_reads_the_persisted_table_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        replica = await variant(tmp_path)
+        before = await replica.scores("fs1", ["AAPL", "IBM", "MSFT"])
+        await settle(replica)
+        again = await variant(tmp_path, "challenger")  # a new replica, another variant name
+        after = await again.scores("fs1", ["MSFT", "IBM"])
+        await settle(again)
+        assert before is not None and after is not None
+        assert MODELS[1].scored == []  # nothing predicted again
+        for ticker in ("MSFT", "IBM"):
+            np.testing.assert_array_equal(after.preds[ticker], before.preds[ticker])
+        rest = await again.scores("fs1", ["AAPL"])
+        assert rest is not None and MODELS[1].scored == []
+        np.testing.assert_array_equal(rest.preds["AAPL"], before.preds["AAPL"])
+
+    asyncio.run(scenario())
+    pointed = {t.variant: t.model_version for t in served_tables(DataRoot(str(tmp_path)))}
+    assert pointed == {"champion": "7", "challenger": "7"}
+
+
+def test_a_persisted_table_that_does_not_fit_the_rows_is_predicted_again(
+    tmp_path: Path, feature_set: list[FeatureTable]
+) -> None:
+    async def scenario() -> None:
+        replica = await variant(tmp_path)
+        await replica.scores("fs1", ["AAPL", "IBM", "MSFT"])
+        await settle(replica)
+        feature_set[0] = table(DAYS + 30)  # same version name, other dates: not these rows
+        again = await variant(tmp_path)
+        after = await again.scores("fs1", ["AAPL", "MSFT"])
+        assert after is not None and MODELS[1].scored == [8, 6]
+
+    asyncio.run(scenario())
