@@ -122,7 +122,7 @@ class Refresher:
             preds = score_frames(self.model, select, tuple(table.columns), table.frames)
             frames = {t: (table.frames[t][0], preds[t]) for t in table.frames}
             served = ServedTable("champion", self.model.name, str(self.model.version), latest)
-            write_scores(DataRoot(self.settings.data_root), served, frames)
+            write_scores(DataRoot(self.settings.data_root), served, frames, self.model.digest)
             self.served = latest
         return time.perf_counter() - t0
 

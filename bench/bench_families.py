@@ -136,7 +136,7 @@ def read_back(root: DataRoot, kind: str, table: FeatureTable) -> float:
     """Seconds for a replica that restarts to read the persisted table back."""
     t0 = time.perf_counter()
     dates = {t: days for t, (days, _) in table.frames.items()}
-    held = read_served_scores(root, persisted(kind, table), dates)
+    held = read_served_scores(root, persisted(kind, table), dates, kind)
     assert held is not None and len(held) == len(table.frames)
     return time.perf_counter() - t0
 
@@ -188,7 +188,7 @@ def main() -> None:
     for kind in args.families:  # warm-up: imports, first allocations; the persisted tables
         _, preds = first_table(trained[kind], table)
         frames = {t: (table.frames[t][0], preds[t]) for t in table.frames}
-        write_scores(store, persisted(kind, table), frames)
+        write_scores(store, persisted(kind, table), frames, kind)
         rows[kind] = int(sum(np.isfinite(p).sum() for p in preds.values()))
     for _ in range(args.repeats):
         for kind in args.families:

@@ -35,6 +35,7 @@ DAILY = "daily"
 SCORE_SCHEMA = pa.schema(
     [("ticker", pa.string()), ("feature_date", pa.date32()), ("predicted_return", pa.float64())]
 )
+DIGEST_KEY = "model_digest"
 DAILY_COLUMNS = (
     "ticker",
     "feature_date",
@@ -73,10 +74,11 @@ def write_scores(
     root: DataRoot,
     served: ServedTable,
     frames: dict[str, tuple[np.ndarray, np.ndarray]],
+    model_digest: str,
 ) -> str:
     """Persist a model's predictions for every row of a feature set (``frames``: per ticker,
-    its dates and predictions; rows without a prediction are left out), then point the
-    variant at them."""
+    its dates and predictions; rows without a prediction are left out), with the digest of
+    the model that made them, then point the variant at them."""
     tickers, dates, preds = [], [], []
     for ticker, (days, values) in sorted(frames.items()):
         keep = np.isfinite(values)
@@ -88,7 +90,8 @@ def write_scores(
             "ticker": pa.array(tickers, pa.string()),
             "feature_date": pa.array(np.concatenate(dates) if dates else [], pa.date32()),
             "predicted_return": pa.array(np.concatenate(preds) if preds else [], pa.float64()),
-        }
+        },
+        metadata={DIGEST_KEY: model_digest},
     )
     parts = scores_parts(served.model_name, served.model_version, served.feature_version)
     root.write_table(table, *parts)
@@ -111,16 +114,21 @@ def point_variant(root: DataRoot, served: ServedTable) -> None:
 
 
 def read_served_scores(
-    root: DataRoot, served: ServedTable, dates: dict[str, np.ndarray]
+    root: DataRoot, served: ServedTable, dates: dict[str, np.ndarray], model_digest: str
 ) -> dict[str, np.ndarray] | None:
     """The persisted table of ``served``'s model and feature set, per ticker aligned with
     ``dates`` (its feature rows' dates; NaN where the table holds no prediction), as
-    ``write_scores`` was given it; None when none was persisted, or when it names a ticker or
-    a date the rows lack (it was then not written from these rows)."""
+    ``write_scores`` was given it. None when none was persisted, when another model made it
+    (another digest: a registry that was reset numbers its versions alike), or when it names
+    a ticker or a date the rows lack (it was then not written from these rows)."""
     parts = scores_parts(served.model_name, served.model_version, served.feature_version)
     if not root.exists(*parts):
         return None
-    table = pq.read_table(root.path(*parts), filesystem=root.fs, schema=SCORE_SCHEMA)
+    path = root.path(*parts)
+    made_by = (pq.read_schema(path, filesystem=root.fs).metadata or {}).get(DIGEST_KEY.encode())
+    if made_by != model_digest.encode():
+        return None
+    table = pq.read_table(path, filesystem=root.fs, schema=SCORE_SCHEMA)
     names = table.column("ticker").combine_chunks().dictionary_encode()
     codes = names.indices.to_numpy()
     days = table.column("feature_date").to_numpy().astype("datetime64[D]")

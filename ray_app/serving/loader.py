@@ -13,6 +13,7 @@ serves the same way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -49,6 +50,11 @@ class ServedModel:
 
     def __post_init__(self) -> None:
         self.predictor = self.trained.predictor()
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """The content hash, on first use (a variant's first table), not at every load."""
+        return self.trained.digest()
 
     @property
     def kind(self) -> str:

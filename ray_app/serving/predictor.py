@@ -27,6 +27,12 @@ class ServingModel(Protocol):
     window: int
     feature_version: str
 
+    @property
+    def digest(self) -> str:
+        """A hash of the model's content: its persisted predictions are read back only by a
+        model with the same one."""
+        ...
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(n, window, len(columns)) unscaled feature rows, oldest first -> (n,) predictions."""
         ...

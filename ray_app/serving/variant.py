@@ -56,6 +56,7 @@ class _Held:
     written to (or read from) the data root."""
 
     served: ServedTable
+    digest: str
     preds: dict[str, np.ndarray]
     persisted: bool
 
@@ -144,7 +145,8 @@ class Variant:
         table = await self._feature_table(feature_version)
         served = ServedTable(self.name, model.name, str(model.version), table.feature_version)
         async with self._scoring:
-            held = await self._table_of(served, table)
+            digest = await asyncio.to_thread(lambda: model.digest)  # saves the model, once
+            held = await self._table_of(served, digest, table)
             todo = {t: table.frames[t] for t in tickers if t in table.frames and t not in held}
             if todo:
                 columns = tuple(table.columns)
@@ -153,19 +155,22 @@ class Variant:
         preds = {t: held[t] for t in tickers if t in held}
         return Scores(model.name, model.version, table.feature_version, preds)
 
-    async def _table_of(self, served: ServedTable, table: FeatureTable) -> dict[str, np.ndarray]:
+    async def _table_of(
+        self, served: ServedTable, digest: str, table: FeatureTable
+    ) -> dict[str, np.ndarray]:
         """The predictions held for ``served``'s model and feature set: those of this replica
-        so far, or the persisted table read back (and pointed at), or none yet."""
+        so far, or the table persisted by the same model (``digest``) read back and pointed
+        at, or none yet."""
         if self._held is not None and self._held.served == served:
             return self._held.preds
         root = DataRoot(self._args.settings().data_root)
         dates = {t: days for t, (days, _) in table.frames.items()}
         try:
-            stored = await asyncio.to_thread(read_served_scores, root, served, dates)
+            stored = await asyncio.to_thread(read_served_scores, root, served, dates, digest)
         except Exception as exc:  # an unreadable table is predicted again
             logger.warning("variant %s: persisted signals not read: %s", self.name, repr(exc))
             stored = None
-        self._held = _Held(served, stored or {}, persisted=stored is not None)
+        self._held = _Held(served, digest, stored or {}, persisted=stored is not None)
         if stored is not None:
             self._spawn(asyncio.to_thread(point_variant, root, served))
             logger.info(
@@ -184,7 +189,7 @@ class Variant:
             return
         held.persisted = True
         frames = {t: (table.frames[t][0], held.preds[t]) for t in table.frames}
-        self._spawn(self._persist(held.served, frames))
+        self._spawn(self._persist(held.served, held.digest, frames))
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(work)
@@ -192,11 +197,11 @@ class Variant:
         task.add_done_callback(self._persisting.discard)
 
     async def _persist(
-        self, served: ServedTable, frames: dict[str, tuple[np.ndarray, np.ndarray]]
+        self, served: ServedTable, digest: str, frames: dict[str, tuple[np.ndarray, np.ndarray]]
     ) -> None:
         root = DataRoot(self._args.settings().data_root)
         try:
-            path = await asyncio.to_thread(write_scores, root, served, frames)
+            path = await asyncio.to_thread(write_scores, root, served, frames, digest)
         except Exception as exc:  # serving goes on; the next model or feature set tries again
             logger.warning("variant %s: signals not written: %s", self.name, repr(exc))
             return

@@ -184,7 +184,7 @@ def scored_root(tmp_path: Path, noise: float) -> tuple[Settings, pd.DataFrame, p
             for ticker, part in rows.groupby("ticker")
         }
         table = ServedTable(variant, settings.mlflow.model_name, version, "fs1")
-        write_scores(root, table, frames)
+        write_scores(root, table, frames, f"model-{version}")
     asked = predictions[predictions["ticker"] == "T00"]  # clients asked about one ticker
     log = asked.assign(role="served")
     return settings, log, outcomes

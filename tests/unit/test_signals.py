@@ -31,8 +31,8 @@ def frames(scale: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def stored(tmp_path: Path) -> DataRoot:
     root = DataRoot(str(tmp_path))
-    write_scores(root, ServedTable("champion", "m", "1", "fs1"), frames(1.0))
-    write_scores(root, ServedTable("challenger", "m", "2", "fs1"), frames(-1.0))
+    write_scores(root, ServedTable("champion", "m", "1", "fs1"), frames(1.0), "d1")
+    write_scores(root, ServedTable("challenger", "m", "2", "fs1"), frames(-1.0), "d2")
     return root
 
 

@@ -35,6 +35,7 @@ class Counting:
     columns: list[str] = field(default_factory=lambda: list(COLUMNS))
     window: int = 3
     feature_version: str = "fs1"
+    digest: str = "content-1"
     scored: list[int] = field(default_factory=list)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -46,8 +47,11 @@ MODELS: list[Counting] = []
 
 
 def counting_loader(args: ServeArgs) -> object:
+    """Loads v7 of model m; ``ref`` "reset" is another model that a registry reset numbered
+    v7 too (same name and version, other content)."""
+
     def load(ref: str) -> ServingModel:
-        MODELS.append(Counting())
+        MODELS.append(Counting(digest="content-2" if ref == "reset" else "content-1"))
         return MODELS[-1]
 
     return load
@@ -63,14 +67,14 @@ def table(days: np.ndarray = DAYS) -> FeatureTable:
     return FeatureTable("fs1", COLUMNS, frames)
 
 
-async def variant(tmp_path: Path, name: str = "champion") -> Variant:
+async def variant(tmp_path: Path, name: str = "champion", ref: str = "champion") -> Variant:
     args = ServeArgs(
         data_root=str(tmp_path),
         auth=AuthSpec(mode="insecure", rate_limit=None),
         loader=f"{__name__}:counting_loader",
     )
     replica = Variant.func_or_class(name, args)
-    await replica.reconfigure({"ref": "champion"})
+    await replica.reconfigure({"ref": ref})
     return replica
 
 
@@ -140,5 +144,23 @@ def test_a_persisted_table_that_does_not_fit_the_rows_is_predicted_again(
         again = await variant(tmp_path)
         after = await again.scores("fs1", ["AAPL", "MSFT"])
         assert after is not None and MODELS[1].scored == [8, 6]
+
+    asyncio.run(scenario())
+
+
+def test_a_persisted_table_of_another_model_with_the_same_version_is_predicted_again(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        replica = await variant(tmp_path)
+        await replica.scores("fs1", ["AAPL", "IBM", "MSFT"])
+        await settle(replica)
+        other = await variant(tmp_path, ref="reset")
+        after = await other.scores("fs1", ["AAPL", "IBM", "MSFT"])
+        assert after is not None and MODELS[1].scored == [8, 6]
+        await settle(other)
+        again = await variant(tmp_path, ref="reset")  # the table is now the new model's
+        await again.scores("fs1", ["AAPL", "IBM", "MSFT"])
+        assert MODELS[2].scored == []
 
     asyncio.run(scenario())

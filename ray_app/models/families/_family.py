@@ -12,8 +12,10 @@ is a property of its hyperparameters (``Family.window``).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -194,6 +196,17 @@ class TrainedModel:
             "data_version": self.data_version,
             "seed": self.seed,
         }
+
+    def digest(self) -> str:
+        """sha256 of the files ``save`` writes: what the model is, whatever version number
+        a registry gave it (a registry that is reset numbers another model alike)."""
+        digest = hashlib.sha256()
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save(Path(tmp))
+            for path in sorted(Path(tmp).iterdir()):
+                digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+                digest.update(path.read_bytes())
+        return digest.hexdigest()
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
