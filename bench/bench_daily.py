@@ -16,8 +16,10 @@ measured in one session on a local Ray instance with 2 CPUs:
 
 The **serve refresh** is what a running ingress replica does when the feature store's latest
 pointer moves (``PredictionService.follow_once``): read the new feature set into memory
-(``FeatureTable.load``), have the variant predict every row of it (``score_frames``) and keep
-those predictions as the day's signals (``write_scores``). It runs in this process with the
+(``FeatureTable.load``), have the variant predict its rows (``score_frames``: the rows the
+feature set served before holds bit for bit keep their predictions, so after the full build
+only the new day's rows are predicted) and keep those predictions as the day's signals
+(``write_scores``). It runs in this process with the
 registered model loaded beforehand (a variant holds its model already). Serve and HTTP are
 left out: their cost does not grow with the data (``bench_serve.py`` measures them).
 
@@ -49,7 +51,7 @@ from ray_app.orchestration.runner import MATERIALIZED, DailyRun, run_daily
 from ray_app.registry.versions import load_version, resolve_version
 from ray_app.serving.features import FeatureTable
 from ray_app.serving.loader import ServedModel
-from ray_app.serving.predictor import ColumnSelector, score_frames
+from ray_app.serving.predictor import ColumnSelector, Scored, score_frames
 
 NEW_DAY_TARGET = 0.10
 NOTHING_NEW_TARGET = 0.02
@@ -111,6 +113,7 @@ class Refresher:
             settings.mlflow.model_name, version, load_version(settings, version)
         )
         self.served: str | None = None
+        self.previous: dict[str, Scored] = {}
 
     def __call__(self) -> float:
         """Seconds to follow the latest feature set (0 work when it is the one served)."""
@@ -119,8 +122,11 @@ class Refresher:
         if latest is not None and latest != self.served:
             table = FeatureTable.load(self.settings, latest)
             select = ColumnSelector(self.model.columns)
-            preds = score_frames(self.model, select, tuple(table.columns), table.frames)
+            preds = score_frames(
+                self.model, select, tuple(table.columns), table.frames, self.previous
+            )
             frames = {t: (table.frames[t][0], preds[t]) for t in table.frames}
+            self.previous = {t: Scored(*table.frames[t], preds[t]) for t in table.frames}
             served = ServedTable("champion", self.model.name, str(self.model.version), latest)
             write_scores(DataRoot(self.settings.data_root), served, frames, self.model.digest)
             self.served = latest

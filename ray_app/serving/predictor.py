@@ -155,21 +155,58 @@ class Scores:
         )
 
 
+Frame = tuple[np.ndarray, np.ndarray]
+"""A ticker's feature rows: dates (``datetime64[D]``) and values (rows, columns)."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A ticker's rows and the predictions made for them (aligned)."""
+
+    dates: np.ndarray
+    values: np.ndarray
+    preds: np.ndarray
+
+
+def identical_prefix(old: Frame, new: Frame) -> int:
+    """How many leading rows of ``new`` are bit for bit those of ``old`` (dates, and values
+    compared as bits: NaN equals the same NaN, 0.0 differs from -0.0)."""
+    (old_dates, old_values), (new_dates, new_values) = old, new
+    if old_values.shape[1:] != new_values.shape[1:]:
+        return 0
+    n = min(len(old_dates), len(new_dates))
+    bits_old = np.ascontiguousarray(old_values[:n]).view(np.uint64)
+    bits_new = np.ascontiguousarray(new_values[:n]).view(np.uint64)
+    same = (old_dates[:n] == new_dates[:n]) & (bits_old == bits_new).all(axis=1)
+    return n if same.all() else int(np.argmin(same))
+
+
 def score_frames(
     model: ServingModel,
     select: ColumnSelector,
     columns: tuple[str, ...],
-    frames: dict[str, tuple[np.ndarray, np.ndarray]],
+    frames: dict[str, Frame],
+    previous: dict[str, Scored] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per ticker, the prediction for the window ending at each row: what ``predict_jobs``
-    answers for that row, computed for all of them at once."""
+    answers for that row, computed for all of them at once. With ``previous`` (the same
+    model's predictions over an earlier feature set, with the same columns), a ticker's
+    leading rows that are bit for bit the rows those were made from keep their predictions
+    (a window of identical rows gives the same answer), and only the rows after them are
+    predicted: a new day's feature set costs its new rows, not every row again."""
     cols, window = select(columns), model.window
     out = {}
-    for ticker, (_, values) in frames.items():
-        rows = values[:, cols]
-        preds = np.full(len(rows), np.nan)
-        if len(rows) >= window:
+    for ticker, (dates, values) in frames.items():
+        preds = np.full(len(values), np.nan)
+        start = 0
+        known = (previous or {}).get(ticker)
+        if known is not None:
+            start = identical_prefix((known.dates, known.values), (dates, values))
+            preds[:start] = known.preds[:start]
+        first = max(start, window - 1)
+        if len(values) > first:
+            rows = values[first - window + 1 :, cols]
             windows = np.lib.stride_tricks.sliding_window_view(rows, window, axis=0)
-            preds[window - 1 :] = model.predict(windows.transpose(0, 2, 1))
+            preds[first:] = model.predict(windows.transpose(0, 2, 1))
         out[ticker] = preds
     return out

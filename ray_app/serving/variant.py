@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from ray_app.serving.predictor import (
     ColumnSelector,
     Job,
     Result,
+    Scored,
     Scores,
     ServingModel,
     VariantInfo,
@@ -52,13 +53,25 @@ RETRY_MAX_S = 60.0
 
 @dataclass
 class _Held:
-    """A replica's predictions for one model and feature set, per ticker; ``persisted`` once
-    written to (or read from) the data root."""
+    """A replica's predictions for one model and feature set (``table``), per ticker;
+    ``persisted`` once written to (or read from) the data root. ``previous``: the same model's
+    predictions over the feature set served before, with their rows, until this one is
+    complete (rows they share keep those predictions)."""
 
     served: ServedTable
     digest: str
+    table: FeatureTable
     preds: dict[str, np.ndarray]
     persisted: bool
+    previous: dict[str, Scored] = field(default_factory=dict)
+
+    def follows(self, old: _Held | None) -> None:
+        """Take ``old``'s predictions as ``previous`` when the same model made them over
+        another feature set with the same columns."""
+        if old is None or old.digest != self.digest or old.table.columns != self.table.columns:
+            return
+        frames = old.table.frames
+        self.previous = {t: Scored(*frames[t], preds) for t, preds in old.preds.items()}
 
 
 @serve.deployment(max_ongoing_requests=128)
@@ -149,8 +162,10 @@ class Variant:
             held = await self._table_of(served, digest, table)
             todo = {t: table.frames[t] for t in tickers if t in table.frames and t not in held}
             if todo:
-                columns = tuple(table.columns)
-                held.update(await asyncio.to_thread(score_frames, model, select, columns, todo))
+                columns, previous = tuple(table.columns), self._previous()
+                held.update(
+                    await asyncio.to_thread(score_frames, model, select, columns, todo, previous)
+                )
                 self._persist_when_complete(table)
         preds = {t: held[t] for t in tickers if t in held}
         return Scores(model.name, model.version, table.feature_version, preds)
@@ -170,8 +185,10 @@ class Variant:
         except Exception as exc:  # an unreadable table is predicted again
             logger.warning("variant %s: persisted signals not read: %s", self.name, repr(exc))
             stored = None
-        self._held = _Held(served, digest, stored or {}, persisted=stored is not None)
-        if stored is not None:
+        old, self._held = self._held, _Held(served, digest, table, stored or {}, stored is not None)
+        if stored is None:
+            self._held.follows(old)
+        else:
             self._spawn(asyncio.to_thread(point_variant, root, served))
             logger.info(
                 "variant %s: signals of %s v%s read back",
@@ -181,13 +198,16 @@ class Variant:
             )
         return self._held.preds
 
+    def _previous(self) -> dict[str, Scored]:
+        return self._held.previous if self._held is not None else {}
+
     def _persist_when_complete(self, table: FeatureTable) -> None:
         """Once every ticker is predicted, persist the table as the variant's signals (in a
-        thread, off the answer), once."""
+        thread, off the answer), once, and let the previous feature set's go."""
         held = self._held
         if held is None or held.persisted or len(held.preds) < len(table.frames):
             return
-        held.persisted = True
+        held.persisted, held.previous = True, {}
         frames = {t: (table.frames[t][0], held.preds[t]) for t in table.frames}
         self._spawn(self._persist(held.served, held.digest, frames))
 

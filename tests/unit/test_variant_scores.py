@@ -164,3 +164,37 @@ def test_a_persisted_table_of_another_model_with_the_same_version_is_predicted_a
         assert MODELS[2].scored == []
 
     asyncio.run(scenario())
+
+
+def test_a_new_days_feature_set_costs_its_new_rows_only(
+    tmp_path: Path, feature_set: list[FeatureTable]
+) -> None:
+    """fs2 is fs1 plus one day; MSFT's fourth row was also restated (a corporate action's
+    adjustment): its windows from that row on are predicted again, nothing else."""
+    old = table()
+    days = np.append(DAYS, DAYS[-1] + 1)
+    rng = np.random.default_rng(1)
+    frames = {
+        t: (np.append(d, days[-1]), np.vstack([v, rng.normal(size=(1, 2))]))
+        for t, (d, v) in old.frames.items()
+    }
+    frames["MSFT"][1][3, 0] += 0.5
+    new = FeatureTable("fs2", COLUMNS, frames)
+
+    async def scenario() -> None:
+        replica = await variant(tmp_path)
+        await replica.scores("fs1", ["AAPL", "IBM", "MSFT"])
+        feature_set[0] = new
+        after = await replica.scores("fs2", ["AAPL", "IBM", "MSFT"])
+        assert after is not None
+        # AAPL: its new row; IBM: its first full window (3 rows now); MSFT: rows 3.. (6 of 9).
+        assert MODELS[0].scored == [8, 6, 1, 1, 6]
+        fresh = await variant(tmp_path / "elsewhere")
+        expected = await fresh.scores("fs2", ["AAPL", "IBM", "MSFT"])
+        assert expected is not None and MODELS[1].scored == [9, 1, 7]
+        for ticker in ("AAPL", "IBM", "MSFT"):
+            np.testing.assert_array_equal(after.preds[ticker], expected.preds[ticker])
+        await settle(replica)
+        await settle(fresh)
+
+    asyncio.run(scenario())
