@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -103,10 +104,11 @@ def local_root(settings: Settings) -> Path:
 
 
 def _below(root: Path, uri: str) -> str | None:
-    """The path below ``root`` of a ``file:``/``sqlite:`` URI or plain path, if it is there."""
-    path = uri
-    for prefix in ("sqlite:///", "file://"):
-        path = path.removeprefix(prefix)
+    """The path below ``root`` of a ``file:``/``sqlite:`` URI or plain path, if it is there.
+    A ``file:`` URI is percent-encoded (``Path.as_uri``: a space, a bracket), so it is
+    decoded; the others hold the path as it is."""
+    path = unquote(urlsplit(uri).path) if uri.startswith("file:") else uri
+    path = path.removeprefix("sqlite:///")
     if "://" in path:
         return None
     resolved = Path(path).expanduser().resolve()

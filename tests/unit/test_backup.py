@@ -198,3 +198,22 @@ def test_a_sqlite_store_in_use_is_copied_as_of_its_last_commit(root: Path, tmp_p
         assert copy.execute("SELECT count(*), min(id) FROM runs").fetchone() == (100, 0)
     finally:
         copy.close()
+
+
+def test_a_root_whose_path_needs_encoding_in_a_uri_keeps_its_artifacts(
+    template: Path, tmp_path: Path
+) -> None:
+    """MLflow's artifact location is a percent-encoded ``file:`` URI: a space or a bracket in
+    the root's path must not make the backup think the artifacts live elsewhere."""
+    odd = tmp_path / "my data [1]"
+    shutil.copytree(template, odd)
+    repoint_store(odd / "mlflow.db", template, odd)
+    dest = backed_up(odd, tmp_path / "backup")
+    manifest = json.loads((dest / MANIFEST).read_text())
+    assert manifest["artifacts"] == "mlartifacts" and manifest["not_included"] == []
+    target = tmp_path / "restored [2]" / "data"
+    code, _, stderr = cli("restore", dest, "--data-root", target)
+    assert code == 0, stderr
+    experiment = mlflow.get_experiment(connect_mlflow(Settings(data_root=str(target))))
+    (run,) = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    assert mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{ARTIFACT}") == "a champion"
