@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 from ray_app.core.secrets import redact_uris
@@ -103,6 +104,30 @@ class RedactUris(logging.Filter):
         return True
 
 
+class _RedactingFactory:
+    """A log record factory that redacts each record as it is made (``RedactUris``)."""
+
+    def __init__(self, make: Callable[..., logging.LogRecord]) -> None:
+        self.make = make
+        self.redact = RedactUris()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.make(*args, **kwargs)
+        self.redact.filter(record)
+        return record
+
+
+def redact_every_record() -> None:
+    """Strip the userinfo of URIs from every log record this process makes, whichever logger
+    makes it and whichever handler writes it. In a Ray worker, MLflow's, SQLAlchemy's and
+    urllib3's lines go to handlers Ray sets up, not ours, so a filter or formatter of ours
+    would never see them. ``runtime.connect`` has Ray run this in every worker of a ray-app
+    job (``worker_process_setup_hook``); ``configure`` runs it in the CLI. Idempotent."""
+    make = logging.getLogRecordFactory()
+    if not isinstance(make, _RedactingFactory):
+        logging.setLogRecordFactory(_RedactingFactory(make))
+
+
 def redact_serve_logs() -> None:
     """Redact every record of Serve's logger in this process: the replica's own lines, Serve's
     (a failed request's traceback) and the prints it redirects there. Called first by each
@@ -124,6 +149,7 @@ def configure(level: str | int | None = None, stream: IO[str] | None = None) -> 
     handler.setFormatter(EcsFormatter())
     root.addHandler(handler)
     root.setLevel(level)
+    redact_every_record()
 
 
 def access_fields(

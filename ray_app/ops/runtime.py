@@ -11,6 +11,8 @@ from ray_app.core.errors import RayAppError
 from ray_app.core.raycli import use_token
 from ray_app.core.settings import Settings
 
+WORKER_SETUP_HOOK = "ray_app.core.logs.redact_every_record"
+
 
 class RayUnavailableError(RayAppError, RuntimeError):
     """Ray could not be reached at the configured address."""
@@ -30,7 +32,12 @@ def connect(settings: Settings) -> None:
         return
     use_token(settings.cluster.token_path)
     address = _address(settings)
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    kwargs: dict[str, Any] = {
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+        # Every worker of the job redacts URI passwords from its log records (MLflow's too).
+        "runtime_env": {"worker_process_setup_hook": WORKER_SETUP_HOOK},
+    }
     if address:
         kwargs["address"] = address
     else:  # an instance of this command's own, even if a cluster runs here

@@ -17,11 +17,13 @@ from ray_app.core import logs
 
 @pytest.fixture
 def root() -> Iterator[logging.Logger]:
+    """The root logger, its handlers, level and record factory put back after the test."""
     logger = logging.getLogger()
-    saved = (list(logger.handlers), logger.level)
+    saved = (list(logger.handlers), logger.level, logging.getLogRecordFactory())
     yield logger
     logger.handlers[:] = saved[0]
     logger.setLevel(saved[1])
+    logging.setLogRecordFactory(saved[2])
 
 
 def test_a_record_is_one_ecs_json_line(root: logging.Logger) -> None:
@@ -98,3 +100,26 @@ def test_extra_fields_join_the_line() -> None:
     setattr(record, logs.EXTRA_FIELDS, {"url.path": "/v1/models"})
     doc = json.loads(logs.EcsFormatter().format(record))
     assert doc["url.path"] == "/v1/models" and "trace.id" not in doc
+
+
+def test_every_record_loses_uri_passwords_whatever_writes_it(root: logging.Logger) -> None:
+    """A library's logger with a handler of its own (as MLflow's lines reach Ray's handlers in
+    a worker): neither our formatter nor a filter of ours sees them, the record factory does."""
+    stream = io.StringIO()
+    library = logging.getLogger("mlflow.store.test")
+    library.addHandler(logging.StreamHandler(stream))
+    library.propagate = False
+    logs.redact_every_record()
+    logs.redact_every_record()  # idempotent: one factory, not two
+    try:
+        library.warning("connecting to %s", "postgresql://mlflow:s3cret@db:5432/mlflow")
+        try:
+            raise ConnectionError("https://user:s3cret@vault:8200 refused")
+        except ConnectionError:
+            library.exception("failed")
+    finally:
+        library.handlers.clear()
+        library.propagate = True
+    out = stream.getvalue()
+    assert "s3cret" not in out
+    assert "postgresql://***@db:5432/mlflow" in out and "https://***@vault:8200" in out
