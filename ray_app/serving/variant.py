@@ -189,7 +189,7 @@ class Variant:
         if stored is None:
             self._held.follows(old)
         else:
-            self._spawn(asyncio.to_thread(point_variant, root, served))
+            self._spawn(self._point(root, served))
             logger.info(
                 "variant %s: signals of %s v%s read back",
                 self.name,
@@ -215,6 +215,12 @@ class Variant:
         task = asyncio.create_task(work)
         self._persisting.add(task)
         task.add_done_callback(self._persisting.discard)
+
+    async def _point(self, root: DataRoot, served: ServedTable) -> None:
+        try:
+            await asyncio.to_thread(point_variant, root, served)
+        except Exception as exc:  # signals then name the table served before; serving goes on
+            logger.warning("variant %s: signals not pointed at: %s", self.name, repr(exc))
 
     async def _persist(
         self, served: ServedTable, digest: str, frames: dict[str, tuple[np.ndarray, np.ndarray]]
