@@ -27,9 +27,10 @@ What it does, in one run:
      the champion answers is mirrored to the challenger;
    - (d) (c) with the prediction log on (every answered prediction, the shadow's too, written
      under the data root in batches); (b) and (c) run with the log off. (b), (c) and (d) are
-     measured in turn at each mix and concurrency (a rollout between them), so drift in what
-     else the machine does (Ray's own agents wake up every few seconds) weighs little on
-     their ratios;
+     measured in turn at each mix and concurrency (a rollout between them), ``--rounds``
+     times (default 3), and each keeps its median run, so drift in what else the machine does
+     (Ray's own agents wake up every few seconds) weighs little on their ratios: with one
+     run apiece, (c), which does more than (b), once measured 1.13x (b);
 
 4. each target is loaded with ``wrk`` (one thread, ``bench/predict.lua``) at 2, 16 and 64
    connections, after a short warm-up at the same concurrency, with two request mixes:
@@ -139,6 +140,7 @@ class Target:
     sources: Callable[[], tuple[int, int, int]] | None = None
     against: Target | None = None
     runs: dict[tuple[str, int], Load] = field(default_factory=dict)
+    answered: int = 0  # requests of every measured run, all rounds
 
 
 # --- the store ---------------------------------------------------------------------------
@@ -434,18 +436,25 @@ def measure(
     files: dict[str, Path],
     offsets: Offsets,
     args: argparse.Namespace,
+    rounds: int = 1,
 ) -> None:
     """Warm-up and measured wrk runs at each mix and concurrency. Several targets are
-    measured in turn at each step (each after its set-up), so that whatever else the machine
-    does over the minutes of the run weighs on their ratio as little as possible."""
+    measured in turn at each step (each after its set-up), ``rounds`` times, and each keeps
+    its median run: whatever else the machine does over the minutes of the run weighs on
+    their ratio as little as possible (one 15 s run apiece moved a ratio by 10%)."""
     for mix in MIXES:
         for connections in CONCURRENCY:
-            for target, set_up in targets:
-                if set_up is not None:
-                    set_up()
-                target.runs[(mix, connections)] = load_once(
-                    target, files[mix], mix, offsets, connections, args
-                )
+            loads: dict[str, list[Load]] = {target.label: [] for target, _ in targets}
+            for _ in range(rounds):
+                for target, set_up in targets:
+                    if set_up is not None:
+                        set_up()
+                    load = load_once(target, files[mix], mix, offsets, connections, args)
+                    loads[target.label].append(load)
+                    target.answered += load.requests
+            for target, _ in targets:
+                ranked = sorted(loads[target.label], key=lambda run: run.rps)
+                target.runs[(mix, connections)] = ranked[(len(ranked) - 1) // 2]
     used, total = offsets.next.get("history", 0), sum(1 for _ in files["history"].open())
     if used > total:
         print(f"  note: {used} history requests of {total} keys: some repeat")
@@ -537,12 +546,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=15.0, help="each measured run")
     parser.add_argument("--warmup", type=float, default=3.0, help="each warm-up run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="(b), (c), (d) in turn this many times; medians"
+    )
     parser.add_argument("--out", type=Path, default=OUT / "serve")
     parser.add_argument("--smoke", action="store_true", help="10 tickers x 4 years, 5 s runs")
     parser.add_argument("--plain-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
-        args.tickers, args.years, args.seconds, args.warmup = 10, 4, 5.0, 1.0
+        args.tickers, args.years, args.seconds, args.warmup, args.rounds = 10, 4, 5.0, 1.0, 1
     return args
 
 
@@ -594,6 +606,7 @@ def main() -> None:
             files,
             offsets,
             args,
+            rounds=args.rounds,
         )
         shadow = models(url)["shadow"]
         time.sleep(LOG_FLUSH_WAIT_S)  # the replicas' last batches reach the data root
@@ -609,7 +622,7 @@ def log_note(settings: Settings, logged: Target) -> str:
     """How many rows the prediction log holds against the predictions (d) answered: every
     answer a row, and every mirrored one a shadow row."""
     frame = read_predictions(DataRoot(settings.data_root))
-    answered = sum(run.requests for run in logged.runs.values())
+    answered = logged.answered
     roles = frame["role"].value_counts().to_dict()
     return (
         f"prediction log: {len(frame)} row(s) {roles} for {answered} request(s) answered in "
