@@ -160,24 +160,26 @@ class Variant:
         async with self._scoring:
             digest = await asyncio.to_thread(lambda: model.digest)  # saves the model, once
             held = await self._table_of(served, digest, table)
-            todo = {t: table.frames[t] for t in tickers if t in table.frames and t not in held}
+            todo = {
+                t: table.frames[t] for t in tickers if t in table.frames and t not in held.preds
+            }
             if todo:
-                columns, previous = tuple(table.columns), self._previous()
-                held.update(
-                    await asyncio.to_thread(score_frames, model, select, columns, todo, previous)
+                columns = tuple(table.columns)
+                held.preds.update(
+                    await asyncio.to_thread(
+                        score_frames, model, select, columns, todo, held.previous
+                    )
                 )
-                self._persist_when_complete(table)
-        preds = {t: held[t] for t in tickers if t in held}
+                self._persist_when_complete(held)
+        preds = {t: held.preds[t] for t in tickers if t in held.preds}
         return Scores(model.name, model.version, table.feature_version, preds)
 
-    async def _table_of(
-        self, served: ServedTable, digest: str, table: FeatureTable
-    ) -> dict[str, np.ndarray]:
+    async def _table_of(self, served: ServedTable, digest: str, table: FeatureTable) -> _Held:
         """The predictions held for ``served``'s model and feature set: those of this replica
         so far, or the table persisted by the same model (``digest``) read back and pointed
         at, or none yet."""
         if self._held is not None and self._held.served == served:
-            return self._held.preds
+            return self._held
         root = DataRoot(self._args.settings().data_root)
         dates = {t: days for t, (days, _) in table.frames.items()}
         try:
@@ -196,19 +198,16 @@ class Variant:
                 served.model_name,
                 served.model_version,
             )
-        return self._held.preds
+        return self._held
 
-    def _previous(self) -> dict[str, Scored]:
-        return self._held.previous if self._held is not None else {}
-
-    def _persist_when_complete(self, table: FeatureTable) -> None:
+    def _persist_when_complete(self, held: _Held) -> None:
         """Once every ticker is predicted, persist the table as the variant's signals (in a
         thread, off the answer), once, and let the previous feature set's go."""
-        held = self._held
-        if held is None or held.persisted or len(held.preds) < len(table.frames):
+        rows = held.table.frames
+        if held.persisted or len(held.preds) < len(rows):
             return
         held.persisted, held.previous = True, {}
-        frames = {t: (table.frames[t][0], held.preds[t]) for t in table.frames}
+        frames = {t: (rows[t][0], held.preds[t]) for t in rows}
         self._spawn(self._persist(held.served, held.digest, frames))
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
