@@ -76,9 +76,22 @@ def write_scores(
     frames: dict[str, tuple[np.ndarray, np.ndarray]],
     model_digest: str,
 ) -> str:
+    """``store_scores``, then point the variant at the table."""
+    path = store_scores(root, served, frames, model_digest)
+    point_variant(root, served)
+    return path
+
+
+def store_scores(
+    root: DataRoot,
+    served: ServedTable,
+    frames: dict[str, tuple[np.ndarray, np.ndarray]],
+    model_digest: str,
+) -> str:
     """Persist a model's predictions for every row of a feature set (``frames``: per ticker,
     its dates and predictions; rows without a prediction are left out), with the digest of
-    the model that made them, then point the variant at them."""
+    the model that made them. No variant is pointed at them: a rollout precomputes the table
+    before the variant serves it."""
     tickers, dates, preds = [], [], []
     for ticker, (days, values) in sorted(frames.items()):
         keep = np.isfinite(values)
@@ -95,7 +108,6 @@ def write_scores(
     )
     parts = scores_parts(served.model_name, served.model_version, served.feature_version)
     root.write_table(table, *parts)
-    point_variant(root, served)
     return root.display(*parts)
 
 

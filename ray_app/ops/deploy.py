@@ -1,4 +1,5 @@
-"""The pipeline's serving end: ``serve deploy`` of the registry's versions, then one request.
+"""The pipeline's serving end: ``serve deploy`` of the registry's versions, their tables
+precomputed first, then one request.
 
 The deployment asset (ray_app/orchestration) calls these after a release; ``make run`` ends
 with the prediction the smoke request proves can be made.
@@ -11,23 +12,32 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 from ray_app.core.errors import RayAppError
 from ray_app.core.settings import Settings
 from ray_app.serving.client import ApiClient
 
+if TYPE_CHECKING:
+    from ray_app.serving.precompute import Precomputed
+    from ray_app.serving.rollout import ServingState
+
 
 @dataclass(frozen=True)
 class Deployment:
-    """What ``deploy_serving`` pinned, and a note when no champion exists yet."""
+    """What ``deploy_serving`` pinned, the tables it precomputed for the pins, and a note
+    when no champion exists yet."""
 
     served: dict[str, str]
+    tables: list[Precomputed]
     note: str
 
     @property
     def detail(self) -> str:
         pins = ", ".join(f"{k}={v}" for k, v in self.served.items())
-        return f"serve deploy {pins}{self.note}"
+        tables = "".join(f"; {t.detail}" for t in self.tables)
+        return f"serve deploy {pins}{self.note}{tables}"
 
 
 def dashboard(settings: Settings) -> str:
@@ -37,7 +47,8 @@ def dashboard(settings: Settings) -> str:
 def deploy_serving(settings: Settings) -> Deployment:
     """``serve deploy`` with the variants pinned to the versions their aliases name now, so
     every replica, restarted or not, loads the same model; the feature set is left to follow
-    the newest.
+    the newest. The pinned versions' tables are precomputed on the cluster first
+    (``serving.precompute``), so the variants start answering from tables read back.
 
     Before any model has passed the gate there is no champion: the champion variant then
     serves the newest challenger's version (a reference that resolves), and the note says so
@@ -51,16 +62,29 @@ def deploy_serving(settings: Settings) -> Deployment:
     if champion is None:
         champion = challenger
         note = f" (no champion yet: serving challenger v{challenger}, not past the gate)"
-    pins = {"champion": str(champion), CHALLENGER: str(challenger)}
-    result = rollout(
+    change = Change(pins={"champion": str(champion), CHALLENGER: str(challenger)})
+    deploy = partial(
+        rollout,
         settings,
         settings.pipeline.serve_config,
-        Change(pins=pins),
+        change,
         actor="pipeline",
         reason="daily pipeline",
         address=dashboard(settings),
     )
-    return Deployment({name: cfg.ref for name, cfg in result.state.variants.items()}, note)
+    tables = _precompute(deploy(apply=False).state)
+    result = deploy()
+    return Deployment({name: cfg.ref for name, cfg in result.state.variants.items()}, tables, note)
+
+
+def _precompute(state: ServingState) -> list[Precomputed]:
+    """The tables of the versions ``state`` pins, unless its variants do not precompute."""
+    from ray_app.serving.precompute import precompute_tables
+
+    if not state.args.precompute:
+        return []
+    refs = {name: cfg.ref for name, cfg in state.variants.items()}
+    return precompute_tables(state.args, refs, state.ingress.feature_version)
 
 
 def smoke_request(settings: Settings, ticker: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,9 @@ def test_the_pipeline_job_ends_with_a_deployed_app(deployment: dict[str, Any]) -
     ):
         assert f"{asset}: materialized" in log, log[-3000:]
     assert "check feature_set.point_in_time: passed" in log, log[-3000:]
+    # Before the deploy, each pinned version's table was scored on the cluster: the variants
+    # read it back rather than predicting the feature set on their first request.
+    assert re.search(r"champion\S* v\d+ on [0-9a-f]+: table \d+ rows in", log), log[-3000:]
     assert "succeeded" in log.lower()
 
 

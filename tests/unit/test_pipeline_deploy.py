@@ -1,5 +1,6 @@
-"""The deployment asset's deploy step pins references that resolve, champion or not (no
-cluster: the registry and the rollout are stand-ins)."""
+"""The deployment asset's deploy step pins references that resolve, champion or not, and
+precomputes the tables of what it pins before it deploys them (no cluster: the registry, the
+rollout and the Ray tasks are stand-ins)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from ray_app.core.settings import Settings
 from ray_app.ops.deploy import deploy_serving
 from ray_app.registry import versions
-from ray_app.serving import rollout
+from ray_app.serving import precompute, rollout
 from ray_app.serving.args import ServeArgs
 
 
@@ -18,10 +19,13 @@ from ray_app.serving.args import ServeArgs
 def test_the_deploy_step_pins_versions_and_serves_the_challenger_before_any_champion(
     monkeypatch: pytest.MonkeyPatch, champion: int | None, pinned: str
 ) -> None:
-    asked: list[rollout.Change] = []
+    asked: list[tuple[rollout.Change, bool]] = []
+    precomputed: list[tuple[dict[str, str], bool]] = []
 
-    def fake_rollout(settings: Settings, path: Any, change: rollout.Change, **_: Any) -> Any:
-        asked.append(change)
+    def fake_rollout(
+        settings: Settings, path: Any, change: rollout.Change, apply: bool = True, **_: Any
+    ) -> Any:
+        asked.append((change, apply))
         args = ServeArgs()
         state = rollout.ServingState(
             args,
@@ -36,7 +40,16 @@ def test_the_deploy_step_pins_versions_and_serves_the_challenger_before_any_cham
     monkeypatch.setattr(versions, "champion_version", lambda settings: champion)
     monkeypatch.setattr(versions, "resolve_version", lambda settings, ref: {"challenger": 7}[ref])
     monkeypatch.setattr(rollout, "rollout", fake_rollout)
+
+    def fake_precompute(args: ServeArgs, refs: dict[str, str], feature_version: Any) -> list[Any]:
+        precomputed.append((refs, bool(asked) and not asked[-1][1]))  # planned, not deployed
+        return [precompute.Precomputed(("champion",), refs["champion"], 1, "fs", 5, 0.1)]
+
+    monkeypatch.setattr(precompute, "precompute_tables", fake_precompute)
     done = deploy_serving(Settings())
-    assert asked == [rollout.Change(pins={"champion": pinned, "challenger": "7"})]
+    change = rollout.Change(pins={"champion": pinned, "challenger": "7"})
+    assert asked == [(change, False), (change, True)]
+    assert precomputed == [({"champion": pinned, "challenger": "7"}, True)]
     assert done.served == {"champion": pinned, "challenger": "7"}
     assert ("no champion yet" in done.detail) == (champion is None)
+    assert "table 5 rows in 0.10 s" in done.detail

@@ -18,6 +18,7 @@ from ray_app.core.storage import DataRoot
 from ray_app.data.signals import scores_parts, served_tables
 from ray_app.serving.args import AuthSpec, ServeArgs
 from ray_app.serving.features import FeatureTable
+from ray_app.serving.precompute import score_version
 from ray_app.serving.predictor import ServingModel
 from ray_app.serving.variant import Variant
 
@@ -198,3 +199,44 @@ def test_a_new_days_feature_set_costs_its_new_rows_only(
         await settle(fresh)
 
     asyncio.run(scenario())
+
+
+def test_a_table_precomputed_before_the_deploy_is_read_back_by_every_variant(
+    tmp_path: Path,
+) -> None:
+    """``score_version`` (a rollout's Ray task, called here without Ray) stores the pinned
+    version's table; the variants that then serve it predict nothing, answer the predictions a
+    pass of their own gives, and a second precompute finds the table there."""
+    args = ServeArgs(
+        data_root=str(tmp_path),
+        auth=AuthSpec(mode="insecure", rate_limit=None),
+        loader=f"{__name__}:counting_loader",
+    )
+    done = score_version(args, ("champion", "challenger"), "7", None)
+    assert (done.error, done.version, done.rows, done.reused) == ("", 7, 20, False)
+    assert MODELS[0].scored == [8, 6]
+    assert served_tables(DataRoot(str(tmp_path))) == []  # no variant serves it yet
+
+    async def scenario() -> None:
+        replica = await variant(tmp_path)
+        got = await replica.scores("fs1", ["AAPL", "IBM", "MSFT"])
+        await settle(replica)
+        fresh = await variant(tmp_path / "elsewhere")
+        expected = await fresh.scores("fs1", ["AAPL", "IBM", "MSFT"])
+        assert got is not None and expected is not None
+        assert MODELS[1].scored == [] and MODELS[2].scored == [8, 6]
+        for ticker in ("AAPL", "IBM", "MSFT"):
+            np.testing.assert_array_equal(got.preds[ticker], expected.preds[ticker])
+        await settle(fresh)
+
+    asyncio.run(scenario())
+    again = score_version(args, ("champion",), "7", None)
+    assert again.reused and MODELS[3].scored == []
+    assert "table already there" in again.detail
+
+
+def test_a_version_that_cannot_be_precomputed_is_reported_not_raised(tmp_path: Path) -> None:
+    args = ServeArgs(data_root=str(tmp_path), auth=AuthSpec(mode="insecure", rate_limit=None))
+    args = args.model_copy(update={"loader": "no.such.module:loader"})
+    done = score_version(args, ("champion",), "7", None)
+    assert "not precomputed" in done.detail and "no.such.module" in done.error
