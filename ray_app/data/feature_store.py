@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from ray_app.core.errors import RayAppError
@@ -34,6 +35,7 @@ from ray_app.data.features import (
     TARGET_DIR,
     check_spec,
     compute_features,
+    feature_columns,
     feature_names,
     label_column,
     needs_cross_section,
@@ -148,18 +150,18 @@ def featurize_ticker(
         "reason": "",
     }
     try:
-        frame = compute_features(ticker, read_bars(root, ticker, plan.raw), plan.spec, index_bars)
-        if frame.empty:
+        columns = feature_columns(read_bars(root, ticker, plan.raw), plan.spec, index_bars)
+        dates = columns["date"].astype("datetime64[D]")
+        if not len(dates):
             raise FeatureSetError(f"{ticker}: too little history for the feature windows")
-        root.write_parquet(
-            frame.drop(columns="ticker"), *partition(plan.version, ticker), metadata=_metadata(plan)
-        )
+        table = pa.table(columns, metadata=_metadata(plan))
+        root.write_table(table, *partition(plan.version, ticker))
         row.update(
             status="ok",
-            rows=len(frame),
-            training_rows=int(frame["has_target"].sum()),
-            first_date=frame["date"].iloc[0].date().isoformat(),
-            last_date=frame["date"].iloc[-1].date().isoformat(),
+            rows=len(dates),
+            training_rows=int(columns["has_target"].sum()),
+            first_date=str(dates[0]),
+            last_date=str(dates[-1]),
         )
     except Exception as exc:  # one ticker's failure never sinks the set
         row["reason"] = (
