@@ -77,7 +77,7 @@ from ray_app.data.ingest import (
     record_manifest,
     run_ingest,
 )
-from ray_app.data.sources import CsvSource
+from ray_app.data.sources import CsvSource, Source
 from ray_app.data.validation import exchange_sessions
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -239,7 +239,7 @@ def fresh_root(path: Path) -> Path:
 # --- the paths -----------------------------------------------------------------------------
 
 
-def pandas_ingest(settings: Settings, source: CsvSource) -> list[str]:
+def pandas_ingest(settings: Settings, source: Source) -> list[str]:
     """What ``run_ingest`` does, one ticker after the other in this process."""
     root = DataRoot(settings.data_root)
     jobs = plan_jobs(settings, source, root, full_refresh=False)

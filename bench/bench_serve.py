@@ -73,6 +73,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -600,7 +601,7 @@ def main() -> None:
         ]
         measure(
             [
-                (target, lambda change=change: apply(settings, path, dashboard, url, change))
+                (target, partial(apply, settings, path, dashboard, url, change))
                 for target, change in steps
             ],
             files,

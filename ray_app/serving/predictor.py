@@ -22,10 +22,18 @@ class ServingModel(Protocol):
 
     name: str
     version: int
-    kind: str
-    columns: list[str]
-    window: int
-    feature_version: str
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    @property
+    def window(self) -> int: ...
+
+    @property
+    def feature_version(self) -> str: ...
 
     @property
     def digest(self) -> str:
