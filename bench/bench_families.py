@@ -144,9 +144,7 @@ def read_back(root: DataRoot, model: TrainedModel, kind: str, table: FeatureTabl
     model (computed once, on the first table) and the persisted table read back."""
     served = ServedModel("bench", 1, model)  # built at load time, before any table
     t0 = time.perf_counter()
-    dates = {t: days for t, (days, _) in table.frames.items()}
-    assert served.digest
-    held = read_served_scores(root, persisted(kind, table), dates, kind)
+    held = read_served_scores(root, persisted(kind, table), table.dates, served.digest)
     assert held is not None and len(held) == len(table.frames)
     return time.perf_counter() - t0
 
@@ -198,12 +196,13 @@ def main() -> None:
     for kind in args.families:  # warm-up: imports, first allocations; the persisted tables
         _, preds = scoring_pass(trained[kind], table)
         frames = {t: (table.frames[t][0], preds[t]) for t in table.frames}
-        store_scores(store, persisted(kind, table), frames, kind)
+        store_scores(store, persisted(kind, table), frames, trained[kind].digest())
         rows[kind] = int(sum(np.isfinite(p).sum() for p in preds.values()))
     for round_ in range(args.repeats):  # the order turns every round: no family goes first
-        for kind in args.families[round_ % 2 :] + args.families[: round_ % 2]:
+        order = args.families[round_ % 2 :] + args.families[: round_ % 2]
+        for kind in order:
             times[kind].append(scoring_pass(trained[kind], table)[0])
-        for kind in args.families[round_ % 2 :] + args.families[: round_ % 2]:
+        for kind in order:
             reads[kind].append(read_back(store, trained[kind], kind, table))
     passes = {kind: statistics.median(values) for kind, values in times.items()}
     firsts = {kind: statistics.median(values) for kind, values in reads.items()}

@@ -313,7 +313,7 @@ def _arrow_table(frame: pd.DataFrame) -> pa.Table:
     """``frame`` (index dropped) as an Arrow table.
 
     A frame of plain NumPy columns (numbers, booleans, naive datetimes) under unique string
-    names, such as a ticker's bars or features, goes over column by column as it is: pyarrow's
+    names, such as a ticker's bars, goes over column by column as it is: pyarrow's
     ``from_pandas`` makes the same columns but spent three times as long on per-column
     bookkeeping (3 ms of a feature partition's write). Anything else (text, categories,
     time zones) goes through ``from_pandas``, on one thread: its per-column pool costs more

@@ -62,6 +62,12 @@ class FeatureTable:
     def tickers(self) -> list[str]:
         return sorted(self.frames)
 
+    @property
+    def dates(self) -> dict[str, np.ndarray]:
+        """Per ticker, its rows' dates: what a persisted table of predictions is checked
+        against (``read_served_scores``)."""
+        return {ticker: days for ticker, (days, _) in self.frames.items()}
+
     def unknown(self, tickers: list[str]) -> list[str]:
         return [t for t in tickers if t not in self.frames]
 

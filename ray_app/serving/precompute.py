@@ -67,7 +67,7 @@ def score_version(
         table = FeatureTable.load(settings, feature_version)
         root = DataRoot(settings.data_root)
         served = ServedTable(variants[0], model.name, str(model.version), table.feature_version)
-        dates = {t: days for t, (days, _) in table.frames.items()}
+        dates = table.dates
         done = read_served_scores(root, served, dates, model.digest) is not None
         if not done:
             select, columns = ColumnSelector(model.columns), tuple(table.columns)

@@ -181,9 +181,8 @@ class Variant:
         if self._held is not None and self._held.served == served:
             return self._held
         root = DataRoot(self._args.settings().data_root)
-        dates = {t: days for t, (days, _) in table.frames.items()}
         try:
-            stored = await asyncio.to_thread(read_served_scores, root, served, dates, digest)
+            stored = await asyncio.to_thread(read_served_scores, root, served, table.dates, digest)
         except Exception as exc:  # an unreadable table is predicted again
             logger.warning("variant %s: persisted signals not read: %s", self.name, repr(exc))
             stored = None
