@@ -26,6 +26,11 @@ What it does, for each universe size (default 100 and 500 tickers, 20 years of X
 6. reports rows per second of each path, the ratios to the Ray path, the driver's peak
    memory, the Polars process's peak RSS and the largest feature difference from Polars.
 
+Each path runs ``--repeats`` times (default 3) per size, the pandas loop and the Ray path
+taking turns, and the table shows each path's median run: on a shared 2-core machine one run
+of a path moved by 15% between runs, enough to flip a verdict near its target. The driver's
+peak is the highest of the repeats.
+
 Fairness: Ray is started once, before anything of Ray is timed, and the pandas loop and the
 Ray path are warmed up on a tiny universe (worker imports, calendar cache), so the timed
 regions hold only the work itself, Ray Data's scheduling and serialisation included; each
@@ -58,9 +63,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -73,6 +79,7 @@ from ray_app.data.ingest import (
     ingest_ticker,
     latest_manifest,
     plan_jobs,
+    read_bar_columns,
     read_bars,
     record_manifest,
     run_ingest,
@@ -224,6 +231,29 @@ class PathRun:
         return self.ingest_s + self.features_s
 
 
+class Timed(Protocol):
+    """Anything with a total of ``seconds`` (a path's run, a Polars run)."""
+
+    @property
+    def seconds(self) -> float: ...
+
+
+R = TypeVar("R", bound=Timed)
+
+
+def median_run(runs: Sequence[R]) -> R:
+    """The run of median total time (the upper one of an even number of runs)."""
+    return sorted(runs, key=lambda run: run.seconds)[len(runs) // 2]
+
+
+def typical_path(runs: list[PathRun]) -> PathRun:
+    """The median run of a path, with the highest driver peak of all its runs and every
+    ticker any of them failed."""
+    worst = max(runs, key=lambda run: run.memory.growth_mb).memory
+    failed = sorted({t for run in runs for t in run.failed})
+    return replace(median_run(runs), memory=worst, failed=failed)
+
+
 def settings_for(root: Path, folder: Path, num_cpus: int) -> Settings:
     return Settings(
         data_root=str(root), ingest={"source": "csv", "path": folder}, ray={"num_cpus": num_cpus}
@@ -254,7 +284,8 @@ def pandas_ingest(settings: Settings, source: Source) -> list[str]:
 def pandas_features(settings: Settings) -> list[str]:
     """What ``build_features`` does, as ``_featurize_batch`` does it, in one batch."""
     plan = fs.plan_build(settings, None)
-    index_bars = read_bars(plan.root, plan.index_ticker, plan.raw) if plan.index_ticker else None
+    index = plan.index_ticker
+    index_bars = read_bar_columns(plan.root, index, plan.raw) if index else None
     rows = [fs.featurize_ticker(t, plan, index_bars) for t in sorted(plan.raw.tickers)]
     fs.record_feature_set(plan, rows)
     return [r["ticker"] for r in rows if r["status"] == "failed"]
@@ -457,16 +488,22 @@ def bench_polars(count: int, args: argparse.Namespace) -> list[PolarsRun]:
     for ``bench_size`` to check."""
     folder = write_universe(count, args.years, args.seed, args.out)
     warmup = write_universe(4, 2, args.seed, args.out)
-    return [run_polars(n, folder, root, warmup) for n, root in polars_roots(count, args).items()]
+    return [
+        median_run([run_polars(n, folder, root, warmup) for _ in range(args.repeats)])
+        for n, root in polars_roots(count, args).items()
+    ]
 
 
 def bench_size(count: int, args: argparse.Namespace, polars: list[PolarsRun]) -> SizeResult:
     folder = write_universe(count, args.years, args.seed, args.out)
     roots = args.out / "roots"
-    pandas_settings = settings_for(fresh_root(roots / "pandas"), folder, args.num_cpus)
-    ray_settings = settings_for(fresh_root(roots / "ray"), folder, args.num_cpus)
-    pandas_run = run_pandas(pandas_settings, folder)
-    ray_run = run_ray(ray_settings, folder)
+    pandas_runs, ray_runs = [], []
+    for _ in range(args.repeats):  # each into empty roots; the last ones are compared
+        pandas_settings = settings_for(fresh_root(roots / "pandas"), folder, args.num_cpus)
+        ray_settings = settings_for(fresh_root(roots / "ray"), folder, args.num_cpus)
+        pandas_runs.append(run_pandas(pandas_settings, folder))
+        ray_runs.append(run_ray(ray_settings, folder))
+    pandas_run, ray_run = typical_path(pandas_runs), typical_path(ray_runs)
     root_a, root_b = DataRoot(ray_settings.data_root), DataRoot(pandas_settings.data_root)
     problems = compare_roots(root_a, root_b, count)
     problems += [f"pandas loop failed {t}" for t in pandas_run.failed]
@@ -608,15 +645,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--smoke", action="store_true", help="quick check: 10 and 20 tickers x 3 years"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each path per size; medians (default 3)"
+    )
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray instance")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic universe")
     parser.add_argument("--out", type=Path, default=OUT, help="cache and scratch folder")
     args = parser.parse_args()
     if args.smoke:
-        args.tickers, args.years = [10, 20], 3
+        args.tickers, args.years, args.repeats = [10, 20], 3, 1
     args.tickers = sorted(set(args.tickers))
-    if min(args.tickers) < 2 or args.years < 1:
-        parser.error("need at least 2 tickers (SPY and one more) and 1 year")
+    if min(args.tickers) < 2 or args.years < 1 or args.repeats < 1:
+        parser.error("need at least 2 tickers (SPY and one more), 1 year and 1 repeat")
     args.out = args.out.resolve()
     return args
 

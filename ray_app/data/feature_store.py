@@ -33,6 +33,7 @@ from ray_app.data import cross_section
 from ray_app.data.features import (
     LABEL,
     TARGET_DIR,
+    Bars,
     check_spec,
     compute_features,
     feature_columns,
@@ -41,7 +42,7 @@ from ray_app.data.features import (
     needs_cross_section,
     spec_hash,
 )
-from ray_app.data.ingest import latest_manifest, read_bars, read_manifest
+from ray_app.data.ingest import latest_manifest, read_bar_columns, read_bars, read_manifest
 from ray_app.data.manifests import (
     FeatureManifest,
     FeatureTickerEntry,
@@ -136,7 +137,7 @@ def _metadata(plan: FeatureBuildPlan) -> dict[str, str]:
 
 
 def featurize_ticker(
-    ticker: str, plan: FeatureBuildPlan, index_bars: pd.DataFrame | None
+    ticker: str, plan: FeatureBuildPlan, index_bars: Bars | None
 ) -> dict[str, Any]:
     """Compute and store one ticker's features; a summary row, never an exception."""
     root = plan.root
@@ -150,7 +151,8 @@ def featurize_ticker(
         "reason": "",
     }
     try:
-        columns = feature_columns(read_bars(root, ticker, plan.raw), plan.spec, index_bars)
+        bars = read_bar_columns(root, ticker, plan.raw)
+        columns = feature_columns(bars, plan.spec, index_bars)
         dates = columns["date"].astype("datetime64[D]")
         if not len(dates):
             raise FeatureSetError(f"{ticker}: too little history for the feature windows")
@@ -174,7 +176,7 @@ def featurize_ticker(
 
 def _featurize_batch(batch: pd.DataFrame, plan: FeatureBuildPlan) -> pd.DataFrame:
     index = plan.index_ticker
-    index_bars = read_bars(plan.root, index, plan.raw) if index else None
+    index_bars = read_bar_columns(plan.root, index, plan.raw) if index else None
     return pd.DataFrame([featurize_ticker(t, plan, index_bars) for t in batch["ticker"]])
 
 

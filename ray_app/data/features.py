@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,9 @@ LABEL_COLUMNS: dict[str, str] = {
     "next_excess_return": EXCESS_TARGET,
     "next_return_csrank": RANK_TARGET,
 }
+Bars: TypeAlias = pd.DataFrame | Mapping[str, np.ndarray]
+"""One ticker's bars, sorted by date: a frame, or its columns as arrays (``read_bar_columns``,
+which the feature pass reads without building a frame). Both give the same values."""
 LABEL = "label"
 """The column models fit: ``load_feature_set`` copies the set's label column (its manifest's
 ``target``) under this one name, so no model code depends on which label a set chose."""
@@ -164,16 +168,16 @@ class Prices:
     volume: np.ndarray
 
     @classmethod
-    def of(cls, bars: pd.DataFrame) -> Prices:
+    def of(cls, bars: Bars) -> Prices:
         """OHLC scaled by the adjustment factor, so splits and dividends are not moves."""
         factor = _factor(bars)
         return cls(
-            date=bars["date"].to_numpy(),
-            open=bars["open"].to_numpy() * factor,
-            high=bars["high"].to_numpy() * factor,
-            low=bars["low"].to_numpy() * factor,
-            close=bars["close"].to_numpy() * factor,
-            volume=bars["volume"].to_numpy(dtype="float64"),
+            date=np.asarray(bars["date"]),
+            open=np.asarray(bars["open"]) * factor,
+            high=np.asarray(bars["high"]) * factor,
+            low=np.asarray(bars["low"]) * factor,
+            close=np.asarray(bars["close"]) * factor,
+            volume=np.asarray(bars["volume"], dtype="float64"),
         )
 
 
@@ -192,14 +196,14 @@ def adjusted(bars: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _factor(bars: pd.DataFrame) -> np.ndarray:
+def _factor(bars: Bars) -> np.ndarray:
     """The adjustment factor of each bar (dividends and splits since)."""
-    return (bars["adj_close"] / bars["close"]).to_numpy()
+    return np.asarray(bars["adj_close"]) / np.asarray(bars["close"])
 
 
-def _adjusted_close(bars: pd.DataFrame) -> np.ndarray:
+def _adjusted_close(bars: Bars) -> np.ndarray:
     """The close of ``adjusted(bars)`` alone (the index needs no other column)."""
-    return bars["close"].to_numpy() * _factor(bars)
+    return np.asarray(bars["close"]) * _factor(bars)
 
 
 def _diff(x: np.ndarray, n: int = 1) -> np.ndarray:
@@ -355,7 +359,7 @@ def _alpha(px: Prices, spec: FeatureSettings) -> dict[str, np.ndarray]:
 
 
 def _market(
-    px: Prices, index_bars: pd.DataFrame, spec: FeatureSettings, own: dict[str, np.ndarray]
+    px: Prices, index_bars: Bars, spec: FeatureSettings, own: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Features relative to the index, joined as of each date (never a later index bar).
 
@@ -364,7 +368,7 @@ def _market(
     """
     # As of each date: the index's last bar on or before it (merge_asof "backward", done
     # with searchsorted since both are sorted by date: a tenth of the cost).
-    at = np.searchsorted(index_bars["date"].to_numpy(), px.date, side="right") - 1
+    at = np.searchsorted(np.asarray(index_bars["date"]), px.date, side="right") - 1
     index_close = np.where(at >= 0, _adjusted_close(index_bars)[np.maximum(at, 0)], np.nan)
     log_index = np.log(index_close)
     cols: dict[str, np.ndarray] = {}
@@ -384,10 +388,10 @@ def _market(
     return cols
 
 
-def _excess_target(px: Prices, index_bars: pd.DataFrame, target: np.ndarray) -> np.ndarray:
+def _excess_target(px: Prices, index_bars: Bars, target: np.ndarray) -> np.ndarray:
     """``target`` minus the index's log return between the same two closes; NaN when the index
     has no bar on either day (an as-of stand-in would span other days than the target)."""
-    index_dates = index_bars["date"].to_numpy()
+    index_dates = np.asarray(index_bars["date"])
     at = np.minimum(np.searchsorted(index_dates, px.date), max(len(index_dates) - 1, 0))
     same_day = (index_dates[at] == px.date) if len(index_dates) else np.zeros(len(at), bool)
     log_index = np.log(np.where(same_day, _adjusted_close(index_bars)[at], np.nan))
@@ -402,7 +406,7 @@ def compute_features(
 
 
 def feature_columns(
-    bars: pd.DataFrame, spec: FeatureSettings, index_bars: pd.DataFrame | None = None
+    bars: Bars, spec: FeatureSettings, index_bars: Bars | None = None
 ) -> dict[str, np.ndarray]:
     """One ticker's feature rows as named columns, in the stored order: date, features,
     target (the store writes them to Parquet as they are, with no frame in between: building

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ray_app.core.errors import RayAppError
@@ -119,11 +120,23 @@ def entry_path(manifest: RawManifest, ticker: str) -> str:
 
 def read_bars(root: DataRoot, ticker: str, manifest: RawManifest | None = None) -> pd.DataFrame:
     """The bars of ``ticker`` in data version ``manifest`` (default: the latest)."""
+    return root.read_parquet(*_bars_file(root, ticker, manifest), columns=BAR_COLUMNS)
+
+
+def read_bar_columns(
+    root: DataRoot, ticker: str, manifest: RawManifest | None = None
+) -> dict[str, np.ndarray]:
+    """``read_bars`` as NumPy arrays by column, for the feature pass (no frame to build)."""
+    return root.read_columns(*_bars_file(root, ticker, manifest), columns=BAR_COLUMNS)
+
+
+def _bars_file(root: DataRoot, ticker: str, manifest: RawManifest | None) -> list[str]:
+    """Path parts of ``ticker``'s partition in ``manifest`` (default: the latest version)."""
     manifest = manifest or latest_manifest(root)
     if manifest is None or ticker not in manifest.tickers:
         version = manifest.version if manifest else "(none ingested)"
         raise KeyError(f"{ticker} is not in data version {version}")
-    return root.read_parquet(*entry_path(manifest, ticker).split("/"), columns=BAR_COLUMNS)
+    return entry_path(manifest, ticker).split("/")
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,18 @@ import pandas as pd
 import pytest
 
 from ray_app.core.settings import FeatureSettings, IngestSettings
+from ray_app.core.storage import DataRoot
 from ray_app.data.features import (
     EXCESS_TARGET,
     TARGET,
     check_spec,
     compute_features,
+    feature_columns,
     feature_names,
     label_column,
     spec_hash,
 )
-from ray_app.data.sources import CsvSource, SampleSource
+from ray_app.data.sources import BAR_COLUMNS, CsvSource, SampleSource
 from ray_app.data.validation import validate_bars
 
 SPEC = FeatureSettings()
@@ -205,3 +207,21 @@ def test_no_feature_is_missing_or_infinite(spec: FeatureSettings) -> None:
     frame = compute_features("GOOG", load(SampleSource(), "GOOG"), spec)
     values = frame[feature_names(spec, False)].to_numpy()
     assert np.isfinite(values).all()
+
+
+def test_stored_bars_read_as_arrays_give_the_features_of_the_frame(tmp_path: Path) -> None:
+    """The feature pass reads partitions as arrays (``read_columns``), the other callers as
+    frames: both give the same features, bit for bit, with the index too."""
+    root = DataRoot(str(tmp_path))
+    for ticker in ("AAPL", "MSFT"):
+        root.write_parquet(load(SampleSource(), ticker), f"{ticker}.parquet", metadata={})
+    frames = {t: root.read_parquet(f"{t}.parquet", columns=BAR_COLUMNS) for t in ("AAPL", "MSFT")}
+    arrays = {t: root.read_columns(f"{t}.parquet", columns=BAR_COLUMNS) for t in ("AAPL", "MSFT")}
+    assert all(isinstance(a, np.ndarray) for a in arrays["AAPL"].values())
+    spec = FeatureSettings(alpha_features=True, label="next_excess_return", index_ticker="MSFT")
+    from_frames = feature_columns(frames["AAPL"], spec, frames["MSFT"])
+    from_arrays = feature_columns(arrays["AAPL"], spec, arrays["MSFT"])
+    assert list(from_arrays) == list(from_frames)
+    for name, values in from_frames.items():
+        assert from_arrays[name].dtype == values.dtype, name
+        np.testing.assert_array_equal(from_arrays[name], values, err_msg=name)
