@@ -13,32 +13,33 @@ What it does, for each universe size (default 100 and 500 tickers, 20 years of X
 1. writes (once, cached under ``bench/out/``) one Yahoo-layout CSV per ticker, ``SPY``
    included so the market-relative features run, from a seeded geometric random walk;
 2. runs ``polars_path.py`` (the same ingest, validation and features written in Polars: CSV
-   in, Parquet out, per ticker) in a process of its own, once with 1 thread and once with
-   2 (``POLARS_MAX_THREADS``), before Ray starts, so that nothing else runs beside it;
+   in, Parquet out, per ticker) in a process of its own, with 1 thread and with 2
+   (``POLARS_MAX_THREADS``), before Ray starts, so that nothing else runs beside it;
 3. runs the pandas loop: the project's own per-ticker functions (``ingest_ticker``,
    ``record_manifest``, ``plan_build``, ``featurize_ticker``, ``record_feature_set``) one
    after the other in this process, without Ray, into data root B;
 4. runs the Ray path: ``run_ingest`` + ``build_features`` on a local Ray instance with
    2 CPUs, into data root A;
-5. checks that A and B hold the same raw data version and, ticker by ticker, equal feature
-   Parquet files, and that each Polars output holds A's tickers, A's raw bars exactly and
-   A's features (same columns and rows, values within rtol 1e-8 and atol 1e-12);
+5. checks, after every repeat, that A and B hold the same raw data version and, ticker by
+   ticker, equal feature Parquet files, and that each Polars output (its last run's) holds
+   A's tickers, A's raw bars exactly and A's features (same columns and rows, values within
+   rtol 1e-8 and atol 1e-12);
 6. reports rows per second of each path, the ratios to the Ray path, the driver's peak
    memory, the Polars process's peak RSS and the largest feature difference from Polars.
 
-Each path runs ``--repeats`` times (default 3) per size, the pandas loop and the Ray path
-taking turns, and the table shows each path's median run: on a shared 2-core machine one run
-of a path moved by 15% between runs, enough to flip a verdict near its target. The driver's
-peak is the highest of the repeats.
+Each path runs ``--repeats`` times (default 3) per size, and the table shows each path's
+median run: on a shared 2-core machine one run of a path moved by 15% between runs, enough to
+flip a verdict near its target. Peak memory is the highest of the repeats, and a ticker that
+failed in any repeat is reported.
 
 Fairness: Ray is started once, before anything of Ray is timed, and the pandas loop and the
 Ray path are warmed up on a tiny universe (worker imports, calendar cache), so the timed
 regions hold only the work itself, Ray Data's scheduling and serialisation included; each
 Polars process runs once on that tiny universe before its timed run, and its imports are
-not timed either. Within a size the pandas loop runs first, then the Ray path, each into an
-empty data root. Peak memory is the highest RSS of this (driver) process above its RSS at
-the start of the path, sampled every 5 ms by a thread, after garbage collection and
-``malloc_trim`` so that freed memory does not hide growth. Polars does less than the
+not timed either. Within a size the pandas loop and the Ray path alternate which runs first,
+each into an empty data root. Peak memory is the highest RSS of this (driver) process above
+its RSS at the start of the path, sampled every 5 ms by a thread, after garbage collection
+and ``malloc_trim`` so that freed memory does not hide growth. Polars does less than the
 project's paths: no soft findings of validation, content hashes or manifests (its module
 docstring says why it stops there).
 
@@ -79,7 +80,6 @@ from ray_app.data.ingest import (
     ingest_ticker,
     latest_manifest,
     plan_jobs,
-    read_bar_columns,
     read_bars,
     record_manifest,
     run_ingest,
@@ -246,12 +246,23 @@ def median_run(runs: Sequence[R]) -> R:
     return sorted(runs, key=lambda run: run.seconds)[len(runs) // 2]
 
 
+def failed_in_any(runs: Sequence[PathRun] | Sequence[PolarsRun]) -> list[str]:
+    """Every ticker that failed in at least one of ``runs``."""
+    return sorted({ticker for run in runs for ticker in run.failed})
+
+
 def typical_path(runs: list[PathRun]) -> PathRun:
     """The median run of a path, with the highest driver peak of all its runs and every
     ticker any of them failed."""
     worst = max(runs, key=lambda run: run.memory.growth_mb).memory
-    failed = sorted({t for run in runs for t in run.failed})
-    return replace(median_run(runs), memory=worst, failed=failed)
+    return replace(median_run(runs), memory=worst, failed=failed_in_any(runs))
+
+
+def typical_polars(runs: list[PolarsRun]) -> PolarsRun:
+    """The median Polars run, with the highest peak RSS of all the runs and every ticker
+    any of them failed."""
+    peak = max(run.rss_peak_mb for run in runs)
+    return replace(median_run(runs), rss_peak_mb=peak, failed=failed_in_any(runs))
 
 
 def settings_for(root: Path, folder: Path, num_cpus: int) -> Settings:
@@ -284,8 +295,7 @@ def pandas_ingest(settings: Settings, source: Source) -> list[str]:
 def pandas_features(settings: Settings) -> list[str]:
     """What ``build_features`` does, as ``_featurize_batch`` does it, in one batch."""
     plan = fs.plan_build(settings, None)
-    index = plan.index_ticker
-    index_bars = read_bar_columns(plan.root, index, plan.raw) if index else None
+    index_bars = fs.read_index_bars(plan)
     rows = [fs.featurize_ticker(t, plan, index_bars) for t in sorted(plan.raw.tickers)]
     fs.record_feature_set(plan, rows)
     return [r["ticker"] for r in rows if r["status"] == "failed"]
@@ -489,7 +499,7 @@ def bench_polars(count: int, args: argparse.Namespace) -> list[PolarsRun]:
     folder = write_universe(count, args.years, args.seed, args.out)
     warmup = write_universe(4, 2, args.seed, args.out)
     return [
-        median_run([run_polars(n, folder, root, warmup) for _ in range(args.repeats)])
+        typical_polars([run_polars(n, folder, root, warmup) for _ in range(args.repeats)])
         for n, root in polars_roots(count, args).items()
     ]
 
@@ -497,15 +507,21 @@ def bench_polars(count: int, args: argparse.Namespace) -> list[PolarsRun]:
 def bench_size(count: int, args: argparse.Namespace, polars: list[PolarsRun]) -> SizeResult:
     folder = write_universe(count, args.years, args.seed, args.out)
     roots = args.out / "roots"
-    pandas_runs, ray_runs = [], []
-    for _ in range(args.repeats):  # each into empty roots; the last ones are compared
-        pandas_settings = settings_for(fresh_root(roots / "pandas"), folder, args.num_cpus)
-        ray_settings = settings_for(fresh_root(roots / "ray"), folder, args.num_cpus)
-        pandas_runs.append(run_pandas(pandas_settings, folder))
-        ray_runs.append(run_ray(ray_settings, folder))
+    ray_root, pandas_root = roots / "ray", roots / "pandas"
+    root_a, root_b = DataRoot(str(ray_root)), DataRoot(str(pandas_root))
+    pandas_runs: list[PathRun] = []
+    ray_runs: list[PathRun] = []
+    problems: list[str] = []
+    for repeat in range(args.repeats):  # each into empty roots, every pair compared
+        paths = [
+            (pandas_runs, run_pandas, settings_for(fresh_root(pandas_root), folder, args.num_cpus)),
+            (ray_runs, run_ray, settings_for(fresh_root(ray_root), folder, args.num_cpus)),
+        ]
+        for runs, measure, settings in paths[:: -1 if repeat % 2 else 1]:  # first in turn
+            runs.append(measure(settings, folder))
+        found = compare_roots(root_a, root_b, count)
+        problems += [f"repeat {repeat + 1}: {p}" for p in found]
     pandas_run, ray_run = typical_path(pandas_runs), typical_path(ray_runs)
-    root_a, root_b = DataRoot(ray_settings.data_root), DataRoot(pandas_settings.data_root)
-    problems = compare_roots(root_a, root_b, count)
     problems += [f"pandas loop failed {t}" for t in pandas_run.failed]
     problems += [f"Ray path failed {t}" for t in ray_run.failed]
     worst = 0.0
@@ -575,8 +591,9 @@ def print_table(results: list[SizeResult]) -> None:
     print("growth over the path; ratio: pandas seconds / Ray seconds; polarsN: one Polars")
     print("process with N threads; p2/Ray: Polars 2-thread seconds / Ray seconds")
     print()
-    print("stages (s): ingest / features; RSS at start -> peak (MB), of the driver for pandas")
-    print("and Ray, of the Polars process (its imports done) for Polars")
+    print("stages (s): ingest / features, of the median run; RSS at start -> peak (MB), the")
+    print("highest of the repeats: of the driver for pandas and Ray, of the Polars process")
+    print("(its imports done) for Polars")
     for r in results:
         p, y = r.pandas, r.ray
         print(
@@ -646,14 +663,19 @@ def parse_args() -> argparse.Namespace:
         "--smoke", action="store_true", help="quick check: 10 and 20 tickers x 3 years"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="runs of each path per size; medians (default 3)"
+        "--repeats",
+        type=int,
+        default=None,
+        help="runs of each path per size, the medians reported (default 3; 1 with --smoke)",
     )
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray instance")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic universe")
     parser.add_argument("--out", type=Path, default=OUT, help="cache and scratch folder")
     args = parser.parse_args()
     if args.smoke:
-        args.tickers, args.years, args.repeats = [10, 20], 3, 1
+        args.tickers, args.years = [10, 20], 3
+    if args.repeats is None:
+        args.repeats = 1 if args.smoke else 3
     args.tickers = sorted(set(args.tickers))
     if min(args.tickers) < 2 or args.years < 1 or args.repeats < 1:
         parser.error("need at least 2 tickers (SPY and one more), 1 year and 1 repeat")

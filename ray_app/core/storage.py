@@ -169,17 +169,19 @@ class DataRoot:
     def read_columns(self, *parts: str, columns: list[str]) -> dict[str, np.ndarray]:
         """``columns`` of the Parquet file at ``parts`` as NumPy arrays, with no frame.
 
-        For code that computes on arrays: a 5,000-row partition of bars reads in about 0.7 ms
-        this way and in 1.75 ms through ``read_parquet``, whose pandas frame such code would
-        only take apart again (the feature pass reads every partition of a data version).
+        For code that computes on arrays: the feature pass reads every partition of a data
+        version, and through ``read_parquet`` built a pandas frame only to take it apart again.
+        Over 100 partitions of 5,000 bars, a read took 1.0 to 1.4 ms this way and 1.9 ms as
+        a frame.
         """
         table = self._read_file(self.path(*parts), columns, threads=False)
         return {name: table.column(name).to_numpy() for name in columns}
 
     def _read_file(self, path: str, columns: list[str] | None, threads: bool) -> pa.Table:
         """One file as it is: no dataset discovery, which cost a third of a read. ``threads``
-        decodes columns in parallel (pyarrow's default, kept for the frames drivers read); a
-        task of one CPU reads a partition of bars a fifth faster without."""
+        decodes columns in parallel: pyarrow's default, which ``read_parquet`` keeps for its
+        callers (drivers reading wide feature files among them). Without it, one partition of
+        bars read in 0.8 ms against 0.95 ms, timed over 1,000 reads on this 2-core machine."""
         with self.fs.open_input_file(path) as source:
             return pq.ParquetFile(source).read(columns=columns, use_threads=threads)
 

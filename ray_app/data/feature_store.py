@@ -174,9 +174,14 @@ def featurize_ticker(
     return row
 
 
-def _featurize_batch(batch: pd.DataFrame, plan: FeatureBuildPlan) -> pd.DataFrame:
+def read_index_bars(plan: FeatureBuildPlan) -> Bars | None:
+    """The index's bars the plan's market features are measured against (None: no index)."""
     index = plan.index_ticker
-    index_bars = read_bar_columns(plan.root, index, plan.raw) if index else None
+    return read_bar_columns(plan.root, index, plan.raw) if index else None
+
+
+def _featurize_batch(batch: pd.DataFrame, plan: FeatureBuildPlan) -> pd.DataFrame:
+    index_bars = read_index_bars(plan)
     return pd.DataFrame([featurize_ticker(t, plan, index_bars) for t in batch["ticker"]])
 
 

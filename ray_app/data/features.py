@@ -40,9 +40,6 @@ LABEL_COLUMNS: dict[str, str] = {
     "next_excess_return": EXCESS_TARGET,
     "next_return_csrank": RANK_TARGET,
 }
-Bars: TypeAlias = pd.DataFrame | Mapping[str, np.ndarray]
-"""One ticker's bars, sorted by date: a frame, or its columns as arrays (``read_bar_columns``,
-which the feature pass reads without building a frame). Both give the same values."""
 LABEL = "label"
 """The column models fit: ``load_feature_set`` copies the set's label column (its manifest's
 ``target``) under this one name, so no model code depends on which label a set chose."""
@@ -148,6 +145,11 @@ def spec_hash(spec: FeatureSettings, with_market: bool) -> str:
         "schema": 1,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+Bars: TypeAlias = pd.DataFrame | Mapping[str, np.ndarray]
+"""One ticker's bars, sorted by date: a frame, or its columns as arrays (``read_bar_columns``,
+which the feature pass reads without building a frame). Both give the same values."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from ray_app.data.ingest import (
     ingest_ticker,
     latest_manifest,
     plan_jobs,
+    read_bar_columns,
     read_bars,
     record_manifest,
 )
@@ -201,6 +202,8 @@ def test_every_version_stays_readable_after_later_ingests(tmp_path: Path) -> Non
     assert {p: p.read_bytes() for p in files} == files  # not one byte rewritten
     for ticker, bars in stored.items():
         pd.testing.assert_frame_equal(read_bars(root, ticker, first), bars)
+        arrays = read_bar_columns(root, ticker, first)  # what the feature pass reads
+        pd.testing.assert_frame_equal(pd.DataFrame(arrays), bars)
         assert len(read_bars(root, ticker, second)) == 40
         assert first.tickers[ticker].path == ingest.partition(ticker, first.tickers[ticker].hash)
     assert len(list(tmp_path.glob("raw/ticker=*/*.parquet"))) == 4
